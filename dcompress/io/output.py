@@ -1,0 +1,62 @@
+"""Writing a CompressedSet as compact shards + manifest.json (format: docs/format.md).
+
+Per sample: `.png` (8-bit, de-normalised), `.cls`, `.logits.npy` (float16 [C]), `.json`
+(provenance), and for synthetic images the exact normalised float32 tensor `.npy` [C, H, W].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..types import CompressedSet, denormalize_to_u8
+from .atomic import AtomicDir
+from .manifest import MANIFEST, build_manifest, shard_entry, write_json_atomic
+from .shards import encode_npy, encode_png, json_bytes, write_shards
+
+PREFIX = "data"
+
+
+def sample_key(label: int, slot: int) -> str:
+    """`c0003-00007`: class 3, 8th image of that class. No dots (webdataset splits on them)."""
+    return f"c{label:04d}-{slot:05d}"
+
+
+def iter_samples(cset: CompressedSet, class_names: list[str], method: str, mean, std):
+    u8 = denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
+    logits = cset.logits.detach().cpu().float().numpy().astype(np.float16)
+    exact = cset.images.detach().cpu().float().numpy()
+    per_class: dict[int, int] = {}
+    for i in range(len(cset)):
+        y = int(cset.labels[i])
+        slot = per_class.get(y, 0)
+        per_class[y] = slot + 1
+        meta = {"class": y, "class_name": class_names[y], "method": method, "slot": slot}
+        if i < len(cset.sources):
+            meta.update(cset.sources[i])
+        sample = {"__key__": sample_key(y, slot), "png": encode_png(u8[i]), "cls": str(y).encode(),
+                  "logits.npy": encode_npy(logits[i]), "json": json_bytes(meta)}
+        if cset.synthetic:
+            sample["npy"] = encode_npy(exact[i])
+        yield sample
+
+
+def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], mean, std, method: str,
+                 block: dict, shard_size: int = 1000) -> dict:
+    """Atomically writes shards + manifest into `target`; returns the manifest dict."""
+    with AtomicDir(target) as tmp:
+        written = write_shards(tmp, iter_samples(cset, class_names, method, mean, std),
+                               prefix=PREFIX, shard_size=shard_size)
+        shards = [shard_entry(p, n) for p, n in written]
+        block = {**block, "num_samples": len(cset),
+                 "urls": f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar"}
+        manifest = build_manifest(f"{method}-{Path(target).name}", shards, block)
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def one_hot_logits(labels: torch.Tensor, num_classes: int, scale: float = 1.0) -> torch.Tensor:
+    """Logits whose softmax is (nearly) one-hot would need ±inf; we store the one-hot vector
+    itself scaled by `scale` and declare label kind "hard" in the manifest (argmax = label)."""
+    return torch.nn.functional.one_hot(labels, num_classes).float() * scale

@@ -1,0 +1,315 @@
+"""Reading WebDataset shards into RealData, and writing sample dicts into shards.
+
+Tar parsing is webdataset's (`tarfile_to_samples`); decoding is torchvision's (PNG/JPEG/WebP)
+with a Pillow fallback for PPM/PGM/BMP/TIFF. Nothing is ever unpickled: only image bytes,
+ASCII `.cls` and (in our outputs) `.npy` via `np.load(allow_pickle=False)`.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import webdataset as wds
+from braceexpand import braceexpand
+
+from ..errors import InputDataError, TooManyBadSamples
+from ..types import RealData
+from .manifest import MANIFEST, read_manifest, shard_paths
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "ppm", "pgm", "pbm", "bmp", "tif", "tiff")
+_TV_EXTS = {"png", "jpg", "jpeg", "webp"}
+
+
+@dataclass
+class ResolvedInput:
+    """Shard URLs plus the input manifest when one was found."""
+
+    urls: list[str]
+    manifest: dict | None = None
+    description: str = ""
+
+
+def resolve_urls(spec: str | Iterable[str]) -> ResolvedInput:
+    """Turns the CLI's URLS argument into a list of shard URLs.
+
+    Accepts: a folder written by `dcompress shard`/`distill` (its manifest.json, else its
+    *.tar files), a manifest.json path, brace patterns (`d/train-{000000..000005}.tar`),
+    several of those, and `pipe:`/`http(s):` URLs (passed through to webdataset).
+    """
+    items = [spec] if isinstance(spec, str) else list(spec)
+    if not items:
+        raise InputDataError("no input URLs given")
+    urls: list[str] = []
+    manifest = None
+    for item in items:
+        p = Path(item)
+        if not item.startswith(("pipe:", "http:", "https:")) and (p.is_dir() or p.suffix == ".json"):
+            mpath = p / MANIFEST if p.is_dir() else p
+            if mpath.exists():
+                manifest = read_manifest(mpath)
+                urls += [str(x) for x in shard_paths(mpath, manifest)]
+                continue
+            if p.is_dir():
+                tars = sorted(glob.glob(str(p / "*.tar")))
+                if not tars:
+                    raise InputDataError("folder has neither manifest.json nor *.tar shards", path=item)
+                urls += tars
+                continue
+            raise InputDataError("manifest file not found", path=item)
+        for url in braceexpand(item):
+            if not url.startswith(("pipe:", "http:", "https:")) and not Path(url).exists():
+                raise InputDataError("shard not found", path=url)
+            urls.append(url)
+    return ResolvedInput(urls=urls, manifest=manifest, description=" ".join(items))
+
+
+@dataclass
+class BadSamples:
+    """Counts and examples of skipped input samples (reported in --json and the manifest)."""
+
+    max_bad: int
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.examples) < 20:
+            self.examples.append(message)
+        if self.count > self.max_bad:
+            raise TooManyBadSamples(
+                f"{self.count} bad samples exceed --max-bad {self.max_bad}; last: {message}")
+
+    def as_dict(self) -> dict:
+        return {"count": self.count, "examples": self.examples}
+
+
+def decode_image(data: bytes, ext: str) -> np.ndarray:
+    """Image bytes -> uint8 array [C, H, W] (C = 1 or 3; alpha dropped)."""
+    if ext in _TV_EXTS:
+        from torchvision.io import ImageReadMode, decode_image as tv_decode
+
+        t = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+        arr = t.numpy()
+    else:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("RGB" if im.mode in ("RGBA", "P", "CMYK", "YCbCr") else "L")
+            arr = np.asarray(im)
+            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if arr.shape[0] == 4:
+        arr = arr[:3]
+    elif arr.shape[0] == 2:
+        arr = arr[:1]
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def _sample_image(sample: dict) -> tuple[str, bytes] | None:
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return ext, sample[ext]
+    return None
+
+
+def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
+              progress: Callable[[int], None] | None = None) -> RealData:
+    """Streams every shard once and decodes it into an in-memory RealData.
+
+    Per-sample problems (undecodable image, no image member, missing or non-integer label,
+    unreadable/truncated tar) are skipped and counted; more than `max_bad` raises
+    TooManyBadSamples (exit 3). Dataset-level problems (no samples, mixed image shapes,
+    duplicate keys, labels outside the class list) raise InputDataError (exit 4).
+    """
+    bad = BadSamples(max_bad=max_bad)
+
+    def handler(exn: Exception) -> bool:
+        bad.add(f"unreadable shard data: {exn}")
+        return True
+
+    pipeline = wds.DataPipeline(wds.SimpleShardList(inp.urls), wds.tarfile_to_samples(handler=handler))
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    keys: list[str] = []
+    seen: dict[str, str] = {}
+    shape = None
+    for sample in pipeline:
+        key, url = sample["__key__"], sample.get("__url__", "?")
+        if key in seen:
+            raise InputDataError(f"duplicate key (also in {seen[key]})", path=url, key=key)
+        seen[key] = url
+        found = _sample_image(sample)
+        if found is None:
+            members = sorted(k for k in sample if not k.startswith("__"))
+            bad.add(f"{url}: key {key!r}: no image member (has: {', '.join(members)})")
+            continue
+        ext, data = found
+        try:
+            arr = decode_image(data, ext)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad sample
+            bad.add(f"{url}: key {key!r}: .{ext} is not a decodable image ({type(e).__name__}: {e})")
+            continue
+        raw = sample.get(label_key)
+        if raw is None:
+            bad.add(f"{url}: key {key!r}: missing .{label_key} label")
+            continue
+        try:
+            label = int(raw.decode("ascii").strip() if isinstance(raw, bytes) else raw)
+        except (ValueError, UnicodeDecodeError):
+            bad.add(f"{url}: key {key!r}: .{label_key} is not an integer ({raw[:20]!r})")
+            continue
+        if shape is None:
+            shape = arr.shape
+        elif arr.shape != shape:
+            what = "channels" if arr.shape[0] != shape[0] else "image size"
+            raise InputDataError(
+                f"mixed {what}: {arr.shape[0]}x{arr.shape[1]}x{arr.shape[2]} (CxHxW), "
+                f"expected {shape[0]}x{shape[1]}x{shape[2]} like the first sample", path=url, key=key)
+        images.append(arr)
+        labels.append(label)
+        keys.append(key)
+        if progress is not None:
+            progress(1)
+    if not images:
+        raise InputDataError(f"no usable samples in {len(inp.urls)} shard(s) ({inp.description})"
+                             + (f"; {bad.count} bad" if bad.count else ""))
+    label_t = torch.tensor(labels, dtype=torch.int64)
+    class_names = _class_names(inp, label_t, keys)
+    x = torch.from_numpy(np.stack(images))
+    mean, std = channel_stats(x)
+    fingerprint = fingerprint_of(keys, label_t, x)
+    source = {"urls": [str(Path(u).resolve()) if not u.startswith(("pipe:", "http")) else u for u in inp.urls],
+              "num_samples": len(keys), "fingerprint": fingerprint, "bad_samples": bad.as_dict(),
+              "class_counts": torch.bincount(label_t, minlength=len(class_names)).tolist()}
+    return RealData(images=x, labels=label_t, keys=keys, class_names=class_names,
+                    mean=mean, std=std, source=source)
+
+
+def _class_names(inp: ResolvedInput, labels: torch.Tensor, keys: list[str]) -> list[str]:
+    names = None
+    if inp.manifest is not None:
+        names = inp.manifest.get("dcompress", {}).get("class_names")
+    if labels.min() < 0:
+        i = int(torch.argmin(labels))
+        raise InputDataError(f"negative label {int(labels[i])}", key=keys[i])
+    if names is None:
+        return [str(i) for i in range(int(labels.max()) + 1)]
+    bad = (labels >= len(names)).nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        raise InputDataError(f"label {int(labels[i])} outside the class list of {len(names)} classes "
+                             f"in the input manifest", key=keys[i])
+    return list(names)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of uint8 images [N, C, H, W], in [0, 1] units (float64 sums)."""
+    xf = x.double().div_(255.0).transpose(0, 1).reshape(x.shape[1], -1)
+    return tuple(round(float(v), 6) for v in xf.mean(1)), tuple(round(float(v), 6) for v in xf.std(1))
+
+
+def fingerprint_of(keys: list[str], labels: torch.Tensor, images: torch.Tensor) -> str:
+    """sha256 over keys, labels and pixels: identifies the decoded content, not the bytes."""
+    h = hashlib.sha256()
+    h.update("\n".join(keys).encode())
+    h.update(labels.numpy().tobytes())
+    h.update(images.numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def count_samples(path: str | Path) -> int:
+    """Number of distinct keys in one local tar shard."""
+    keys = set()
+    with tarfile.open(path, "r") as tf:
+        for member in tf:
+            if member.isreg():
+                keys.add(member.name.split(".", 1)[0])
+    return len(keys)
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+def encode_png(img_u8: np.ndarray) -> bytes:
+    """uint8 [C, H, W] -> PNG bytes (deterministic, lossless)."""
+    from torchvision.io import encode_png as tv_encode
+
+    return bytes(tv_encode(torch.from_numpy(np.ascontiguousarray(img_u8))).numpy())
+
+
+def encode_npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def write_shards(out_dir: Path, samples: Iterable[dict], *, prefix: str, shard_size: int) -> list[tuple[Path, int]]:
+    """Writes sample dicts (`__key__` + ext -> bytes) into `prefix-%06d.tar` shards.
+
+    Tar members get mtime 0 and fixed owner/mode, so equal samples give byte-identical shards.
+    Returns [(path, nsamples)] in order.
+    """
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+    written: list[tuple[Path, int]] = []
+    writer, count = None, 0
+    for sample in samples:
+        if writer is None or count >= shard_size:
+            if writer is not None:
+                writer.close()
+                written.append((path, count))
+            path = out_dir / f"{prefix}-{len(written):06d}.tar"
+            writer = wds.TarWriter(str(path), encoder=False, mtime=0.0, user="dcompress", group="dcompress")
+            count = 0
+        writer.write(sample)
+        count += 1
+    if writer is not None:
+        writer.close()
+        written.append((path, count))
+    return written
+
+
+def json_bytes(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def env_versions() -> dict:
+    import platform
+
+    import torchvision
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "numpy": np.__version__, "webdataset": _version("webdataset")}
+    try:
+        import faiss
+
+        out["faiss"] = getattr(faiss, "__version__", "?")
+    except ImportError:
+        pass
+    return out
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+def local_path(url: str) -> str | None:
+    return None if url.startswith(("pipe:", "http:", "https:")) else os.path.abspath(url)

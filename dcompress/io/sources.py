@@ -1,0 +1,117 @@
+"""`dcompress shard`: turn idx files (MNIST/Fashion-MNIST) or an ImageFolder tree into shards."""
+from __future__ import annotations
+
+import gzip
+import struct
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..errors import InputDataError, UsageError
+from .atomic import AtomicDir
+from .manifest import MANIFEST, build_manifest, shard_entry, write_json_atomic
+from .shards import IMAGE_EXTS, encode_png, env_versions, write_shards
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Reads one idx(.gz) file (the MNIST container format) into a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise InputDataError(f"cannot read idx file ({e})", path=str(path)) from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise InputDataError("not an unsigned-byte idx file (bad magic)", path=str(path))
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise InputDataError(f"idx body has {body.size} bytes, header says {dims}", path=str(path))
+    return body.reshape(dims)
+
+
+def idx_samples(src: Path, split: str) -> tuple[Iterator[tuple[str, np.ndarray, int]], int, list[str]]:
+    prefix = _IDX_PREFIX[split]
+
+    def find(kind: str) -> Path:
+        for name in (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz",
+                     f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"):
+            if (src / name).exists():
+                return src / name
+        raise InputDataError(f"no {prefix}-{kind}-idx*-ubyte(.gz) file", path=str(src))
+
+    images, labels = read_idx(find("images")), read_idx(find("labels"))
+    if images.shape[0] != labels.shape[0]:
+        raise InputDataError(f"{images.shape[0]} images but {labels.shape[0]} labels", path=str(src))
+    num_classes = int(labels.max()) + 1
+    names = FASHION_MNIST_CLASSES if "fashion" in str(src).lower() and num_classes == 10 else \
+        [str(i) for i in range(num_classes)]
+
+    def gen():
+        for i in range(images.shape[0]):
+            yield f"{split}{i:06d}", images[i][None], int(labels[i])
+    return gen(), images.shape[0], names
+
+
+def folder_samples(src: Path) -> tuple[Iterator[tuple[str, bytes, int, str]], int, list[str]]:
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir())
+    if not classes:
+        raise InputDataError("ImageFolder needs one sub-folder per class; found none", path=str(src))
+    files = []
+    for c, name in enumerate(classes):
+        for f in sorted((src / name).iterdir()):
+            ext = f.suffix.lower().lstrip(".")
+            if f.is_file() and ext in IMAGE_EXTS:
+                files.append((c, f, ext))
+    if not files:
+        raise InputDataError("no image files in the class folders", path=str(src))
+
+    def gen():
+        for i, (c, f, ext) in enumerate(files):
+            yield f"img{i:07d}", f.read_bytes(), c, ext
+    return gen(), len(files), classes
+
+
+def make_shards(src: str | Path, out: str | Path, *, fmt: str = "auto", split: str = "train",
+                shard_size: int = 10000, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Writes `out/<split>-%06d.tar` + manifest.json; returns a report dict."""
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise InputDataError("source does not exist", path=str(src))
+    if split not in _IDX_PREFIX:
+        raise UsageError(f"--split must be one of {sorted(_IDX_PREFIX)}, got {split!r}")
+    if fmt == "auto":
+        fmt = "idx" if any(src.glob("*-ubyte*")) else "folder"
+    t0 = time.time()
+    if fmt == "idx":
+        gen, total, names = idx_samples(src, split)
+        samples = ({"__key__": k, "png": encode_png(img), "cls": str(y).encode()} for k, img, y in gen)
+    elif fmt in ("folder", "imagefolder"):
+        gen, total, names = folder_samples(src)
+        samples = ({"__key__": k, ext if ext != "jpeg" else "jpg": data, "cls": str(y).encode()}
+                   for k, data, y, ext in gen)
+    else:
+        raise UsageError(f"--format must be idx, folder or auto, got {fmt!r}")
+
+    def counted():
+        for i, s in enumerate(samples):
+            if progress is not None and i % 1000 == 0:
+                progress(i, total)
+            yield s
+
+    with AtomicDir(out) as tmp:
+        written = write_shards(tmp, counted(), prefix=split, shard_size=shard_size)
+        shards = [shard_entry(p, n) for p, n in written]
+        block = {"kind": "input", "split": split, "num_samples": total, "class_names": names,
+                 "source": {"path": str(src.resolve()), "format": fmt},
+                 "urls": f"{split}-{{000000..{len(written) - 1:06d}}}.tar", "env": env_versions()}
+        write_json_atomic(tmp / MANIFEST, build_manifest(f"{src.name}-{split}", shards, block))
+    return {"out": str(out), "shards": len(written), "samples": total, "classes": len(names),
+            "seconds": round(time.time() - t0, 2)}

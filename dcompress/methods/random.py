@@ -1,0 +1,27 @@
+"""Random: a class-balanced uniform sample of real images (the baseline every table needs)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..registry import MethodInfo, register_method
+from ..types import CompressedSet, LogFn, RealData, RunSpec
+from .base import check_ipc, selection_result
+
+
+@register_method
+class Random:
+    info = MethodInfo("random", "selection", "class-balanced uniform sample of real images")
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    def __init__(self, config: "Random.Config"):
+        self.config = config
+
+    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+        check_ipc(real, spec.ipc)
+        picks = [real.sample_class(c, spec.ipc, generator) for c in range(real.num_classes)]
+        return selection_result(real, picks)

@@ -1,0 +1,61 @@
+"""Method registry: an explicit dict from name to method class.
+
+Adding a method = one module under `dcompress/methods/` with a class decorated by
+`@register_method`, plus one import line in `dcompress/methods/__init__.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What `dcompress methods` prints about a method.
+
+    Attributes:
+        name: registry name used on the command line (`--method NAME`).
+        kind: "selection" (returns real samples) or "synthesis" (optimises pixels).
+        description: one line.
+        needs_experts: True when the method consumes an expert-trajectory buffer.
+        needs_teacher: True when the method itself needs a trained teacher network.
+    """
+
+    name: str
+    kind: str
+    description: str
+    needs_experts: bool = False
+    needs_teacher: bool = False
+
+
+_METHODS: dict[str, type] = {}
+
+
+def register_method(cls: type) -> type:
+    """Class decorator: registers `cls` under `cls.info.name`."""
+    name = cls.info.name
+    if name in _METHODS and _METHODS[name] is not cls:
+        raise ValueError(f"method {name!r} registered twice")
+    _METHODS[name] = cls
+    return cls
+
+
+def get_method(name: str) -> type:
+    """Returns the method class registered as `name`; UsageError when unknown."""
+    _load_builtin()
+    try:
+        return _METHODS[name]
+    except KeyError:
+        known = ", ".join(sorted(_METHODS))
+        raise UsageError(f"unknown method {name!r}; known methods: {known}") from None
+
+
+def list_methods() -> list[type]:
+    """All registered method classes, sorted by kind then name."""
+    _load_builtin()
+    return sorted(_METHODS.values(), key=lambda c: (c.info.kind, c.info.name))
+
+
+def _load_builtin() -> None:
+    from . import methods  # noqa: F401  (import registers the built-in methods)

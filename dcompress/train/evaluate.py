@@ -1,0 +1,103 @@
+"""`dcompress evaluate`: train fresh networks on a compressed set with its own protocol and
+report test accuracy, next to a class-matched random real subset trained the same way."""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import InputDataError
+from ..loader import load
+from ..types import RealData, normalize
+from .loop import accuracy, train_on_set
+
+
+def _summary(accs: list[float]) -> dict:
+    return {"mean": round(100 * statistics.fmean(accs), 2),
+            "std": round(100 * statistics.pstdev(accs), 2) if len(accs) > 1 else 0.0,
+            "runs": [round(100 * a, 2) for a in accs]}
+
+
+def evaluate(out: str | Path, test: RealData, *, train: RealData | None = None, runs: int = 3,
+             model: str | None = None, epochs: int | None = None, seed: int = 0,
+             device: torch.device = torch.device("cpu"), random_baseline: bool = True,
+             test_limit: int | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Returns {"compressed": {...}, "random": {...} | None, "protocol": {...}, ...}.
+
+    The test images are normalised with the compressed set's (training-set) mean/std. The
+    random baseline draws, per run, as many real images per class as the compressed set has,
+    and trains them with the same protocol; when the set's protocol uses teacher soft labels,
+    the baseline gets the same teacher's logits (DD-Ranking's fairness point), else hard labels.
+    A learned lr (MTT/DATM) is specific to its synthetic set: the baseline uses the protocol's lr.
+    """
+    ds = load(out)
+    proto = ds.protocol
+    if model is not None:
+        proto = dataclasses.replace(proto, model=model)
+    if epochs is not None:
+        proto = dataclasses.replace(proto, epochs=epochs)
+    if list(test.image_shape) != list(ds.images.shape[1:]):
+        raise InputDataError(f"test images are {test.image_shape}, compressed set is {tuple(ds.images.shape[1:])}")
+    n_test = len(test) if test_limit is None else min(test_limit, len(test))
+    tg = torch.Generator().manual_seed(seed)
+    tidx = torch.randperm(len(test), generator=tg)[:n_test] if n_test < len(test) else torch.arange(len(test))
+    x_test = normalize(test.images[tidx], ds.mean, ds.std)
+    y_test = test.labels[tidx]
+    lr = ds.lr if (proto.use_learned_lr and ds.lr is not None) else proto.lr
+    t0 = time.time()
+    accs = []
+    for r in range(runs):
+        g = torch.Generator().manual_seed(seed * 1000 + r)
+        net = train_on_set(ds.images, ds.labels, num_classes=len(ds.classes), protocol=proto, generator=g,
+                           device=device, soft=ds.logits, lr=lr,
+                           progress=(lambda a, b, r=r: progress(a, b, f"compressed run {r + 1}/{runs}")) if progress else None)
+        accs.append(accuracy(net, x_test, y_test, device=device))
+    report = {"compressed": _summary(accs), "random": None, "protocol": {**dataclasses.asdict(proto), "lr_used": lr},
+              "samples": len(ds), "test_samples": n_test, "method": ds.manifest["dcompress"]["method"]["name"],
+              "seconds": {"compressed": round(time.time() - t0, 1)}}
+    if not random_baseline:
+        return report
+    if train is None:
+        raise InputDataError("the random baseline needs the training shards (manifest source urls are gone?); "
+                             "pass --train URLS or --no-random")
+    counts = torch.bincount(ds.labels, minlength=len(ds.classes)).tolist()
+    soft_teacher = None
+    note = "hard labels"
+    if proto.soft_labels:
+        soft_teacher = _teacher_from_manifest(ds, train, device)
+        note = "teacher soft labels" if soft_teacher is not None else "hard labels (teacher not available)"
+    base_proto = dataclasses.replace(proto, soft_labels=soft_teacher is not None)
+    t1 = time.time()
+    accs = []
+    for r in range(runs):
+        g = torch.Generator().manual_seed(seed * 1000 + 500 + r)
+        idx = torch.cat([train.sample_class(c, n, g) for c, n in enumerate(counts) if n > 0])
+        x = normalize(train.images[idx], ds.mean, ds.std)
+        y = train.labels[idx]
+        soft = soft_teacher.logits(x, device) if soft_teacher is not None else None
+        net = train_on_set(x, y, num_classes=len(ds.classes), protocol=base_proto, generator=g, device=device,
+                           soft=soft, lr=proto.lr,
+                           progress=(lambda a, b, r=r: progress(a, b, f"random run {r + 1}/{runs}")) if progress else None)
+        accs.append(accuracy(net, x_test, y_test, device=device))
+    report["random"] = {**_summary(accs), "labels": note}
+    report["delta"] = round(report["compressed"]["mean"] - report["random"]["mean"], 2)
+    report["seconds"]["random"] = round(time.time() - t1, 1)
+    return report
+
+
+def _teacher_from_manifest(ds, train: RealData, device: torch.device):
+    from ..nets import build_net
+    from .teacher import Teacher
+
+    info = ds.manifest["dcompress"]["labels"].get("teacher") or {}
+    path = info.get("path")
+    if not path or not Path(path).exists():
+        return None
+    c, h, w = train.image_shape
+    net = build_net(info["model"], c, len(ds.classes), (h, w))
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return Teacher(net.to(device).eval(), info)

@@ -1,0 +1,111 @@
+"""Training a fresh network on a (small) set, and measuring test accuracy.
+
+`train_on_set` is the reference `evaluate_synset` protocol (methods.md §1.4): SGD with
+momentum, `epochs + 1` passes, one x0.1 lr decay at `epochs // 2 + 1`, optional per-sample
+DSA augmentation, hard or soft (SoftCE vs softmax(logits / T)) targets.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..types import EvalProtocol
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """mean_b Σ_c −log_softmax(logits)·softmax(target / T)  (DATM's SoftCrossEntropy)."""
+    p = torch.softmax(target_logits / temperature, dim=1)
+    return -(p * torch.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def loss_fn(out: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    if soft is None:
+        return F.cross_entropy(out, hard)
+    return soft_cross_entropy(out, soft, temperature)
+
+
+def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+                soft: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
+                aug: str | None = None, temperature: float = 1.0) -> float:
+    """One shuffled pass over (images, labels[, soft]); all tensors already on the net's device."""
+    from ..augment import dsa
+
+    net.train()
+    n = images.shape[0]
+    order = torch.randperm(n, generator=generator).to(images.device)
+    total, seen = 0.0, 0
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        x = images[idx]
+        if aug:
+            x = dsa.augment(x, aug, generator=generator)
+        out = net(x)
+        loss = loss_fn(out, labels[idx], None if soft is None else soft[idx], temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss) * idx.numel()
+        seen += idx.numel()
+    return total / max(seen, 1)
+
+
+def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, protocol: EvalProtocol,
+                 generator: torch.Generator, device: torch.device, soft: torch.Tensor | None = None,
+                 lr: float | None = None, epochs: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> torch.nn.Module:
+    """Trains a fresh `protocol.model` on the set and returns it (in eval mode).
+
+    Args:
+        images: float32 [M, C, H, W] normalised. labels: int64 [M].
+        soft: target logits [M, num_classes] when the protocol uses soft labels.
+        lr: overrides protocol.lr (the learned lr of MTT/DATM).
+        epochs: overrides protocol.epochs (demo/CI budgets).
+    """
+    from ..nets import build_net
+
+    c, h, w = images.shape[1:]
+    net = build_net(protocol.model, c, num_classes, (h, w), generator=generator).to(device)
+    images, labels = images.to(device), labels.to(device)
+    soft = soft.to(device) if (soft is not None and protocol.soft_labels) else None
+    lr = float(protocol.lr if lr is None else lr)
+    epochs = int(protocol.epochs if epochs is None else epochs)
+    decay_at = epochs // 2 + 1
+
+    def make_opt(rate: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(net.parameters(), lr=rate, momentum=protocol.momentum,
+                               weight_decay=protocol.weight_decay)
+
+    opt = make_opt(lr)
+    for ep in range(epochs + 1):
+        if ep == decay_at:
+            opt = make_opt(lr * 0.1)
+        loss = train_epoch(net, opt, images, labels, soft, batch_size=protocol.batch_size, generator=generator,
+                           aug=protocol.aug, temperature=protocol.temperature)
+        if not torch.isfinite(torch.tensor(loss)):
+            break  # a diverged evaluation net scores what it scores; the caller reports accuracy
+        if progress is not None:
+            progress(ep + 1, epochs + 1)
+    net.eval()
+    return net
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 1024,
+            embed: bool = False) -> torch.Tensor:
+    """Logits (or penultimate embeddings) for float images [N, C, H, W], returned on CPU."""
+    from ..nets import embed as embed_fn
+
+    net.eval()
+    outs = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(device)
+        outs.append((embed_fn(net, x) if embed else net(x)).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device,
+             batch_size: int = 1024) -> float:
+    pred = predict(net, images, device=device, batch_size=batch_size).argmax(1)
+    return float((pred == labels.cpu()).float().mean())

@@ -1,0 +1,194 @@
+"""Core data types shared by every stage. No side effects on import.
+
+Data flows: shards -> RealData -> Method.fit -> CompressedSet -> shards + manifest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol
+
+import torch
+
+LogFn = Callable[[dict], None]
+
+
+@dataclass
+class RealData:
+    """A decoded image-classification dataset held in memory.
+
+    Attributes:
+        images: uint8 tensor [N, C, H, W] (CPU).
+        labels: int64 tensor [N], values in [0, num_classes).
+        keys: sample keys as read from the shards (unique), length N.
+        class_names: one name per class index.
+        mean, std: per-channel normalisation, in [0, 1] pixel units.
+        source: provenance (urls, fingerprint, counts, skipped samples).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    keys: list[str]
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: dict = field(default_factory=dict)
+    _by_class: list[torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def class_indices(self, c: int) -> torch.Tensor:
+        """Indices (int64, ascending) of the samples of class `c`."""
+        if self._by_class is None:
+            order = torch.argsort(self.labels, stable=True)
+            counts = torch.bincount(self.labels, minlength=self.num_classes).tolist()
+            self._by_class = list(torch.split(order, counts))
+        return self._by_class[c]
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+    def normalize(self, images_u8: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        """uint8 [B, C, H, W] -> float32 normalised on `device`."""
+        return normalize(images_u8.to(device), self.mean, self.std)
+
+    def get(self, idx: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Normalised float32 images for sample indices `idx`."""
+        return self.normalize(self.images[idx], device)
+
+    def sample_class(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """`n` random indices of class `c` (without replacement when n <= class size)."""
+        pool = self.class_indices(c)
+        if n <= pool.numel():
+            return pool[torch.randperm(pool.numel(), generator=generator)[:n]]
+        return pool[torch.randint(pool.numel(), (n,), generator=generator)]
+
+
+def normalize(images_u8: torch.Tensor, mean, std) -> torch.Tensor:
+    x = images_u8.float().div_(255.0)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def denormalize_to_u8(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """float normalised [B, C, H, W] -> uint8 (clamped, rounded)."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images * s + m).mul(255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How `evaluate` trains a fresh network on a compressed set (methods.md §1.4).
+
+    `epochs` counts like the reference (`Epoch + 1` passes, one x0.1 lr decay at
+    `epochs // 2 + 1`). `lr` is replaced by the set's learned lr when `use_learned_lr`.
+    `aug` is a DSA strategy string (per-sample parameters) or None.
+    `soft_labels` trains with soft cross-entropy against softmax(logits / temperature).
+    """
+
+    name: str = "dc"
+    model: str = "convnet"
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    aug: str | None = None
+    soft_labels: bool = False
+    temperature: float = 1.0
+    use_learned_lr: bool = False
+
+
+@dataclass
+class CompressedSet:
+    """The result of a method.
+
+    Attributes:
+        images: float32 [M, C, H, W], normalised with the input's mean/std.
+        labels: int64 [M] hard labels (the class each image stands for).
+        logits: float32 [M, num_classes] learned logits, or None (the runner then
+            fills teacher or one-hot logits according to `--labels`).
+        label_kind: "hard" | "teacher" | "learned".
+        synthetic: True for synthesis methods (their exact tensors are stored as .npy).
+        sources: per-sample provenance dicts, e.g. {"source_key": k} or {"slot": i}.
+        lr: learned learning rate (MTT/DATM), or None.
+        lrs: learned per-step learning rates (DD), or None.
+        protocol: the method's own evaluation protocol.
+        info: method-specific provenance for the manifest (JSON-serialisable).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor | None = None
+    label_kind: str = "hard"
+    synthetic: bool = False
+    sources: list[dict] = field(default_factory=list)
+    lr: float | None = None
+    lrs: list[float] | None = None
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a method needs besides data and its own Config.
+
+    Attributes:
+        ipc: images per class to produce.
+        device: where to compute.
+        seed: the run's seed (the generator passed to `fit` is seeded from it).
+        work_dir: private scratch folder of this run (checkpoints live here).
+        resume: continue from the last checkpoint in `work_dir` when present.
+        ckpt_every: checkpoint period in iterations (synthesis methods).
+        cache_dir: shared cache (teacher networks, expert buffers).
+        teacher: path to a user-provided teacher checkpoint, or None.
+        options: method-independent extras from the CLI (e.g. features file, bins dir).
+        progress: callback(completed, total, description) for long loops.
+        ckpt: the run's Checkpointer (load/save/due), or None.
+    """
+
+    ipc: int
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+    work_dir: Path = Path(".")
+    resume: bool = True
+    ckpt_every: int = 50
+    cache_dir: Path = Path(".")
+    teacher: Path | None = None
+    options: dict = field(default_factory=dict)
+    progress: Callable[[int, int, str], None] | None = None
+    ckpt: Any = None          # checkpoint.Checkpointer for this run (None: no checkpoints)
+
+
+class Method(Protocol):
+    """What every method implements. See docs/adding-a-method.md."""
+
+    info: ClassVar[Any]       # registry.MethodInfo
+    Config: ClassVar[type]    # frozen dataclass; defaults = the reference's
+
+    def __init__(self, config: Any) -> None: ...
+
+    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator,
+            log: LogFn) -> CompressedSet: ...
+
+
+def default_paths() -> dict[str, Path]:
+    import os
+
+    cache = Path(os.environ.get("DCOMPRESS_CACHE", Path.home() / ".cache" / "dcompress"))
+    return {"cache": cache}

@@ -1,0 +1,153 @@
+"""End to end through the CLI on tiny shards: shard -> distill -> verify/inspect/load/evaluate."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from typer.testing import CliRunner
+
+from dcompress.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def distill(shards, out: Path, *extra: str):
+    return run("distill", shards["train"], "--method", "random", "--ipc", "2", "-o", out, "--json", *extra)
+
+
+def test_shard_writes_six_digit_shards_and_wids_manifest(shards):
+    m = json.loads((shards["train"] / "manifest.json").read_text())
+    assert m["__kind__"] == "wids-shard-index-v1" and m["wids_version"] == 1
+    assert [r["url"] for r in m["shardlist"]] == ["train-000000.tar", "train-000001.tar", "train-000002.tar", "train-000003.tar"]
+    assert sum(r["nsamples"] for r in m["shardlist"]) == 36
+    assert m["dcompress"]["urls"] == "train-{000000..000003}.tar"
+
+
+def test_random_distill_outputs_load_in_all_readers(shards, tmp_path):
+    out = tmp_path / "D"
+    r = distill(shards, out, "--labels", "hard")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["samples"] == 6 and report["labels"] == "hard"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["data-000000.tar", "manifest.json"]
+    # wids index reader
+    import wids
+
+    ds = wids.ShardListDataset(str(out / "manifest.json"))
+    assert len(ds) == 6
+    sample = ds[0]
+    assert {".png", ".cls", ".logits.npy", ".json"} <= set(sample)
+    # plain webdataset
+    items = list(wds.WebDataset(str(out / "data-000000.tar"), shardshuffle=False).decode("l8").to_tuple("png", "cls", "logits.npy"))
+    assert len(items) == 6 and items[0][0].shape == (28, 28) and items[0][2].dtype == np.float16
+    # drop-in loader
+    from dcompress import load
+
+    d = load(out)
+    x, soft, y = d[0]
+    assert x.shape == (1, 28, 28) and soft.shape == (3,) and int(y) == int(soft.argmax())
+    assert d.lr is None and len(d.classes) == 3
+
+
+def test_same_seed_gives_byte_identical_shards_and_other_seed_differs(shards, tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert distill(shards, a, "--labels", "hard").exit_code == 0
+    assert distill(shards, b, "--labels", "hard").exit_code == 0
+    assert distill(shards, c, "--labels", "hard", "--seed", "1").exit_code == 0
+    assert (a / "data-000000.tar").read_bytes() == (b / "data-000000.tar").read_bytes()
+    assert (a / "data-000000.tar").read_bytes() != (c / "data-000000.tar").read_bytes()
+
+
+def test_verify_passes_then_catches_a_flipped_byte(shards, tmp_path):
+    out = tmp_path / "D"
+    assert distill(shards, out, "--labels", "hard").exit_code == 0
+    ok = run("verify", out, "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["samples"] == 6
+    tar = out / "data-000000.tar"
+    data = bytearray(tar.read_bytes())
+    data[700] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    bad = run("verify", out, "--json")
+    assert bad.exit_code == 6
+    rep = json.loads(bad.stdout)
+    assert rep["status"] == "error" and "md5" in rep["error"] and "data-000000.tar" in rep["error"]
+
+
+def test_dry_run_writes_nothing(shards, tmp_path):
+    out = tmp_path / "D"
+    r = distill(shards, out, "--dry-run")
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)["plan"]
+    assert plan["classes"] == 3 and plan["output_samples"] == 6 and plan["image_shape"] == [1, 28, 28]
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_teacher_labels_are_default_for_selection_and_cached(shards, tmp_path):
+    r = distill(shards, tmp_path / "D")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "D" / "manifest.json").read_text())["dcompress"]
+    assert m["labels"]["kind"] == "teacher" and m["labels"]["teacher"]["source"] in ("trained", "cache")
+    assert m["eval_protocol"]["soft_labels"] is True
+    r2 = distill(shards, tmp_path / "E")
+    m2 = json.loads((tmp_path / "E" / "manifest.json").read_text())["dcompress"]
+    assert m2["labels"]["teacher"]["source"] == "cache"
+
+
+@pytest.mark.parametrize("method", ["herding", "kcenter"])
+def test_feature_selection_methods_pick_distinct_real_samples(shards, tmp_path, method):
+    out = tmp_path / method
+    r = run("distill", shards["train"], "--method", method, "--ipc", "3", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    from dcompress import load
+
+    d = load(out)
+    keys = [json.loads(s)["source_key"] for s in _jsons(out)]
+    assert len(set(keys)) == 9 and torch.bincount(d.labels).tolist() == [3, 3, 3]
+
+
+def _jsons(out: Path):
+    for s in wds.WebDataset(str(out / "data-000000.tar"), shardshuffle=False):
+        yield s["json"]
+
+
+def test_evaluate_reports_compressed_and_random(shards, tmp_path):
+    out = tmp_path / "D"
+    assert distill(shards, out, "--labels", "hard").exit_code == 0
+    r = run("evaluate", out, "--test", shards["test"], "--runs", "2", "--epochs", "4", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert len(rep["compressed"]["runs"]) == 2 and len(rep["random"]["runs"]) == 2
+    assert 0 <= rep["compressed"]["mean"] <= 100 and rep["test_samples"] == 18
+    assert rep["protocol"]["epochs"] == 4
+
+
+def test_inspect_writes_grid(shards, tmp_path):
+    out = tmp_path / "D"
+    assert distill(shards, out, "--labels", "hard").exit_code == 0
+    r = run("inspect", out, "--json", "--grid", tmp_path / "g.png")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(r.stdout)["classes"] == {"0": 2, "1": 2, "2": 2}
+
+
+def test_methods_lists_registered_methods():
+    r = run("methods", "--json")
+    assert r.exit_code == 0
+    names = {m["name"] for m in json.loads(r.stdout)}
+    assert {"random", "herding", "kcenter"} <= names
+
+
+def test_rerun_replaces_previous_output_atomically(shards, tmp_path):
+    out = tmp_path / "D"
+    assert distill(shards, out, "--labels", "hard").exit_code == 0
+    assert distill(shards, out, "--labels", "hard", "--seed", "3").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D"]
