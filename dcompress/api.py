@@ -65,8 +65,10 @@ def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int) -> dict:
     c, h, w = real.image_shape
     m_cls = get_method(method)
     n_out = ipc * real.num_classes
-    png_bytes = c * h * w * 0.6 + 100
-    per_sample = 512 * 10 + png_bytes + 2 * real.num_classes + 200 + (4 * c * h * w + 128 if m_cls.info.kind == "synthesis" else 0)
+    def member(nbytes: float) -> float:  # tar: 512-byte header + data padded to 512
+        return 512 + 512 * math.ceil(nbytes / 512)
+    per_sample = (member(0.7 * c * h * w + 70) + member(2) + member(128 + 2 * real.num_classes) + member(120)
+                  + (member(128 + 4 * c * h * w) if m_cls.info.kind == "synthesis" else 0))
     return {"method": method, "kind": m_cls.info.kind, "classes": real.num_classes, "class_names": real.class_names,
             "class_counts": real.class_counts(), "input_samples": len(real), "image_shape": [c, h, w],
             "ipc": ipc, "output_samples": n_out, "shards": max(1, math.ceil(n_out / shard_size)),

@@ -11,7 +11,7 @@ from .types import denormalize_to_u8
 
 def grid_png(out: str | Path, dest: str | Path, *, max_per_class: int = 10, scale: int = 2) -> Path:
     """Writes a grid: one row per class, up to `max_per_class` images per row."""
-    from torchvision.io import write_png
+    from PIL import Image
     from torchvision.utils import make_grid
 
     ds = load(out)
@@ -30,7 +30,7 @@ def grid_png(out: str | Path, dest: str | Path, *, max_per_class: int = 10, scal
         grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    write_png(grid.contiguous(), str(dest))
+    Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy()).save(dest, format="PNG")
     return dest
 
 

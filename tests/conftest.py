@@ -49,7 +49,7 @@ def write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray) 
 
 
 def write_tar(path: Path, samples: list[dict]) -> Path:
-    with wds.TarWriter(str(path), encoder=False, mtime=0.0) as w:
+    with wds.TarWriter(str(path), encoder=False, mtime=0) as w:
         for s in samples:
             w.write(s)
     return path

@@ -1,7 +1,6 @@
 """Reading WebDataset shards into RealData, and writing sample dicts into shards.
 
-Tar parsing is webdataset's (`tarfile_to_samples`); decoding is torchvision's (PNG/JPEG/WebP)
-with a Pillow fallback for PPM/PGM/BMP/TIFF. Nothing is ever unpickled: only image bytes,
+Tar parsing is webdataset's (`tarfile_to_samples`); decoding and PNG encoding are Pillow's. Nothing is ever unpickled: only image bytes,
 ASCII `.cls` and (in our outputs) `.npy` via `np.load(allow_pickle=False)`.
 """
 from __future__ import annotations
@@ -26,7 +25,6 @@ from ..types import RealData
 from .manifest import MANIFEST, read_manifest, shard_paths
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "ppm", "pgm", "pbm", "bmp", "tif", "tiff")
-_TV_EXTS = {"png", "jpg", "jpeg", "webp"}
 
 
 @dataclass
@@ -69,7 +67,25 @@ def resolve_urls(spec: str | Iterable[str]) -> ResolvedInput:
             if not url.startswith(("pipe:", "http:", "https:")) and not Path(url).exists():
                 raise InputDataError("shard not found", path=url)
             urls.append(url)
+    if manifest is None:
+        manifest = _sibling_manifest(urls)
     return ResolvedInput(urls=urls, manifest=manifest, description=" ".join(items))
+
+
+def _sibling_manifest(urls: list[str]) -> dict | None:
+    """The manifest.json beside local shards, when every shard is listed in it (class names)."""
+    local = [Path(u) for u in urls if not u.startswith(("pipe:", "http:", "https:"))]
+    if not local or len({p.parent for p in local}) != 1:
+        return None
+    mpath = local[0].parent / MANIFEST
+    if not mpath.exists():
+        return None
+    try:
+        manifest = read_manifest(mpath)
+    except InputDataError:
+        return None
+    listed = {row["url"] for row in manifest["shardlist"]}
+    return manifest if all(p.name in listed for p in local) else None
 
 
 @dataclass
@@ -93,26 +109,19 @@ class BadSamples:
 
 
 def decode_image(data: bytes, ext: str) -> np.ndarray:
-    """Image bytes -> uint8 array [C, H, W] (C = 1 or 3; alpha dropped)."""
-    if ext in _TV_EXTS:
-        from torchvision.io import ImageReadMode, decode_image as tv_decode
+    """Image bytes -> uint8 array [C, H, W] (C = 1 or 3; alpha and palettes resolved).
 
-        t = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
-        arr = t.numpy()
-    else:
-        from PIL import Image
+    Pillow decodes every format here (torchvision 0.29 deprecates its own image codecs).
+    """
+    from PIL import Image
 
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("RGB" if im.mode in ("RGBA", "P", "CMYK", "YCbCr") else "L")
-            arr = np.asarray(im)
-            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if arr.shape[0] == 4:
-        arr = arr[:3]
-    elif arr.shape[0] == 2:
-        arr = arr[:1]
-    return np.ascontiguousarray(arr, dtype=np.uint8)
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("L" if im.mode in ("1", "I", "I;16", "F", "LA") else "RGB")
+        arr = np.asarray(im)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return np.array(arr, dtype=np.uint8, order="C")  # a writable copy
 
 
 def _sample_image(sample: dict) -> tuple[str, bytes] | None:
@@ -180,6 +189,10 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
         keys.append(key)
         if progress is not None:
             progress(1)
+    for url in inp.urls:
+        problem = tar_truncation(url)
+        if problem:
+            bad.add(f"{url}: {problem}")
     if not images:
         raise InputDataError(f"no usable samples in {len(inp.urls)} shard(s) ({inp.description})"
                              + (f"; {bad.count} bad" if bad.count else ""))
@@ -227,6 +240,31 @@ def fingerprint_of(keys: list[str], labels: torch.Tensor, images: torch.Tensor) 
     return "sha256:" + h.hexdigest()
 
 
+def tar_truncation(url: str) -> str | None:
+    """Why a local tar shard is truncated, or None when it is complete (or not local).
+
+    Stream readers stop silently when a tar is cut at a member boundary; a complete tar ends
+    with two zero blocks after its last member, which is what this checks.
+    """
+    if url.startswith(("pipe:", "http:", "https:")):
+        return None
+    size = os.path.getsize(url)
+    try:
+        with tarfile.open(url, "r") as tf:
+            end = 0
+            for m in tf:
+                end = m.offset_data + 512 * ((m.size + 511) // 512)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        return f"unreadable tar ({e})"
+    if size < end + 1024:
+        return f"truncated tar: {size} bytes, data runs to byte {end} and the end-of-archive marker is missing"
+    with open(url, "rb") as f:
+        f.seek(end)
+        if f.read(1024) != bytes(1024):
+            return f"truncated tar: no end-of-archive marker after byte {end}"
+    return None
+
+
 def count_samples(path: str | Path) -> int:
     """Number of distinct keys in one local tar shard."""
     keys = set()
@@ -240,10 +278,13 @@ def count_samples(path: str | Path) -> int:
 # ---------------------------------------------------------------------------------------- writing
 
 def encode_png(img_u8: np.ndarray) -> bytes:
-    """uint8 [C, H, W] -> PNG bytes (deterministic, lossless)."""
-    from torchvision.io import encode_png as tv_encode
+    """uint8 [C, H, W] -> PNG bytes (deterministic, lossless; 1 channel stays grayscale)."""
+    from PIL import Image
 
-    return bytes(tv_encode(torch.from_numpy(np.ascontiguousarray(img_u8))).numpy())
+    arr = img_u8[0] if img_u8.shape[0] == 1 else img_u8.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def encode_npy(arr: np.ndarray) -> bytes:
@@ -272,7 +313,7 @@ def write_shards(out_dir: Path, samples: Iterable[dict], *, prefix: str, shard_s
                 writer.close()
                 written.append((path, count))
             path = out_dir / f"{prefix}-{len(written):06d}.tar"
-            writer = wds.TarWriter(str(path), encoder=False, mtime=0.0, user="dcompress", group="dcompress")
+            writer = wds.TarWriter(str(path), encoder=False, mtime=0, user="dcompress", group="dcompress")
             count = 0
         writer.write(sample)
         count += 1

@@ -30,8 +30,6 @@ def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.
                 soft: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
                 aug: str | None = None, temperature: float = 1.0) -> float:
     """One shuffled pass over (images, labels[, soft]); all tensors already on the net's device."""
-    from ..augment import dsa
-
     net.train()
     n = images.shape[0]
     order = torch.randperm(n, generator=generator).to(images.device)
@@ -40,13 +38,15 @@ def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.
         idx = order[start:start + batch_size]
         x = images[idx]
         if aug:
+            from ..augment import dsa
+
             x = dsa.augment(x, aug, generator=generator)
         out = net(x)
         loss = loss_fn(out, labels[idx], None if soft is None else soft[idx], temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += float(loss) * idx.numel()
+        total += loss.item() * idx.numel()
         seen += idx.numel()
     return total / max(seen, 1)
 
