@@ -127,6 +127,8 @@ class CompressedSet:
         lrs: learned per-step learning rates (DD), or None.
         protocol: the method's own evaluation protocol.
         info: method-specific provenance for the manifest (JSON-serialisable).
+        extra_files: auxiliary files for the output folder (e.g. DQ's bins.npy), listed in
+            the manifest under `extra_files`.
     """
 
     images: torch.Tensor
@@ -139,6 +141,7 @@ class CompressedSet:
     lrs: list[float] | None = None
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     info: dict = field(default_factory=dict)
+    extra_files: dict = field(default_factory=dict)  # name -> bytes, written beside the shards
 
     def __len__(self) -> int:
         return int(self.labels.numel())

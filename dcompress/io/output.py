@@ -49,7 +49,9 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
         written = write_shards(tmp, iter_samples(cset, class_names, method, mean, std),
                                prefix=PREFIX, shard_size=shard_size)
         shards = [shard_entry(p, n) for p, n in written]
-        block = {**block, "num_samples": len(cset),
+        for name, data in cset.extra_files.items():
+            (tmp / name).write_bytes(data)
+        block = {**block, "num_samples": len(cset), "extra_files": sorted(cset.extra_files),
                  "urls": f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar"}
         manifest = build_manifest(f"{method}-{Path(target).name}", shards, block)
         write_json_atomic(tmp / MANIFEST, manifest)

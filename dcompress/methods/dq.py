@@ -1,0 +1,178 @@
+"""DQ — Dataset Quantization (Zhou et al., ICCV'23), bin generation + bin sampling (methods.md §8).
+
+1. One embedding per real image, computed once for the whole input (the reference recomputes
+   them for every bin): the teacher's penultimate features (default), the DeepCore last-layer
+   gradient embedding (`features=grad`, cosine from its two Gram factors), or a user's
+   `FILE.npy` aligned with the input order.
+2. Per class, `bins` sequential non-overlapping GraphCut bins on the remaining pool
+   (`select.make_bins`: dense exact kernel for small classes, faiss kNN graph above `dense_max`).
+3. Uniform class-balanced sampling from every bin so the union hits the target size.
+
+Pixel quantisation (patch dropping + MAE reconstruction) needs pretrained MAE weights, which
+cannot be had offline: left out (docs/methods/dq.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputDataError, UsageError
+from ..registry import MethodInfo, register_method
+from ..types import CompressedSet, LogFn, RealData, RunSpec
+from .base import check_ipc, selection_result
+from .select import make_bins
+
+BINS_FILE, BINS_META = "bins.npy", "bins.json"
+
+
+def bin_quotas(target: int, bin_sizes: list[int]) -> list[int]:
+    """Splits `target` picks of one class evenly over its bins (remainder to the first,
+    most representative bins), moving any excess of a small bin to the next ones."""
+    k = len(bin_sizes)
+    quota = [target // k + (1 if b < target % k else 0) for b in range(k)]
+    spill = 0
+    for b in range(k):
+        quota[b] += spill
+        spill = max(0, quota[b] - bin_sizes[b])
+        quota[b] -= spill
+    for b in range(k):  # leftover wraps to earlier bins with room
+        take = min(spill, bin_sizes[b] - quota[b])
+        quota[b] += take
+        spill -= take
+    return quota
+
+
+def sample_bins(labels: torch.Tensor, bins: np.ndarray, targets: list[int], n_bins: int,
+                generator: torch.Generator) -> tuple[list[torch.Tensor], list[int]]:
+    """Uniform sampling inside every bin of every class. Returns per-class picks and their bins."""
+    picks, pick_bins = [], []
+    for c, target in enumerate(targets):
+        ids = (labels == c).nonzero().flatten()
+        members = [ids[torch.from_numpy(bins[ids.numpy()] == b)] for b in range(n_bins)]
+        quotas = bin_quotas(target, [m.numel() for m in members])
+        chosen = []
+        for b, (m, q) in enumerate(zip(members, quotas)):
+            if q:
+                chosen.append(m[torch.randperm(m.numel(), generator=generator)[:q]])
+                pick_bins += [b] * q
+        picks.append(torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.int64))
+    return picks, pick_bins
+
+
+def load_features(path: str, real: RealData) -> np.ndarray:
+    try:
+        feats = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise InputDataError(f"cannot read embeddings ({e})", path=path) from None
+    if feats.ndim != 2 or feats.shape[0] != len(real):
+        raise InputDataError(f"embeddings have shape {tuple(feats.shape)}; expected [{len(real)}, D] "
+                             f"(one row per input sample, in input order)", path=path)
+    feats = np.asarray(feats, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(feats).all(1))
+    if bad.size:
+        raise InputDataError(f"{bad.size} embedding rows hold NaN/inf (first: row {bad[0]}, "
+                             f"sample {real.keys[bad[0]]!r})", path=path)
+    return feats
+
+
+@register_method
+class DQ:
+    info = MethodInfo("dq", "selection", "Dataset Quantization: GraphCut bins on a kNN graph, uniform per-bin sampling",
+                      needs_teacher=True)
+
+    @dataclass(frozen=True)
+    class Config:
+        bins: int = 10             # number of bins (--bins)
+        k: int = 20                # kNN degree of the sparse graph
+        lam: float = 1.0           # GraphCut λ in DQ/DeepCore's gain λ·Σ_pool s − 2·Σ_S s
+        features: str = "teacher"  # teacher | grad | path to an [N, D] .npy (--features)
+        dense_max: int = 8192      # classes up to this size use the exact dense kernel
+        knn_method: str = "auto"   # auto | exact | hnsw | ivf
+
+    def __init__(self, config: "DQ.Config"):
+        self.config = config
+
+    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+        cfg = self.config
+        n_bins = int(spec.options.get("bins") or cfg.bins)
+        source = str(spec.options.get("features") or cfg.features)
+        counts = real.class_counts()
+        ratio = spec.options.get("ratio")
+        targets = [max(1, round(ratio * n)) for n in counts] if ratio else [spec.ipc] * real.num_classes
+        if not ratio:
+            check_ipc(real, spec.ipc)
+        from_bins = spec.options.get("from_bins")
+        if from_bins:
+            bins, binfo = self._load_bins(Path(from_bins), real)
+            n_bins = binfo["n_bins"]
+        else:
+            feats = self._features(source, real, spec, log)
+            small = min(counts)
+            if n_bins > small:
+                raise UsageError(f"--bins {n_bins} is larger than the smallest class "
+                                 f"({real.class_names[counts.index(small)]!r}, {small} images)")
+            done = [0]
+
+            def prog(ev: dict) -> None:
+                done[0] += 1
+                if spec.progress:
+                    spec.progress(ev["done"], ev["of"], "dq bins")
+            bins, binfo = make_bins(feats, real.labels.numpy(), n_bins, lam=cfg.lam, k=cfg.k,
+                                    method=cfg.knn_method, dense_max=cfg.dense_max, seed=spec.seed, progress=prog)
+            binfo["features"] = source
+            binfo["fingerprint"] = real.source.get("fingerprint")
+        picks, pick_bins = sample_bins(real.labels, bins, targets, n_bins, generator)
+        info = {"bins": n_bins, "k": cfg.k, "lam": cfg.lam, "features": binfo.get("features"),
+                "graph_build_s": binfo.get("build_s"), "greedy_s": binfo.get("greedy_s"),
+                "kernels": sorted({c["kernel"] for c in binfo.get("classes", [])}),
+                "knn": [c["knn"] for c in binfo.get("classes", []) if "knn" in c][:3],
+                "from_bins": str(from_bins) if from_bins else None,
+                "pixel_quantization": "not applied (needs pretrained MAE weights)"}
+        cset = selection_result(real, picks, info=info, extra=[{"bin": b} for b in pick_bins])
+        if spec.options.get("keep_bins"):
+            cset.extra_files = self._bins_files(bins, binfo, real)
+        return cset
+
+    def _features(self, source: str, real: RealData, spec: RunSpec, log: LogFn):
+        if source not in ("teacher", "grad"):
+            return load_features(source, real)
+        from ..train.teacher import get_teacher, teacher_features
+
+        teacher = get_teacher(real, spec, log=log)
+        emb = teacher_features(teacher, real, spec.device)
+        if source == "teacher":
+            return emb.numpy()
+        logits = torch.cat([teacher.logits(real.get(torch.arange(s, min(s + 1024, len(real)))), spec.device)
+                            for s in range(0, len(real), 1024)])
+        # dCE/dlogits = softmax − onehot (DeepCore applies softmax twice; we use the plain CE gradient)
+        b = torch.softmax(logits.double(), 1) - torch.nn.functional.one_hot(real.labels, real.num_classes).double()
+        return b.numpy(), emb.double().numpy()
+
+    @staticmethod
+    def _bins_files(bins: np.ndarray, binfo: dict, real: RealData) -> dict[str, bytes]:
+        buf = io.BytesIO()
+        np.save(buf, bins.astype(np.int32), allow_pickle=False)
+        meta = {**{k: v for k, v in binfo.items() if k != "classes"}, "num_samples": len(real),
+                "bins_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+                "class_kernels": [{k: c[k] for k in ("label", "n", "kernel", "bin_sizes")} for c in binfo["classes"]]}
+        return {BINS_FILE: buf.getvalue(), BINS_META: json.dumps(meta, indent=1, default=str).encode()}
+
+    @staticmethod
+    def _load_bins(folder: Path, real: RealData) -> tuple[np.ndarray, dict]:
+        npy, meta_path = folder / BINS_FILE, folder / BINS_META
+        if not npy.exists() or not meta_path.exists():
+            raise InputDataError(f"no {BINS_FILE}/{BINS_META} here (write them with --keep-bins)", path=str(folder))
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != real.source.get("fingerprint"):
+            raise InputDataError("bins were computed on a different input (fingerprint mismatch)",
+                                 path=str(meta_path), key="fingerprint")
+        bins = np.load(npy, allow_pickle=False)
+        if bins.shape != (len(real),):
+            raise InputDataError(f"bins has shape {bins.shape}, expected ({len(real)},)", path=str(npy))
+        return bins, meta
