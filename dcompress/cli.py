@@ -134,6 +134,38 @@ def _show_distill(report: dict) -> None:
 
 
 @app.command()
+def experts(urls: List[str] = typer.Argument(..., help="training shards (URLS as for distill)"),
+            output: Path = typer.Option(..., "-o", "--out", help="buffer folder (resumable; several processes may fill it)"),
+            num_experts: int = typer.Option(..., "--num-experts", help="complete experts wanted in the buffer"),
+            epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs per expert (default 50); E+1 snapshots"),
+            optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (MTT, default) | ftd (DATM's GSAM)"),
+            test: Optional[List[str]] = typer.Option(None, "--test", help="test shards for per-epoch accuracy"),
+            holdout: Optional[float] = typer.Option(None, "--holdout", help="input fraction held out for accuracy (default 0.05, 0 with --test)"),
+            seed: int = typer.Option(0, "--seed"),
+            device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+            config: Optional[Path] = typer.Option(None, "--config", help="YAML file of expert config keys"),
+            sets: List[str] = typer.Option([], "--set", help="key=value expert config override, e.g. model=convnet_w16"),
+            stale_after: float = typer.Option(3600.0, "--stale-lock-seconds", help="break locks without heartbeat for this long"),
+            max_bad: int = typer.Option(100, "--max-bad"),
+            as_json: bool = JSON) -> None:
+    """Train expert trajectories (MTT/DATM) into a memory-mappable buffer."""
+    from .api import load_real, resolve_device
+    from .config import resolve_config
+    from .train.experts import ExpertConfig, train_experts
+
+    base = {k: v for k, v in {"epochs": epochs, "optimizer": optimizer, "holdout": holdout}.items() if v is not None}
+
+    def work(prog: _Progress) -> dict:
+        cfg = resolve_config(ExpertConfig, file=config, sets=sets, base={**base, "seed": seed})
+        dev = resolve_device(device)
+        real = load_real(urls, max_bad=max_bad, progress=prog)
+        test_data = load_real(test, max_bad=max_bad) if test else None
+        return train_experts(real, output, num_experts=num_experts, config=cfg, test=test_data, device=dev,
+                             stale_after=stale_after, progress=prog)
+    _run(as_json, work, _kv)
+
+
+@app.command()
 def methods(as_json: bool = JSON) -> None:
     """List registered methods with their options."""
     from .registry import list_methods

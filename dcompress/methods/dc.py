@@ -1,0 +1,166 @@
+"""DC — Dataset Condensation with Gradient Matching (Zhao, Mopuri & Bilen, ICLR'21) and
+DSA — the same with Differentiable Siamese Augmentation (Zhao & Bilen, ICML'21).
+Reference: `main.py --method DC|DSA` (methods.md §3, §4).
+
+    for each iteration: a fresh random network θ
+        for ol in 1..outer_loop:
+            (BN nets: set BN statistics from 16 real images/class, then freeze them)
+            for each class c:  L += D(∇θ CE(θ; A_c(x_real,c)), ∇θ CE(θ; A_c(S_c)))
+            one SGD(lr_img, momentum 0.5) step on the synthetic images S
+            (not after the last ol) inner_loop epochs of SGD(lr_net) on θ over S (DSA: with DSA aug)
+
+D is the per-output-channel cosine distance ('ours', `matching.distance_wb`). DC has no
+augmentation (A = identity); DSA draws one Siamese DSA transform per class and applies it to
+the real and the synthetic batch alike, so gradients reach S through the augmentation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..augment import dsa
+from ..errors import UsageError
+from ..nets import build_net
+from ..registry import MethodInfo, register_method
+from ..train.loop import train_epoch
+from ..types import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from .base import check_ipc, class_labels
+from .matching import (BN_IMAGES_PER_CLASS, check_finite, checkpoint, class_gradients, dc_loops,
+                       eval_model_for, freeze_bn_stats, has_batchnorm, init_images, log_every, match_loss,
+                       parse_strategy_or_usage, restore, synthesis_result)
+
+
+@register_method
+class DC:
+    info = MethodInfo("dc", "synthesis", "gradient matching per class on fresh random nets (Zhao et al. 2021)")
+
+    @dataclass(frozen=True)
+    class Config:
+        """Defaults = reference `main.py` argparse (methods.md §3).
+
+        iterations: outer iterations, each with a fresh random network (reference `Iteration`).
+        lr_img: SGD lr on the pixels; momentum: its momentum (reference hard-codes 0.5).
+        lr_net: SGD lr (no momentum) of the inner-loop network training.
+        batch_real: real images per class per matching step; batch_train: inner-loop batch.
+        init: 'noise' (reference default) or 'real'.
+        dis_metric: 'ours' (per-output-channel cosine, 1-D params ignored), 'mse' or 'cos'.
+        outer_loop, inner_loop: None = reference `get_loops` table, extended to any ipc
+            (`matching.dc_loops`).
+        model: network to match on (dcompress.nets name).
+        """
+
+        iterations: int = 1000
+        lr_img: float = 0.1
+        momentum: float = 0.5
+        lr_net: float = 0.01
+        batch_real: int = 256
+        batch_train: int = 256
+        init: Literal["real", "noise"] = "noise"
+        dis_metric: Literal["ours", "mse", "cos"] = "ours"
+        outer_loop: int | None = None
+        inner_loop: int | None = None
+        model: str = "convnet"
+
+    def __init__(self, config: "DC.Config"):
+        self.config = config
+        if config.iterations < 0 or config.batch_real < 1 or config.batch_train < 1:
+            raise UsageError(f"{self.info.name}: iterations must be >= 0, batch_real and batch_train >= 1")
+        if (config.outer_loop is not None and config.outer_loop < 1) or \
+                (config.inner_loop is not None and config.inner_loop < 0):
+            raise UsageError(f"{self.info.name}: outer_loop must be >= 1 and inner_loop >= 0")
+        self.strategy = self._strategy()
+
+    def _strategy(self) -> str | None:
+        """The DSA strategy used in matching (Siamese) and inner-loop training; DC has none."""
+        return None
+
+    def protocol(self) -> EvalProtocol:
+        return EvalProtocol(name="dc", model=eval_model_for(self.config.model), epochs=300, aug=None)
+
+    def match_step(self, net: torch.nn.Module, real: RealData, images: torch.Tensor, ipc: int,
+                   generator: torch.Generator) -> float:
+        """Σ_c D(g_real,c, g_syn,c), back-propagated class by class into `images.grad` only."""
+        device = images.device
+        total = torch.zeros((), device=device)
+        for c in range(real.num_classes):
+            xr = real.get(real.sample_class(c, self.config.batch_real, generator), device)
+            xs = images[c * ipc:(c + 1) * ipc]
+            if self.strategy is not None:
+                params = dsa.make_params(self.strategy, xr.shape[0], real.image_shape, generator=generator,
+                                         siamese=True, device=device)
+                xr, xs = dsa.apply(xr, params), dsa.apply(xs, params)
+            g_real = class_gradients(net, xr, c, create_graph=False)
+            g_syn = class_gradients(net, xs, c, create_graph=True)
+            loss_c = match_loss(g_syn, g_real, self.config.dis_metric)
+            # inputs=[images]: the reference also accumulates (unused) second-order grads into θ
+            loss_c.backward(inputs=[images])
+            total += loss_c.detach()
+        return float(total)          # one device sync per outer step
+
+    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+        cfg, ipc, device, name = self.config, spec.ipc, torch.device(spec.device), self.info.name
+        check_ipc(real, ipc)
+        outer, inner = dc_loops(ipc, cfg.outer_loop, cfg.inner_loop)
+        ch, h, w = real.image_shape
+        images, init_keys = init_images(real, ipc, cfg.init, generator, device)
+        images.requires_grad_(True)
+        labels = class_labels(real.num_classes, ipc).to(device)
+        opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
+        start = restore(spec, images, opt_img, generator, log)
+        every, loss_avg = log_every(cfg.iterations), float("nan")
+        for it in range(start, cfg.iterations):
+            net = build_net(cfg.model, ch, real.num_classes, (h, w), generator=generator).to(device)
+            net.train()
+            opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)
+            bn = has_batchnorm(net)
+            loss_sum = 0.0
+            for ol in range(outer):
+                if bn:
+                    idx = torch.cat([real.sample_class(c, BN_IMAGES_PER_CLASS, generator)
+                                     for c in range(real.num_classes)])
+                    freeze_bn_stats(net, real.get(idx, device))
+                opt_img.zero_grad(set_to_none=True)
+                loss = self.match_step(net, real, images, ipc, generator)
+                check_finite(loss, it + 1, name)
+                opt_img.step()
+                loss_sum += loss
+                if ol == outer - 1:
+                    break
+                syn = images.detach().clone()
+                for _ in range(inner):
+                    train_epoch(net, opt_net, syn, labels, None, batch_size=cfg.batch_train, generator=generator,
+                                aug=self.strategy)
+            loss_avg = loss_sum / (outer * real.num_classes)   # reference's logged loss_avg
+            checkpoint(spec, it + 1, images, opt_img, generator, name)
+            if it % every == 0 or it + 1 == cfg.iterations:
+                log({"event": "iteration", "method": name, "iteration": it + 1, "loss": loss_avg})
+            if spec.progress is not None:
+                spec.progress(it + 1, cfg.iterations, name)
+        info = {"init": cfg.init, "iterations": cfg.iterations, "outer_loop": outer, "inner_loop": inner,
+                "dis_metric": cfg.dis_metric, "final_loss": loss_avg, "resumed_from": start or None}
+        return synthesis_result(images, real, ipc, init_keys, self.protocol(), info)
+
+
+@register_method
+class DSA(DC):
+    info = MethodInfo("dsa", "synthesis", "DC gradient matching with Siamese differentiable augmentation (Zhao & Bilen 2021)")
+
+    @dataclass(frozen=True)
+    class Config(DC.Config):
+        """DC's fields and defaults, except init 'real' (README command) and the DSA strategy
+        ('color_crop_cutout_flip_scale_rotate'; drop 'flip' for digit datasets)."""
+
+        init: Literal["real", "noise"] = "real"
+        dsa_strategy: str = dsa.DEFAULT_STRATEGY
+
+    def _strategy(self) -> str | None:
+        strategy = parse_strategy_or_usage(self.config.dsa_strategy)
+        if strategy is None:
+            raise UsageError("dsa: dsa_strategy must name at least one augmentation; "
+                             "use --method dc for gradient matching without augmentation")
+        return strategy
+
+    def protocol(self) -> EvalProtocol:
+        return EvalProtocol(name="dsa", model=eval_model_for(self.config.model), epochs=1000, aug=self.strategy)

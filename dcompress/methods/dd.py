@@ -1,0 +1,246 @@
+"""DD — Dataset Distillation (Wang et al., 2018; methods.md §2).
+
+Learned: the synthetic images and one lr per inner step. Each outer iteration draws a fresh
+network θ0, trains it for T = distill_steps × distill_epochs differentiable SGD steps (step i
+uses synthetic batch i mod distill_steps and lr softplus(raw_i)), measures CE of θ_T on a real
+batch, and back-propagates through all T steps (`train.unroll`, memory mode as MTT) into the
+pixels and the raw lrs (Adam 0.01, betas (0.5, 0.999), halved every `decay_epochs` epochs).
+
+`--ipc` is the number of images per class in total: they are split over `distill_steps` steps
+of ipc / distill_steps images per class each (the reference's distilled_images_per_class_per_step;
+its default, 10 steps × 1, is `--ipc 10`). `distill_steps` None = the largest divisor of ipc
+that is at most 10. Slot j of a class belongs to step j // (ipc / distill_steps).
+
+`init="xavier"` (the reference's default) draws conv/linear weights xavier-normal (gain 1) with
+zero biases, other parameters as the network's default; `init="default"` keeps the network's
+own initialisation. DD's own evaluation re-runs the learned steps on fresh networks:
+`replay_accuracy`. The manifest's eval protocol is the common one (300 epochs, no aug).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import NonFiniteLoss, UsageError
+from ..registry import MethodInfo, register_method
+from ..train.unroll import unroll
+from ..types import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec, normalize
+from .base import check_ipc, class_labels, noise_init, real_init
+from .mtt import pick_memory_mode
+
+
+def resolve_steps(ipc: int, distill_steps: int | None) -> int:
+    if distill_steps is None:
+        return max(d for d in range(1, min(ipc, 10) + 1) if ipc % d == 0)
+    if distill_steps < 1 or ipc % distill_steps:
+        raise UsageError(f"DD splits the --ipc {ipc} images per class over distill_steps steps; "
+                         f"distill_steps={distill_steps} does not divide it (e.g. --set distill_steps=1)")
+    return distill_steps
+
+
+def step_batches(num_classes: int, ipc: int, steps: int) -> list[torch.Tensor]:
+    """Indices (into the class-major set, class c slot j at c*ipc + j) of each step's batch."""
+    per = ipc // steps
+    return [torch.tensor([c * ipc + j for c in range(num_classes) for j in range(s * per, (s + 1) * per)])
+            for s in range(steps)]
+
+
+def fresh_params(name: str, shape: tuple[int, int, int], num_classes: int, init: str,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Flat parameters [P] of a newly initialised `name` network (CPU)."""
+    from ..nets import build_net
+    from ..nets.functional import flat_params
+
+    c, h, w = shape
+    fresh = build_net(name, c, num_classes, (h, w), generator=generator)
+    if init == "xavier":
+        with torch.no_grad():
+            for mod in fresh.modules():
+                if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+                    wt = mod.weight
+                    rf = wt[0][0].numel() if wt.dim() > 2 else 1
+                    std = math.sqrt(2.0 / (wt.shape[1] * rf + wt.shape[0] * rf))
+                    wt.copy_(torch.randn(wt.shape, generator=generator) * std)
+                    if mod.bias is not None:
+                        mod.bias.zero_()
+    return flat_params(fresh)
+
+
+def softplus_inv(y: float) -> float:
+    return math.log(math.expm1(y))
+
+
+@register_method
+class DD:
+    info = MethodInfo("dd", "synthesis", "dataset distillation: unrolled steps with learned per-step lrs")
+
+    @dataclass(frozen=True)
+    class Config:
+        """Defaults = DD `base_options.py` (LeNet, 10 steps x 3 epochs, lr init 0.02, Adam 0.01,
+        400 epochs of batch 1024, StepLR 40 x0.5). `iterations` caps the outer steps (None: epochs
+        x batches per epoch). `n_nets`: fresh networks averaged per outer step (sample_n_nets)."""
+
+        model: str = "lenet"
+        distill_steps: int | None = None
+        distill_epochs: int = 3
+        distill_lr: float = 0.02
+        lr: float = 0.01
+        beta1: float = 0.5
+        epochs: int = 400
+        iterations: int | None = None
+        batch_real: int = 1024
+        decay_epochs: int = 40
+        decay_factor: float = 0.5
+        n_nets: int = 1
+        init: Literal["xavier", "default"] = "xavier"
+        pix_init: Literal["noise", "real"] = "noise"
+        memory: Literal["auto", "full", "constant", "tesla"] = "auto"
+
+    def __init__(self, config):
+        self.config = config
+
+    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+        from ..nets import build_net
+        from ..nets.functional import forward_flat
+
+        cfg, dev = self.config, spec.device
+        check_ipc(real, spec.ipc)
+        steps = resolve_steps(spec.ipc, cfg.distill_steps)
+        T = steps * cfg.distill_epochs
+        if cfg.distill_epochs < 1 or cfg.n_nets < 1 or cfg.batch_real < 1 or cfg.distill_lr <= 0:
+            raise UsageError("distill_epochs, n_nets, batch_real must be >= 1 and distill_lr > 0")
+        shape, K = real.image_shape, real.num_classes
+        net = build_net(cfg.model, shape[0], K, shape[1:], generator=torch.Generator().manual_seed(0)).to(dev)
+        labels = class_labels(K, spec.ipc).to(dev)
+        batches = [b.to(dev) for b in step_batches(K, spec.ipc, steps)]
+        per_epoch = math.ceil(len(real) / cfg.batch_real)
+        total = cfg.epochs * per_epoch if cfg.iterations is None else min(cfg.iterations, cfg.epochs * per_epoch)
+        state = spec.ckpt.load() if spec.ckpt is not None else None
+        if state is None:
+            init = noise_init if cfg.pix_init == "noise" else real_init
+            x0 = init(real, spec.ipc, generator, dev)
+            raw0 = torch.full((T,), softplus_inv(cfg.distill_lr))
+        else:
+            x0, raw0 = state["images"], state["raw"]
+        images = x0.detach().clone().to(dev).requires_grad_(True)
+        raw = raw0.detach().clone().to(dev).requires_grad_(True)
+        opt = torch.optim.Adam([images, raw], lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        start, perm, mode, info, losses = 0, None, None, {}, []
+        if state is not None:
+            opt.load_state_dict(state["opt"])
+            generator.set_state(state["generator"])
+            start, perm, mode, info, losses = (state["iteration"], state["perm"], state["mode"], state["info"],
+                                               list(state["losses"]))
+
+        def inner(theta: torch.Tensor, i: int) -> torch.Tensor:
+            b = batches[i % steps]
+            return F.cross_entropy(forward_flat(net, theta, images[b]), labels[b])
+
+        def lr_fn(i: int) -> torch.Tensor:
+            return F.softplus(raw[i])
+
+        for it in range(start, total):
+            epoch, pos = divmod(it, per_epoch)
+            if pos == 0 or perm is None:
+                perm = torch.randperm(len(real), generator=generator)
+            for group in opt.param_groups:   # StepLR(decay_epochs, decay_factor) over real-data epochs
+                group["lr"] = cfg.lr * cfg.decay_factor ** (epoch // cfg.decay_epochs)
+            ridx = perm[pos * cfg.batch_real:(pos + 1) * cfg.batch_real]
+            x_real, y_real = real.get(ridx, dev), real.labels[ridx].to(dev)
+            grads, loss = [torch.zeros_like(images), torch.zeros_like(raw)], 0.0
+            for _ in range(cfg.n_nets):
+                theta0 = fresh_params(cfg.model, shape, K, cfg.init, generator).to(dev)
+
+                def outer(theta: torch.Tensor) -> torch.Tensor:
+                    return F.cross_entropy(forward_flat(net, theta, x_real), y_real)
+
+                if mode is None:
+                    mode, mem_info = pick_memory_mode(cfg.memory, inner, lr_fn, theta0, T, dev, log)
+                    info.update(mem_info)
+                res = unroll(inner, lr_fn, theta0, T, outer, [images, raw], mode=mode)
+                for k, g in enumerate(res.grads):
+                    if g is not None:
+                        grads[k] += g / cfg.n_nets
+                loss += res.loss / cfg.n_nets
+            images.grad, raw.grad = grads
+            opt.step()
+            losses.append(round(loss, 6))
+            log({"event": "iteration", "it": it + 1, "loss": loss})
+            if spec.progress:
+                spec.progress(it + 1, total, "dd")
+            if spec.ckpt is not None and spec.ckpt.due(it + 1):
+                if not (torch.isfinite(images).all() and torch.isfinite(raw).all()):
+                    raise NonFiniteLoss(f"images or lrs became non-finite at iteration {it + 1}; lower lr")
+                spec.ckpt.save({"iteration": it + 1, "images": images.detach().cpu(), "raw": raw.detach().cpu(),
+                                "opt": opt.state_dict(), "generator": generator.get_state(), "perm": perm,
+                                "mode": mode, "info": info, "losses": losses})
+        if not torch.isfinite(images).all():
+            raise NonFiniteLoss("synthetic images became non-finite; lower lr")
+        lrs = F.softplus(raw.detach()).cpu().tolist()
+        info.update(iterations=total, loss_first=losses[0] if losses else None,
+                    loss_last=losses[-1] if losses else None,
+                    loss_last10_mean=(sum(losses[-10:]) / len(losses[-10:])) if losses else None,
+                    replay={"model": cfg.model, "init": cfg.init, "distill_steps": steps,
+                            "distill_epochs": cfg.distill_epochs, "images_per_class_per_step": spec.ipc // steps,
+                            "step_of_slot": "slot // images_per_class_per_step", "lrs": lrs,
+                            "evaluate_with": "dcompress.methods.dd.replay_accuracy"})
+        return CompressedSet(images=images.detach().cpu(), labels=labels.cpu(), synthetic=True, lrs=lrs, info=info,
+                             protocol=EvalProtocol(name="dd", epochs=300, aug=None))
+
+
+def replay_accuracy(out_dir: str | Path, test: RealData, runs: int = 5, *, seed: int = 0,
+                    device: torch.device = torch.device("cpu")) -> dict:
+    """DD's own evaluation of a written DD output: train `runs` fresh networks (the distillation's
+    init distribution) with exactly the learned steps — step i on the images of step
+    i mod distill_steps with lr lrs[i] — and report test accuracy in % {"mean", "std", "runs"}."""
+    from ..loader import load
+
+    ds = load(out_dir)
+    rp = ds.manifest["dcompress"]["info"].get("replay")
+    if rp is None:
+        raise UsageError("not a DD output (manifest info has no replay block)", path=str(out_dir))
+    x_test = normalize(test.images, ds.mean, ds.std)
+    return replay(ds.images, ds.labels, ds.lrs, rp, x_test, test.labels, num_classes=len(ds.classes), runs=runs,
+                  seed=seed, device=device)
+
+
+def replay(images: torch.Tensor, labels: torch.Tensor, lrs: list[float], rp: dict, x_test: torch.Tensor,
+           y_test: torch.Tensor, *, num_classes: int, runs: int = 5, seed: int = 0,
+           device: torch.device = torch.device("cpu")) -> dict:
+    """`replay_accuracy` on tensors: `images` [M, C, H, W] in the output's order (class-major slots),
+    `rp` the manifest's info["replay"] block, `x_test` normalised."""
+    from ..nets import build_net
+    from ..nets.functional import forward_flat, load_flat_
+    from ..train.loop import accuracy
+
+    per, steps = rp["images_per_class_per_step"], rp["distill_steps"]
+    slots, seen = [], {}
+    for y in labels.tolist():
+        slots.append(seen.get(y, 0))
+        seen[y] = slots[-1] + 1
+    step_of = torch.tensor([s // per for s in slots])
+    batches = [(step_of == s).nonzero().flatten().to(device) for s in range(steps)]
+    shape = tuple(images.shape[1:])
+    K = num_classes
+    images, labels = images.to(device), labels.to(device)
+    net = build_net(rp["model"], shape[0], K, shape[1:], generator=torch.Generator().manual_seed(0)).to(device)
+    accs = []
+    for r in range(runs):
+        g = torch.Generator().manual_seed(seed * 1000 + r)
+        theta = fresh_params(rp["model"], shape, K, rp["init"], g).to(device)
+        for i, lr in enumerate(lrs):
+            theta = theta.detach().requires_grad_(True)
+            b = batches[i % steps]
+            loss = F.cross_entropy(forward_flat(net, theta, images[b]), labels[b])
+            (grad,) = torch.autograd.grad(loss, theta)
+            theta = theta - lr * grad
+        load_flat_(net, theta.detach())
+        accs.append(accuracy(net, x_test, y_test, device=device))
+    mean = sum(accs) / len(accs)
+    std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5
+    return {"mean": round(100 * mean, 2), "std": round(100 * std, 2), "runs": [round(100 * a, 2) for a in accs]}

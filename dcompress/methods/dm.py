@@ -1,0 +1,171 @@
+"""DM — Distribution Matching (Zhao & Bilen, WACV'23; reference `main_DM.py`, methods.md §5).
+
+Each iteration samples a fresh random network with frozen parameters and moves the synthetic
+images so that, class by class, the mean penultimate embedding of the synthetic images matches
+that of a real batch (both under one shared Siamese DSA draw per class):
+
+    loss = Σ_c ‖ mean_i f(A_c(x_real,i)) − mean_j f(A_c(x_syn,j)) ‖²        (sum of squares)
+
+followed by one SGD(lr_img, momentum 0.5) step on all images jointly. No network training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..augment import dsa
+from ..errors import UsageError
+from ..nets import build_net, embed
+from ..registry import MethodInfo, register_method
+from ..types import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from .base import check_ipc
+from .matching import (check_finite, checkpoint, eval_model_for, has_batchnorm, init_images, log_every,
+                       parse_strategy_or_usage, restore, synthesis_result)
+
+
+@dataclass
+class ClassDraw:
+    """One class's random draws for an iteration: real sample indices and Siamese aug params."""
+
+    real_idx: torch.Tensor
+    aug: object | None
+
+
+def draw_classes(real: RealData, batch_real: int, strategy: str | None, generator: torch.Generator,
+                 device: torch.device) -> list[ClassDraw]:
+    """Per class, in class order: `batch_real` real indices, then one Siamese DSA draw.
+
+    Both DM forms consume the generator in this order, so they see identical draws.
+    """
+    draws = []
+    for c in range(real.num_classes):
+        idx = real.sample_class(c, batch_real, generator)
+        params = None
+        if strategy is not None:
+            params = dsa.make_params(strategy, idx.numel(), real.image_shape, generator=generator,
+                                     siamese=True, device=device)
+        draws.append(ClassDraw(idx, params))
+    return draws
+
+
+def _aug(x: torch.Tensor, params) -> torch.Tensor:
+    return x if params is None else dsa.apply(x, params)
+
+
+def dm_loss_per_class(net: torch.nn.Module, real: RealData, images: torch.Tensor, ipc: int,
+                      draws: list[ClassDraw], *, backward: bool = True) -> float:
+    """Reference form: one real and one synthetic forward per class.
+
+    With `backward`, each class's term is back-propagated at once (gradients add up in
+    `images.grad`), so only one class's graph is alive at a time. Returns the total loss.
+    """
+    device = images.device
+    total = torch.zeros((), device=device)
+    for c, d in enumerate(draws):
+        with torch.no_grad():
+            mean_real = embed(net, _aug(real.get(d.real_idx, device), d.aug)).mean(0)
+        mean_syn = embed(net, _aug(images[c * ipc:(c + 1) * ipc], d.aug)).mean(0)
+        loss_c = ((mean_real - mean_syn) ** 2).sum()
+        if backward:
+            loss_c.backward()
+        total += loss_c.detach()
+    return float(total)          # one device sync per iteration
+
+
+def dm_loss_batched(net: torch.nn.Module, real: RealData, images: torch.Tensor, ipc: int,
+                    draws: list[ClassDraw], *, backward: bool = True) -> float:
+    """All classes in one real forward and one synthetic forward (the reference's BN branch).
+
+    Same loss and gradient as `dm_loss_per_class` for nets without batch statistics; for BN nets
+    it is the reference's behaviour (statistics mixed across classes).
+    """
+    device = images.device
+    num_classes = len(draws)
+    with torch.no_grad():
+        fr = embed(net, torch.cat([_aug(real.get(d.real_idx, device), d.aug) for d in draws]))
+        mean_real = fr.reshape(num_classes, -1, fr.shape[-1]).mean(1)
+    xs = torch.cat([_aug(images[c * ipc:(c + 1) * ipc], d.aug) for c, d in enumerate(draws)])
+    fs = embed(net, xs)
+    mean_syn = fs.reshape(num_classes, ipc, fs.shape[-1]).mean(1)
+    loss = ((mean_real - mean_syn) ** 2).sum()
+    if backward:
+        loss.backward()
+    return float(loss.detach())
+
+
+def frozen_net(model: str, real: RealData, generator: torch.Generator, device: torch.device) -> torch.nn.Module:
+    """A fresh random network in train mode with all parameters frozen."""
+    ch, h, w = real.image_shape
+    net = build_net(model, ch, real.num_classes, (h, w), generator=generator).to(device)
+    net.train()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@register_method
+class DM:
+    info = MethodInfo("dm", "synthesis", "distribution matching: class-mean embeddings of random nets (Zhao & Bilen 2023)")
+
+    @dataclass(frozen=True)
+    class Config:
+        """Defaults = reference `main_DM.py` (methods.md §5).
+
+        iterations: image updates (reference `Iteration`).
+        lr_img: SGD lr on the pixels (reference 1.0; README uses 10 for CIFAR-10 ipc >= 100).
+        momentum: SGD momentum on the pixels (reference hard-codes 0.5).
+        batch_real: real images per class per iteration.
+        init: 'real' (class-balanced real images) or 'noise' (N(0,1) normalised).
+        dsa_strategy: Siamese DSA strategy ('none' disables); drop 'flip' for digits.
+        model: random embedding network (dcompress.nets name).
+        batched: one forward over all classes (True) or one per class (False); None = per-class
+            on CPU, batched on CUDA. BN models always use the batched form (reference).
+        """
+
+        iterations: int = 20000
+        lr_img: float = 1.0
+        momentum: float = 0.5
+        batch_real: int = 256
+        init: Literal["real", "noise"] = "real"
+        dsa_strategy: str | None = dsa.DEFAULT_STRATEGY
+        model: str = "convnet"
+        batched: bool | None = None
+
+    def __init__(self, config: "DM.Config"):
+        self.config = config
+        if config.iterations < 0 or config.batch_real < 1:
+            raise UsageError("dm: iterations must be >= 0 and batch_real >= 1")
+        self.strategy = parse_strategy_or_usage(config.dsa_strategy)
+
+    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+        cfg, ipc, device = self.config, spec.ipc, torch.device(spec.device)
+        check_ipc(real, ipc)
+        images, init_keys = init_images(real, ipc, cfg.init, generator, device)
+        images.requires_grad_(True)
+        opt = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
+        start = restore(spec, images, opt, generator, log)
+        batched = cfg.batched if cfg.batched is not None else device.type == "cuda"
+        every, loss = log_every(cfg.iterations), float("nan")
+        for it in range(start, cfg.iterations):
+            net = frozen_net(cfg.model, real, generator, device)
+            if has_batchnorm(net):
+                if cfg.batched is False:
+                    raise UsageError("dm: batched=false is not possible with a BatchNorm model; the reference "
+                                     "concatenates all classes for BN nets (leave batched unset)")
+                batched = True
+            draws = draw_classes(real, cfg.batch_real, self.strategy, generator, device)
+            opt.zero_grad(set_to_none=True)
+            loss = (dm_loss_batched if batched else dm_loss_per_class)(net, real, images, ipc, draws)
+            check_finite(loss, it + 1, "dm")
+            opt.step()
+            checkpoint(spec, it + 1, images, opt, generator, "dm")
+            if it % every == 0 or it + 1 == cfg.iterations:
+                log({"event": "iteration", "method": "dm", "iteration": it + 1, "loss": loss})
+            if spec.progress is not None:
+                spec.progress(it + 1, cfg.iterations, "dm")
+        protocol = EvalProtocol(name="dm", model=eval_model_for(cfg.model), epochs=1000, aug=self.strategy)
+        info = {"init": cfg.init, "iterations": cfg.iterations, "batched": batched, "final_loss": loss,
+                "resumed_from": start or None}
+        return synthesis_result(images, real, ipc, init_keys, protocol, info)

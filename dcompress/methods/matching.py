@@ -1,0 +1,200 @@
+"""Shared machinery of the matching-based synthesis methods (DC, DSA, DM).
+
+Gradient distances (methods.md §3, "match_loss"), the DC outer/inner loop schedule, BatchNorm
+freezing, and the synthesis loop's bookkeeping: initialisation, checkpoint state, the
+non-finite guard and the returned CompressedSet. The algorithms themselves live in `dc.py`
+and `dm.py`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import NonFiniteLoss, UsageError
+from ..types import CompressedSet, EvalProtocol, RealData, RunSpec
+from .base import class_labels, noise_init
+
+# get_loops(ipc) of the reference (methods.md §1.4): ipc -> (outer_loop, inner_loop).
+REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+BN_IMAGES_PER_CLASS = 16   # reference `BNSizePC`: real images/class that set BN statistics before matching
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient distances
+
+
+def distance_wb(gr: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel cosine distance of one parameter's gradients ('ours').
+
+    Rows are output channels/neurons: conv weights [out, in, h, w] -> [out, in*h*w], 3-D
+    tensors [C, h, w] -> [C, h*w], linear weights as they are. Returns Σ_rows (1 − cos).
+    1-D tensors (biases, norm affine parameters) contribute 0: the reference ignores them.
+    """
+    if gr.dim() == 1:
+        return gr.new_zeros(())
+    if gr.dim() > 2:
+        gr, gs = gr.reshape(gr.shape[0], -1), gs.reshape(gs.shape[0], -1)
+    dots = (gr * gs).sum(-1)
+    norms = gr.norm(dim=-1) * gs.norm(dim=-1)
+    return (1 - dots / (norms + 1e-6)).sum()
+
+
+def match_loss(g_syn: Sequence[torch.Tensor], g_real: Sequence[torch.Tensor], metric: str = "ours") -> torch.Tensor:
+    """Distance between two lists of per-parameter gradients (methods.md §3).
+
+    'ours': Σ_params distance_wb; 'mse': Σ (g_real − g_syn)² over the concatenated flattened
+    gradients; 'cos': 1 − cos(g_real, g_syn) of the concatenated vectors (eps 1e-6 as reference).
+    """
+    if metric == "ours":
+        return sum((distance_wb(r, s) for r, s in zip(g_real, g_syn)), g_syn[0].new_zeros(()))
+    r = torch.cat([g.reshape(-1) for g in g_real])
+    s = torch.cat([g.reshape(-1) for g in g_syn])
+    if metric == "mse":
+        return ((r - s) ** 2).sum()
+    if metric == "cos":
+        return 1 - (r * s).sum() / (r.norm() * s.norm() + 1e-6)
+    raise UsageError(f"dis_metric must be 'ours', 'mse' or 'cos', got {metric!r}")
+
+
+def class_gradients(net: torch.nn.Module, x: torch.Tensor, c: int, *, create_graph: bool) -> list[torch.Tensor]:
+    """∇_params CE(net(x), c) for a batch `x` of one class `c`."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    out = net(x)
+    target = torch.full((x.shape[0],), c, dtype=torch.long, device=x.device)
+    grads = torch.autograd.grad(F.cross_entropy(out, target), params, create_graph=create_graph)
+    return list(grads) if create_graph else [g.detach() for g in grads]
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules and networks
+
+
+def dc_loops(ipc: int, outer_loop: int | None = None, inner_loop: int | None = None) -> tuple[int, int]:
+    """(outer_loop, inner_loop) for DC/DSA.
+
+    The reference table for ipc in {1, 10, 20, 30, 40, 50}; otherwise outer = min(ipc, 50) and
+    inner = clamp(round(500 / outer), 10, 50), which keeps outer·inner ≈ 500 like the table
+    (ipc 10..50) and caps the inner epochs at the table's largest value (ipc 10 → 50).
+    Explicit values override either part.
+    """
+    if ipc in REFERENCE_LOOPS:
+        outer, inner = REFERENCE_LOOPS[ipc]
+    else:
+        outer = min(ipc, 50)
+        inner = min(50, max(10, round(500 / outer)))
+    return (outer if outer_loop is None else outer_loop), (inner if inner_loop is None else inner_loop)
+
+
+def has_batchnorm(net: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def freeze_bn_stats(net: torch.nn.Module, x_real: torch.Tensor) -> None:
+    """Sets BatchNorm running statistics from `x_real` (train-mode forward), then freezes them.
+
+    Reference DC: 16 real images per class, then every BN module to eval mode so the matching
+    forwards of real and synthetic batches normalise with the same statistics.
+    """
+    net.train()
+    with torch.no_grad():
+        net(x_real)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def eval_model_for(model: str) -> str:
+    """The evaluation network of a distillation network: ConvNet BN variants are evaluated
+    without BN (reference `get_eval_pool('S')`: 'ConvNetBN' -> 'ConvNet')."""
+    name = model.strip().lower()
+    if not name.startswith("convnet"):
+        return model
+    tokens = [t for t in name.removeprefix("convnetbn").removeprefix("convnet").split("_") if t and t != "bn"]
+    return "_".join(["convnet", *tokens])
+
+
+def parse_strategy_or_usage(strategy: str | None) -> str | None:
+    """Validates a DSA strategy string early; None/'' /'none' disable augmentation."""
+    if strategy is None or strategy.strip().lower() in ("", "none"):
+        return None
+    from ..augment import dsa
+
+    try:
+        dsa.parse_strategy(strategy)
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"bad dsa_strategy {strategy!r}: {e}") from None
+    return strategy
+
+
+# ----------------------------------------------------------------------------------------------
+# Loop bookkeeping
+
+
+def init_images(real: RealData, ipc: int, init: str, generator: torch.Generator,
+                device: torch.device) -> tuple[torch.Tensor, list[str | None]]:
+    """Initial synthetic images [C*ipc, ch, H, W] (class-major) and each slot's source key.
+
+    'real': class-balanced random real images (keys recorded); 'noise': N(0, 1) in normalised units.
+    """
+    if init == "real":
+        idx = torch.cat([real.sample_class(c, ipc, generator) for c in range(real.num_classes)])
+        return real.get(idx, device), [real.keys[int(i)] for i in idx]
+    if init == "noise":
+        return noise_init(real, ipc, generator, device), [None] * (real.num_classes * ipc)
+    raise UsageError(f"init must be 'real' or 'noise', got {init!r}")
+
+
+def restore(spec: RunSpec, images: torch.Tensor, opt: torch.optim.Optimizer, generator: torch.Generator,
+            log) -> int:
+    """Loads the run's last checkpoint into (images, opt, generator); returns the next iteration."""
+    state = spec.ckpt.load() if spec.ckpt is not None else None
+    if state is None:
+        return 0
+    with torch.no_grad():
+        images.copy_(state["images"].to(images.device))
+    # momentum buffers come from the checkpoint; hyper-parameters stay those of the config
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    opt.load_state_dict(state["optimizer"])
+    for group, h in zip(opt.param_groups, hyper):
+        group.update(h)
+    generator.set_state(state["generator"])
+    log({"event": "resumed", "iteration": int(state["iteration"])})
+    return int(state["iteration"])
+
+
+def checkpoint(spec: RunSpec, done: int, images: torch.Tensor, opt: torch.optim.Optimizer,
+               generator: torch.Generator, what: str) -> None:
+    """Saves the loop state after `done` completed iterations when the checkpointer says so.
+
+    Images that turned non-finite are never saved: the last good checkpoint stays.
+    """
+    if spec.ckpt is None or not spec.ckpt.due(done):
+        return
+    if not bool(torch.isfinite(images).all()):
+        raise NonFiniteLoss(f"{what}: synthetic images became non-finite after iteration {done} "
+                            f"(lr_img too large?); the last good checkpoint is kept")
+    spec.ckpt.save({"images": images.detach().cpu().clone(), "optimizer": opt.state_dict(),
+                    "generator": generator.get_state(), "iteration": done})
+
+
+def check_finite(loss: float, iteration: int, what: str) -> None:
+    """NonFiniteLoss unless `loss` is finite; `iteration` counts from 1."""
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"{what}: loss is {loss} at iteration {iteration} (lr_img too large, or non-finite "
+                            f"images); the last good checkpoint is kept")
+
+
+def synthesis_result(images: torch.Tensor, real: RealData, ipc: int, init_keys: list[str | None],
+                     protocol: EvalProtocol, info: dict) -> CompressedSet:
+    """CompressedSet of optimised images; `slot` is the image's position within its class."""
+    sources = [{"slot": i % ipc, "init_source_key": k} for i, k in enumerate(init_keys)]
+    return CompressedSet(images=images.detach().float().cpu().clone(), labels=class_labels(real.num_classes, ipc),
+                         logits=None, synthetic=True, sources=sources, protocol=protocol, info=info)
+
+
+def log_every(iterations: int) -> int:
+    """Loss-logging period: about 100 log events per run."""
+    return max(1, iterations // 100)

@@ -1,0 +1,249 @@
+"""DC, DSA and DM on tiny tensors: distances, losses, gradients, Siamese augmentation, resume, NaN guard."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dcompress.checkpoint import Checkpointer
+from dcompress.errors import NonFiniteLoss, UsageError
+from dcompress.methods import dc as dc_mod
+from dcompress.methods import dm as dm_mod
+from dcompress.methods.matching import dc_loops, distance_wb, match_loss
+from dcompress.types import RealData, RunSpec
+from tests.conftest import make_images
+
+TINY = "convnet_w16"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine every OpenMP region of a
+    2-thread pool waits for a time slice (~15 ms per op); one thread keeps these tests in seconds."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def real() -> RealData:
+    x, y = make_images(10, classes=3)
+    return RealData(images=torch.from_numpy(x).unsqueeze(1), labels=torch.from_numpy(y).long(),
+                    keys=[f"k{i:03d}" for i in range(len(y))], class_names=["a", "b", "c"],
+                    mean=(0.2,), std=(0.3,), source={"fingerprint": "tiny"})
+
+
+def spec_for(tmp_path, ipc=2, every=0, progress=None, name="run") -> RunSpec:
+    ckpt = Checkpointer(tmp_path / name, {"test": name}, every=every) if every else None
+    return RunSpec(ipc=ipc, work_dir=tmp_path, ckpt=ckpt, progress=progress)
+
+
+def fit(method_cls, real, spec, seed=0, **cfg):
+    m = method_cls(method_cls.Config(**cfg))
+    return m.fit(real, spec, generator=torch.Generator().manual_seed(seed), log=lambda e: None)
+
+
+DM_TINY = dict(model=TINY, batch_real=6)
+DC_TINY = dict(model=TINY, batch_real=6, batch_train=4, outer_loop=2, inner_loop=1)
+
+
+# ---------------------------------------------------------------------------------------------- distances
+
+def test_distance_wb_ignores_1d_params_and_matches_hand_value():
+    assert float(distance_wb(torch.randn(5), torch.randn(5))) == 0.0
+    gr = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    gs = torch.tensor([[3.0, 0.0], [1.0, 0.0]])
+    # row 0: 1 − 3/(3 + 1e-6); row 1: orthogonal → 1
+    assert float(distance_wb(gr, gs)) == pytest.approx(1 - 3 / (3 + 1e-6) + 1.0, abs=1e-7)
+    # conv weights [out, in, h, w] are compared per output channel; 3-D tensors per leading dim
+    conv_r, conv_s = gr.reshape(2, 1, 1, 2), gs.reshape(2, 1, 2, 1)
+    assert float(distance_wb(conv_r, conv_s)) == pytest.approx(float(distance_wb(gr, gs)))
+    assert float(distance_wb(gr.reshape(2, 1, 2), gs.reshape(2, 2, 1))) == pytest.approx(float(distance_wb(gr, gs)))
+    bias_r, bias_s = torch.randn(2), torch.randn(2)
+    assert float(match_loss([gs, bias_s], [gr, bias_r], "ours")) == pytest.approx(float(distance_wb(gr, gs)))
+
+
+def test_mse_and_cos_are_global_over_all_params():
+    g_r = [torch.randn(4, 3), torch.randn(4)]
+    g_s = [torch.randn(4, 3), torch.randn(4)]
+    r = torch.cat([g.flatten() for g in g_r])
+    s = torch.cat([g.flatten() for g in g_s])
+    assert float(match_loss(g_s, g_r, "mse")) == pytest.approx(float(((r - s) ** 2).sum()), rel=1e-6)
+    cos = torch.nn.functional.cosine_similarity(r, s, dim=0)
+    assert float(match_loss(g_s, g_r, "cos")) == pytest.approx(float(1 - cos), abs=1e-5)
+    with pytest.raises(UsageError, match="dis_metric"):
+        match_loss(g_s, g_r, "l1")
+
+
+def test_dc_loops_table_and_rule():
+    assert dc_loops(1) == (1, 1) and dc_loops(10) == (10, 50) and dc_loops(30) == (30, 20) and dc_loops(50) == (50, 10)
+    assert dc_loops(2) == (2, 50) and dc_loops(25) == (25, 20) and dc_loops(100) == (50, 10)
+    assert dc_loops(10, outer_loop=3) == (3, 50) and dc_loops(7, inner_loop=2) == (7, 2)
+
+
+# ---------------------------------------------------------------------------------------------- DM
+
+def _dm_setup(real, ipc, strategy, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    net = dm_mod.frozen_net(TINY, real, g, torch.device("cpu"))
+    draws = dm_mod.draw_classes(real, 5, strategy, g, torch.device("cpu"))
+    return net, draws
+
+
+def test_dm_loss_zero_when_syn_is_the_real_batch(real):
+    net, draws = _dm_setup(real, 5, None)
+    images = torch.cat([real.get(d.real_idx) for d in draws]).requires_grad_(True)
+    for loss_fn in (dm_mod.dm_loss_per_class, dm_mod.dm_loss_batched):
+        assert loss_fn(net, real, images, 5, draws, backward=False) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_dm_gradient_flows_and_batched_equals_per_class(real):
+    from dcompress.augment import dsa
+
+    net, draws = _dm_setup(real, 2, dsa.DEFAULT_STRATEGY, seed=3)
+    base = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for name, fn in (("per_class", dm_mod.dm_loss_per_class), ("batched", dm_mod.dm_loss_batched)):
+        images = base.clone().requires_grad_(True)
+        out[name] = (fn(net, real, images, 2, draws), images.grad.clone())
+    (l1, g1), (l2, g2) = out["per_class"], out["batched"]
+    assert l1 > 0 and torch.isfinite(g1).all() and g1.abs().sum() > 0
+    assert all(float(g1[i * 2:(i + 1) * 2].abs().sum()) > 0 for i in range(3))   # every class gets a gradient
+    assert l2 == pytest.approx(l1, rel=1e-5)
+    torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-6)
+    # no gradient reaches the frozen network
+    assert all(p.grad is None and not p.requires_grad for p in net.parameters())
+
+
+def test_dm_fit_shapes_labels_protocol(real, tmp_path):
+    cs = fit(dm_mod.DM, real, spec_for(tmp_path), iterations=2, **DM_TINY)
+    assert cs.images.shape == (6, 1, 28, 28) and cs.images.dtype == torch.float32 and not cs.images.requires_grad
+    assert cs.labels.tolist() == [0, 0, 1, 1, 2, 2] and cs.logits is None and cs.synthetic
+    assert [s["slot"] for s in cs.sources] == [0, 1, 0, 1, 0, 1]
+    assert all(s["init_source_key"] in real.keys for s in cs.sources)
+    assert cs.protocol.name == "dm" and cs.protocol.epochs == 1000 and cs.protocol.aug == dm_mod.dsa.DEFAULT_STRATEGY
+    assert cs.protocol.model == TINY
+    init = fit(dm_mod.DM, real, spec_for(tmp_path), iterations=0, **DM_TINY)
+    assert not torch.equal(init.images, cs.images)
+    assert fit(dm_mod.DM, real, spec_for(tmp_path), iterations=0, init="noise", **DM_TINY).sources[0]["init_source_key"] is None
+
+
+def test_dm_batched_false_with_bn_model_is_a_usage_error(real, tmp_path):
+    with pytest.raises(UsageError, match="BatchNorm"):
+        fit(dm_mod.DM, real, spec_for(tmp_path), iterations=1, model="convnetbn", batch_real=2, batched=False)
+
+
+def test_bad_strategy_is_a_usage_error():
+    with pytest.raises(UsageError, match="dsa_strategy"):
+        dm_mod.DM(dm_mod.DM.Config(dsa_strategy="color_warp"))
+    with pytest.raises(UsageError, match="--method dc"):
+        dc_mod.DSA(dc_mod.DSA.Config(dsa_strategy="none"))
+
+
+# ---------------------------------------------------------------------------------------------- DC / DSA
+
+def test_dc_one_iteration_changes_images(real, tmp_path):
+    before = fit(dc_mod.DC, real, spec_for(tmp_path), iterations=0, **DC_TINY)
+    after = fit(dc_mod.DC, real, spec_for(tmp_path), iterations=1, **DC_TINY)
+    assert after.images.shape == (6, 1, 28, 28) and after.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.isfinite(after.images).all() and not torch.equal(before.images, after.images)
+    assert all(s["init_source_key"] is None for s in after.sources)          # DC default init: noise
+    assert after.protocol.name == "dc" and after.protocol.epochs == 300 and after.protocol.aug is None
+    assert after.info["outer_loop"] == 2 and after.info["inner_loop"] == 1
+    for metric in ("mse", "cos"):
+        assert torch.isfinite(fit(dc_mod.DC, real, spec_for(tmp_path), iterations=1, dis_metric=metric,
+                                  **DC_TINY).images).all()
+
+
+def test_dsa_siamese_real_and_syn_share_one_transform_per_class(real, tmp_path, monkeypatch):
+    dsa = dc_mod.dsa
+    made, applied, augmented = [], [], []
+    make_params, apply, augment = dsa.make_params, dsa.apply, dsa.augment
+
+    def spy_make(strategy, batch, shape, **kw):     # (augment() calls it too, non-siamese)
+        p = make_params(strategy, batch, shape, **kw)
+        if p.siamese:
+            made.append(p)
+        return p
+
+    def spy_apply(x, params):
+        if params.siamese:
+            applied.append((params, x.detach().clone()))
+        return apply(x, params)
+
+    def spy_augment(x, strategy, **kw):
+        augmented.append(kw.get("siamese", False))
+        return augment(x, strategy, **kw)
+
+    monkeypatch.setattr(dsa, "make_params", spy_make)
+    monkeypatch.setattr(dsa, "apply", spy_apply)
+    monkeypatch.setattr(dsa, "augment", spy_augment)
+    cs = fit(dc_mod.DSA, real, spec_for(tmp_path), iterations=1, **DC_TINY)
+    assert cs.protocol.name == "dsa" and cs.protocol.epochs == 1000 and cs.protocol.aug == dsa.DEFAULT_STRATEGY
+    # outer_loop 2 × 3 classes: one Siamese draw per class per matching step, each applied to real then syn
+    assert len(made) == 6 and len(applied) == 12
+    for k, params in enumerate(made):
+        (p_real, x_real), (p_syn, x_syn) = applied[2 * k], applied[2 * k + 1]
+        assert p_real is params and p_syn is params
+        assert x_real.shape[0] == 6 and x_syn.shape[0] == 2
+        # the same transform: applying to the concatenation equals applying to each part
+        joint = apply(torch.cat([x_real, x_syn]), params)
+        torch.testing.assert_close(joint, torch.cat([apply(x_real, params), apply(x_syn, params)]))
+    assert len({id(p) for p in made}) == 6                                # each class its own draw
+    assert augmented and not any(augmented)                                  # inner loop: per-sample aug
+
+
+# ---------------------------------------------------------------------------------------------- resume / NaN
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(k):
+    def progress(done, total, desc):
+        if done == k:
+            raise Crash
+    return progress
+
+
+@pytest.mark.parametrize("method_cls,cfg,n,k", [(dm_mod.DM, dict(DM_TINY, iterations=5), 5, 2),
+                                                (dc_mod.DSA, dict(DC_TINY, iterations=3), 3, 2)])
+def test_resume_is_bitwise_equal_to_an_uninterrupted_run(real, tmp_path, method_cls, cfg, n, k):
+    straight = fit(method_cls, real, spec_for(tmp_path, every=1, name="straight"), **cfg)
+    crashed = spec_for(tmp_path, every=k, progress=crash_at(k), name="crashed")
+    with pytest.raises(Crash):
+        fit(method_cls, real, crashed, **cfg)
+    assert crashed.ckpt.load()["iteration"] == k
+    resumed = fit(method_cls, real, replace(crashed, progress=None), **cfg)
+    assert resumed.info["resumed_from"] == k
+    assert torch.equal(resumed.images, straight.images)
+    assert [s["init_source_key"] for s in resumed.sources] == [s["init_source_key"] for s in straight.sources]
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(real, tmp_path, every):
+    spec = spec_for(tmp_path, every=every, name=f"nan{every}")
+    fit(dm_mod.DM, real, spec, iterations=2, **DM_TINY)
+    good = spec.ckpt.load()
+    assert good["iteration"] == 2
+    with pytest.raises(NonFiniteLoss, match="iteration [34]"):
+        fit(dm_mod.DM, real, spec, iterations=6, lr_img=float("inf"), **DM_TINY)
+    kept = spec.ckpt.load()
+    assert kept["iteration"] == 2 and torch.equal(kept["images"], good["images"])
+    assert torch.isfinite(kept["images"]).all()
+
+
+def test_nan_init_raises_at_the_first_iteration(real, tmp_path, monkeypatch):
+    def nan_init(real, ipc, init, generator, device):
+        c, h, w = real.image_shape
+        return torch.full((real.num_classes * ipc, c, h, w), float("nan")), [None] * (real.num_classes * ipc)
+
+    monkeypatch.setattr(dc_mod, "init_images", nan_init)
+    monkeypatch.setattr(dm_mod, "init_images", nan_init)
+    for cls, cfg in ((dm_mod.DM, DM_TINY), (dc_mod.DC, DC_TINY)):
+        spec = spec_for(tmp_path, every=1, name=f"naninit-{cls.info.name}")
+        with pytest.raises(NonFiniteLoss, match="at iteration 1 "):
+            fit(cls, real, spec, iterations=3, **cfg)
+        assert spec.ckpt.load() is None
