@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import subprocess
 import sys
 import time
@@ -120,6 +121,7 @@ def worker_scale(n: int, k: int, n_bins: int, dim: int, seed: int) -> dict:
                    "recall_min": min(recalls) if recalls else None,
                    "build_s": info["build_s"], "greedy_s": info["greedy_s"]}
     out["peak_scope"] = "stage" if scoped else "process"
+    out["loadavg_1m"] = round(os.getloadavg()[0], 2)  # other jobs on the machine skew the timings
     return out
 
 
@@ -166,7 +168,8 @@ def worker_compare(n: int, n_bins: int, dim: int, seed: int, ks: list[int]) -> d
                      "bin0_objective": objective[name],
                      "bin0_obj_rel_diff": (objective[name] - objective["dq-naive fp64"]) / abs(objective["dq-naive fp64"]),
                      "jaccard_mean": round(float(np.mean(jac)), 4), "same_bin_frac": round(float((r["bins"] == ref).mean()), 4)})
-    return {"n": n, "per_class": n // CLASSES, "n_bins": n_bins, "source": source, "rows": rows}
+    return {"n": n, "per_class": n // CLASSES, "n_bins": n_bins, "source": source, "rows": rows,
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 # --- driver ------------------------------------------------------------------------------------
@@ -191,9 +194,11 @@ def markdown(scale: list[dict], compare: list[dict]) -> str:
             lines.append(f"| {r['n']:,} | {r['k']} | {CLASSES}-class bins (build {b['build_s']} s + greedy "
                          f"{b['greedy_s']} s) | {'+'.join(b['kernels'])} | {rec} | {b['s']} | {b['peak_mib']:.0f} ({b['rss_before_mib']:.0f}) | "
                          f"{r['features_mib']:.0f} |")
-        lines.append("")
+        lines += ["", "1-min load average at the end of each run: "
+                  + ", ".join(f"N={r['n']:,}/k={r['k']}: {r['loadavg_1m']}" for r in scale), ""]
     for c in compare:
-        lines += [f"N = {c['n']:,} ({c['per_class']:,}/class, {c['n_bins']} bins, {c['source']})", "",
+        lines += [f"N = {c['n']:,} ({c['per_class']:,}/class, {c['n_bins']} bins, {c['source']}, "
+                  f"load average {c['loadavg_1m']})", "",
                   "| variant | time s | speed-up vs DQ fp32 | bin-0 objective | rel. diff vs fp64 naive | "
                   "mean Jaccard vs fp64 naive | same bin |", "|---|---|---|---|---|---|---|"]
         for r in c["rows"]:

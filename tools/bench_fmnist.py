@@ -72,13 +72,22 @@ PUBLISHED = {
 }
 
 
-def settings_for(budget: str, method: str, ipc: int) -> dict:
-    """The budget entry for (method, ipc): config overrides and eval epochs."""
+def settings_for(budget: str, method: str, ipc: int, labels: str | None = None) -> dict:
+    """The budget entry for (method, ipc): config overrides, eval epochs, options, label mode.
+
+    Label mode: `labels` (--labels) if given, else the entry's, else "hard" for selection
+    methods (the published coreset rows use hard labels; `--labels auto` would train a teacher
+    and evaluate with its soft labels, a different protocol) and "auto" for the others (hard for
+    DC/DSA/DM/MTT, learned for DATM).
+    """
+    from dcompress.registry import get_method
+
     table = BUDGETS[budget]
     entry = table.get(method, table["*"])
     sets = {**entry.get("sets", {}), **entry.get("ipc", {}).get(ipc, {})}
+    default_labels = "hard" if get_method(method).info.kind == "selection" else "auto"
     return {"sets": sets, "eval_epochs": entry.get("eval_epochs"), "options": entry.get("options", {}),
-            "labels": entry.get("labels", "auto")}
+            "labels": labels or entry.get("labels", default_labels)}
 
 
 def ensure_shards(path: Path, split: str) -> Path:
@@ -95,7 +104,7 @@ def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
     from dcompress.train.evaluate import evaluate
     from dcompress.api import resolve_device
 
-    s = settings_for(args.budget, method, ipc)
+    s = settings_for(args.budget, method, ipc, args.labels)
     out = Path(args.work) / f"{method}-ipc{ipc}"
     t0 = time.time()
     rep = distill(str(args.train), method, out=out, ipc=ipc, seed=args.seed, device=args.device,
@@ -105,7 +114,8 @@ def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
     t1 = time.time()
     ev = evaluate(out, real_test, train=real_train, runs=args.runs, epochs=s["eval_epochs"], seed=args.seed,
                   device=resolve_device(args.device), random_baseline=args.baseline, test_limit=args.test_limit)
-    row = {"method": method, "ipc": ipc, "budget": args.budget, "sets": s["sets"], "eval_epochs": ev["protocol"]["epochs"],
+    row = {"method": method, "ipc": ipc, "budget": args.budget, "sets": s["sets"], "labels": rep["labels"],
+           "eval_epochs": ev["protocol"]["epochs"],
            "protocol": ev["protocol"], "accuracy": ev["compressed"], "random_baseline": ev.get("random"),
            "test_samples": ev["test_samples"], "distill_s": round(t_distill, 1), "eval_s": round(time.time() - t1, 1),
            "distill_report": rep, "published": PUBLISHED.get(method, {}).get(ipc)}
@@ -113,12 +123,12 @@ def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| method | IPC | accuracy % (mean ± std) | runs | eval protocol | published (§9.1) | distill s | eval s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | IPC | accuracy % (mean ± std) | runs | labels | eval protocol | published (§9.1) | distill s | eval s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, p = r["accuracy"], r["protocol"]
         proto = f"{p['name']}: {p['model']}, {p['epochs']} ep, aug {p['aug'] or 'none'}"
-        lines.append(f"| {r['method']} | {r['ipc']} | {a['mean']:.2f} ± {a['std']:.2f} | {len(a['runs'])} | {proto} "
+        lines.append(f"| {r['method']} | {r['ipc']} | {a['mean']:.2f} ± {a['std']:.2f} | {len(a['runs'])} | {r['labels']} | {proto} "
                      f"| {r['published'] or '–'} | {r['distill_s']:.0f} | {r['eval_s']:.0f} |")
     return "\n".join(lines)
 
@@ -136,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate on a fixed random test subset")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--labels", default=None, help="label mode for every method (default: hard for selection "
+                    "methods, auto for the others)")
     ap.add_argument("--baseline", action="store_true", help="also train a same-size random subset per set")
     args = ap.parse_args(argv)
     if args.budget == "smoke" and args.test_limit is None:

@@ -9,10 +9,11 @@ Each (mode, syn_steps) measurement runs in a fresh subprocess, so the process pe
 to that configuration alone: on CPU the peak RSS (VmHWM, reset after warm-up through
 /proc/self/clear_refs) minus the RSS before the timed iteration; on CUDA
 `torch.cuda.max_memory_allocated` minus the allocation before it. Modes are interleaved
-(full, constant, constant, full, ...) over --rounds rounds and the medians are reported.
+(full, constant, then constant, full, ...) over --rounds rounds and the medians are reported,
+wall time and process CPU time (the CPU time is the steadier number on a shared machine).
 
     python tools/bench_unroll.py                          # default: steps 10,20,40,80, 3 rounds
-    python tools/bench_unroll.py --steps 5,10,20 --rounds 3   # the reduced run in docs/unrolling.md
+    python tools/bench_unroll.py --steps 10,20 --rounds 3 --reps 1   # a reduced run (docs/unrolling.md)
 """
 from __future__ import annotations
 
@@ -63,6 +64,17 @@ def convnet_flat(generator, dtype, device, channel=1, num_classes=10, width=128,
     return theta0, forward
 
 
+def make_net(which, generator, dtype, device):
+    """ConvNet-3 as (θ_0, forward): "dcompress" = the package net via `forward_flat`; "local" = `convnet_flat`."""
+    if which == "dcompress":
+        from dcompress.nets import build_net
+        from dcompress.nets.functional import flat_params, forward_flat
+
+        net = build_net("convnet", 1, 10, (28, 28), generator=generator).to(device=device, dtype=dtype)
+        return flat_params(net), lambda theta, x: forward_flat(net, theta, x)
+    return convnet_flat(generator, dtype, device)
+
+
 def _status_kib(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -80,7 +92,7 @@ def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), torch.float32
     g = torch.Generator().manual_seed(0)
-    theta0, forward = convnet_flat(g, dtype, device)
+    theta0, forward = make_net(args.net, g, dtype, device)
     target = theta0 + 0.01 * torch.randn(theta0.numel(), generator=g).to(device)
     X = torch.randn(args.batch_syn, 1, 28, 28, generator=g).to(device).requires_grad_(True)
     y = (torch.arange(args.batch_syn) % 10).to(device)
@@ -122,7 +134,7 @@ def worker(args) -> dict:
 def run_one(args, mode: str, steps: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--mode", mode, "--one-steps", str(steps),
            "--batch-syn", str(args.batch_syn), "--threads", str(args.threads), "--device", args.device,
-           "--reps", str(args.reps)]
+           "--reps", str(args.reps), "--net", args.net]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -141,6 +153,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per worker; 1 keeps OpenMP spin-waits out of CPU time on a shared machine")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--net", choices=["dcompress", "local"], default="dcompress",
+                   help="ConvNet-3 from dcompress.nets (forward_flat) or this file's functional copy")
     p.add_argument("--json", help="also write all raw measurements here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -169,7 +183,7 @@ def main(argv=None) -> None:
         return statistics.median(m[key] for m in raw if m["mode"] == mode and m["steps"] == steps)
 
     step_mib = raw[0]["step_graph_mib"]
-    print(f"\nConvNet-3 w128 1x28x28, {raw[0]['n_params']} params, batch_syn {args.batch_syn}, device {args.device}, "
+    print(f"\nConvNet-3 w128 1x28x28 ({args.net}), {raw[0]['n_params']} params, batch_syn {args.batch_syn}, device {args.device}, "
           f"{args.threads} threads, {args.rounds} rounds (median), total {time.perf_counter() - t_start:.0f} s")
     print(f"saved-tensor graph per unrolled step (step_graph_bytes): {step_mib:.1f} MiB "
           f"= {step_mib / args.batch_syn:.2f} MiB per image-step")

@@ -43,7 +43,7 @@ def resolve_urls(spec: str | Iterable[str]) -> ResolvedInput:
     *.tar files), a manifest.json path, brace patterns (`d/train-{000000..000005}.tar`),
     several of those, and `pipe:`/`http(s):` URLs (passed through to webdataset).
     """
-    items = [spec] if isinstance(spec, str) else list(spec)
+    items = [str(spec)] if isinstance(spec, (str, os.PathLike)) else [str(s) for s in spec]
     if not items:
         raise InputDataError("no input URLs given")
     urls: list[str] = []

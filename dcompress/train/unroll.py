@@ -80,11 +80,13 @@ def _inner_grad(inner_loss: Callable[[Tensor, int], Tensor], theta: Tensor, i: i
 
 def _check_finite(losses: list[Tensor], what: str) -> None:
     """One host sync for a whole list of scalars; names the first bad step."""
-    ok = torch.isfinite(torch.stack([v.detach() for v in losses]))
+    vals = torch.stack([v.detach() for v in losses])
+    ok = torch.isfinite(vals)
     if not bool(ok.all()):
         i = int((~ok).nonzero()[0])
+        where = f" at unrolled step {i}" if len(losses) > 1 or what.startswith("inner") else ""
         raise NonFiniteLoss(
-            f"{what} at unrolled step {i} is {float(losses[i]):g}; the inner training diverged "
+            f"{what}{where} is {float(vals[i]):g}; the inner training diverged or a leaf holds NaN/inf "
             "(lower the learnable lr / syn_lr init or lr_img, or use fewer syn_steps)")
 
 

@@ -218,7 +218,9 @@ def labelled():
 @pytest.mark.parametrize("dense_max", [10_000, 0])
 def test_bins_disjoint_cover_and_class_shares(labelled, dense_max):
     x, labels = labelled
-    bins, info = make_bins(x, labels, 4, k=8, dense_max=dense_max)
+    seen = []
+    bins, info = make_bins(x, labels, 4, k=8, dense_max=dense_max, progress=seen.append)
+    assert [p["class"] for p in seen] == [5, 7, 9] and seen[-1]["done"] == seen[-1]["of"] == 3
     assert bins.dtype == np.int32 and bins.min() == 0 and bins.max() == 3  # every sample in one bin
     for c in (5, 7, 9):
         counts = np.bincount(bins[labels == c], minlength=4).tolist()

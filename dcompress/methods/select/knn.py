@@ -145,28 +145,28 @@ def _build_index(feats: np.ndarray, method: str, seed: int, gpu_res, params: dic
     return index
 
 
-def _drop_self(qids: np.ndarray, D: np.ndarray, I: np.ndarray, k: int):
+def _drop_self(qids: np.ndarray, D: np.ndarray, I: np.ndarray, k: int, idx_dtype):
     """Per query: the first k results that are neither the query itself nor missing (-1)."""
     keep = (I != qids[:, None]) & (I >= 0)
     keep &= np.cumsum(keep, axis=1) <= k
-    return I[keep], D[keep], keep.sum(1)
+    return I[keep].astype(idx_dtype), D[keep], keep.sum(1)
 
 
-def _search_all(feats, k, method, seed, gpu_res, params):
-    """(cols, sims float32 = 0.5+0.5cos, counts) of the directed kNN lists, row-major."""
+def _search_all(feats, k, method, seed, gpu_res, params, idx_dtype) -> list:
+    """[cols, sims float32 = 0.5+0.5cos, counts] of the directed kNN lists, row-major."""
     n, d = feats.shape
     if method == "exact":
         D, I = _exact_search(feats, k + 1, None, gpu_res)
-        return _drop_self(np.arange(n), 0.5 + 0.5 * D, I, k)
+        return list(_drop_self(np.arange(n), 0.5 + 0.5 * D, I, k, idx_dtype))
     index = _build_index(feats, method, seed, gpu_res, params)
     rows = max(1024, _BLOCK_BYTES // (4 * d))
     parts = []
     for q0 in range(0, n, rows):
         xq = normalize_rows(feats[q0:q0 + rows])
         D, I = index.search(xq, k + 1)
-        parts.append(_drop_self(np.arange(q0, q0 + len(xq)), 0.5 + 0.5 * D, I, k))
-    del index
-    return tuple(np.concatenate(p) for p in zip(*parts))
+        parts.append(_drop_self(np.arange(q0, q0 + len(xq)), 0.5 + 0.5 * D, I, k, idx_dtype))
+    del index, xq, D, I
+    return [np.concatenate(p) for p in zip(*parts)]
 
 
 def _edge_sims64(feats: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -183,20 +183,27 @@ def _edge_sims64(feats: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
     return out
 
 
-def _symmetric_csr(n: int, cols, sims, counts, idx_dtype, feats=None):
+def _symmetric_csr(n: int, found: list, idx_dtype, feats=None):
     """CSR of the union of i→j and j→i, sorted by column. Weight of an edge found from both sides:
     the larger of the two float32 values (they differ by rounding only), or recomputed in float64
-    from `feats` when given."""
+    from `feats` when given. `found` = [cols, sims, counts] is emptied so its arrays can be freed
+    early (peak ≈ 32 bytes per directed edge)."""
+    cols, sims, counts = found
+    found.clear()
     rows = np.repeat(np.arange(n, dtype=idx_dtype), counts)
-    cols = cols.astype(idx_dtype, copy=False)
-    keys = np.minimum(rows, cols).astype(np.int64) * n + np.maximum(rows, cols)
+    keys = np.minimum(rows, cols).astype(np.int64)
+    keys *= n
+    keys += np.maximum(rows, cols)
     del rows, cols
     order = np.argsort(keys, kind="stable")
-    keys, sims = keys[order], sims[order]
+    keys = keys[order]
+    sims = sims[order]
     del order
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
     w = np.maximum.reduceat(sims, starts) if len(keys) else sims[:0]
+    del sims
     keys = keys[starts]
+    del starts
     lo, hi = (keys // n).astype(idx_dtype), (keys % n).astype(idx_dtype)
     del keys
     if feats is not None:
@@ -212,7 +219,10 @@ def _symmetric_csr(n: int, cols, sims, counts, idx_dtype, feats=None):
     order = np.argsort(r, kind="stable")
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(r, minlength=n), out=indptr[1:])
-    return indptr, c[order], v[order]
+    del r
+    c = c[order]
+    v = v[order]
+    return indptr, c, v
 
 
 def _recall(cols, counts, exact_I, qids, k) -> float:
@@ -276,15 +286,15 @@ def knn_graph(feats: np.ndarray, k: int, *, method: str = "auto", exact_max: int
     nlist = int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
     params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction,
               "ef_search": ef_search or max(64, 2 * (k_eff + 1)), "nlist": nlist, "nprobe": nprobe}
-    cols, sims, counts = _search_all(feats, k_eff, method, seed, gpu_res, params)
+    idx_dtype = np.int32 if n < 2**31 else np.int64
+    found = _search_all(feats, k_eff, method, seed, gpu_res, params, idx_dtype)
     recall, n_recall = 1.0, 0
     if method != "exact" and recall_sample > 0:
         rng = np.random.default_rng(seed)
         qids = np.sort(rng.choice(n, size=min(recall_sample, n), replace=False))
         _, exact_I = _exact_search(feats, k_eff + 1, qids, gpu_res)
-        recall, n_recall = _recall(cols, counts, exact_I, qids, k_eff), len(qids)
-    idx_dtype = np.int32 if n < 2**31 else np.int64
-    indptr, indices, data = _symmetric_csr(n, cols, sims, counts, idx_dtype,
+        recall, n_recall = _recall(found[0], found[2], exact_I, qids, k_eff), len(qids)
+    indptr, indices, data = _symmetric_csr(n, found, idx_dtype,
                                            feats if np.dtype(dtype) == np.float64 else None)
     info = {"method": method, "k": k_eff, "k_requested": k, "k_clipped": k_eff < k, "gpu": gpu,
             "recall_at_k": float(recall), "recall_queries": n_recall, "nnz": int(indptr[-1]),
