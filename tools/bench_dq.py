@@ -134,7 +134,10 @@ def dq_naive_bins(feats, labels, n_bins, dtype) -> np.ndarray:
     for c in np.unique(labels):
         pool = np.flatnonzero(labels == c)
         for b, size in enumerate(_bin_sizes(pool.size, n_bins)):
-            picks = pool if b == n_bins - 1 else pool[graphcut_naive_reference(dense_cosine_sim(feats[pool], dtype), size)]
+            if b == n_bins - 1:
+                picks = pool
+            else:
+                picks = pool[graphcut_naive_reference(dense_cosine_sim(feats[pool], dtype), size)]
             bins[picks] = b
             pool = np.setdiff1d(pool, picks)
     return bins
@@ -156,7 +159,8 @@ def worker_compare(n: int, n_bins: int, dim: int, seed: int, ks: list[int]) -> d
     ref = runs["dq-naive fp64"]["bins"]
     objective = {}
     for name, r in runs.items():  # bin 0 sees the same pool (the whole class) in every variant
-        objective[name] = sum(graphcut_objective(dense_cosine_sim(feats[labels == c]), np.flatnonzero(r["bins"][labels == c] == 0))
+        objective[name] = sum(graphcut_objective(dense_cosine_sim(feats[labels == c]),
+                                                 np.flatnonzero(r["bins"][labels == c] == 0))
                               for c in range(CLASSES))
     rows = []
     for name, r in runs.items():
@@ -167,7 +171,8 @@ def worker_compare(n: int, n_bins: int, dim: int, seed: int, ks: list[int]) -> d
                      "speedup_vs_dq": round(runs["dq-naive fp32 (DQ)"]["s"] / r["s"], 1),
                      "bin0_objective": objective[name],
                      "bin0_obj_rel_diff": (objective[name] - objective["dq-naive fp64"]) / abs(objective["dq-naive fp64"]),
-                     "jaccard_mean": round(float(np.mean(jac)), 4), "same_bin_frac": round(float((r["bins"] == ref).mean()), 4)})
+                     "jaccard_mean": round(float(np.mean(jac)), 4),
+                     "same_bin_frac": round(float((r["bins"] == ref).mean()), 4)})
     return {"n": n, "per_class": n // CLASSES, "n_bins": n_bins, "source": source, "rows": rows,
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
@@ -192,7 +197,8 @@ def markdown(scale: list[dict], compare: list[dict]) -> str:
                          f"{g['s']} | {g['peak_mib']:.0f} ({g['rss_before_mib']:.0f}) | {r['features_mib']:.0f} |")
             rec = "-" if b["recall_min"] is None else f"min {b['recall_min']:.4f}"
             lines.append(f"| {r['n']:,} | {r['k']} | {CLASSES}-class bins (build {b['build_s']} s + greedy "
-                         f"{b['greedy_s']} s) | {'+'.join(b['kernels'])} | {rec} | {b['s']} | {b['peak_mib']:.0f} ({b['rss_before_mib']:.0f}) | "
+                         f"{b['greedy_s']} s) | {'+'.join(b['kernels'])} | {rec} | {b['s']} | "
+                         f"{b['peak_mib']:.0f} ({b['rss_before_mib']:.0f}) | "
                          f"{r['features_mib']:.0f} |")
         lines += ["", "1-min load average at the end of each run: "
                   + ", ".join(f"N={r['n']:,}/k={r['k']}: {r['loadavg_1m']}" for r in scale), ""]

@@ -84,28 +84,9 @@ def time_variant(v: Variant, real, steps: int, warmup: int, seed: int) -> list[f
     return gaps[warmup:]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", default="dm,dm_batched,dc,dsa", help=f"comma list of {', '.join(VARIANTS)}")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=2, help="timed iterations per variant per round")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed first iterations per run")
-    ap.add_argument("--train", type=Path, default=Path("/tmp/fm-train"))
-    ap.add_argument("--json", type=Path, default=None, help="write the raw timings here")
-    args = ap.parse_args(argv)
-    from dcompress.api import load_real
-
-    names = [n for n in args.variants.split(",") if n]
-    real = load_real(str(ensure_shards(args.train)))
-    before = vmstat()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    t_start = time.time()
-    for r in range(args.rounds):
-        for n in names:               # interleaved: A B C D, A B C D, ...
-            times[n] += time_variant(VARIANTS[n], real, args.steps, args.warmup, seed=r)
-            print(f"[bench_iter] round {r + 1} {n}: {', '.join(f'{t:.2f}' for t in times[n][-args.steps:])} s",
-                  file=sys.stderr, flush=True)
-    after = vmstat()
+def summarise(names: list[str], times: dict[str, list[float]], args, before: dict, after: dict, rounds: int,
+              wall: float) -> dict:
+    """Markdown table (medians, min, floor, GFLOP/s, ratios of medians) and the environment line."""
     med = {n: statistics.median(times[n]) for n in names}
     ref = names[0]
     lines = [f"| variant | setting | median s/it | min s/it | iterations timed | FLOP floor (GF/it) | "
@@ -120,13 +101,43 @@ def main(argv: list[str] | None = None) -> int:
     if "dm_batched" in med and "dm" in med:
         extra.append(f"DM batched/per-class (ratio of medians): {med['dm_batched'] / med['dm']:.3f}")
     env = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-           f"{args.rounds} interleaved rounds x {args.steps} timed iterations (+{args.warmup} warm-up) per variant; "
-           f"wall {time.time() - t_start:.0f} s; before: steal {before['st']}%, load {before['loadavg']}; "
+           f"{rounds} interleaved rounds x {args.steps} timed iterations (+{args.warmup} warm-up) per variant; "
+           f"wall {wall:.0f} s; before: steal {before['st']}%, load {before['loadavg']}; "
            f"after: steal {after['st']}%, load {after['loadavg']}")
-    print("\n".join(lines + [""] + extra + ["", env]))
-    if args.json:
-        args.json.write_text(json.dumps({"times": times, "median": med, "before": before, "after": after,
-                                         "variants": {n: VARIANTS[n].__dict__ for n in names}, "env": env}, indent=1))
+    return {"median": med, "before": before, "after": after, "rounds": rounds, "env": env,
+            "table": "\n".join(lines + [""] + extra + ["", env])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", default="dm,dm_batched,dc,dsa", help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2, help="timed iterations per variant per round")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed first iterations per run")
+    ap.add_argument("--train", type=Path, default=Path("/tmp/fm-train"))
+    ap.add_argument("--json", type=Path, default=None, help="write the raw timings here (after every round)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args(argv)
+    from dcompress.api import load_real
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [n for n in args.variants.split(",") if n]
+    real = load_real(str(ensure_shards(args.train)))
+    before = vmstat()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    t_start = time.time()
+    for r in range(args.rounds):
+        for n in names:               # interleaved: A B C D, A B C D, ...
+            times[n] += time_variant(VARIANTS[n], real, args.steps, args.warmup, seed=r)
+            print(f"[bench_iter] round {r + 1} {n}: {', '.join(f'{t:.2f}' for t in times[n][-args.steps:])} s",
+                  file=sys.stderr, flush=True)
+        # a report after every round, so a run cut short still leaves its complete rounds
+        report = summarise(names, times, args, before, vmstat(), r + 1, time.time() - t_start)
+        if args.json:
+            args.json.write_text(json.dumps({**report, "times": times,
+                                             "variants": {n: VARIANTS[n].__dict__ for n in names}}, indent=1))
+    print(report["table"])
     return 0
 
 
