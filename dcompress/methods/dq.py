@@ -117,14 +117,20 @@ class DQ:
             if n_bins > small:
                 raise UsageError(f"--bins {n_bins} is larger than the smallest class "
                                  f"({real.class_names[counts.index(small)]!r}, {small} images)")
-            done = [0]
 
             def prog(ev: dict) -> None:
-                done[0] += 1
                 if spec.progress:
                     spec.progress(ev["done"], ev["of"], "dq bins")
-            bins, binfo = make_bins(feats, real.labels.numpy(), n_bins, lam=cfg.lam, k=cfg.k,
-                                    method=cfg.knn_method, dense_max=cfg.dense_max, seed=spec.seed, progress=prog)
+            try:
+                bins, binfo = make_bins(feats, real.labels.numpy(), n_bins, lam=cfg.lam, k=cfg.k,
+                                        method=cfg.knn_method, dense_max=cfg.dense_max, seed=spec.seed,
+                                        progress=prog)
+            except ValueError as e:  # bad k / method / kernel choice for this data
+                raise UsageError(f"dq: {e}") from None
+            clipped = [c["n"] for c in binfo["classes"] if c.get("knn", {}).get("k_clipped")]
+            if clipped:
+                log({"event": "dq_k_clipped", "k": cfg.k, "class_sizes": clipped,
+                     "message": f"k={cfg.k} >= class size for {len(clipped)} class(es): clipped to n-1"})
             binfo["features"] = source
             binfo["fingerprint"] = real.source.get("fingerprint")
         picks, pick_bins = sample_bins(real.labels, bins, targets, n_bins, generator)

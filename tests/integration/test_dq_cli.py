@@ -86,3 +86,12 @@ def test_dq_grad_features_dense(shards, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "g" / "manifest.json").read_text())["dcompress"]
     assert m["info"]["features"] == "grad"
+
+
+def test_dq_sparse_path_clips_k_and_records_it(shards, tmp_path):
+    # dense_max=4 forces the kNN graph on 12-image classes; k=50 >= class size is clipped
+    r, _ = run("distill", shards["train"], "--method", "dq", "--ipc", "2", "--bins", "2", "--set", "dense_max=4",
+               "--set", "k=50", "-o", tmp_path / "s", "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "s" / "manifest.json").read_text())["dcompress"]["info"]
+    assert info["kernels"] == ["knn"] and info["knn"][0]["k_clipped"] is True and info["knn"][0]["k"] == 11
