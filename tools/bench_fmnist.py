@@ -18,6 +18,9 @@ defaults, so any registered method runs — add an entry to shorten a new method
     paper  the published settings: each method's Config defaults (= the reference's) and its
            own evaluation protocol (DC 300 epochs no aug; DSA/DM 1000 epochs with DSA). GPU work.
 
+On a shared 2-core machine pass `--threads 1`: two OpenMP threads were 2-6x slower than one
+while other jobs ran (docs/results.md, "Iteration time (CPU)").
+
 Fashion-MNIST shards: `dcompress shard /usr/share/datasets/fashion-mnist /tmp/fm-train --format idx
 --split train` (and `--split test` -> /tmp/fm-test); created here when missing.
 """
@@ -48,8 +51,9 @@ BUDGETS: dict[str, dict[str, dict]] = {
         # B7: DM IPC 1, 200 its, batch_real 64 ≈ 4.5 min; IPC 10, 100 its, batch_real 256 ≈ 15 min
         "dm": {"sets": {"iterations": 200, "batch_real": 64}, "eval_epochs": 300,
                "ipc": {10: {"iterations": 100, "batch_real": 128}}},
-        # DC IPC 1 (1 outer step): ~5 s/it at batch_real 64. IPC 10's reference (10, 50) loops cost
-        # ~6 min/it here (the inner epochs dominate); 10 outer x 5 inner x 10 its ≈ 13 min.
+        # DC IPC 1 (1 outer step, 0.19 TF): 2.3-3.4 s/it at batch_real 64 (docs/results.md) -> ~3 min.
+        # IPC 10 with the reference (10, 50) loops is ~20 TF/it (the inner epochs dominate); 10 outer x
+        # 5 inner = 1.9 TF matching + 1.3 TF inner ≈ 1 min/it at ~50 GFLOP/s -> 10 its ≈ 11 min.
         "dc": {"sets": {"iterations": 50, "batch_real": 64}, "eval_epochs": 300,
                "ipc": {10: {"iterations": 10, "outer_loop": 10, "inner_loop": 5}}},
         "dsa": {"sets": {"iterations": 50, "batch_real": 64}, "eval_epochs": 300,
@@ -114,7 +118,9 @@ def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
     t1 = time.time()
     ev = evaluate(out, real_test, train=real_train, runs=args.runs, epochs=s["eval_epochs"], seed=args.seed,
                   device=resolve_device(args.device), random_baseline=args.baseline, test_limit=args.test_limit)
-    row = {"method": method, "ipc": ipc, "budget": args.budget, "sets": s["sets"], "labels": rep["labels"],
+    import torch
+
+    row = {"method": method, "ipc": ipc, "budget": args.budget, "threads": torch.get_num_threads(), "sets": s["sets"], "labels": rep["labels"],
            "eval_epochs": ev["protocol"]["epochs"],
            "protocol": ev["protocol"], "accuracy": ev["compressed"], "random_baseline": ev.get("random"),
            "test_samples": ev["test_samples"], "distill_s": round(t_distill, 1), "eval_s": round(time.time() - t1, 1),
@@ -146,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate on a fixed random test subset")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--labels", default=None, help="label mode for every method (default: hard for selection "
                     "methods, auto for the others)")
     ap.add_argument("--baseline", action="store_true", help="also train a same-size random subset per set")
@@ -153,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget == "smoke" and args.test_limit is None:
         args.test_limit = 1000
 
+    import torch
+
     from dcompress.api import load_real
     from dcompress.registry import get_method
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:

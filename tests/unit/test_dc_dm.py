@@ -209,6 +209,7 @@ def crash_at(k):
 
 
 @pytest.mark.parametrize("method_cls,cfg,n,k", [(dm_mod.DM, dict(DM_TINY, iterations=5), 5, 2),
+                                                (dc_mod.DC, dict(DC_TINY, iterations=3), 3, 2),
                                                 (dc_mod.DSA, dict(DC_TINY, iterations=3), 3, 2)])
 def test_resume_is_bitwise_equal_to_an_uninterrupted_run(real, tmp_path, method_cls, cfg, n, k):
     straight = fit(method_cls, real, spec_for(tmp_path, every=1, name="straight"), **cfg)
