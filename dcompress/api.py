@@ -15,7 +15,7 @@ import torch
 from . import __version__
 from .checkpoint import Checkpointer
 from .config import config_dict, resolve_config
-from .errors import InputDataError, UsageError
+from .errors import UsageError
 from .io.atomic import check_target, work_dir_for
 from .io.output import one_hot_logits, write_output
 from .io.shards import env_versions, read_real, resolve_urls

@@ -306,7 +306,7 @@ def write_shards(out_dir: Path, samples: Iterable[dict], *, prefix: str, shard_s
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
     written: list[tuple[Path, int]] = []
-    writer, count = None, 0
+    writer, path, count = None, None, 0
     for sample in samples:
         if writer is None or count >= shard_size:
             if writer is not None:

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from dcompress.cli import app
@@ -13,15 +12,6 @@ from dcompress.cli import app
 runner = CliRunner()
 TINY = ["--ipc", "1", "--set", "iterations=2", "--set", "syn_steps=3", "--set", "expert_epochs=1",
         "--set", "max_start_epoch=2", "--set", "model=convnet_w16", "--json"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on this 2-core CPU, intra-op threads made the module 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(*args):

@@ -8,22 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from dcompress.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine every OpenMP region of a
-    2-thread pool waits for a time slice (~15 ms per op); one thread keeps these tests in seconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = ["--set", "model=convnet_w16", "--set", "batch_real=8"]

@@ -17,16 +17,6 @@ from tests.conftest import make_images
 TINY = "convnet_w16"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine every OpenMP region of a
-    2-thread pool waits for a time slice (~15 ms per op); one thread keeps these tests in seconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def real() -> RealData:
     x, y = make_images(10, classes=3)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from dcompress.api import load_real
 from dcompress.augment.dsa import DEFAULT_STRATEGY
 from dcompress.errors import InputDataError, UsageError
 from dcompress.nets import build_net
@@ -21,20 +20,6 @@ from dcompress.train.experts import (ExpertBuffer, ExpertConfig, claim, expert_s
 from dcompress.train.loop import train_epoch
 
 CFG = ExpertConfig(model="convnet_w16", epochs=2)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on this 2-core CPU, intra-op threads made the module 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def real(shards):
-    return load_real(str(shards["train"]))
 
 
 @pytest.fixture(scope="module")

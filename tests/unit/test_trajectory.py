@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcompress.api import load_real
 from dcompress.augment.dsa import DEFAULT_STRATEGY
 from dcompress.checkpoint import Checkpointer
 from dcompress.errors import NonFiniteLoss, UsageError
@@ -23,20 +22,6 @@ from dcompress.train.unroll import unroll
 from dcompress.types import RunSpec
 
 SMALL = dict(iterations=3, syn_steps=3, expert_epochs=1, max_start_epoch=2, model="convnet_w16")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on this 2-core CPU, intra-op threads made the module 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def real(shards):
-    return load_real(str(shards["train"]))
 
 
 @pytest.fixture(scope="module")
