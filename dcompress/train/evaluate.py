@@ -90,14 +90,10 @@ def evaluate(out: str | Path, test: RealData, *, train: RealData | None = None, 
 
 
 def _teacher_from_manifest(ds, train: RealData, device: torch.device):
-    from ..nets import build_net
-    from .teacher import Teacher
+    from .teacher import Teacher, load_teacher_net
 
     info = ds.manifest["dcompress"]["labels"].get("teacher") or {}
     path = info.get("path")
     if not path or not Path(path).exists():
         return None
-    c, h, w = train.image_shape
-    net = build_net(info["model"], c, len(ds.classes), (h, w))
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return Teacher(net.to(device).eval(), info)
+    return Teacher(load_teacher_net(info["model"], path, train.image_shape, len(ds.classes), device), info)

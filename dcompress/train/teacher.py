@@ -63,6 +63,17 @@ def teacher_cache_path(real: RealData, cfg: TeacherConfig, cache_dir: Path) -> P
     return Path(cache_dir) / "teachers" / f"{fp}-{_cfg_hash(cfg)}.pt"
 
 
+def load_teacher_net(model: str, path: str | Path, image_shape, num_classes: int,
+                     device: torch.device) -> torch.nn.Module:
+    """Builds `model` and loads a saved teacher state dict (weights only, no unpickling)."""
+    from ..nets import build_net
+
+    c, h, w = image_shape
+    net = build_net(model, c, num_classes, (h, w))
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.to(device).eval()
+
+
 def get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig = TeacherConfig(), log=None) -> Teacher:
     """Loads `spec.teacher`, or the cached teacher for this input, or trains and caches one."""
     from ..nets import build_net
@@ -74,15 +85,13 @@ def get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig = TeacherConfi
         if not path.exists() or not meta_path.exists():
             raise InputDataError("teacher checkpoint needs the .pt file and its .json sidecar", path=str(path))
         meta = json.loads(meta_path.read_text())
-        net = build_net(meta["model"], c, real.num_classes, (h, w))
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return Teacher(net.to(spec.device).eval(), {**meta, "path": str(path), "source": "user"})
+        net = load_teacher_net(meta["model"], path, real.image_shape, real.num_classes, spec.device)
+        return Teacher(net, {**meta, "path": str(path), "source": "user"})
     path = teacher_cache_path(real, cfg, spec.cache_dir)
     if path.exists() and path.with_suffix(".json").exists():
         meta = json.loads(path.with_suffix(".json").read_text())
-        net = build_net(cfg.model, c, real.num_classes, (h, w))
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return Teacher(net.to(spec.device).eval(), {**meta, "path": str(path), "source": "cache"})
+        net = load_teacher_net(cfg.model, path, real.image_shape, real.num_classes, spec.device)
+        return Teacher(net, {**meta, "path": str(path), "source": "cache"})
     t0 = time.time()
     g = torch.Generator().manual_seed(cfg.seed)
     net = build_net(cfg.model, c, real.num_classes, (h, w), generator=g).to(spec.device)
