@@ -1,10 +1,12 @@
 """Small shared pieces of the methods: selection results, real-image initialisation."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..errors import InputDataError
-from ..types import CompressedSet, RealData
+from ..types import CompressedSet, LogFn, RealData, RunSpec
 
 
 def check_ipc(real: RealData, ipc: int) -> None:
@@ -42,3 +44,18 @@ def noise_init(real: RealData, ipc: int, generator: torch.Generator, device: tor
 def class_labels(num_classes: int, ipc: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(ipc)
 
+
+
+def select_on_teacher_features(real: RealData, spec: RunSpec, log: LogFn,
+                               order: Callable[[torch.Tensor, int], torch.Tensor]) -> CompressedSet:
+    """Per class, `order(class embeddings, ipc)` picks indices on the teacher's penultimate
+    embeddings (herding, k-center): the shared body of the embedding-greedy baselines."""
+    from ..train.teacher import get_teacher, teacher_features
+
+    check_ipc(real, spec.ipc)
+    feats = teacher_features(get_teacher(real, spec, log=log), real, spec.device)
+    picks = []
+    for c in range(real.num_classes):
+        pool = real.class_indices(c)
+        picks.append(pool[order(feats[pool], spec.ipc)])
+    return selection_result(real, picks, info={"features": "teacher_embedding", "feature_dim": feats.shape[1]})

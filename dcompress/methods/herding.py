@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import MethodInfo, register_method
-from ..train.teacher import get_teacher, teacher_features
 from ..types import CompressedSet, LogFn, RealData, RunSpec
-from .base import check_ipc, selection_result
+from .base import select_on_teacher_features
 
 
 def herding_order(feats: torch.Tensor, budget: int) -> torch.Tensor:
@@ -46,11 +45,4 @@ class Herding:
         self.config = config
 
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
-        check_ipc(real, spec.ipc)
-        teacher = get_teacher(real, spec, log=log)
-        feats = teacher_features(teacher, real, spec.device)
-        picks = []
-        for c in range(real.num_classes):
-            pool = real.class_indices(c)
-            picks.append(pool[herding_order(feats[pool], spec.ipc)])
-        return selection_result(real, picks, info={"features": "teacher_embedding", "feature_dim": feats.shape[1]})
+        return select_on_teacher_features(real, spec, log, herding_order)
