@@ -15,6 +15,10 @@ defaults, so any registered method runs — add an entry to shorten a new method
     cpu    ~2 h on 2 CPU cores for the default `--methods random,dc,dsa,dm --ipc 1,10 --runs 2`:
            reduced iterations and batch_real (performance.md §B7 calibration), DC/DSA IPC 10 with
            10 outer x 5 inner loops, every evaluation 300 epochs. NOT comparable to the papers.
+           MTT/DATM/DD: reduced iterations and syn_steps; mtt/datm share one expert buffer of
+           2 experts x 6 epochs on 500 images per class, trained once under --work (the
+           "experts" entry). Run mtt and datm in one process, or build the buffer first: a
+           second process finding it half-trained by another stops and says so.
     paper  the published settings: each method's Config defaults (= the reference's) and its
            own evaluation protocol (DC 300 epochs no aug; DSA/DM 1000 epochs with DSA). GPU work.
 
@@ -45,6 +49,12 @@ BUDGETS: dict[str, dict[str, dict]] = {
         "dm": {"sets": {"iterations": 3, "batch_real": 16}, "eval_epochs": 2},
         "dc": {"sets": {"iterations": 1, "batch_real": 16, "outer_loop": 2, "inner_loop": 1}, "eval_epochs": 2},
         "dsa": {"sets": {"iterations": 1, "batch_real": 16, "outer_loop": 2, "inner_loop": 1}, "eval_epochs": 2},
+        "mtt": {"sets": {"iterations": 2, "syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1}, "eval_epochs": 2},
+        "datm": {"sets": {"iterations": 2, "syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1,
+                          "current_max_start_epoch": 1}, "eval_epochs": 2},
+        "dd": {"sets": {"iterations": 2, "batch_real": 64, "distill_epochs": 1}, "eval_epochs": 2},
+        # expert buffer for mtt/datm: experts x epochs on `per_class` images of each class
+        "experts": {"experts": 1, "epochs": 2, "per_class": 10},
     },
     "cpu": {
         "*": {"sets": {}, "eval_epochs": 300},
@@ -58,6 +68,19 @@ BUDGETS: dict[str, dict[str, dict]] = {
                "ipc": {10: {"iterations": 10, "outer_loop": 10, "inner_loop": 5}}},
         "dsa": {"sets": {"iterations": 50, "batch_real": 64}, "eval_epochs": 300,
                 "ipc": {10: {"iterations": 10, "outer_loop": 10, "inner_loop": 5}}},
+        # Measured with one thread (2026-11-28): MTT IPC 1, 20 syn_steps: 3.0 s/it; IPC 10, 10
+        # syn_steps (all 100 images per step): 19 s/it; DATM alike (20.6 s/it). Window: start
+        # epochs [0, 4) of 6-epoch experts, 2 expert epochs per target (DATM's window fixed there).
+        "mtt": {"sets": {"iterations": 150, "syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 4},
+                "eval_epochs": 300, "ipc": {10: {"iterations": 40, "syn_steps": 10}}},
+        "datm": {"sets": {"iterations": 150, "syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 4,
+                          "current_max_start_epoch": 4}, "eval_epochs": 300,
+                 "ipc": {10: {"iterations": 40, "syn_steps": 10}}},
+        # DD (LeNet, 10 steps x 3 epochs, batch_real 1024): 0.13 s/it at IPC 1, 0.42 s/it at IPC 10.
+        "dd": {"sets": {"iterations": 2000}, "eval_epochs": 300, "ipc": {10: {"iterations": 1500}}},
+        # 2 experts x 6 epochs (SGD 0.01, DSA, batch 256) on 500 images per class: the full 60k
+        # images cost ~5 min per epoch here.
+        "experts": {"experts": 2, "epochs": 6, "per_class": 500},
     },
     "paper": {
         "*": {"sets": {}, "eval_epochs": None},
@@ -94,6 +117,37 @@ def settings_for(budget: str, method: str, ipc: int, labels: str | None = None) 
             "labels": labels or entry.get("labels", default_labels)}
 
 
+def class_subset(real, per_class: int, seed: int):
+    """`per_class` random samples of each class of `real` (RealData), its fingerprint marked."""
+    import dataclasses
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.cat([real.sample_class(c, per_class, g) for c in range(real.num_classes)]).sort().values
+    source = {**real.source, "fingerprint": f"{real.source.get('fingerprint')}:subset{per_class}x{seed}"}
+    return dataclasses.replace(real, images=real.images[idx], labels=real.labels[idx],
+                               keys=[real.keys[i] for i in idx.tolist()], source=source, _by_class=None)
+
+
+def ensure_experts(args, real_train, device) -> tuple[Path, dict] | None:
+    """The budget's expert buffer for mtt/datm (trained once under --work), or None to let the
+    method train its default buffer (the "paper" budget: its full-data default)."""
+    from dcompress.train.experts import ExpertConfig, train_experts
+
+    e = BUDGETS[args.budget].get("experts")
+    if e is None:
+        return None
+    path = Path(args.work) / "experts"
+    subset = class_subset(real_train, e["per_class"], args.seed)
+    t0 = time.time()
+    rep = train_experts(subset, path, num_experts=e["experts"], config=ExpertConfig(epochs=e["epochs"], seed=args.seed),
+                        device=device)
+    if rep["busy"]:
+        sys.exit(f"another process is training experts {rep['busy']} of {path}: wait for it, then rerun")
+    return path, {**e, "train_s": round(time.time() - t0, 1), "trained_now": rep["trained"]}
+
+
 def ensure_shards(path: Path, split: str) -> Path:
     if (path / "manifest.json").exists():
         return path
@@ -108,11 +162,18 @@ def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
     from dcompress.train.evaluate import evaluate
     from dcompress.api import resolve_device
 
+    from dcompress.registry import get_method
+
     s = settings_for(args.budget, method, ipc, args.labels)
     out = Path(args.work) / f"{method}-ipc{ipc}"
+    options, experts = dict(s["options"]), None
+    if get_method(method).info.needs_experts:
+        built = ensure_experts(args, real_train, resolve_device(args.device))
+        if built is not None:
+            options["experts"], experts = str(built[0]), built[1]
     t0 = time.time()
     rep = distill(str(args.train), method, out=out, ipc=ipc, seed=args.seed, device=args.device,
-                  sets=[f"{k}={v}" for k, v in s["sets"].items()], labels=s["labels"], options=s["options"] or None,
+                  sets=[f"{k}={v}" for k, v in s["sets"].items()], labels=s["labels"], options=options or None,
                   real=real_train, resume=True)
     t_distill = time.time() - t0
     t1 = time.time()
@@ -123,7 +184,7 @@ def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
     row = {"method": method, "ipc": ipc, "budget": args.budget, "threads": torch.get_num_threads(), "sets": s["sets"], "labels": rep["labels"],
            "eval_epochs": ev["protocol"]["epochs"],
            "protocol": ev["protocol"], "accuracy": ev["compressed"], "random_baseline": ev.get("random"),
-           "test_samples": ev["test_samples"], "distill_s": round(t_distill, 1), "eval_s": round(time.time() - t1, 1),
+           "experts": experts, "test_samples": ev["test_samples"], "distill_s": round(t_distill, 1), "eval_s": round(time.time() - t1, 1),
            "distill_report": rep, "published": PUBLISHED.get(method, {}).get(ipc)}
     return row
 
