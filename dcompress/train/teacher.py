@@ -114,10 +114,13 @@ def get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig = TeacherConfi
             "train_accuracy": round(train_acc, 4), "train_seconds": round(time.time() - t0, 1),
             "input_fingerprint": real.source.get("fingerprint")}
     path.parent.mkdir(parents=True, exist_ok=True)
+    # sidecar first, checkpoint last, both by rename: a reader that sees the .pt sees a whole .json
+    tmp_meta = path.with_name(path.stem + f".json.tmp-{os.getpid()}")
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, path.with_suffix(".json"))
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     torch.save(net.state_dict(), tmp)
     os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     return Teacher(net, {**meta, "path": str(path), "source": "trained"})
 
 
