@@ -161,7 +161,6 @@ def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
     from dcompress.api import distill
     from dcompress.train.evaluate import evaluate
     from dcompress.api import resolve_device
-
     from dcompress.registry import get_method
 
     s = settings_for(args.budget, method, ipc, args.labels)

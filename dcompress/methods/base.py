@@ -45,7 +45,6 @@ def class_labels(num_classes: int, ipc: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(ipc)
 
 
-
 def select_on_teacher_features(real: RealData, spec: RunSpec, log: LogFn,
                                order: Callable[[torch.Tensor, int], torch.Tensor]) -> CompressedSet:
     """Per class, `order(class embeddings, ipc)` picks indices on the teacher's penultimate

@@ -17,8 +17,8 @@ def test_eval_runs_differ_by_seed_and_repeat_with_it():
     proto = EvalProtocol(name="mtt", model="convnet_w16", epochs=2, aug="color_crop_cutout_flip_scale_rotate",
                          use_learned_lr=True)
 
-    def run(seed: int, soft=None) -> torch.Tensor:
-        return _params(train_on_set(images, labels, num_classes=3, protocol=proto, soft=soft, lr=0.03,
+    def run(seed: int) -> torch.Tensor:
+        return _params(train_on_set(images, labels, num_classes=3, protocol=proto, lr=0.03,
                                     generator=torch.Generator().manual_seed(seed), device=torch.device("cpu")))
 
     a, a_again, b = run(0), run(0), run(1)
