@@ -1,16 +1,22 @@
 """Exceptions a user can act on, each with its own exit code.
 
-The CLI maps these to exit codes in one place (`cli.py`); the API raises them as is.
+The CLI maps these to exit codes in one place (`cli._run`); the API raises them as is.
+Anything else that escapes (an OSError from a full disk, MemoryError, a bug) is mapped there
+too, so a user never sees a traceback unless `DCOMPRESS_DEBUG=1` is set.
 
-| code | exception          | meaning                                                        |
-|------|--------------------|----------------------------------------------------------------|
-| 0    | —                  | success                                                        |
-| 1    | DcompressError     | runtime failure (non-finite loss, internal error)              |
-| 2    | UsageError         | bad option, config key/value, unknown method, bad ratio/ipc    |
-| 3    | TooManyBadSamples  | more corrupt/undecodable input samples than `--max-bad`        |
-| 4    | InputDataError     | input is unusable: empty, mixed shapes, bad labels, dup keys   |
-| 5    | OutputError        | output directory holds something that is not ours              |
-| 6    | VerifyError        | `verify` found a checksum or count mismatch                    |
+| code | exception          | meaning                                                         |
+|------|--------------------|-----------------------------------------------------------------|
+| 0    | —                  | success                                                         |
+| 1    | DcompressError     | runtime failure (non-finite loss, internal error)               |
+| 2    | UsageError         | bad option, config key/value, unknown method, `-o` overlaps input |
+| 3    | TooManyBadSamples  | more corrupt/undecodable input samples than `--max-bad`         |
+| 4    | InputDataError     | input is unusable: empty, mixed shapes, bad labels, bad manifest |
+| 5    | OutputError        | output/cache location unusable: foreign contents, not writable  |
+| 6    | VerifyError        | `verify` found a checksum or count mismatch                     |
+| 7    | ResourceError      | out of disk space or memory                                     |
+| 8    | BusyError          | another live dcompress process holds the output's lock          |
+| 130  | (SIGINT)           | interrupted by Ctrl-C; the checkpoint is kept for `--resume`    |
+| 143  | (SIGTERM)          | terminated; the checkpoint is kept for `--resume`               |
 """
 from __future__ import annotations
 
@@ -48,6 +54,26 @@ class OutputError(DcompressError):
 
 class VerifyError(DcompressError):
     exit_code = 6
+
+
+class ResourceError(DcompressError):
+    """The machine ran out of something (disk space, memory); nothing half-written is left."""
+
+    exit_code = 7
+
+
+class BusyError(DcompressError):
+    """Another live process is writing the same output (or expert slot)."""
+
+    exit_code = 8
+
+
+class Interrupted(DcompressError):
+    """SIGINT (130) or SIGTERM (143): the run stopped; its checkpoint stays for `--resume`."""
+
+    def __init__(self, message: str, *, signum: int):
+        self.exit_code = 128 + signum
+        super().__init__(message)
 
 
 class NonFiniteLoss(DcompressError):
