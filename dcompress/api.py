@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -13,12 +14,13 @@ from typing import Callable, Iterable
 import torch
 
 from . import __version__
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, run_key
 from .config import config_dict, resolve_config
-from .errors import UsageError
-from .io.atomic import check_target, work_dir_for
+from .errors import DcompressError, Interrupted, UsageError
+from .io.atomic import OutputLock, check_not_input, check_target, refuse_existing, work_dir_for
+from .io.manifest import read_manifest
 from .io.output import one_hot_logits, write_output
-from .io.shards import env_versions, read_real, resolve_urls
+from .io.shards import MAX_PIXELS, ResolvedInput, env_versions, is_remote, read_real, resolve_urls
 from .registry import get_method
 from .train.teacher import get_teacher
 from .types import RealData, RunSpec, default_paths
@@ -37,28 +39,43 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def ipc_from(real: RealData, ipc: int | None, ratio: float | None) -> int:
-    """Images per class from --ipc or --ratio (fraction of the input, class-balanced)."""
+def check_size(ipc: int | None, ratio: float | None) -> None:
+    """UsageError unless exactly one of ipc >= 1 / ratio in (0, 1] is given."""
     if (ipc is None) == (ratio is None):
         raise UsageError("give exactly one of --ipc or --ratio")
-    if ratio is not None:
-        if not (0 < ratio <= 1):
-            raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
-        return max(1, round(ratio * len(real) / real.num_classes))
-    if ipc < 1:
+    if ratio is not None and not (0 < ratio <= 1):
+        raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
+    if ipc is not None and ipc < 1:
         raise UsageError(f"--ipc must be >= 1, got {ipc}")
+
+
+def ipc_from(real: RealData, ipc: int | None, ratio: float | None) -> int:
+    """Images per class from --ipc or --ratio (fraction of the input, class-balanced)."""
+    check_size(ipc, ratio)
+    if ratio is not None:
+        return max(1, round(ratio * len(real) / real.num_classes))
     return ipc
 
 
-def load_real(urls: str | Iterable[str], *, max_bad: int = 100, progress: ProgressFn | None = None) -> RealData:
-    inp = resolve_urls(urls)
+def check_limits(**limits: tuple[int | None, int]) -> None:
+    """UsageError naming the option when a value is below its minimum: name=(value, minimum)."""
+    for name, (value, low) in limits.items():
+        if value is not None and value < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
+def load_real(urls: str | Iterable[str] | ResolvedInput, *, max_bad: int = 100, max_pixels: int | None = MAX_PIXELS,
+              allow_manifest_urls: bool = False, progress: ProgressFn | None = None) -> RealData:
+    """Reads the shards at `urls` (or an already resolved input) into RealData."""
+    check_limits(max_bad=(max_bad, 0), max_pixels=(max_pixels, 1))
+    inp = urls if isinstance(urls, ResolvedInput) else resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
     done = [0]
 
     def tick(n: int) -> None:
         done[0] += n
         if progress and done[0] % 2000 == 0:
             progress(done[0], 0, "reading shards")
-    return read_real(inp, max_bad=max_bad, progress=tick)
+    return read_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=tick)
 
 
 def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int) -> dict:
@@ -78,33 +95,96 @@ def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int) -> dict:
 
 def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio: float | None = None,
             seed: int = 0, device: str = "auto", config: str | Path | None = None, sets: Iterable[str] = (),
-            resume: bool = True, labels: str = "auto", teacher: str | Path | None = None, max_bad: int = 100,
+            resume: bool = True, overwrite: bool = False, labels: str = "auto", teacher: str | Path | None = None,
+            max_bad: int = 100, max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False,
             shard_size: int = 1000, ckpt_every: int = 50, dry_run: bool = False, options: dict | None = None,
             progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None,
             real: RealData | None = None) -> dict:
-    """Compresses the dataset at `urls` with `method` into `out`; returns the run report."""
+    """Compresses the dataset at `urls` with `method` into `out`; returns the run report.
+
+    Every argument is checked before the input is read. `out` must not overlap the input; an
+    existing output is replaced only with `overwrite`, except that the same run (same request,
+    input content and dcompress version) with `resume` finds it up to date and returns at once.
+    """
     m_cls = get_method(method)
     cfg = resolve_config(m_cls.Config, file=config, sets=list(sets))
     if labels not in LABEL_MODES:
         raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
-    if shard_size < 1:
-        raise UsageError(f"--shard-size must be >= 1, got {shard_size}")
+    check_size(ipc, ratio)
+    check_limits(shard_size=(shard_size, 1), ckpt_every=(ckpt_every, 0), max_bad=(max_bad, 0),
+                 max_pixels=(max_pixels, 1))
     dev = resolve_device(device)
     out = Path(out).absolute()
-    if not dry_run:
-        check_target(out)
-    t0 = time.time()
+    inp = None
     if real is None:
-        real = load_real(urls, max_bad=max_bad, progress=progress)
-    n_ipc = ipc_from(real, ipc, ratio)
-    t_read = time.time() - t0
+        inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
+        check_not_input(out, [u for u in inp.urls if not is_remote(u)], inp.folders)
     if dry_run:
-        return {"status": "dry-run", "plan": plan(real, method, n_ipc, cfg, shard_size)}
+        t0 = time.time()
+        real = real or load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=progress)
+        return {"status": "dry-run", "read_s": round(time.time() - t0, 2),
+                "plan": plan(real, method, ipc_from(real, ipc, ratio), cfg, shard_size)}
+    request = {"method": method, "config": config_dict(cfg), "ipc": ipc, "ratio": ratio, "seed": seed,
+               "device": dev.type, "labels": labels, "options": {k: str(v) for k, v in (options or {}).items()},
+               "teacher": str(teacher) if teacher else None, "version": __version__}
+    with OutputLock(out):
+        exists = check_target(out, kind="compressed", overwrite=overwrite)
+        prior = _prior_run(out) if exists and not overwrite else None
+        if exists and not overwrite and (not resume or prior is None or prior.get("request") != request):
+            raise refuse_existing(out)
+        t0 = time.time()
+        if real is None:
+            real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=progress)
+        n_ipc = ipc_from(real, ipc, ratio)
+        t_read = time.time() - t0
+        identity = {"method": method, "config": config_dict(cfg), "ipc": n_ipc, "seed": seed, "device": dev.type,
+                    "fingerprint": real.source["fingerprint"], "options": options or {}, "labels": labels}
+        if prior is not None:
+            if prior.get("key") != run_key(identity):
+                raise refuse_existing(out)
+            shutil.rmtree(work_dir_for(out), ignore_errors=True)
+            return {"status": "ok", "up_to_date": True, "out": str(out), "method": method, "ipc": n_ipc,
+                    "samples": prior.get("num_samples"), "resumed_from": None,
+                    "timings": {"read_s": round(t_read, 2)}}
+        ckpt = Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume)
+        try:
+            return _fit_and_write(real, m_cls, cfg, method, out=out, n_ipc=n_ipc, ratio=ratio, seed=seed, dev=dev,
+                                  resume=resume, labels=labels, teacher=teacher, shard_size=shard_size,
+                                  ckpt=ckpt, options=options, progress=progress, log=log, t_read=t_read,
+                                  run={"key": run_key(identity), "request": request})
+        except BaseException as e:
+            _after_failure(e, ckpt)
+            raise
+
+
+def _prior_run(out: Path) -> dict | None:
+    """The `run` record (key + request) of an existing output, with its sample count."""
+    try:
+        block = read_manifest(out)["dcompress"]
+        return {**block["run"], "num_samples": block.get("num_samples")}
+    except (DcompressError, KeyError, TypeError):
+        return None
+
+
+def _after_failure(e: BaseException, ckpt: Checkpointer) -> None:
+    """Keeps the work folder when it holds a checkpoint worth resuming (and says so), else removes it."""
+    kept = ckpt.dir.is_dir() and any(p.name != "run.json" for p in ckpt.dir.iterdir())
+    if not kept:
+        ckpt.clear()
+        return
+    hint = f"checkpoint kept in {ckpt.dir}: run the same command again to resume"
+    if isinstance(e, KeyboardInterrupt):
+        raise Interrupted(f"interrupted; {hint}", signum=2) from None
+    if isinstance(e, Interrupted):
+        raise Interrupted(f"{e.detail}; {hint}", signum=e.exit_code - 128) from None
+    e.dcompress_hint = hint
+
+
+def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc: int, ratio, seed: int, dev,
+                   resume: bool, labels: str, teacher, shard_size: int, ckpt: Checkpointer, options, progress,
+                   log, t_read: float, run: dict) -> dict:
     log = log or (lambda _: None)
-    identity = {"method": method, "config": config_dict(cfg), "ipc": n_ipc, "seed": seed, "device": dev.type,
-                "fingerprint": real.source["fingerprint"], "options": options or {}, "labels": labels}
-    ckpt = Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume)
-    spec = RunSpec(ipc=n_ipc, device=dev, seed=seed, work_dir=ckpt.dir, resume=resume, ckpt_every=ckpt_every,
+    spec = RunSpec(ipc=n_ipc, device=dev, seed=seed, work_dir=ckpt.dir, resume=resume, ckpt_every=ckpt.every,
                    cache_dir=default_paths()["cache"], teacher=Path(teacher) if teacher else None,
                    options={"ratio": ratio, **(options or {})}, progress=progress, ckpt=ckpt)
     generator = torch.Generator().manual_seed(seed)
@@ -142,6 +222,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         "learned": {"lr": cset.lr, "lrs": cset.lrs},
         "eval_protocol": dataclasses.asdict(protocol),
         "info": cset.info,
+        "run": run,
         "env": env_versions(),
     }
     block["timings"] = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2)}

@@ -1,24 +1,61 @@
 """The `dcompress` command line: parse, call the API, print. No algorithm code here.
 
 Progress goes to stderr (rich); `--json` prints exactly one JSON report on stdout, also on
-failure ({"status": "error", ...}). Exit codes come from `dcompress.errors` (one place: `_run`).
+failure ({"status": "error" | "interrupted", "error", "error_type", "exit_code"}) and for
+usage errors that Click itself detects. Every exception maps to an exit code in one place
+(`_failure`); a user never sees a traceback unless DCOMPRESS_DEBUG=1.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
-from .errors import DcompressError
+from .errors import DcompressError, Interrupted, ResourceError, from_os_error
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+MAX_PIXELS_DEFAULT = 64_000_000   # io.shards.MAX_PIXELS (not imported: it would pull torch in)
+
+
+class _App(TyperGroup):
+    """Runs every command non-standalone so that Click's own usage errors (missing option,
+    unknown flag, bad integer) also honour `--json` and print one `error:` line."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except click.ClickException as e:
+            code = e.exit_code
+            if "--json" in argv:
+                print(json.dumps({"status": "error", "error": e.format_message(), "error_type": "UsageError",
+                                  "exit_code": code}))
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None and isinstance(e, click.UsageError) and not isinstance(e, click.exceptions.NoArgsIsHelpError):
+                err.print(ctx.get_usage(), highlight=False, markup=False)
+                err.print(f"Try '{ctx.command_path} --help' for help.", highlight=False, markup=False)
+            err.print(f"error: {e.format_message()}" if not isinstance(e, click.exceptions.NoArgsIsHelpError)
+                      else e.format_message(), highlight=False, markup=False)
+            sys.exit(code)
+        except click.exceptions.Abort:
+            err.print("error: aborted", highlight=False)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=_App, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress image-classification WebDataset shards into small training sets.")
 err = Console(stderr=True)
 out = Console()
@@ -45,17 +82,49 @@ class _Progress:
         self.p.__exit__(*a)
 
 
+def _on_sigterm(signum, frame):
+    raise Interrupted("terminated (SIGTERM)", signum=signum)
+
+
+def _failure(e: BaseException) -> DcompressError:
+    """Any exception -> the DcompressError that says it to a user (exit code included)."""
+    if isinstance(e, DcompressError):
+        return e
+    if isinstance(e, KeyboardInterrupt):
+        return Interrupted("interrupted (Ctrl-C)", signum=signal.SIGINT)
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()) \
+            or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
+        return ResourceError(f"out of memory ({type(e).__name__}: {str(e)[:200]}); use a smaller batch or input")
+    if isinstance(e, OSError):
+        return from_os_error(e, "running")
+    return DcompressError(f"internal error ({type(e).__name__}: {e}); please report it with the command line "
+                          "(set DCOMPRESS_DEBUG=1 for the traceback)")
+
+
 def _run(as_json: bool, fn: Callable[[_Progress], dict], show: Callable[[dict], None]) -> None:
-    """Runs `fn`, prints its report, maps exceptions to exit codes."""
+    """Runs `fn`, prints its report, maps every exception to an exit code (one place)."""
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         with _Progress(enabled=err.is_terminal or not as_json) as prog:
             report = fn(prog)
-    except DcompressError as e:
+    except (typer.Exit, click.exceptions.Exit):
+        raise
+    except BaseException as raw:  # noqa: BLE001 - the one place exceptions become exit codes
+        if os.environ.get("DCOMPRESS_DEBUG") == "1":
+            raise
+        e = _failure(raw)
+        hint = getattr(raw, "dcompress_hint", None)
+        status = "interrupted" if isinstance(e, Interrupted) else "error"
         if as_json:
-            print(json.dumps({"status": "error", "error": str(e), "error_type": type(e).__name__,
-                              "exit_code": e.exit_code}))
-        err.print(f"[bold red]error[/]: {e}", highlight=False, markup=True)
+            print(json.dumps({"status": status, "error": str(e), "error_type": type(e).__name__,
+                              "exit_code": e.exit_code, **({"hint": hint} if hint else {})}))
+        err.print(f"[bold red]error[/]: {escape(str(e))}", highlight=False, markup=True)
+        if hint:
+            err.print(hint, highlight=False, markup=False)
         raise typer.Exit(e.exit_code) from None
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    report = {"status": "ok", **report}
     if as_json:
         print(json.dumps(report, default=str))
     else:
@@ -68,6 +137,12 @@ def _kv(report: dict) -> None:
 
 
 JSON = typer.Option(False, "--json", help="Print one JSON report on stdout.")
+MAX_BAD = typer.Option(100, "--max-bad", help="fail (exit 3) past this many corrupt samples")
+MAX_PIXELS = typer.Option(MAX_PIXELS_DEFAULT, "--max-pixels",
+                          help="skip (as corrupt) images whose header declares more pixels than this")
+ALLOW_URLS = typer.Option(False, "--allow-manifest-urls",
+                          help="trust shard urls read from manifests (absolute, '..', pipe:, http:); off: "
+                               "only files inside the manifest's folder")
 
 
 @app.command()
@@ -76,11 +151,12 @@ def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST)
           fmt: str = typer.Option("auto", "--format", help="idx | folder | auto"),
           split: str = typer.Option("train", "--split", help="train | test (idx format)"),
           shard_size: int = typer.Option(10000, "--shard-size", help="samples per shard"),
+          overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing shard folder at OUT"),
           as_json: bool = JSON) -> None:
     """Write WebDataset shards (+ manifest.json) from idx files or an ImageFolder tree."""
     from .io.sources import make_shards
 
-    _run(as_json, lambda p: make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size,
+    _run(as_json, lambda p: make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size, overwrite=overwrite,
                                         progress=lambda a, b: p(a, b, "sharding")), _kv)
 
 
@@ -95,9 +171,12 @@ def distill(urls: List[str] = typer.Argument(..., help="brace pattern(s), shard 
             config: Optional[Path] = typer.Option(None, "--config", help="YAML file of method config keys"),
             sets: List[str] = typer.Option([], "--set", help="key=value config override (repeatable)"),
             resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from the last checkpoint"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output at -o"),
             labels: str = typer.Option("auto", "--labels", help="auto | hard | teacher | learned"),
             teacher: Optional[Path] = typer.Option(None, "--teacher", help="teacher state dict (.pt + .json sidecar)"),
-            max_bad: int = typer.Option(100, "--max-bad", help="fail (exit 3) past this many corrupt samples"),
+            max_bad: int = MAX_BAD,
+            max_pixels: int = MAX_PIXELS,
+            allow_manifest_urls: bool = ALLOW_URLS,
             shard_size: int = typer.Option(1000, "--shard-size", help="samples per output shard"),
             ckpt_every: int = typer.Option(50, "--ckpt-every", help="checkpoint period (iterations)"),
             experts: Optional[Path] = typer.Option(None, "--experts", help="expert buffer (mtt, datm)"),
@@ -115,7 +194,8 @@ def distill(urls: List[str] = typer.Argument(..., help="brace pattern(s), shard 
 
     def work(prog: _Progress) -> dict:
         return api_distill(urls, method, out=output, ipc=ipc, ratio=ratio, seed=seed, device=device, config=config,
-                           sets=sets, resume=resume, labels=labels, teacher=teacher, max_bad=max_bad,
+                           sets=sets, resume=resume, overwrite=overwrite, labels=labels, teacher=teacher,
+                           max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                            shard_size=shard_size, ckpt_every=ckpt_every, dry_run=dry_run, options=options,
                            progress=prog)
     _run(as_json, work, _show_distill)
@@ -146,20 +226,28 @@ def experts(urls: List[str] = typer.Argument(..., help="training shards (URLS as
             config: Optional[Path] = typer.Option(None, "--config", help="YAML file of expert config keys"),
             sets: List[str] = typer.Option([], "--set", help="key=value expert config override, e.g. model=convnet_w16"),
             stale_after: float = typer.Option(3600.0, "--stale-lock-seconds", help="break locks without heartbeat for this long"),
-            max_bad: int = typer.Option(100, "--max-bad"),
+            max_bad: int = MAX_BAD,
+            max_pixels: int = MAX_PIXELS,
+            allow_manifest_urls: bool = ALLOW_URLS,
             as_json: bool = JSON) -> None:
     """Train expert trajectories (MTT/DATM) into a memory-mappable buffer."""
-    from .api import load_real, resolve_device
+    from .api import check_limits, load_real, resolve_device
     from .config import resolve_config
+    from .io.atomic import check_not_input
+    from .io.shards import is_remote, resolve_urls
     from .train.experts import ExpertConfig, train_experts
 
     base = {k: v for k, v in {"epochs": epochs, "optimizer": optimizer, "holdout": holdout}.items() if v is not None}
 
     def work(prog: _Progress) -> dict:
         cfg = resolve_config(ExpertConfig, file=config, sets=sets, base={**base, "seed": seed})
+        check_limits(num_experts=(num_experts, 1), max_bad=(max_bad, 0), max_pixels=(max_pixels, 1))
         dev = resolve_device(device)
-        real = load_real(urls, max_bad=max_bad, progress=prog)
-        test_data = load_real(test, max_bad=max_bad) if test else None
+        inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
+        check_not_input(output, [u for u in inp.urls if not is_remote(u)], inp.folders)
+        tinp = resolve_urls(test, allow_manifest_urls=allow_manifest_urls) if test else None
+        real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=prog)
+        test_data = load_real(tinp, max_bad=max_bad, max_pixels=max_pixels) if tinp else None
         return train_experts(real, output, num_experts=num_experts, config=cfg, test=test_data, device=dev,
                              stale_after=stale_after, progress=prog)
     _run(as_json, work, _kv)
@@ -197,21 +285,30 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
              device: str = typer.Option("auto", "--device"),
              random_baseline: bool = typer.Option(True, "--random/--no-random", help="also train a random real subset of the same size"),
              test_limit: Optional[int] = typer.Option(None, "--test-limit", help="evaluate on a fixed random subset of the test set"),
-             max_bad: int = typer.Option(100, "--max-bad"),
+             max_bad: int = MAX_BAD,
+             max_pixels: int = MAX_PIXELS,
+             allow_manifest_urls: bool = ALLOW_URLS,
              as_json: bool = JSON) -> None:
     """Train fresh networks on a compressed set and report test accuracy (vs random)."""
-    from .api import load_real, resolve_device
-    from .io.manifest import read_manifest
+    from .api import check_limits, load_real, resolve_device
+    from .io.shards import recorded_urls, resolve_urls
+    from .loader import load
     from .train.evaluate import evaluate as api_evaluate
 
     def work(prog: _Progress) -> dict:
+        check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
+                     max_pixels=(max_pixels, 1))
         dev = resolve_device(device)
-        test_data = load_real(test, max_bad=max_bad)
-        train_data = None
+        ds = load(target)                        # checks the output (structure, checksums) before any reading
+        test_inp = resolve_urls(test, allow_manifest_urls=allow_manifest_urls)
+        train_inp = None
         if random_baseline:
-            urls = train or read_manifest(target)["dcompress"]["source"]["urls"]
-            train_data = load_real(urls, max_bad=max_bad)
-        return api_evaluate(target, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
+            urls = train or recorded_urls(ds.manifest["dcompress"].get("source", {}).get("urls"),
+                                          manifest=ds.manifest_path)
+            train_inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
+        test_data = load_real(test_inp, max_bad=max_bad, max_pixels=max_pixels)
+        train_data = load_real(train_inp, max_bad=max_bad, max_pixels=max_pixels) if train_inp else None
+        return api_evaluate(ds, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
                             device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=prog)
     _run(as_json, work, _show_eval)
 

@@ -6,10 +6,11 @@ naming the key; nothing overrides a user's value silently.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -80,17 +81,35 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
         k = k.strip()
         if not k:
             raise UsageError(f"--set expects key=value, got {item!r}")
-        out[k] = yaml.safe_load(v) if v.strip() else ""
+        try:
+            out[k] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError as e:
+            raise UsageError(f"--set {k}: value is not a plain YAML scalar ({str(e).splitlines()[0]})",
+                             key=k) from None
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        if p.is_dir():
+            raise UsageError("--config must be a YAML file, found a folder", path=str(p))
+        raw = p.read_bytes()
     except FileNotFoundError:
-        raise UsageError(f"config file not found: {path}") from None
+        raise UsageError("config file not found", path=str(p)) from None
+    except OSError as e:
+        raise UsageError(f"cannot read config file ({e.strerror or e})", path=str(p)) from None
+    if len(raw) > MAX_CONFIG_BYTES or b"\0" in raw:
+        raise UsageError("--config is not a YAML text file (binary or over 1 MiB)", path=str(p))
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError("--config is not UTF-8 text", path=str(p)) from None
     except yaml.YAMLError as e:
-        raise UsageError(f"{path}: not valid YAML ({e})") from None
+        raise UsageError(f"not valid YAML ({e})", path=str(p)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -114,9 +133,72 @@ def resolve_config(cls: type, *, file: str | Path | None = None, sets: list[str]
                                  f"valid keys: {', '.join(sorted(fields))}")
             values[k] = _coerce(k, v, fields[k], origin)
     try:
-        return cls(**values)
+        cfg = cls(**values)
     except (TypeError, ValueError) as e:
         raise UsageError(f"invalid config for {cls.__name__}: {e}") from None
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges, in one place for every Config (method, expert, teacher): by field name, since the
+# configs share the reference's names (lr_img, batch_real, syn_steps, ...). A numeric field with
+# no rule here fails `tests/unit/test_config.py`, so a new field cannot slip through unchecked.
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _non_negative(v) -> bool:
+    return v >= 0
+
+
+def _unit_open(v) -> bool:
+    return 0 <= v < 1
+
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{k: (_positive, "> 0") for k in (
+        "lr", "lr_img", "lr_lr", "lr_net", "lr_teacher", "lr_y", "distill_lr", "threshold",
+        "batch_real", "batch_syn", "batch_train", "batch_size", "bins", "k", "epochs", "expert_epochs",
+        "syn_steps", "n_nets", "distill_steps", "distill_epochs", "decay_epochs", "buffer_experts",
+        "buffer_epochs", "label_experts", "inner_loop", "outer_loop", "dense_max", "eval_max", "max_samples")},
+    **{k: (_non_negative, ">= 0") for k in (
+        "iterations", "weight_decay", "rho", "alpha", "lam", "seed", "min_start_epoch", "max_start_epoch",
+        "current_max_start_epoch", "expansion_end_epoch")},
+    **{k: (_unit_open, "in [0, 1)") for k in ("momentum", "momentum_y", "beta1", "holdout")},
+    "decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+
+
+def validate(cfg: Any) -> None:
+    """UsageError naming the key when a field is out of range, not finite, or the start-epoch
+    window is inverted."""
+    name = type(cfg).__name__
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UsageError(f"{name}: {f.name!r} must be finite, got {v}", key=f.name)
+        rule = RULES.get(f.name)
+        if rule is not None and not rule[0](v):
+            raise UsageError(f"{name}: {f.name!r} must be {rule[1]}, got {v}", key=f.name)
+    model, strategy = getattr(cfg, "model", None), getattr(cfg, "dsa_strategy", None)
+    if isinstance(model, str):
+        from .nets import _resolve
+
+        _resolve(model.lower(), {})          # NetConfigError (a UsageError) names the unknown network
+    if isinstance(strategy, str):
+        from .augment.dsa import parse_strategy
+
+        try:
+            parse_strategy(strategy)
+        except ValueError as e:
+            raise UsageError(f"{name}: {e}", key="dsa_strategy") from None
+    lo, hi = getattr(cfg, "min_start_epoch", None), getattr(cfg, "max_start_epoch", None)
+    if lo is not None and hi is not None and lo > hi:
+        raise UsageError(f"{name}: min_start_epoch ({lo}) must be <= max_start_epoch ({hi})", key="min_start_epoch")
 
 
 def config_dict(cfg: Any) -> dict:

@@ -80,3 +80,19 @@ class NonFiniteLoss(DcompressError):
     """A synthesis loss became NaN/inf; the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+def from_os_error(e: OSError, action: str) -> DcompressError:
+    """Maps an OSError met while `action` (e.g. "writing the output") to our exit codes:
+    a full disk is a ResourceError (7), a read-only or misplaced location an OutputError (5)."""
+    import errno
+
+    path = e.filename or None
+    why = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return ResourceError(f"out of disk space while {action} ({why}); free space and rerun", path=path)
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return OutputError(f"location is not writable while {action} ({why})", path=path)
+    if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return OutputError(f"path is in the way while {action} ({why})", path=path)
+    return DcompressError(f"I/O error while {action} ({why})", path=path)

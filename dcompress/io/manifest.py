@@ -43,27 +43,106 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 
 def read_manifest(path: str | Path) -> dict:
-    """Reads and sanity-checks a manifest; InputDataError names the file and key."""
+    """Reads and checks a manifest's structure; InputDataError (exit 4) names the file and key.
+
+    Checks the wids part (`__kind__`, `shardlist` rows with a string `url`, integer `nsamples`,
+    `filesize`, string `md5sum`) and, when present, the `dcompress` block's `class_names`.
+    Row urls are not resolved here: `shard_paths` does that, refusing unsafe ones.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise InputDataError("no manifest.json here (not a dcompress output?)", path=str(path)) from None
-    except json.JSONDecodeError as e:
+    except IsADirectoryError:
+        raise InputDataError("manifest path is a folder", path=str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputDataError(f"not valid JSON ({e})", path=str(path)) from None
+    except OSError as e:
+        raise InputDataError(f"cannot read manifest ({e.strerror or e})", path=str(path)) from None
+    if not isinstance(obj, dict):
+        raise InputDataError(f"expected a JSON object, found {type(obj).__name__}", path=str(path))
     for key in ("__kind__", "shardlist"):
         if key not in obj:
             raise InputDataError("missing key in manifest", path=str(path), key=key)
     if obj["__kind__"] != WIDS_KIND:
         raise InputDataError(f"unexpected __kind__ {obj['__kind__']!r}", path=str(path), key="__kind__")
+    rows = obj["shardlist"]
+    if not isinstance(rows, list):
+        raise InputDataError(f"must be a list of shard rows, found {type(rows).__name__}", path=str(path),
+                             key="shardlist")
+    for i, row in enumerate(rows):
+        where = f"shardlist[{i}]"
+        if not isinstance(row, dict):
+            raise InputDataError("shard row must be an object", path=str(path), key=where)
+        if not isinstance(row.get("url"), str) or not row["url"]:
+            raise InputDataError("shard row needs a non-empty string 'url'", path=str(path), key=f"{where}.url")
+        for k in ("nsamples", "filesize"):
+            if k in row and (not isinstance(row[k], int) or isinstance(row[k], bool) or row[k] < 0):
+                raise InputDataError(f"must be a non-negative integer, found {row[k]!r}", path=str(path),
+                                     key=f"{where}.{k}")
+        if "md5sum" in row and not isinstance(row["md5sum"], str):
+            raise InputDataError("must be a string", path=str(path), key=f"{where}.md5sum")
+    block = obj.get("dcompress")
+    if block is not None:
+        if not isinstance(block, dict):
+            raise InputDataError("must be an object", path=str(path), key="dcompress")
+        names = block.get("class_names")
+        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+            raise InputDataError("must be a list of strings", path=str(path), key="dcompress.class_names")
     return obj
 
 
-def shard_paths(manifest_path: Path, manifest: dict) -> list[Path]:
-    base = manifest_path.parent if manifest_path.is_file() or manifest_path.suffix == ".json" else manifest_path
-    return [base / row["url"] for row in manifest["shardlist"]]
+def manifest_dir(manifest_path: Path) -> Path:
+    """The folder a manifest's relative shard urls are resolved against."""
+    p = Path(manifest_path)
+    return p.parent if p.suffix == ".json" or p.is_file() else p
+
+
+def check_row_url(url: str, *, manifest: str | Path, key: str = "url") -> None:
+    """Refuses a shard url read from a file unless it names a file inside the manifest's folder.
+
+    A manifest is data: it never gets to run a command (`pipe:`), fetch from the network, or
+    point outside its own folder (absolute paths, `..`).
+    """
+    if ":" in url.split("/", 1)[0]:
+        raise InputDataError(f"refusing url {url!r} from a manifest: only files inside the manifest's folder "
+                             "are read (pass --allow-manifest-urls to trust this manifest)", path=str(manifest),
+                             key=key)
+    parts = Path(url).parts
+    if Path(url).is_absolute() or ".." in parts:
+        raise InputDataError(f"refusing url {url!r} from a manifest: it points outside the manifest's folder "
+                             "(pass --allow-manifest-urls to trust this manifest)", path=str(manifest), key=key)
+
+
+def shard_paths(manifest_path: Path, manifest: dict, *, trust_urls: bool = False) -> list[str]:
+    """The shard locations of a manifest's rows, relative urls resolved against its folder.
+
+    Unless `trust_urls`, every row must be a relative path inside the manifest's folder
+    (`check_row_url`); a trusted row may also be absolute or a `pipe:`/`http(s):` url.
+    """
+    base = manifest_dir(manifest_path)
+    out = []
+    for i, row in enumerate(manifest["shardlist"]):
+        url = row["url"]
+        if not trust_urls:
+            check_row_url(url, manifest=manifest_path, key=f"shardlist[{i}].url")
+        out.append(url if ":" in url.split("/", 1)[0] else str(base / url))
+    return out
+
+
+def count_samples(path: str | Path) -> int:
+    """Number of distinct keys in one local tar shard (stdlib only: `verify` needs no torch)."""
+    import tarfile
+
+    keys = set()
+    with tarfile.open(path, "r") as tf:
+        for member in tf:
+            if member.isreg():
+                keys.add(member.name.split(".", 1)[0])
+    return len(keys)
 
 
 def verify(out_dir: str | Path) -> dict:
@@ -71,15 +150,19 @@ def verify(out_dir: str | Path) -> dict:
 
     Returns a report dict; raises VerifyError listing every mismatch.
     """
-    from .shards import count_samples
+    import tarfile
 
     out_dir = Path(out_dir)
     mpath = out_dir / MANIFEST if out_dir.is_dir() else out_dir
     manifest = read_manifest(mpath)
     problems, total = [], 0
-    for row, path in zip(manifest["shardlist"], shard_paths(mpath, manifest)):
-        if not path.exists():
+    for row, path in zip(manifest["shardlist"], map(Path, shard_paths(mpath, manifest))):
+        if not path.is_file():
             problems.append(f"{path}: missing")
+            continue
+        missing = [k for k in ("filesize", "md5sum", "nsamples") if k not in row]
+        if missing:
+            problems.append(f"{path}: manifest row has no {', '.join(missing)}")
             continue
         if path.stat().st_size != row["filesize"]:
             problems.append(f"{path}: size {path.stat().st_size} != manifest {row['filesize']}")
@@ -87,13 +170,18 @@ def verify(out_dir: str | Path) -> dict:
         if digest != row["md5sum"]:
             problems.append(f"{path}: md5 {digest} != manifest {row['md5sum']}")
             continue
-        n = count_samples(path)
+        try:
+            n = count_samples(path)
+        except (tarfile.TarError, EOFError) as e:
+            problems.append(f"{path}: not a readable tar ({e})")
+            continue
         if n != row["nsamples"]:
             problems.append(f"{path}: {n} samples != manifest {row['nsamples']}")
         total += n
-    declared = manifest.get("dcompress", {}).get("num_samples")
+    declared = (manifest.get("dcompress") or {}).get("num_samples")
     if declared is not None and not problems and total != declared:
         problems.append(f"{mpath}: {total} samples in shards != dcompress.num_samples {declared}")
     if problems:
         raise VerifyError("; ".join(problems), path=str(mpath))
-    return {"manifest": str(mpath), "shards": len(manifest["shardlist"]), "samples": total, "ok": True}
+    return {"status": "ok", "manifest": str(mpath), "shards": len(manifest["shardlist"]), "samples": total,
+            "ok": True}

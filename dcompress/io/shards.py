@@ -6,11 +6,14 @@ ASCII `.cls` and (in our outputs) `.npy` via `np.load(allow_pickle=False)`.
 from __future__ import annotations
 
 import glob
+import gzip
 import hashlib
 import io
 import json
 import os
+import re
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -20,61 +23,116 @@ import torch
 import webdataset as wds
 from braceexpand import braceexpand
 
-from ..errors import InputDataError, TooManyBadSamples
+from ..errors import InputDataError, TooManyBadSamples, UsageError
 from ..types import RealData
 from .manifest import MANIFEST, read_manifest, shard_paths
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "ppm", "pgm", "pbm", "bmp", "tif", "tiff")
 
 
+REMOTE = ("pipe:", "http:", "https:")
+MAX_LABEL = 1_000_000       # labels at or above this are an input error (a class list that size is a bug)
+MAX_PIXELS = 64_000_000     # default --max-pixels: decompression-bomb guard, checked from the header
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(REMOTE)
+
+
 @dataclass
 class ResolvedInput:
-    """Shard URLs plus the input manifest when one was found."""
+    """Shard URLs plus the input manifest when one was found.
+
+    `folders` are the folders given as input (shard folders, manifest folders): an output
+    must never overlap them nor its local shard files (`io.atomic.check_not_input`).
+    """
 
     urls: list[str]
     manifest: dict | None = None
     description: str = ""
+    folders: list[Path] = field(default_factory=list)
 
 
-def resolve_urls(spec: str | Iterable[str]) -> ResolvedInput:
+def _expand(item: str) -> list[str]:
+    """Brace pattern or quoted glob -> list of urls (the user's own words: pipe: is theirs)."""
+    from braceexpand import UnbalancedBracesError
+
+    try:
+        urls = list(braceexpand(item))
+    except UnbalancedBracesError:
+        raise UsageError(f"unbalanced braces in URL {item!r}") from None
+    if is_remote(item) or not any(ch in item for ch in "*?["):
+        return urls
+    found = [u for pattern in urls for u in sorted(glob.glob(pattern))]
+    if not found:
+        raise InputDataError("no file matches this glob pattern", path=item)
+    return found
+
+
+def resolve_urls(spec: str | Iterable[str], *, allow_manifest_urls: bool = False) -> ResolvedInput:
     """Turns the CLI's URLS argument into a list of shard URLs.
 
     Accepts: a folder written by `dcompress shard`/`distill` (its manifest.json, else its
-    *.tar files), a manifest.json path, brace patterns (`d/train-{000000..000005}.tar`),
-    several of those, and `pipe:`/`http(s):` URLs (passed through to webdataset).
+    *.tar files), a manifest.json path, brace patterns (`d/train-{000000..000005}.tar`), quoted
+    globs (`'d/train-*.tar'`), several of those, and `pipe:`/`http(s):` URLs typed by the user
+    (passed to webdataset). Rows of a manifest must be files inside its folder unless
+    `allow_manifest_urls` (a manifest is data and never runs a command).
     """
     items = [str(spec)] if isinstance(spec, (str, os.PathLike)) else [str(s) for s in spec]
-    if not items:
-        raise InputDataError("no input URLs given")
+    if not items or not all(items):
+        raise UsageError("no input URLs given" if not items else "empty input URL")
     urls: list[str] = []
+    folders: list[Path] = []
     manifest = None
     for item in items:
         p = Path(item)
-        if not item.startswith(("pipe:", "http:", "https:")) and (p.is_dir() or p.suffix == ".json"):
+        if not is_remote(item) and (p.is_dir() or p.suffix == ".json"):
             mpath = p / MANIFEST if p.is_dir() else p
-            if mpath.exists():
+            if mpath.is_file():
                 manifest = read_manifest(mpath)
-                urls += [str(x) for x in shard_paths(mpath, manifest)]
+                urls += shard_paths(mpath, manifest, trust_urls=allow_manifest_urls)
+                folders.append(mpath.parent.absolute())
                 continue
             if p.is_dir():
-                tars = sorted(glob.glob(str(p / "*.tar")))
+                tars = sorted(str(t) for ext in ("tar", "tar.gz", "tgz") for t in p.glob(f"*.{ext}"))
                 if not tars:
-                    raise InputDataError("folder has neither manifest.json nor *.tar shards", path=item)
+                    raise InputDataError("folder has neither manifest.json nor *.tar shards (for an image "
+                                         "folder, run `dcompress shard` first)", path=item)
                 urls += tars
+                folders.append(p.absolute())
                 continue
             raise InputDataError("manifest file not found", path=item)
-        for url in braceexpand(item):
-            if not url.startswith(("pipe:", "http:", "https:")) and not Path(url).exists():
-                raise InputDataError("shard not found", path=url)
+        for url in _expand(item):
+            if not is_remote(url):
+                if not Path(url).exists():
+                    raise InputDataError("shard not found", path=url)
+                if Path(url).is_dir():
+                    raise InputDataError("expected a shard file, found a folder", path=url)
             urls.append(url)
     if manifest is None:
         manifest = _sibling_manifest(urls)
-    return ResolvedInput(urls=urls, manifest=manifest, description=" ".join(items))
+    return ResolvedInput(urls=urls, manifest=manifest, description=" ".join(items), folders=folders)
+
+
+def recorded_urls(urls, *, manifest: str | Path) -> list[str]:
+    """Shard urls recorded in a manifest (`dcompress.source.urls`), checked as data: local files
+    only, never a command or a network fetch."""
+    key = "dcompress.source.urls"
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
+        raise InputDataError("must be a non-empty list of shard paths", path=str(manifest), key=key)
+    for u in urls:
+        if ":" in u.split("/", 1)[0] or ".." in Path(u).parts:
+            raise InputDataError(f"refusing recorded url {u!r}: only local shard files are re-read from a "
+                                 "manifest; pass --train URLS", path=str(manifest), key=key)
+        if not Path(u).is_file():
+            raise InputDataError(f"recorded training shard {u} is gone; pass --train URLS or --no-random",
+                                 path=str(manifest), key=key)
+    return urls
 
 
 def _sibling_manifest(urls: list[str]) -> dict | None:
     """The manifest.json beside local shards, when every shard is listed in it (class names)."""
-    local = [Path(u) for u in urls if not u.startswith(("pipe:", "http:", "https:"))]
+    local = [Path(u) for u in urls if not is_remote(u)]
     if not local or len({p.parent for p in local}) != 1:
         return None
     mpath = local[0].parent / MANIFEST
@@ -108,14 +166,25 @@ class BadSamples:
         return {"count": self.count, "examples": self.examples}
 
 
-def decode_image(data: bytes, ext: str) -> np.ndarray:
+class ImageTooLarge(ValueError):
+    """The header declares more pixels than --max-pixels (checked before decoding)."""
+
+
+def decode_image(data: bytes, ext: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Image bytes -> uint8 array [C, H, W] (C = 1 or 3; alpha and palettes resolved).
 
-    Pillow decodes every format here (torchvision 0.29 deprecates its own image codecs).
+    Pillow decodes every format here (torchvision 0.29 deprecates its own image codecs). The
+    size is read from the header first: more than `max_pixels` pixels raises ImageTooLarge
+    before any pixel is decoded (decompression bombs).
     """
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+        if w < 1 or h < 1:
+            raise ValueError(f"image has no pixels ({w}x{h})")
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels, above --max-pixels {max_pixels}")
         im.load()
         if im.mode not in ("L", "RGB"):
             im = im.convert("L" if im.mode in ("1", "I", "I;16", "F", "LA") else "RGB")
@@ -131,14 +200,30 @@ def _sample_image(sample: dict) -> tuple[str, bytes] | None:
     return None
 
 
+_LABEL = re.compile(rb"^\s*[+-]?[0-9]+\s*$")
+
+
+def parse_label(raw) -> int:
+    """An ASCII integer label (`.cls`) -> int; ValueError when it is not one or overflows int64."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "replace")
+    if not isinstance(raw, bytes) or not _LABEL.match(raw):
+        raise ValueError("not an integer")
+    value = int(raw)
+    if not -(2 ** 63) <= value < 2 ** 63:
+        raise ValueError("outside the int64 range")
+    return value
+
+
 def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
-              progress: Callable[[int], None] | None = None) -> RealData:
+              max_pixels: int | None = MAX_PIXELS, progress: Callable[[int], None] | None = None) -> RealData:
     """Streams every shard once and decodes it into an in-memory RealData.
 
-    Per-sample problems (undecodable image, no image member, missing or non-integer label,
-    unreadable/truncated tar) are skipped and counted; more than `max_bad` raises
-    TooManyBadSamples (exit 3). Dataset-level problems (no samples, mixed image shapes,
-    duplicate keys, labels outside the class list) raise InputDataError (exit 4).
+    Per-sample problems (undecodable or oversized image, no image member, missing,
+    non-integer or int64-overflowing label, unreadable/truncated tar) are skipped and counted;
+    more than `max_bad` raises TooManyBadSamples (exit 3). Dataset-level problems (no samples,
+    mixed image shapes, duplicate keys, negative labels or labels >= MAX_LABEL, labels outside
+    the class list) raise InputDataError (exit 4), the label bound at the first offending sample.
     """
     bad = BadSamples(max_bad=max_bad)
 
@@ -164,7 +249,7 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
             continue
         ext, data = found
         try:
-            arr = decode_image(data, ext)
+            arr = decode_image(data, ext, max_pixels)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad sample
             bad.add(f"{url}: key {key!r}: .{ext} is not a decodable image ({type(e).__name__}: {e})")
             continue
@@ -173,10 +258,13 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
             bad.add(f"{url}: key {key!r}: missing .{label_key} label")
             continue
         try:
-            label = int(raw.decode("ascii").strip() if isinstance(raw, bytes) else raw)
-        except (ValueError, UnicodeDecodeError):
-            bad.add(f"{url}: key {key!r}: .{label_key} is not an integer ({raw[:20]!r})")
+            label = parse_label(raw)
+        except ValueError as e:
+            bad.add(f"{url}: key {key!r}: .{label_key} is {e} ({raw[:24]!r})")
             continue
+        if not 0 <= label < MAX_LABEL:
+            raise InputDataError(f".{label_key} label {label} is {'negative' if label < 0 else 'implausibly large'}"
+                                 f" (labels must be class indices in [0, {MAX_LABEL}))", path=url, key=key)
         if shape is None:
             shape = arr.shape
         elif arr.shape != shape:
@@ -195,13 +283,13 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
             bad.add(f"{url}: {problem}")
     if not images:
         raise InputDataError(f"no usable samples in {len(inp.urls)} shard(s) ({inp.description})"
-                             + (f"; {bad.count} bad" if bad.count else ""))
+                             + (f"; {bad.count} bad, first: {bad.examples[0]}" if bad.count else ""))
     label_t = torch.tensor(labels, dtype=torch.int64)
     class_names = _class_names(inp, label_t, keys)
     x = torch.from_numpy(np.stack(images))
     mean, std = channel_stats(x)
     fingerprint = fingerprint_of(keys, label_t, x)
-    source = {"urls": [str(Path(u).resolve()) if not u.startswith(("pipe:", "http")) else u for u in inp.urls],
+    source = {"urls": [u if is_remote(u) else str(Path(u).resolve()) for u in inp.urls],
               "num_samples": len(keys), "fingerprint": fingerprint, "bad_samples": bad.as_dict(),
               "class_counts": torch.bincount(label_t, minlength=len(class_names)).tolist()}
     return RealData(images=x, labels=label_t, keys=keys, class_names=class_names,
@@ -216,7 +304,13 @@ def _class_names(inp: ResolvedInput, labels: torch.Tensor, keys: list[str]) -> l
         i = int(torch.argmin(labels))
         raise InputDataError(f"negative label {int(labels[i])}", key=keys[i])
     if names is None:
-        return [str(i) for i in range(int(labels.max()) + 1)]
+        n = int(labels.max()) + 1
+        if n > labels.numel():
+            i = int(torch.argmax(labels))
+            raise InputDataError(f"labels imply {n} classes but there are only {labels.numel()} samples; "
+                                 "labels must be class indices 0..C-1 (or give an input manifest with "
+                                 "class_names)", key=keys[i])
+        return [str(i) for i in range(n)]
     bad = (labels >= len(names)).nonzero()
     if bad.numel():
         i = int(bad[0])
@@ -244,35 +338,29 @@ def tar_truncation(url: str) -> str | None:
     """Why a local tar shard is truncated, or None when it is complete (or not local).
 
     Stream readers stop silently when a tar is cut at a member boundary; a complete tar ends
-    with two zero blocks after its last member, which is what this checks.
+    with two zero blocks after its last member, which is what this checks. Gzip-compressed
+    tars (`.tar.gz`) are checked on their decompressed stream.
     """
-    if url.startswith(("pipe:", "http:", "https:")):
+    if is_remote(url):
         return None
-    size = os.path.getsize(url)
+    with open(url, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    opener = (lambda: gzip.open(url, "rb")) if gz else (lambda: open(url, "rb"))
     try:
-        with tarfile.open(url, "r") as tf:
+        with opener() as f, tarfile.open(fileobj=f, mode="r:") as tf:
             end = 0
             for m in tf:
                 end = m.offset_data + 512 * ((m.size + 511) // 512)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        return f"unreadable tar ({e})"
-    if size < end + 1024:
-        return f"truncated tar: {size} bytes, data runs to byte {end} and the end-of-archive marker is missing"
-    with open(url, "rb") as f:
-        f.seek(end)
-        if f.read(1024) != bytes(1024):
-            return f"truncated tar: no end-of-archive marker after byte {end}"
+        with opener() as f:
+            f.seek(end)
+            tail = f.read(1024)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        return f"unreadable {'gzip ' if gz else ''}tar ({e})"
+    if len(tail) < 1024:
+        return f"truncated tar: data runs to byte {end} and the end-of-archive marker is missing"
+    if tail != bytes(1024):
+        return f"truncated tar: no end-of-archive marker after byte {end}"
     return None
-
-
-def count_samples(path: str | Path) -> int:
-    """Number of distinct keys in one local tar shard."""
-    keys = set()
-    with tarfile.open(path, "r") as tf:
-        for member in tf:
-            if member.isreg():
-                keys.add(member.name.split(".", 1)[0])
-    return len(keys)
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -350,7 +438,3 @@ def _version(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "?"
-
-
-def local_path(url: str) -> str | None:
-    return None if url.startswith(("pipe:", "http:", "https:")) else os.path.abspath(url)

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import InputDataError, UsageError
-from .atomic import AtomicDir
+from .atomic import AtomicDir, OutputLock, check_not_input, check_target, refuse_existing
 from .manifest import MANIFEST, build_manifest, shard_entry, write_json_atomic
 from .shards import IMAGE_EXTS, encode_png, env_versions, write_shards
 
@@ -30,6 +30,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise InputDataError("not an unsigned-byte idx file (bad magic)", path=str(path))
     ndim = data[3]
+    if ndim < 1 or len(data) < 4 + 4 * ndim:
+        raise InputDataError(f"idx header is short: {len(data)} bytes for {ndim} dimensions", path=str(path))
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -48,6 +50,11 @@ def idx_samples(src: Path, split: str) -> tuple[Iterator[tuple[str, np.ndarray, 
         raise InputDataError(f"no {prefix}-{kind}-idx*-ubyte(.gz) file", path=str(src))
 
     images, labels = read_idx(find("images")), read_idx(find("labels"))
+    if images.ndim != 3 or labels.ndim != 1:
+        raise InputDataError(f"expected images [N, H, W] and labels [N], found {list(images.shape)} and "
+                             f"{list(labels.shape)}", path=str(src))
+    if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
+        raise InputDataError(f"idx images are empty ({list(images.shape)})", path=str(src))
     if images.shape[0] != labels.shape[0]:
         raise InputDataError(f"{images.shape[0]} images but {labels.shape[0]} labels", path=str(src))
     num_classes = int(labels.max()) + 1
@@ -80,25 +87,40 @@ def folder_samples(src: Path) -> tuple[Iterator[tuple[str, bytes, int, str]], in
 
 
 def make_shards(src: str | Path, out: str | Path, *, fmt: str = "auto", split: str = "train",
-                shard_size: int = 10000, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Writes `out/<split>-%06d.tar` + manifest.json; returns a report dict."""
-    src, out = Path(src), Path(out)
-    if not src.exists():
-        raise InputDataError("source does not exist", path=str(src))
+                shard_size: int = 10000, overwrite: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> dict:
+    """Writes `out/<split>-%06d.tar` + manifest.json; returns a report dict.
+
+    `out` must not overlap `src`; an existing shard folder is replaced only with `overwrite`.
+    """
+    src, out = Path(src), Path(out).absolute()
     if split not in _IDX_PREFIX:
         raise UsageError(f"--split must be one of {sorted(_IDX_PREFIX)}, got {split!r}")
+    if shard_size < 1:
+        raise UsageError(f"--shard-size must be >= 1, got {shard_size}")
+    if fmt not in ("auto", "idx", "folder", "imagefolder"):
+        raise UsageError(f"--format must be idx, folder or auto, got {fmt!r}")
+    if not src.exists():
+        raise InputDataError("source does not exist", path=str(src))
+    check_not_input(out, [], [src])
+    with OutputLock(out):
+        if check_target(out, kind="input", overwrite=overwrite) and not overwrite:
+            raise refuse_existing(out)
+        return _write_shards(src, out, fmt=fmt, split=split, shard_size=shard_size, progress=progress)
+
+
+def _write_shards(src: Path, out: Path, *, fmt: str, split: str, shard_size: int,
+                  progress: Callable[[int, int], None] | None) -> dict:
     if fmt == "auto":
         fmt = "idx" if any(src.glob("*-ubyte*")) else "folder"
     t0 = time.time()
     if fmt == "idx":
         gen, total, names = idx_samples(src, split)
         samples = ({"__key__": k, "png": encode_png(img), "cls": str(y).encode()} for k, img, y in gen)
-    elif fmt in ("folder", "imagefolder"):
+    else:
         gen, total, names = folder_samples(src)
         samples = ({"__key__": k, ext if ext != "jpeg" else "jpg": data, "cls": str(y).encode()}
                    for k, data, y, ext in gen)
-    else:
-        raise UsageError(f"--format must be idx, folder or auto, got {fmt!r}")
 
     def counted():
         for i, s in enumerate(samples):
@@ -106,7 +128,7 @@ def make_shards(src: str | Path, out: str | Path, *, fmt: str = "auto", split: s
                 progress(i, total)
             yield s
 
-    with AtomicDir(out) as tmp:
+    with AtomicDir(out, kind="input") as tmp:
         written = write_shards(tmp, counted(), prefix=split, shard_size=shard_size)
         shards = [shard_entry(p, n) for p, n in written]
         block = {"kind": "input", "split": split, "num_samples": total, "class_names": names,

@@ -10,8 +10,8 @@ from typing import Callable
 
 import torch
 
-from ..errors import InputDataError
-from ..loader import load
+from ..errors import InputDataError, UsageError
+from ..loader import CompressedDataset, load
 from ..types import RealData, normalize
 from .loop import accuracy, train_on_set
 
@@ -22,7 +22,7 @@ def _summary(accs: list[float]) -> dict:
             "runs": [round(100 * a, 2) for a in accs]}
 
 
-def evaluate(out: str | Path, test: RealData, *, train: RealData | None = None, runs: int = 3,
+def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: RealData | None = None, runs: int = 3,
              model: str | None = None, epochs: int | None = None, seed: int = 0,
              device: torch.device = torch.device("cpu"), random_baseline: bool = True,
              test_limit: int | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
@@ -34,7 +34,11 @@ def evaluate(out: str | Path, test: RealData, *, train: RealData | None = None, 
     the baseline gets the same teacher's logits (DD-Ranking's fairness point), else hard labels.
     A learned lr (MTT/DATM) is specific to its synthetic set: the baseline uses the protocol's lr.
     """
-    ds = load(out)
+    if runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {runs}")
+    if test_limit is not None and test_limit < 1:
+        raise UsageError(f"--test-limit must be >= 1, got {test_limit}")
+    ds = out if isinstance(out, CompressedDataset) else load(out)
     proto = ds.protocol
     if model is not None:
         proto = dataclasses.replace(proto, model=model)
@@ -92,8 +96,18 @@ def evaluate(out: str | Path, test: RealData, *, train: RealData | None = None, 
 def _teacher_from_manifest(ds, train: RealData, device: torch.device):
     from .teacher import Teacher, load_teacher_net
 
+    from ..types import default_paths
+
     info = ds.manifest["dcompress"]["labels"].get("teacher") or {}
-    path = info.get("path")
-    if not path or not Path(path).exists():
+    path, model = info.get("path"), info.get("model")
+    if not isinstance(path, str) or not isinstance(model, str):
         return None
-    return Teacher(load_teacher_net(info["model"], path, train.image_shape, len(ds.classes), device), info)
+    # a path read from a manifest is data: only a teacher inside our own cache is ever loaded
+    cache = default_paths()["cache"].resolve()
+    path = Path(path).resolve()
+    if cache not in path.parents or not path.is_file():
+        return None
+    try:
+        return Teacher(load_teacher_net(model, path, train.image_shape, len(ds.classes), device), info)
+    except Exception:  # noqa: BLE001 - an unusable cached teacher: the baseline falls back to hard labels
+        return None

@@ -146,8 +146,16 @@ def test_methods_lists_registered_methods():
     assert {"random", "herding", "kcenter"} <= names
 
 
-def test_rerun_replaces_previous_output_atomically(shards, tmp_path):
+def test_rerun_replaces_previous_output_only_with_overwrite(shards, tmp_path):
     out = tmp_path / "D"
     assert distill(shards, out, "--labels", "hard").exit_code == 0
-    assert distill(shards, out, "--labels", "hard", "--seed", "3").exit_code == 0
+    before = (out / "manifest.json").read_bytes()
+    same = distill(shards, out, "--labels", "hard")
+    assert same.exit_code == 0 and json.loads(same.stdout)["up_to_date"] is True
+    refused = distill(shards, out, "--labels", "hard", "--seed", "3")
+    rep = json.loads(refused.stdout)
+    assert refused.exit_code == 2 and "--overwrite" in rep["error"] and "random output (IPC 2" in rep["error"]
+    assert (out / "manifest.json").read_bytes() == before
+    assert distill(shards, out, "--labels", "hard", "--seed", "3", "--overwrite").exit_code == 0
+    assert json.loads((out / "manifest.json").read_text())["dcompress"]["method"]["seed"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["D"]

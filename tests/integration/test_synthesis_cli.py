@@ -76,7 +76,10 @@ def test_unknown_config_key_and_bad_strategy_exit_2(shards, tmp_path):
 
 def test_non_finite_loss_exits_1(shards, tmp_path):
     r = run("distill", shards["train"], "--method", "dm", "--ipc", "1", *TINY, "--set", "iterations=3",
-            "--set", "lr_img=inf", "-o", tmp_path / "nan", "--json")
+            "--set", "lr_img=inf", "-o", tmp_path / "inf", "--json")
+    assert r.exit_code == 2 and "'lr_img' must be finite" in r.stdout
+    r = run("distill", shards["train"], "--method", "dm", "--ipc", "1", *TINY, "--set", "iterations=3",
+            "--set", "lr_img=1e30", "-o", tmp_path / "nan", "--json")
     assert r.exit_code == 1, r.output
     err = json.loads(r.stdout)
     assert err["error_type"] == "NonFiniteLoss" and "iteration" in err["error"]
