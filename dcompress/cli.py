@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -28,6 +27,21 @@ from .errors import DcompressError, Interrupted, ResourceError, from_os_error
 MAX_PIXELS_DEFAULT = 64_000_000   # io.shards.MAX_PIXELS (not imported: it would pull torch in)
 
 
+def _click_types(name: str) -> tuple[type, ...]:
+    """`name` from click and from the copy of click that recent typer versions vendor."""
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+_CLICK_ERRORS, _NO_ARGS, _ABORT, _EXIT = (_click_types(n) for n in ("ClickException", "NoArgsIsHelpError",
+                                                                     "Abort", "Exit"))
+
+
 class _App(TyperGroup):
     """Runs every command non-standalone so that Click's own usage errors (missing option,
     unknown flag, bad integer) also honour `--json` and print one `error:` line."""
@@ -37,19 +51,21 @@ class _App(TyperGroup):
         try:
             rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)
-        except click.ClickException as e:
+        except _CLICK_ERRORS as e:
             code = e.exit_code
             if "--json" in argv:
                 print(json.dumps({"status": "error", "error": e.format_message(), "error_type": "UsageError",
                                   "exit_code": code}))
+            if isinstance(e, _NO_ARGS):
+                err.print(e.format_message(), highlight=False, markup=False)
+                sys.exit(code)
             ctx = getattr(e, "ctx", None)
-            if ctx is not None and isinstance(e, click.UsageError) and not isinstance(e, click.exceptions.NoArgsIsHelpError):
+            if ctx is not None:
                 err.print(ctx.get_usage(), highlight=False, markup=False)
                 err.print(f"Try '{ctx.command_path} --help' for help.", highlight=False, markup=False)
-            err.print(f"error: {e.format_message()}" if not isinstance(e, click.exceptions.NoArgsIsHelpError)
-                      else e.format_message(), highlight=False, markup=False)
+            err.print(f"error: {e.format_message()}", highlight=False, markup=False)
             sys.exit(code)
-        except click.exceptions.Abort:
+        except _ABORT:
             err.print("error: aborted", highlight=False)
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -107,7 +123,7 @@ def _run(as_json: bool, fn: Callable[[_Progress], dict], show: Callable[[dict], 
     try:
         with _Progress(enabled=err.is_terminal or not as_json) as prog:
             report = fn(prog)
-    except (typer.Exit, click.exceptions.Exit):
+    except _EXIT:
         raise
     except BaseException as raw:  # noqa: BLE001 - the one place exceptions become exit codes
         if os.environ.get("DCOMPRESS_DEBUG") == "1":

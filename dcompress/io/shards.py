@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tarfile
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +180,13 @@ def decode_image(data: bytes, ext: str, max_pixels: int | None = MAX_PIXELS) -> 
     """
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # our own limit decides below
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:                              # beyond Pillow's hard limit
+        raise ImageTooLarge(f"{e} (--max-pixels {max_pixels})") from None
+    with im:
         w, h = im.size
         if w < 1 or h < 1:
             raise ValueError(f"image has no pixels ({w}x{h})")
