@@ -180,10 +180,26 @@ def _after_failure(e: BaseException, ckpt: Checkpointer) -> None:
     e.dcompress_hint = hint
 
 
+def _announcing_resume(progress: ProgressFn | None, ckpt: Checkpointer, log) -> ProgressFn | None:
+    """Wraps `progress` so that the first report after a checkpoint load says where the run resumes."""
+    if progress is None:
+        return None
+    said = [False]
+
+    def wrapped(done: int, total: int, desc: str) -> None:
+        if not said[0] and ckpt.resumed_from is not None:
+            said[0] = True
+            log({"event": "note", "text": f"resuming from iteration {ckpt.resumed_from} of {total or '?'} "
+                                          f"(checkpoint {ckpt.path})"})
+        progress(done, total, desc)
+    return wrapped
+
+
 def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc: int, ratio, seed: int, dev,
                    resume: bool, labels: str, teacher, shard_size: int, ckpt: Checkpointer, options, progress,
                    log, t_read: float, run: dict) -> dict:
     log = log or (lambda _: None)
+    progress = _announcing_resume(progress, ckpt, log)
     spec = RunSpec(ipc=n_ipc, device=dev, seed=seed, work_dir=ckpt.dir, resume=resume, ckpt_every=ckpt.every,
                    cache_dir=default_paths()["cache"], teacher=Path(teacher) if teacher else None,
                    options={"ratio": ratio, **(options or {})}, progress=progress, ckpt=ckpt)

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -78,17 +79,44 @@ out = Console()
 
 
 class _Progress:
-    """rich progress on stderr; one bar per description."""
+    """Progress on stderr: rich bars on a terminal; plain timestamped lines elsewhere (CI logs),
+    one per bar at its start, at most every `interval` seconds, and at its end. Also the
+    method's `log` sink: the latest loss shows on the bar, notes (resume) print as lines."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, interval: float = float(os.environ.get("DCOMPRESS_PROGRESS_INTERVAL", "10"))):
+        self.tty = err.is_terminal
+        self.interval = interval
+        self.loss: float | None = None
         self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=err, transient=False, disable=not enabled)
+                          TextColumn("{task.fields[loss]}"), console=err, transient=False, disable=not self.tty)
         self.tasks: dict[str, int] = {}
+        self.last: dict[str, float] = {}
+        self.t0 = time.time()
 
     def __call__(self, done: int, total: int, desc: str) -> None:
-        if desc not in self.tasks:
-            self.tasks[desc] = self.p.add_task(desc, total=total or None)
-        self.p.update(self.tasks[desc], completed=done, total=total or None)
+        loss = f"loss {self.loss:.4g}" if self.loss is not None else ""
+        if self.tty:
+            if desc not in self.tasks:
+                self.tasks[desc] = self.p.add_task(desc, total=total or None, loss=loss)
+            self.p.update(self.tasks[desc], completed=done, total=total or None, loss=loss)
+            return
+        now = time.time()
+        first = desc not in self.last
+        if first or now - self.last[desc] >= self.interval or (total and done >= total):
+            self.last[desc] = now
+            of = f"/{total} ({100 * done / total:.0f}%)" if total else ""
+            err.print(f"[{time.strftime('%H:%M:%S')}] {desc}: {done}{of}, {now - self.t0:.0f} s{', ' + loss if loss else ''}",
+                      highlight=False, markup=False, soft_wrap=True)
+
+    def event(self, ev: dict) -> None:
+        """The `log` callback of methods: keeps the latest loss, prints notes."""
+        if isinstance(ev.get("loss"), (int, float)):
+            self.loss = float(ev["loss"])
+        if ev.get("event") == "note":
+            self.note(str(ev.get("text", "")))
+
+    def note(self, text: str) -> None:
+        (self.p.console if self.tty else err).print(text, highlight=False, markup=False, soft_wrap=True)
 
     def __enter__(self):
         self.p.__enter__()
@@ -121,7 +149,7 @@ def _run(as_json: bool, fn: Callable[[_Progress], dict], show: Callable[[dict], 
     """Runs `fn`, prints its report, maps every exception to an exit code (one place)."""
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        with _Progress(enabled=err.is_terminal or not as_json) as prog:
+        with _Progress() as prog:
             report = fn(prog)
     except _EXIT:
         raise
@@ -213,7 +241,7 @@ def distill(urls: List[str] = typer.Argument(..., help="brace pattern(s), shard 
                            sets=sets, resume=resume, overwrite=overwrite, labels=labels, teacher=teacher,
                            max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                            shard_size=shard_size, ckpt_every=ckpt_every, dry_run=dry_run, options=options,
-                           progress=prog)
+                           progress=prog, log=prog.event)
     _run(as_json, work, _show_distill)
 
 

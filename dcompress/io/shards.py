@@ -9,6 +9,7 @@ import glob
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -34,6 +35,7 @@ IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "ppm", "pgm", "pbm", "bmp", "tif", "
 REMOTE = ("pipe:", "http:", "https:")
 MAX_LABEL = 1_000_000       # labels at or above this are an input error (a class list that size is a bug)
 MAX_PIXELS = 64_000_000     # default --max-pixels: decompression-bomb guard, checked from the header
+MAX_SHARDS = 1_000_000      # a brace pattern expanding past this is a typo, not a dataset
 
 
 def is_remote(url: str) -> bool:
@@ -59,9 +61,11 @@ def _expand(item: str) -> list[str]:
     from braceexpand import UnbalancedBracesError
 
     try:
-        urls = list(braceexpand(item))
+        urls = list(itertools.islice(braceexpand(item), MAX_SHARDS + 1))
     except UnbalancedBracesError:
         raise UsageError(f"unbalanced braces in URL {item!r}") from None
+    if len(urls) > MAX_SHARDS:
+        raise UsageError(f"URL pattern {item!r} expands to more than {MAX_SHARDS} shards")
     if is_remote(item) or not any(ch in item for ch in "*?["):
         return urls
     found = [u for pattern in urls for u in sorted(glob.glob(pattern))]
@@ -210,6 +214,31 @@ def _sample_image(sample: dict) -> tuple[str, bytes] | None:
 _LABEL = re.compile(rb"^\s*[+-]?[0-9]+\s*$")
 
 
+_CURL_STATUS = {6: "could not resolve host", 7: "could not connect", 22: "HTTP error (status >= 400)",
+                28: "timed out", 35: "TLS handshake failed", 56: "connection reset"}
+
+
+def describe_stream_error(exn: Exception) -> str:
+    """The reader's exception, with the exit status of a `pipe:` command (or of curl for http
+    urls) instead of an object repr: `pipe:aws s3 cp ...` exited with status 1."""
+    from webdataset.gopen import Pipe
+
+    pipe = next((a for a in getattr(exn, "args", ()) if isinstance(a, Pipe)), None)
+    if pipe is None:
+        return str(exn)
+    try:
+        status = pipe.proc.wait(timeout=10)
+    except Exception:  # noqa: BLE001 - still running or gone: report what we know
+        status = None
+    cmd = pipe.args[0][0] if pipe.args and pipe.args[0] else "?"
+    cmd = " ".join(cmd) if isinstance(cmd, (list, tuple)) else str(cmd)
+    what = str(exn.args[0]) if exn.args and isinstance(exn.args[0], str) else type(exn).__name__
+    if status in (None, 0):
+        return f"{what} from command `{cmd}`"
+    meaning = f" ({_CURL_STATUS[status]})" if cmd.startswith("curl") and status in _CURL_STATUS else ""
+    return f"command `{cmd}` exited with status {status}{meaning}"
+
+
 def parse_label(raw) -> int:
     """An ASCII integer label (`.cls`) -> int; ValueError when it is not one or overflows int64."""
     if isinstance(raw, str):
@@ -235,7 +264,7 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
     bad = BadSamples(max_bad=max_bad)
 
     def handler(exn: Exception) -> bool:
-        bad.add(f"unreadable shard data: {exn}")
+        bad.add(f"unreadable shard data: {describe_stream_error(exn)}")
         return True
 
     pipeline = wds.DataPipeline(wds.SimpleShardList(inp.urls), wds.tarfile_to_samples(handler=handler))
