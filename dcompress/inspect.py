@@ -1,45 +1,86 @@
-"""`dcompress inspect`: manifest summary and a per-class image grid PNG."""
+"""`dcompress inspect`: manifest summary, the class grid and the loss curve.
+
+`distill` already writes `grid.png` (and `loss.png` with a loss curve) into its output;
+`inspect` redraws them from the shards and `metrics.jsonl`, by default into the output
+folder itself: the same bytes for an output of this version (nothing is rewritten then),
+new files for older outputs. Each file is replaced atomically (temp + rename); shards and
+manifest are never touched, so `verify` is unaffected. `--grid PATH` writes elsewhere.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from .errors import OutputError
+from .io.figures import class_grid, loss_curve, png_bytes
+from .io.metrics import METRICS, read_metrics
+from .io.output import GRID, LOSS, figure_title
 from .loader import load
 from .types import denormalize_to_u8
 
 
-def grid_png(out: str | Path, dest: str | Path, *, max_per_class: int = 10, scale: int = 2) -> Path:
-    """Writes a grid: one row per class, up to `max_per_class` images per row."""
-    from PIL import Image
-    from torchvision.utils import make_grid
+def _folder(out: str | Path) -> Path:
+    """The output folder, given it or its manifest.json."""
+    out = Path(out)
+    return out if out.is_dir() else out.parent
 
-    ds = load(out)
-    rows = []
-    c, h, w = ds.images.shape[1:]
-    for k in range(len(ds.classes)):
-        idx = (ds.labels == k).nonzero().flatten()[:max_per_class]
-        imgs = denormalize_to_u8(ds.images[idx], ds.mean, ds.std)
-        if imgs.shape[0] < max_per_class:
-            imgs = torch.cat([imgs, torch.zeros(max_per_class - imgs.shape[0], c, h, w, dtype=torch.uint8)])
-        rows.append(imgs)
-    grid = make_grid(torch.cat(rows), nrow=max_per_class, padding=2, pad_value=128)
-    if grid.shape[0] == 1:
-        grid = grid.expand(3, -1, -1)
-    if scale > 1:
-        grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    dest = Path(dest)
+
+def _write_atomic(dest: Path, data: bytes) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy()).save(dest, format="PNG")
+    if dest.is_file() and dest.read_bytes() == data:
+        return dest
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    except PermissionError:
+        tmp.unlink(missing_ok=True)
+        raise OutputError("not writable; pass --grid PATH to write the pictures elsewhere", path=str(dest)) from None
     return dest
+
+
+def grid_png(out: str | Path, dest: str | Path | None = None, *, max_per_class: int = 10) -> Path:
+    """Writes the class grid of output `out` (default `out/grid.png`): one row per class,
+    its name on the left, up to `max_per_class` images, a title with method, IPC and labels."""
+    ds = load(out)
+    block = ds.manifest["dcompress"]
+    u8 = denormalize_to_u8(ds.images, ds.mean, ds.std).numpy()
+    img = class_grid(u8, ds.labels.numpy(), ds.classes, figure_title(block), max_per_class=max_per_class)
+    return _write_atomic(Path(dest) if dest is not None else _folder(out) / GRID, png_bytes(img))
+
+
+def loss_png(out: str | Path, dest: str | Path | None = None) -> Path | None:
+    """Writes the loss curve from `out/metrics.jsonl` (default `out/loss.png`); None when the
+    output has no iteration losses (selection methods, outputs older than metrics.jsonl)."""
+    from .io.manifest import read_manifest
+
+    rows = read_metrics(_folder(out) / METRICS)
+    block = read_manifest(out)["dcompress"]
+    img = loss_curve(rows, f"{figure_title(block)}: loss")
+    if img is None:
+        return None
+    return _write_atomic(Path(dest) if dest is not None else _folder(out) / LOSS, png_bytes(img))
+
+
+def figures(out: str | Path, grid: str | Path | None = None) -> dict:
+    """Grid and loss curve: into `out` by default; with `grid`, the curve goes beside it as
+    `<grid stem>-loss.png`. Returns their paths (loss_curve None without a curve)."""
+    loss_dest = Path(grid).with_name(f"{Path(grid).stem}-loss.png") if grid is not None else None
+    curve = loss_png(out, loss_dest)
+    return {"grid": str(grid_png(out, grid)), "loss_curve": str(curve) if curve else None}
 
 
 def summary(out: str | Path) -> dict:
     ds = load(out)
     block = ds.manifest["dcompress"]
     counts = torch.bincount(ds.labels, minlength=len(ds.classes)).tolist()
+    rows = read_metrics(_folder(out) / METRICS)
+    last = next((r for r in reversed(rows) if r.get("event") == "iteration" and r.get("loss") is not None), None)
     return {"method": block["method"]["name"], "ipc": block["method"]["ipc"], "samples": len(ds),
             "shards": len(ds.manifest["shardlist"]), "classes": dict(zip(ds.classes, counts)),
             "image_shape": block["image_shape"], "labels": block["labels"]["kind"], "learned_lr": ds.lr,
             "eval_protocol": block["eval_protocol"], "source_samples": block["source"]["num_samples"],
-            "bad_samples": block["bad_samples"]["count"], "bytes": sum(r["filesize"] for r in ds.manifest["shardlist"])}
+            "bad_samples": block["bad_samples"]["count"], "bytes": sum(r["filesize"] for r in ds.manifest["shardlist"]),
+            "final_loss": last["loss"] if last else None, "iterations_logged": last["iteration"] if last else None}

@@ -2,6 +2,8 @@
 
 Per sample: `.png` (8-bit, de-normalised), `.cls`, `.logits.npy` (float16 [C]), `.json`
 (provenance), and for synthetic images the exact normalised float32 tensor `.npy` [C, H, W].
+Beside the shards, in the same atomic write: `_info.json` (timm) and `README.md` (Hugging
+Face dataset card), `grid.png`, and with a run's metrics `metrics.jsonl` + `loss.png`.
 """
 from __future__ import annotations
 
@@ -12,10 +14,15 @@ import torch
 
 from ..types import CompressedSet, denormalize_to_u8
 from .atomic import AtomicDir
+from .cards import CARD, TIMM_INFO, dataset_card, timm_info_bytes
+from .figures import class_grid, loss_curve, png_bytes
 from .manifest import MANIFEST, build_manifest, shard_entry, write_json_atomic
+from .metrics import METRICS, jsonl_bytes
 from .shards import encode_npy, encode_png, json_bytes, write_shards
 
 PREFIX = "data"
+GRID = "grid.png"
+LOSS = "loss.png"
 
 
 def sample_key(label: int, slot: int) -> str:
@@ -23,8 +30,7 @@ def sample_key(label: int, slot: int) -> str:
     return f"c{label:04d}-{slot:05d}"
 
 
-def iter_samples(cset: CompressedSet, class_names: list[str], method: str, mean, std):
-    u8 = denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
+def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray):
     logits = cset.logits.detach().cpu().float().numpy().astype(np.float16)
     exact = cset.images.detach().cpu().float().numpy()
     per_class: dict[int, int] = {}
@@ -43,19 +49,47 @@ def iter_samples(cset: CompressedSet, class_names: list[str], method: str, mean,
 
 
 def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], mean, std, method: str,
-                 block: dict, shard_size: int = 1000) -> dict:
-    """Atomically writes shards + manifest into `target`; returns the manifest dict."""
+                 block: dict, shard_size: int = 1000, metrics: list[dict] | None = None) -> dict:
+    """Atomically writes shards, reader descriptions, figures and the manifest into `target`.
+
+    Args:
+        metrics: the run's `MetricsLog.rows()`; written as `metrics.jsonl` (+ `loss.png`
+            when it has iteration rows). None writes neither.
+    Returns:
+        the manifest dict.
+    """
+    u8 = denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
+    name = f"{method}-{Path(target).name}"
     with AtomicDir(target) as tmp:
-        written = write_shards(tmp, iter_samples(cset, class_names, method, mean, std),
+        written = write_shards(tmp, iter_samples(cset, class_names, method, u8),
                                prefix=PREFIX, shard_size=shard_size)
         shards = [shard_entry(p, n) for p, n in written]
-        for name, data in cset.extra_files.items():
-            (tmp / name).write_bytes(data)
         block = {**block, "num_samples": len(cset), "extra_files": sorted(cset.extra_files),
                  "urls": f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar"}
-        manifest = build_manifest(f"{method}-{Path(target).name}", shards, block)
+        files = dict(cset.extra_files)
+        roles = {"timm_info": TIMM_INFO, "card": CARD, "grid": GRID}
+        files[TIMM_INFO] = timm_info_bytes(name, shards, class_names)
+        files[GRID] = png_bytes(class_grid(u8, cset.labels.cpu().numpy(), class_names, figure_title(block)))
+        if metrics is not None:
+            files[METRICS] = jsonl_bytes(metrics)
+            roles["metrics"] = METRICS
+            curve = loss_curve(metrics, f"{figure_title(block)}: loss")
+            if curve is not None:
+                files[LOSS] = png_bytes(curve)
+                roles["loss_curve"] = LOSS
+        block["files"] = roles
+        files[CARD] = dataset_card(name, block, f"{PREFIX}-*.tar", files=sorted(files)).encode()
+        for fname, data in files.items():
+            (tmp / fname).write_bytes(data)
+        manifest = build_manifest(name, shards, block)
         write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
+
+
+def figure_title(block: dict) -> str:
+    """`dm, IPC 10, learned labels, 100 images` from a manifest's `dcompress` block."""
+    m = block["method"]
+    return f"{m['name']}, IPC {m['ipc']}, {block['labels']['kind']} labels, {block['num_samples']} images"
 
 
 def one_hot_logits(labels: torch.Tensor, num_classes: int, scale: float = 1.0) -> torch.Tensor:

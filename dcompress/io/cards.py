@@ -1,0 +1,108 @@
+"""Descriptions of an output folder for readers other than dcompress (format: docs/format.md).
+
+- `_info.json` for timm's WebDataset reader (`timm/data/readers/reader_wds.py`: `_load_info`
+  reads `root/_info.json`; `_parse_split_info` wants `splits[split]` with `name`,
+  `num_samples`, `filenames`, `shard_lengths`), so that
+  `timm.data.create_dataset("wds/NAME", root=OUT, split="train")` reads the shards.
+- `README.md`, a Hugging Face dataset card whose YAML `configs` point `data_files` at the
+  shards, so that `datasets.load_dataset(OUT)` reads samples instead of the manifest.
+
+Both are functions of the manifest only (no timestamps): the same run gives the same bytes.
+"""
+from __future__ import annotations
+
+import json
+
+TIMM_INFO = "_info.json"
+CARD = "README.md"
+SPLIT = "train"
+
+
+def timm_info(name: str, shards: list[dict], class_names: list[str]) -> dict:
+    """The `_info.json` dict: one split `train` listing every shard and its sample count."""
+    return {"name": name, "num_classes": len(class_names),
+            "splits": {SPLIT: {"name": SPLIT, "num_samples": sum(r["nsamples"] for r in shards),
+                               "filenames": [r["url"] for r in shards],
+                               "shard_lengths": [r["nsamples"] for r in shards]}}}
+
+
+def timm_info_bytes(name: str, shards: list[dict], class_names: list[str]) -> bytes:
+    return (json.dumps(timm_info(name, shards, class_names), indent=2) + "\n").encode()
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def dataset_card(name: str, block: dict, shard_glob: str, *, files: list[str]) -> str:
+    """The README.md dataset card: YAML front matter for `datasets`, then a short description.
+
+    Args:
+        name: the manifest's `name`.
+        block: the manifest's `dcompress` block (method, labels, class_names, ...).
+        shard_glob: pattern matching the shards and nothing else, e.g. `data-*.tar`.
+        files: the other files of the folder (listed in the card).
+    """
+    m = block["method"]
+    classes = block["class_names"]
+    c, h, w = block["image_shape"]
+    kind = block["labels"]["kind"]
+    label_text = {"hard": "one-hot (argmax = `cls`)", "teacher": "logits of a teacher network",
+                  "learned": "logits learned by the method"}.get(kind, kind)
+    shown = classes[:100]
+    class_rows = "\n".join(f"| {i} | {_cell(n)} |" for i, n in enumerate(shown))
+    more = f"\n\n… and {len(classes) - len(shown)} more (see `manifest.json`)." if len(classes) > len(shown) else ""
+    lr = block.get("learned", {}).get("lr")
+    lr_line = f"- learned learning rate: {lr:.6g} (use it when training on this set)\n" if lr is not None else ""
+    extra = ", ".join(f"`{f}`" for f in files)
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: {SPLIT}
+    path: "{shard_glob}"
+task_categories:
+- image-classification
+tags:
+- dcompress
+- dataset-compression
+- webdataset
+---
+
+# {name}
+
+A compressed image-classification training set written by dcompress {block.get("version", "")}: **{m["name"]}** ({m["kind"]}),
+IPC {m["ipc"]} (images per class), {len(classes)} classes, {block["num_samples"]} images of
+{c}×{h}×{w}, seed {m["seed"]}.
+
+- labels: `cls` (hard label) and `logits.npy` (float16 soft labels: {label_text}; softmax at temperature
+  {block["labels"].get("temperature", 1.0)})
+{lr_line}- source: {block["source"]["num_samples"]} images, fingerprint `{block["source"]["fingerprint"]}`
+- per sample: `png`, `cls`, `logits.npy`, `json` (provenance){", `npy` (exact float32 normalised tensor)" if block.get("exact_tensor") else ""}
+- normalisation: mean {block["normalization"]["mean"]}, std {block["normalization"]["std"]}
+- other files: `manifest.json` (shard index + full provenance), {extra}
+
+## Load it
+
+`OUT` is this folder.
+
+```python
+import dcompress                                    # exact tensors, soft labels, learned lr
+ds = dcompress.load("OUT")
+
+import webdataset as wds                            # plain WebDataset
+wds.WebDataset("OUT/{block["urls"]}", shardshuffle=False).decode("rgb8").to_tuple("png", "cls", "logits.npy")
+
+import timm.data                                    # timm (reads _info.json)
+timm.data.create_dataset("wds/{name}", root="OUT", split="train")
+
+import datasets                                     # Hugging Face (reads this card's configs)
+datasets.load_dataset("OUT", split="train")
+```
+
+## Classes
+
+| cls | name |
+|---|---|
+{class_rows}{more}
+"""
