@@ -19,6 +19,7 @@ from .config import config_dict, resolve_config
 from .errors import DcompressError, Interrupted, UsageError
 from .io.atomic import OutputLock, check_not_input, check_target, refuse_existing, work_dir_for
 from .io.manifest import read_manifest
+from .io.metrics import METRICS, MetricsLog
 from .io.output import one_hot_logits, write_output
 from .io.shards import MAX_PIXELS, ResolvedInput, env_versions, is_remote, read_real, resolve_urls
 from .registry import get_method
@@ -198,7 +199,7 @@ def _announcing_resume(progress: ProgressFn | None, ckpt: Checkpointer, log) -> 
 def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc: int, ratio, seed: int, dev,
                    resume: bool, labels: str, teacher, shard_size: int, ckpt: Checkpointer, options, progress,
                    log, t_read: float, run: dict) -> dict:
-    log = log or (lambda _: None)
+    log = metrics = MetricsLog(ckpt.file(METRICS), forward=log)   # metrics.jsonl survives a resume
     progress = _announcing_resume(progress, ckpt, log)
     spec = RunSpec(ipc=n_ipc, device=dev, seed=seed, work_dir=ckpt.dir, resume=resume, ckpt_every=ckpt.every,
                    cache_dir=default_paths()["cache"], teacher=Path(teacher) if teacher else None,
@@ -243,7 +244,7 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     }
     block["timings"] = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2)}
     manifest = write_output(out, cset, class_names=real.class_names, mean=real.mean, std=real.std,
-                            method=method, block=block, shard_size=shard_size)
+                            method=method, block=block, shard_size=shard_size, metrics=metrics.rows())
     ckpt.clear()
     return {"status": "ok", "out": str(out), "method": method, "ipc": n_ipc, "samples": len(cset),
             "shards": len(manifest["shardlist"]), "labels": mode, "learned_lr": cset.lr,

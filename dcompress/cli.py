@@ -374,17 +374,13 @@ def _show_eval(r: dict) -> None:
 
 @app.command()
 def inspect(target: Path = typer.Argument(..., metavar="OUT"),
-            grid: Optional[Path] = typer.Option(None, "--grid", help="PNG path (default OUT/../<name>-grid.png)"),
+            grid: Optional[Path] = typer.Option(None, "--grid", help="PNG path (default OUT/grid.png; the loss curve "
+                                                                      "goes beside it as <stem>-loss.png)"),
             as_json: bool = JSON) -> None:
-    """Summarise a compressed set and write a grid PNG of every class's images."""
-    from .inspect import grid_png, summary
+    """Summarise a compressed set; (re)draw its class grid and loss curve PNGs."""
+    from .inspect import figures, summary
 
-    def work(prog: _Progress) -> dict:
-        rep = summary(target)
-        dest = grid or target.parent / f"{target.name}-grid.png"
-        rep["grid"] = str(grid_png(target, dest))
-        return rep
-    _run(as_json, work, _kv)
+    _run(as_json, lambda p: {**summary(target), **figures(target, grid)}, _kv)
 
 
 @app.command()

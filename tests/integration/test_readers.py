@@ -107,8 +107,6 @@ def test_metrics_of_a_synthesis_run(dm_run, tmp_path):
     assert secs == sorted(secs)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the api.distill hook (MetricsLog + write_output(metrics=)); "
-                                       "delete this marker when it lands")
 def test_distill_writes_metrics_and_loss_curve_into_the_output(dm_run, tmp_path):
     out, _ = dm_run
     rows = read_metrics(out / "metrics.jsonl")
