@@ -1,33 +1,31 @@
 """dcompress: compress image-classification WebDataset shards into small training sets.
 
-Public API:
+Public API (imported on first use, so `import dcompress` stays light):
     load(path)                  -> CompressedDataset (torch Dataset of image, soft label, hard label)
     distill(urls, method, ...)  -> run report dict (writes shards + manifest.json)
     evaluate(out, test, ...)    -> accuracy report dict
     list_methods()              -> registered method classes
 """
+from __future__ import annotations
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "load", "distill", "evaluate", "list_methods"]
+
+_API = {"load": ("loader", "load"), "distill": ("api", "distill"), "evaluate": ("train.evaluate", "evaluate"),
+        "list_methods": ("registry", "list_methods")}
 
 
-def load(path):
-    from .loader import load as _load
+def __getattr__(name: str):
+    """The real functions (signatures, docstrings) on first access: `help(dcompress.distill)`."""
+    if name not in _API:
+        raise AttributeError(f"module 'dcompress' has no attribute {name!r}")
+    from importlib import import_module
 
-    return _load(path)
-
-
-def distill(urls, method, **kwargs):
-    from .api import distill as _distill
-
-    return _distill(urls, method, **kwargs)
-
-
-def evaluate(out, test, **kwargs):
-    from .train.evaluate import evaluate as _evaluate
-
-    return _evaluate(out, test, **kwargs)
+    module, attr = _API[name]
+    value = getattr(import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value
 
 
-def list_methods():
-    from .registry import list_methods as _list
-
-    return _list()
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

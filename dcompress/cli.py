@@ -72,10 +72,30 @@ class _App(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-app = typer.Typer(cls=_App, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=_App, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress image-classification WebDataset shards into small training sets.")
 err = Console(stderr=True)
 out = Console()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"dcompress {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Compress image-classification WebDataset shards into small training sets."""
+
+
+def _use_cache(cache_dir: Optional[Path]) -> None:
+    """`--cache-dir` (or DCOMPRESS_CACHE): where teachers, features and default expert buffers live."""
+    if cache_dir is not None:
+        os.environ["DCOMPRESS_CACHE"] = str(Path(cache_dir).absolute())
 
 
 class _Progress:
@@ -181,6 +201,9 @@ def _kv(report: dict) -> None:
 
 
 JSON = typer.Option(False, "--json", help="Print one JSON report on stdout.")
+DEVICE = typer.Option("auto", "--device", envvar="DCOMPRESS_DEVICE", help="auto | cpu | cuda[:N]")
+CACHE = typer.Option(None, "--cache-dir", envvar="DCOMPRESS_CACHE",
+                     help="cache for teachers, features and default expert buffers [default: ~/.cache/dcompress]")
 MAX_BAD = typer.Option(100, "--max-bad", help="fail (exit 3) past this many corrupt samples")
 MAX_PIXELS = typer.Option(MAX_PIXELS_DEFAULT, "--max-pixels",
                           help="skip (as corrupt) images whose header declares more pixels than this")
@@ -211,7 +234,7 @@ def distill(urls: List[str] = typer.Argument(..., help="brace pattern(s), shard 
             ipc: Optional[int] = typer.Option(None, "--ipc", help="images per class"),
             ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of the input to keep, in (0, 1]"),
             seed: int = typer.Option(0, "--seed"),
-            device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+            device: str = DEVICE,
             config: Optional[Path] = typer.Option(None, "--config", help="YAML file of method config keys"),
             sets: List[str] = typer.Option([], "--set", help="key=value config override (repeatable)"),
             resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from the last checkpoint"),
@@ -229,6 +252,7 @@ def distill(urls: List[str] = typer.Argument(..., help="brace pattern(s), shard 
             keep_bins: bool = typer.Option(False, "--keep-bins", help="dq: also write all bins' index lists"),
             from_bins: Optional[Path] = typer.Option(None, "--from-bins", help="dq: re-sample bins saved by --keep-bins"),
             dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, write nothing"),
+            cache_dir: Optional[Path] = CACHE,
             as_json: bool = JSON) -> None:
     """Compress a dataset with a method (selection or synthesis)."""
     from .api import distill as api_distill
@@ -237,6 +261,7 @@ def distill(urls: List[str] = typer.Argument(..., help="brace pattern(s), shard 
                                  "keep_bins": keep_bins or None, "from_bins": from_bins}.items() if v is not None}
 
     def work(prog: _Progress) -> dict:
+        _use_cache(cache_dir)
         return api_distill(urls, method, out=output, ipc=ipc, ratio=ratio, seed=seed, device=device, config=config,
                            sets=sets, resume=resume, overwrite=overwrite, labels=labels, teacher=teacher,
                            max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
@@ -266,7 +291,7 @@ def experts(urls: List[str] = typer.Argument(..., help="training shards (URLS as
             test: Optional[List[str]] = typer.Option(None, "--test", help="test shards for per-epoch accuracy"),
             holdout: Optional[float] = typer.Option(None, "--holdout", help="input fraction held out for accuracy (default 0.05, 0 with --test)"),
             seed: int = typer.Option(0, "--seed"),
-            device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+            device: str = DEVICE,
             config: Optional[Path] = typer.Option(None, "--config", help="YAML file of expert config keys"),
             sets: List[str] = typer.Option([], "--set", help="key=value expert config override, e.g. model=convnet_w16"),
             stale_after: float = typer.Option(3600.0, "--stale-lock-seconds", help="break locks without heartbeat for this long"),
@@ -308,7 +333,7 @@ def methods(as_json: bool = JSON) -> None:
         rows.append({"name": cls.info.name, "kind": cls.info.kind, "description": cls.info.description,
                      "needs_experts": cls.info.needs_experts, "options": opts})
     if as_json:
-        print(json.dumps(rows, default=str))
+        print(json.dumps({"status": "ok", "methods": rows}, default=str))
         return
     table = Table()
     for col in ("method", "kind", "description", "options (--set key=value)"):
@@ -326,12 +351,13 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
              model: Optional[str] = typer.Option(None, "--model", help="override the protocol's network"),
              epochs: Optional[int] = typer.Option(None, "--epochs", help="override the protocol's epochs"),
              seed: int = typer.Option(0, "--seed"),
-             device: str = typer.Option("auto", "--device"),
+             device: str = DEVICE,
              random_baseline: bool = typer.Option(True, "--random/--no-random", help="also train a random real subset of the same size"),
              test_limit: Optional[int] = typer.Option(None, "--test-limit", help="evaluate on a fixed random subset of the test set"),
              max_bad: int = MAX_BAD,
              max_pixels: int = MAX_PIXELS,
              allow_manifest_urls: bool = ALLOW_URLS,
+             cache_dir: Optional[Path] = CACHE,
              as_json: bool = JSON) -> None:
     """Train fresh networks on a compressed set and report test accuracy (vs random)."""
     from .api import check_limits, load_real, resolve_device
@@ -342,6 +368,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
     def work(prog: _Progress) -> dict:
         check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
                      max_pixels=(max_pixels, 1))
+        _use_cache(cache_dir)
         dev = resolve_device(device)
         ds = load(target)                        # checks the output (structure, checksums) before any reading
         test_inp = resolve_urls(test, allow_manifest_urls=allow_manifest_urls)

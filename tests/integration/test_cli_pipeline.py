@@ -142,8 +142,11 @@ def test_inspect_writes_grid(shards, tmp_path):
 def test_methods_lists_registered_methods():
     r = run("methods", "--json")
     assert r.exit_code == 0
-    names = {m["name"] for m in json.loads(r.stdout)}
-    assert {"random", "herding", "kcenter"} <= names
+    from dcompress.registry import list_methods
+
+    rep = json.loads(r.stdout)
+    assert rep["status"] == "ok" and {m["name"] for m in rep["methods"]} == {c.info.name for c in list_methods()}
+    assert all(m["options"] for m in rep["methods"])
 
 
 def test_rerun_replaces_previous_output_only_with_overwrite(shards, tmp_path):
