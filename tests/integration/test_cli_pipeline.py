@@ -146,7 +146,10 @@ def test_methods_lists_registered_methods():
 
     rep = json.loads(r.stdout)
     assert rep["status"] == "ok" and {m["name"] for m in rep["methods"]} == {c.info.name for c in list_methods()}
-    assert all(m["options"] for m in rep["methods"])
+    import dataclasses
+
+    fields = {c.info.name: [f.name for f in dataclasses.fields(c.Config)] for c in list_methods()}
+    assert all(list(m["options"]) == fields[m["name"]] for m in rep["methods"])
 
 
 def test_rerun_replaces_previous_output_only_with_overwrite(shards, tmp_path):
