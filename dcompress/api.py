@@ -16,6 +16,7 @@ from . import __version__
 from .checkpoint import Checkpointer
 from .config import config_dict, resolve_config
 from .errors import UsageError
+from .faults import crash_point
 from .io.atomic import check_target, work_dir_for
 from .io.output import one_hot_logits, write_output
 from .io.shards import env_versions, read_real, resolve_urls
@@ -147,6 +148,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     block["timings"] = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2)}
     manifest = write_output(out, cset, class_names=real.class_names, mean=real.mean, std=real.std,
                             method=method, block=block, shard_size=shard_size)
+    crash_point("distill.written")
     ckpt.clear()
     return {"status": "ok", "out": str(out), "method": method, "ipc": n_ipc, "samples": len(cset),
             "shards": len(manifest["shardlist"]), "labels": mode, "learned_lr": cset.lr,

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import OutputError
+from ..faults import crash_point
 from .manifest import MANIFEST
 
 
@@ -64,6 +65,7 @@ class AtomicDir:
         if self.target.exists():
             old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
             os.replace(self.target, old)
+        crash_point("atomic.swap")
         os.replace(self.tmp, self.target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

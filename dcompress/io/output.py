@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..faults import crash_point
 from ..types import CompressedSet, denormalize_to_u8
 from .atomic import AtomicDir
 from .manifest import MANIFEST, build_manifest, shard_entry, write_json_atomic
@@ -29,6 +30,7 @@ def iter_samples(cset: CompressedSet, class_names: list[str], method: str, mean,
     exact = cset.images.detach().cpu().float().numpy()
     per_class: dict[int, int] = {}
     for i in range(len(cset)):
+        crash_point("output.sample")
         y = int(cset.labels[i])
         slot = per_class.get(y, 0)
         per_class[y] = slot + 1
@@ -54,6 +56,7 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
         block = {**block, "num_samples": len(cset), "extra_files": sorted(cset.extra_files),
                  "urls": f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar"}
         manifest = build_manifest(f"{method}-{Path(target).name}", shards, block)
+        crash_point("output.manifest")
         write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
 
