@@ -17,6 +17,7 @@ from . import __version__
 from .checkpoint import Checkpointer, run_key
 from .config import config_dict, resolve_config
 from .errors import DcompressError, Interrupted, UsageError
+from .faults import crash_point
 from .io.atomic import OutputLock, check_not_input, check_target, refuse_existing, work_dir_for
 from .io.manifest import read_manifest
 from .io.metrics import METRICS, MetricsLog
@@ -147,7 +148,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             return {"status": "ok", "up_to_date": True, "out": str(out), "method": method, "ipc": n_ipc,
                     "samples": prior.get("num_samples"), "resumed_from": None,
                     "timings": {"read_s": round(t_read, 2)}}
-        ckpt = Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume)
+        ckpt = Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume, log=log)
         try:
             return _fit_and_write(real, m_cls, cfg, method, out=out, n_ipc=n_ipc, ratio=ratio, seed=seed, dev=dev,
                                   resume=resume, labels=labels, teacher=teacher, shard_size=shard_size,
@@ -245,6 +246,7 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     block["timings"] = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2)}
     manifest = write_output(out, cset, class_names=real.class_names, mean=real.mean, std=real.std,
                             method=method, block=block, shard_size=shard_size, metrics=metrics.rows())
+    crash_point("distill.written")
     ckpt.clear()
     return {"status": "ok", "out": str(out), "method": method, "ipc": n_ipc, "samples": len(cset),
             "shards": len(manifest["shardlist"]), "labels": mode, "learned_lr": cset.lr,

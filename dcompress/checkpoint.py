@@ -4,21 +4,45 @@ A checkpoint is a dict of tensors and plain Python values saved with `torch.save
 back with `torch.load(weights_only=True)` (no arbitrary unpickling). The folder also holds
 `run.json` with the run's identity (method, config, seed, ipc, input fingerprint); a
 checkpoint from a different run is never resumed.
+
+Damage is survivable: a `state.pt` that is truncated, garbage, or holds anything
+`weights_only` refuses, and a `run.json` that is not JSON, are moved aside as
+`<name>.corrupt-<timestamp>` with a warning, and the run starts fresh. Writes are atomic
+(`io.safe_write`): a full disk is a ResourceError (exit 7), an unwritable folder an
+OutputError (exit 5), and the previous good `state.pt` is never damaged.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+
+from .faults import crash_point
+from .io.safe_write import ensure_dir, move_aside, os_error, remove_dead_temps, torch_save, write_json
+
+STATE = "state.pt"
+RUN = "run.json"
 
 
 def run_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def warn_via(log: Callable[[dict], None] | None) -> Callable[[str, Path], None]:
+    """`warn(message, path)`: a `{"event": "warning"}` log record when `log` is given (the route
+    the methods use), else a Python RuntimeWarning (printed on stderr by default)."""
+    def warn(message: str, path: Path) -> None:
+        if log is not None:
+            log({"event": "warning", "message": f"{path}: {message}", "path": str(path)})
+        else:
+            warnings.warn(f"{path}: {message}", RuntimeWarning, stacklevel=3)
+    return warn
 
 
 class Checkpointer:
@@ -29,41 +53,83 @@ class Checkpointer:
         identity: JSON-able dict identifying the run (a mismatch discards old state).
         every: save period in iterations (0 disables periodic saves).
         resume: when False, existing state is discarded.
+        log: receives `{"event": "warning", ...}` when damaged state is moved aside
+            (default: Python warnings).
     """
 
-    def __init__(self, work_dir: Path, identity: dict, *, every: int = 50, resume: bool = True):
+    def __init__(self, work_dir: Path, identity: dict, *, every: int = 50, resume: bool = True,
+                 log: Callable[[dict], None] | None = None):
         self.dir = Path(work_dir)
         self.every = int(every)
         self.key = run_key(identity)
-        self.path = self.dir / "state.pt"
+        self.path = self.dir / STATE
         self.resumed_from: int | None = None
-        meta = self.dir / "run.json"
-        stale = True
-        if resume and meta.exists():
-            try:
-                stale = json.loads(meta.read_text()).get("key") != self.key
-            except (OSError, json.JSONDecodeError):
-                stale = True
-        if stale and self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps({"key": self.key, "identity": identity}, default=str, indent=1))
+        self.warn = warn_via(log)
+        meta = self.dir / RUN
+        if self.dir.is_dir() and not (resume and self._same_run(meta)):
+            self._discard()
+        ensure_dir(self.dir)
+        remove_dead_temps(self.dir)
+        write_json(meta, {"key": self.key, "identity": identity})
+
+    def _same_run(self, meta: Path) -> bool:
+        """Whether `run.json` names this run; a damaged one is moved aside (with its state)."""
+        try:
+            text = meta.read_text()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise os_error(e, meta, "read") from None
+        try:
+            obj = json.loads(text)
+            if not isinstance(obj, dict) or not isinstance(obj.get("key"), str):
+                raise ValueError("no run key")
+        except ValueError as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            moved = move_aside(meta)
+            self.warn(f"unreadable checkpoint identity ({e}); moved to {moved.name if moved else '?'}, "
+                      "starting fresh", meta)
+            return False
+        return obj["key"] == self.key
+
+    def _discard(self) -> None:
+        """Removes the state of another (or a restarted) run; keeps `*.corrupt-*` files for inspection."""
+        for p in self.dir.iterdir():
+            if ".corrupt-" in p.name:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
     def load(self) -> dict[str, Any] | None:
-        """The last saved state, or None."""
-        if not self.path.exists():
+        """The last saved state, or None (nothing saved, or the file was damaged and moved aside)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        self.resumed_from = int(state.get("iteration", 0))
+        except OSError as e:
+            raise os_error(e, self.path, "read checkpoint") from None
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError(f"holds a {type(state).__name__}, not a dict")
+            iteration = int(state["iteration"])
+        except Exception as e:  # noqa: BLE001 - truncated zip, refused pickle, wrong content: all mean unusable
+            moved = move_aside(self.path)
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            self.warn(f"unusable checkpoint ({reason}); moved to {moved.name if moved else '?'}, starting fresh",
+                      self.path)
+            return None
+        self.resumed_from = iteration
         return state
 
     def due(self, iteration: int) -> bool:
         return self.every > 0 and iteration > 0 and iteration % self.every == 0
 
     def save(self, state: dict[str, Any]) -> None:
-        tmp = self.path.with_name(f"state.pt.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        """Atomically replaces `state.pt` (ResourceError on a full disk; the old file stays)."""
+        torch_save(self.path, state)
+        crash_point("ckpt.saved")
 
     def file(self, name: str) -> Path:
         """A path inside the work folder for auxiliary resumable artefacts."""

@@ -134,6 +134,8 @@ class _Progress:
             self.loss = float(ev["loss"])
         if ev.get("event") == "note":
             self.note(str(ev.get("text", "")))
+        elif ev.get("event") == "warning":
+            self.note(f"warning: {ev.get('message', '')}")
 
     def note(self, text: str) -> None:
         (self.p.console if self.tty else err).print(text, highlight=False, markup=False, soft_wrap=True)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from ..errors import BusyError, OutputError, UsageError, from_os_error
+from ..faults import crash_point
 from .manifest import MANIFEST
 
 
@@ -256,12 +257,14 @@ class AtomicDir:
             return
         try:
             if self.target.exists() and _exchange(self.tmp, self.target):
-                shutil.rmtree(self.tmp, ignore_errors=True)     # now holds the previous output
+                crash_point("atomic.swap")                         # new output in place, old one in tmp
+                shutil.rmtree(self.tmp, ignore_errors=True)
                 return
             old = None
             if self.target.exists():
                 old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
                 os.replace(self.target, old)
+            crash_point("atomic.swap")                             # old output aside, new one not yet in
             os.replace(self.tmp, self.target)
         except OSError as e:
             shutil.rmtree(self.tmp, ignore_errors=True)

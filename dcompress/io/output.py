@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..faults import crash_point
 from ..types import CompressedSet, denormalize_to_u8
 from .atomic import AtomicDir
 from .cards import CARD, TIMM_INFO, dataset_card, timm_info_bytes
@@ -35,6 +36,7 @@ def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: n
     exact = cset.images.detach().cpu().float().numpy()
     per_class: dict[int, int] = {}
     for i in range(len(cset)):
+        crash_point("output.sample")
         y = int(cset.labels[i])
         slot = per_class.get(y, 0)
         per_class[y] = slot + 1
@@ -82,6 +84,7 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
         for fname, data in files.items():
             (tmp / fname).write_bytes(data)
         manifest = build_manifest(name, shards, block)
+        crash_point("output.manifest")
         write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
 

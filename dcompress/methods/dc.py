@@ -22,6 +22,7 @@ import torch
 
 from ..augment import dsa
 from ..errors import UsageError
+from ..faults import crash_point
 from ..nets import build_net
 from ..registry import MethodInfo, register_method
 from ..train.loop import train_epoch
@@ -133,6 +134,7 @@ class DC:
                     train_epoch(net, opt_net, syn, labels, None, batch_size=cfg.batch_train, generator=generator,
                                 aug=self.strategy)
             loss_avg = loss_sum / (outer * real.num_classes)   # reference's logged loss_avg
+            crash_point("iter")
             checkpoint(spec, it + 1, images, opt_img, generator, name)
             if it % every == 0 or it + 1 == cfg.iterations:
                 log({"event": "iteration", "method": name, "iteration": it + 1, "loss": loss_avg})

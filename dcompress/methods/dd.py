@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NonFiniteLoss, UsageError
+from ..faults import crash_point
 from ..registry import MethodInfo, register_method
 from ..train.unroll import unroll
 from ..types import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec, normalize
@@ -173,6 +174,7 @@ class DD:
             log({"event": "iteration", "it": it + 1, "loss": loss})
             if spec.progress:
                 spec.progress(it + 1, total, "dd")
+            crash_point("iter")
             if spec.ckpt is not None and spec.ckpt.due(it + 1):
                 if not (torch.isfinite(images).all() and torch.isfinite(raw).all()):
                     raise NonFiniteLoss(f"images or lrs became non-finite at iteration {it + 1}; lower lr")

@@ -17,6 +17,7 @@ import torch
 
 from ..augment import dsa
 from ..errors import UsageError
+from ..faults import crash_point
 from ..nets import build_net, embed
 from ..registry import MethodInfo, register_method
 from ..types import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
@@ -160,6 +161,7 @@ class DM:
             loss = (dm_loss_batched if batched else dm_loss_per_class)(net, real, images, ipc, draws)
             check_finite(loss, it + 1, "dm")
             opt.step()
+            crash_point("iter")
             checkpoint(spec, it + 1, images, opt, generator, "dm")
             if it % every == 0 or it + 1 == cfg.iterations:
                 log({"event": "iteration", "method": "dm", "iteration": it + 1, "loss": loss})

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..augment import dsa
 from ..augment.dsa import DEFAULT_STRATEGY
 from ..errors import InputDataError, NonFiniteLoss, UsageError
+from ..faults import crash_point
 from ..registry import MethodInfo, register_method
 from ..train.experts import ExpertBuffer, ExpertConfig, default_buffer_dir, train_experts
 from ..train.unroll import (UnrollResult, available_memory_bytes, choose_mode, full_graph_bytes_estimate,
@@ -292,6 +293,7 @@ class MTT:
                  "start_epoch": t})
             if spec.progress:
                 spec.progress(it + 1, cfg.iterations, self.info.name)
+            crash_point("iter")
             if spec.ckpt is not None and spec.ckpt.due(it + 1):
                 if not (torch.isfinite(images).all() and torch.isfinite(lr.u)):
                     raise NonFiniteLoss(f"synthetic images or lr became non-finite at iteration {it + 1}; "

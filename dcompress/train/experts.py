@@ -9,11 +9,20 @@ segments of these trajectories. Format (docs/experts-format.md), one folder per 
     BUF/expert-00003.json      sidecar: seed, accuracy per epoch, param count, sha256 of the .npy
     BUF/expert-00003.lock      exists only while a process trains expert 3
 
-The sidecar is written last: an expert is complete iff its sidecar exists. Nothing is pickled.
+The sidecar is written last: an expert is complete iff its sidecar exists. Nothing is pickled
+(`allow_pickle=False` everywhere; headers are parsed, never the data, to validate a file).
+
+Damage: reading a buffer (`ExpertBuffer`) with a truncated or foreign `.npy`, a sidecar that is
+not JSON, or an object-dtype array is an InputDataError naming the file. Filling it
+(`train_experts`) treats such an expert as incomplete: the files are moved aside
+(`*.corrupt-<timestamp>`) and the expert is retrained. Temp files of dead writers are removed,
+a full disk is a ResourceError (the snapshot file is preallocated, so a memmap write can never
+hit a full disk), an unusable folder an OutputError.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -29,7 +38,11 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..augment.dsa import DEFAULT_STRATEGY
-from ..errors import InputDataError, NonFiniteLoss, UsageError
+from ..checkpoint import warn_via
+from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError
+from ..faults import crash_point
+from ..io.safe_write import (ensure_dir, move_aside, os_error, pid_alive, remove_dead_temps, temp_path,
+                             write_json)
 from ..types import RealData
 from .loop import accuracy, train_epoch
 
@@ -85,9 +98,38 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    write_json(path, obj, indent=1)
+
+
+def expert_problem(out: Path, expert: int, shape: tuple[int, int]) -> tuple[Path, str] | None:
+    """(file, what is wrong) when expert `expert` of buffer `out` is not a whole, readable expert
+    of `shape` [E+1, P]; None when its sidecar is a JSON object and its `.npy` header says float32
+    little-endian `shape` with exactly the bytes that implies. Reads headers only (no unpickling)."""
+    side, npy = out / expert_name(expert, "json"), out / expert_name(expert, "npy")
+    try:
+        meta = json.loads(side.read_text())
+        if not isinstance(meta, dict):
+            return side, "sidecar is not a JSON object"
+    except FileNotFoundError:
+        return side, "sidecar is missing"
+    except (OSError, ValueError) as e:
+        return side, f"sidecar is not valid JSON ({e})"
+    try:
+        with open(npy, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
+            found, fortran, dtype = read(f)
+            offset = f.tell()
+        size = npy.stat().st_size
+    except FileNotFoundError:
+        return npy, "snapshot file is missing"
+    except (OSError, ValueError, EOFError) as e:
+        return npy, f"not a readable .npy file ({e})"
+    if dtype != np.dtype(DTYPE) or tuple(found) != tuple(shape) or fortran:
+        return npy, f"expected {DTYPE} {tuple(shape)} C-order, found {dtype.str} {tuple(found)}"
+    if size != offset + int(np.prod(shape)) * 4:
+        return npy, f"file is {size} bytes, expected {offset + int(np.prod(shape)) * 4} (truncated?)"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,15 +155,26 @@ class ExpertBuffer:
                                  path=str(self.path)) from None
         except json.JSONDecodeError as e:
             raise InputDataError(f"manifest.json is not valid JSON ({e})", path=str(mpath)) from None
-        if self.config.get("format") != FORMAT:
+        except OSError as e:
+            raise InputDataError(f"cannot read manifest.json ({e.strerror or e})", path=str(mpath)) from None
+        if not isinstance(self.config, dict) or self.config.get("format") != FORMAT:
             raise InputDataError(f"manifest.json is not a {FORMAT} manifest", path=str(mpath), key="format")
-        if self.config.get("format_version", 0) > FORMAT_VERSION:
-            raise InputDataError(f"buffer format {self.config['format_version']} is newer than this dcompress "
-                                 f"({FORMAT_VERSION})", path=str(mpath))
-        self.network: dict = self.config["network"]
-        self.epochs: int = int(self.config["training"]["epochs"])
-        self.param_count: int = int(self.network["param_count"])
+        try:
+            if int(self.config.get("format_version", 0)) > FORMAT_VERSION:
+                raise InputDataError(f"buffer format {self.config['format_version']} is newer than this dcompress "
+                                     f"({FORMAT_VERSION})", path=str(mpath))
+            self.network: dict = self.config["network"]
+            self.epochs: int = int(self.config["training"]["epochs"])
+            self.param_count: int = int(self.network["param_count"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputDataError(f"manifest.json lacks a valid network/training entry ({e!r})",
+                                 path=str(mpath)) from None
         self.ids = complete_ids(self.path)
+        for i in self.ids:   # headers only: a damaged expert fails here, not hours into a run
+            bad = expert_problem(self.path, i, (self.epochs + 1, self.param_count))
+            if bad is not None:
+                raise InputDataError(f"expert {i} is damaged: {bad[1]}; delete its .npy and .json and "
+                                     "rerun `dcompress experts` to retrain it", path=str(bad[0]))
         self._maps: dict[int, np.ndarray] = {}
 
     @property
@@ -130,7 +183,11 @@ class ExpertBuffer:
 
     def meta(self, expert: int) -> dict:
         """The sidecar of the `expert`-th complete expert (0-based position in `ids`)."""
-        return json.loads((self.path / expert_name(self.ids[expert], "json")).read_text())
+        p = self.path / expert_name(self.ids[expert], "json")
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise InputDataError(f"sidecar is not readable JSON ({e})", path=str(p)) from None
 
     def trajectory(self, expert: int) -> np.ndarray:
         """Memory-mapped float32 [E+1, P] array of the `expert`-th complete expert (read-only)."""
@@ -138,7 +195,10 @@ class ExpertBuffer:
             if not 0 <= expert < self.num_experts:
                 raise UsageError(f"expert {expert} out of range: buffer has {self.num_experts} complete experts")
             p = self.path / expert_name(self.ids[expert], "npy")
-            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+            try:
+                arr = np.load(p, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise InputDataError(f"not a readable float32 .npy ({e})", path=str(p)) from None
             if arr.dtype != np.dtype(DTYPE) or arr.shape != (self.epochs + 1, self.param_count):
                 raise InputDataError(f"expected {DTYPE} {(self.epochs + 1, self.param_count)}, found {arr.dtype} "
                                      f"{arr.shape}", path=str(p))
@@ -171,15 +231,12 @@ def complete_ids(path: Path) -> list[int]:
 
 
 def _lock_owner_alive(info: dict) -> bool:
-    if info.get("host") != socket.gethostname():
+    if not isinstance(info, dict) or info.get("host") != socket.gethostname():
         return True                      # cannot tell from here; rely on the heartbeat age
     try:
-        os.kill(int(info["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
+        return pid_alive(int(info["pid"]))
+    except (KeyError, ValueError, TypeError):
         return True
-    return True
 
 
 def _stale_content(lock: Path, stale_after: float) -> str | None:
@@ -193,7 +250,7 @@ def _stale_content(lock: Path, stale_after: float) -> str | None:
     try:
         info = json.loads(text)
     except json.JSONDecodeError:
-        return text if age > 60 else None  # half-written by a live claimer, or garbage
+        return text if age > min(60.0, stale_after) else None  # half-written by a live claimer, or garbage
     if not _lock_owner_alive(info) or age > stale_after:
         return text
     return None
@@ -210,31 +267,52 @@ def claim(out: Path, expert: int, stale_after: float = 3600.0) -> Path | None:
             stale = _stale_content(lock, stale_after)
             if stale is None:
                 return None
-            moved = lock.with_name(f"{lock.name}.broken-{os.getpid()}-{time.time_ns()}")
-            try:
-                os.rename(lock, moved)
-            except FileNotFoundError:
-                continue
-            if moved.read_text() != stale:   # we moved a fresh lock someone just took: put it back
-                try:
-                    os.link(moved, lock)
-                except FileExistsError:
-                    pass
-                moved.unlink()
+            outcome = _break(lock, stale)
+            if outcome == "taken":           # we moved a fresh lock someone just took: it is back
                 return None
-            moved.unlink()
-            for tmp in out.glob(expert_name(expert, "npy") + ".tmp-*"):
-                tmp.unlink(missing_ok=True)  # partial output of the dead owner
+            if outcome == "broken":
+                for tmp in out.glob(expert_name(expert, "npy") + ".tmp-*"):
+                    tmp.unlink(missing_ok=True)  # partial output of the dead owner
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+        except OSError as e:
+            raise os_error(e, lock, "create lock") from None
+        _write_lock(fd, lock, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
         return lock
     return None
 
 
+def _write_lock(fd: int, lock: Path, info: dict) -> None:
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+    except OSError as e:
+        lock.unlink(missing_ok=True)
+        raise os_error(e, lock, "write lock") from None
+
+
+def _break(lock: Path, stale: str) -> Literal["broken", "gone", "taken"]:
+    """Moves a stale lock aside (rename is atomic: of two breakers one wins): "broken" when the
+    lock we moved was the stale one, "gone" when it had vanished, "taken" when a fresh lock had
+    replaced it meanwhile (it is put back)."""
+    moved = lock.with_name(f"{lock.name}.broken-{os.getpid()}-{time.time_ns()}")
+    try:
+        os.rename(lock, moved)
+    except FileNotFoundError:
+        return "gone"
+    if moved.read_text() != stale:
+        try:
+            os.link(moved, lock)
+        except FileExistsError:
+            pass
+        moved.unlink()
+        return "taken"
+    moved.unlink()
+    return "broken"
+
+
 def _manifest_lock(out: Path, fn: Callable[[], None], timeout: float = 30.0) -> None:
-    """Runs `fn` holding `manifest.lock` (a short critical section; a lock older than `timeout`
-    is presumed left by a killed process and removed)."""
+    """Runs `fn` holding `manifest.lock` (a short critical section). The lock names its pid: one
+    left by a dead process on this host is broken at once, any other after `timeout` seconds."""
     lock = out / "manifest.lock"
     t0 = time.time()
     while True:
@@ -242,18 +320,19 @@ def _manifest_lock(out: Path, fn: Callable[[], None], timeout: float = 30.0) -> 
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             break
         except FileExistsError:
-            try:
-                if time.time() - lock.stat().st_mtime > timeout:
-                    lock.unlink(missing_ok=True)
-                    continue
-            except FileNotFoundError:
+            stale = _stale_content(lock, timeout)
+            if stale is not None:
+                _break(lock, stale)
                 continue
             if time.time() - t0 > 4 * timeout:
                 raise UsageError("manifest.lock held for too long; remove it if no dcompress process runs",
                                  path=str(lock)) from None
             time.sleep(0.05)
+        except OSError as e:
+            raise os_error(e, lock, "create lock") from None
     try:
-        os.close(fd)
+        _write_lock(fd, lock, {"pid": os.getpid(), "host": socket.gethostname()})
+        crash_point("experts.manifest")
         fn()
     finally:
         lock.unlink(missing_ok=True)
@@ -299,14 +378,15 @@ def _check_compatible(out: Path, header: dict) -> None:
     mpath = out / MANIFEST
     if not mpath.exists():
         if any(out.iterdir()) and not any(out.glob("expert-*")):
-            raise UsageError("buffer folder is not empty and holds no expert buffer; choose another -o", path=str(out))
+            raise OutputError("buffer folder is not empty and holds no expert buffer; choose another -o", path=str(out))
         return
     try:
         old = json.loads(mpath.read_text())
-    except json.JSONDecodeError:
+    except ValueError:
         raise InputDataError("manifest.json is not valid JSON", path=str(mpath)) from None
-    if old.get("format") != FORMAT:
-        raise UsageError("folder holds a manifest.json that is not an expert buffer", path=str(out))
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise OutputError("folder holds a manifest.json that is not an expert buffer; choose another -o",
+                          path=str(out))
     if old.get("identity") != _identity(header):
         diff = [k for k in ("network", "normalization", "training") if old.get(k) != header[k]]
         if old.get("input", {}).get("fingerprint") != header["input"]["fingerprint"]:
@@ -315,6 +395,15 @@ def _check_compatible(out: Path, header: dict) -> None:
             diff.append("holdout")
         raise UsageError(f"buffer was made with different settings ({', '.join(diff) or 'split'}); "
                          "use another -o or the same settings", path=str(out))
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temp files and broken-lock leftovers of writers that are dead (this host's pids only)."""
+    remove_dead_temps(out)
+    for p in out.glob("*.lock.broken-*"):
+        pid = p.name.rpartition(".broken-")[2].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
 
 
 def split_indices(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,6 +428,7 @@ def train_experts(real: RealData, out: str | Path, *, num_experts: int, config: 
     from ..nets.functional import flat_params
 
     cfg = config
+    warn = warn_via(log)
     log = log or (lambda _: None)
     if num_experts < 1:
         raise UsageError(f"--num-experts must be >= 1, got {num_experts}")
@@ -352,25 +442,32 @@ def train_experts(real: RealData, out: str | Path, *, num_experts: int, config: 
     c, h, w = real.image_shape
     param_count = flat_params(build_net(cfg.model, c, real.num_classes, (h, w))).numel()
     header = _header(real, cfg, holdout, test, param_count, train_idx.numel(), held_idx.numel())
-    out = Path(out).absolute()
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(Path(out).absolute())
     _check_compatible(out, header)
+    _remove_leftovers(out)
     _refresh_manifest(out, header)
     data = _Data(real, train_idx, held_idx, test, cfg.eval_max, device)
+    shape = (cfg.epochs + 1, param_count)
     done, busy, trained = [], [], []
     t0 = time.time()
     for i in range(num_experts):
-        if (out / expert_name(i, "json")).exists():
+        if (out / expert_name(i, "json")).exists() and expert_problem(out, i, shape) is None:
             done.append(i)
             continue
         lock = claim(out, i, stale_after)
         if lock is None:
             busy.append(i)
             continue
+        crash_point("experts.claimed")
         try:
-            if (out / expert_name(i, "json")).exists():  # finished by another process before our claim
-                done.append(i)
-                continue
+            if (out / expert_name(i, "json")).exists():  # finished by another process before our claim?
+                bad = expert_problem(out, i, shape)
+                if bad is None:
+                    done.append(i)
+                    continue
+                moved = [m.name for m in (move_aside(out / expert_name(i, "json")),
+                                          move_aside(out / expert_name(i, "npy"))) if m is not None]
+                warn(f"expert {i} is damaged ({bad[1]}); moved aside as {', '.join(moved)}, retraining", bad[0])
             meta = _train_one(out, i, data, cfg, header, device, lock, progress, log)
             trained.append(i)
             log({"event": "expert_done", "expert": i, **{k: meta[k] for k in ("seconds", "final_accuracy")}})
@@ -415,8 +512,8 @@ def _train_one(out: Path, i: int, data: _Data, cfg: ExpertConfig, header: dict, 
                     generator=g).to(device)
     P = net_cfg["param_count"]
     npy = out / expert_name(i, "npy")
-    tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
-    snaps = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=(cfg.epochs + 1, P))
+    tmp = temp_path(npy)
+    snaps = _open_snapshots(tmp, npy, (cfg.epochs + 1, P))
     snaps[0] = flat_params(net).detach().cpu().numpy()
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_teacher, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     aug = cfg.dsa_strategy if cfg.dsa else None
@@ -433,6 +530,7 @@ def _train_one(out: Path, i: int, data: _Data, cfg: ExpertConfig, header: dict, 
             if not np.isfinite(loss):
                 raise NonFiniteLoss(f"expert {i}: training loss became {loss} at epoch {ep + 1}; lower lr_teacher")
             snaps[ep + 1] = flat_params(net).detach().cpu().numpy()
+            crash_point("experts.epoch")
             for k, (xe, ye) in data.evals.items():
                 acc[k].append(round(accuracy(net, xe, ye, device=device), 4))
                 net.train()
@@ -442,13 +540,17 @@ def _train_one(out: Path, i: int, data: _Data, cfg: ExpertConfig, header: dict, 
                  **{f"{k}_acc": v[-1] for k, v in acc.items()}})
             if progress:
                 progress(ep + 1, cfg.epochs, f"expert {i}")
-        snaps.flush()
-        del snaps
-        digest = _sha256(tmp)
-        os.replace(tmp, npy)
+        try:
+            snaps.flush()
+            del snaps
+            digest = _sha256(tmp)
+            os.replace(tmp, npy)
+        except OSError as e:
+            raise os_error(e, npy) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    crash_point("experts.npy")
     meta = {"expert": i, "seed": seed, "epochs": cfg.epochs, "lr": cfg.lr_teacher, "optimizer": cfg.optimizer,
             "param_count": P, "shape": [cfg.epochs + 1, P], "dtype": "float32 little-endian",
             "train_loss": losses, "accuracy": acc,
@@ -457,6 +559,26 @@ def _train_one(out: Path, i: int, data: _Data, cfg: ExpertConfig, header: dict, 
             "torch": torch.__version__, "finished": time.time()}
     _write_json(out / expert_name(i, "json"), meta)  # last: marks the expert complete
     return meta
+
+
+def _open_snapshots(tmp: Path, npy: Path, shape: tuple[int, int]) -> np.memmap:
+    """A writable memmap [E+1, P] at `tmp` whose blocks are reserved up front: writing through a
+    memmap into a full disk is a SIGBUS, not an error, so the space is claimed with fallocate and
+    a full disk becomes a ResourceError (naming `npy`) before training starts."""
+    try:
+        snaps = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=shape)
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        finally:
+            os.close(fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise os_error(e, npy) from None
+    return snaps
 
 
 def gsam_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,

@@ -3,20 +3,27 @@
 Pretrained weights cannot be downloaded, so the teacher is trained here, once per input
 (cached by the input's content fingerprint and the teacher config), or loaded from
 `--teacher PATH` (a state dict saved by dcompress, read with `weights_only=True`).
+
+Cache entries are written atomically (`io.safe_write`: a full disk is a ResourceError) and a
+damaged one is moved aside and retrained; a damaged `--teacher` is the user's input, so it is
+an InputDataError (exit 4) naming the file, and the file is never touched.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import InputDataError
+from ..checkpoint import warn_via
+from ..errors import DcompressError, InputDataError
+from ..faults import crash_point
+from ..io.safe_write import ensure_dir, move_aside, np_save, remove_dead_temps, torch_save, write_json
 from ..types import EvalProtocol, RealData, RunSpec
 from .loop import train_epoch
 
@@ -65,33 +72,76 @@ def teacher_cache_path(real: RealData, cfg: TeacherConfig, cache_dir: Path) -> P
 
 def load_teacher_net(model: str, path: str | Path, image_shape, num_classes: int,
                      device: torch.device) -> torch.nn.Module:
-    """Builds `model` and loads a saved teacher state dict (weights only, no unpickling)."""
+    """Builds `model` and loads a saved teacher state dict (weights only, no unpickling).
+
+    Raises:
+        InputDataError naming `path` when the file is missing, unreadable, not a state dict
+        `weights_only` accepts, or a state dict of another shape or network.
+    """
     from ..nets import build_net
 
     c, h, w = image_shape
-    net = build_net(model, c, num_classes, (h, w))
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        net = build_net(model, c, num_classes, (h, w))
+    except DcompressError as e:
+        raise InputDataError(f"teacher network {model!r} cannot be built: {e.detail}", path=str(path)) from None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputDataError(f"cannot read teacher checkpoint: {e.strerror or e}", path=str(path)) from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+        net.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - truncated, refused pickle, wrong keys/shapes: all unusable
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise InputDataError(f"not a usable {model} teacher state dict for {c}x{h}x{w} inputs and {num_classes} "
+                             f"classes ({reason})", path=str(path)) from None
     return net.to(device).eval()
 
 
+def read_sidecar(path: Path) -> dict:
+    """The teacher's `.json` sidecar; InputDataError naming it when missing, not JSON, or without "model"."""
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputDataError("teacher sidecar is missing (a teacher needs the .pt file and its .json sidecar)",
+                             path=str(path)) from None
+    except OSError as e:
+        raise InputDataError(f"cannot read teacher sidecar: {e.strerror or e}", path=str(path)) from None
+    except ValueError as e:
+        raise InputDataError(f"teacher sidecar is not valid JSON ({e})", path=str(path)) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+        raise InputDataError('teacher sidecar has no "model" name', path=str(path), key="model")
+    return meta
+
+
 def get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig = TeacherConfig(), log=None) -> Teacher:
-    """Loads `spec.teacher`, or the cached teacher for this input, or trains and caches one."""
+    """Loads `spec.teacher`, or the cached teacher for this input, or trains and caches one.
+
+    A user's `--teacher` that is missing or unusable is an InputDataError (the file is left
+    alone); an unusable cache entry is moved aside (`*.corrupt-<timestamp>`) and retrained.
+    """
     from ..nets import build_net
 
     c, h, w = real.image_shape
     if spec.teacher is not None:
         path = Path(spec.teacher)
-        meta_path = path.with_suffix(".json")
-        if not path.exists() or not meta_path.exists():
-            raise InputDataError("teacher checkpoint needs the .pt file and its .json sidecar", path=str(path))
-        meta = json.loads(meta_path.read_text())
+        if not path.is_file():
+            raise InputDataError("teacher checkpoint not found (--teacher needs the .pt file and its .json "
+                                 "sidecar)", path=str(path))
+        meta = read_sidecar(path.with_suffix(".json"))
         net = load_teacher_net(meta["model"], path, real.image_shape, real.num_classes, spec.device)
         return Teacher(net, {**meta, "path": str(path), "source": "user"})
     path = teacher_cache_path(real, cfg, spec.cache_dir)
     if path.exists() and path.with_suffix(".json").exists():
-        meta = json.loads(path.with_suffix(".json").read_text())
-        net = load_teacher_net(cfg.model, path, real.image_shape, real.num_classes, spec.device)
-        return Teacher(net, {**meta, "path": str(path), "source": "cache"})
+        try:
+            meta = read_sidecar(path.with_suffix(".json"))
+            net = load_teacher_net(cfg.model, path, real.image_shape, real.num_classes, spec.device)
+            return Teacher(net, {**meta, "path": str(path), "source": "cache"})
+        except InputDataError as e:
+            _discard_cache_entry(path, e, log)
     t0 = time.time()
     g = torch.Generator().manual_seed(cfg.seed)
     net = build_net(cfg.model, c, real.num_classes, (h, w), generator=g).to(spec.device)
@@ -113,15 +163,22 @@ def get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig = TeacherConfi
     meta = {"model": cfg.model, "config": dataclasses.asdict(cfg), "train_samples": int(idx.numel()),
             "train_accuracy": round(train_acc, 4), "train_seconds": round(time.time() - t0, 1),
             "input_fingerprint": real.source.get("fingerprint")}
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
+    remove_dead_temps(path.parent)
     # sidecar first, checkpoint last, both by rename: a reader that sees the .pt sees a whole .json
-    tmp_meta = path.with_name(path.stem + f".json.tmp-{os.getpid()}")
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, path.with_suffix(".json"))
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
+    write_json(path.with_suffix(".json"), meta)
+    crash_point("teacher.save")
+    torch_save(path, net.state_dict())
     return Teacher(net, {**meta, "path": str(path), "source": "trained"})
+
+
+def _discard_cache_entry(path: Path, err: InputDataError, log) -> None:
+    """Moves an unusable cached teacher (and its sidecar) aside; drops feature caches made from it."""
+    moved = [m for m in (move_aside(path), move_aside(path.with_suffix(".json"))) if m is not None]
+    for feats in path.parent.glob(path.stem + ".features*.npy"):
+        feats.unlink(missing_ok=True)
+    warn_via(log)(f"unusable cached teacher ({err.detail}); moved to {', '.join(m.name for m in moved)}, "
+                  "training a new one", path)
 
 
 def selection_protocol(soft: bool) -> EvalProtocol:
@@ -129,24 +186,40 @@ def selection_protocol(soft: bool) -> EvalProtocol:
     return EvalProtocol(name="dc-soft" if soft else "dc", epochs=300, soft_labels=soft)
 
 
+def _features_cache(teacher: Teacher, real: RealData) -> Path | None:
+    """`<teacher>.features-<key>.npy`, keyed by the input fingerprint and the teacher file's size
+    and mtime: a user's teacher file can serve several inputs, and be overwritten."""
+    path = teacher.info.get("path")
+    if not path:
+        return None
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{real.source.get('fingerprint')}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return Path(path).with_suffix(f".features-{key}.npy")
+
+
 def teacher_features(teacher: Teacher, real: RealData, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
     """Penultimate embeddings of every real sample [N, D] (float32, CPU), cached next to
-    the teacher checkpoint so repeated selections on the same input skip the forward passes."""
+    the teacher checkpoint so repeated selections on the same input skip the forward passes.
+    An unreadable cache is recomputed; a full disk while writing it is a ResourceError."""
     import numpy as np
 
-    path = teacher.info.get("path")
-    cache = Path(path).with_suffix(".features.npy") if path else None
+    cache = _features_cache(teacher, real)
     if cache is not None and cache.exists():
-        arr = np.load(cache, allow_pickle=False)
-        if arr.shape[0] == len(real):
-            return torch.from_numpy(arr.astype(np.float32))
+        try:
+            arr = np.load(cache, allow_pickle=False)
+            if arr.ndim == 2 and arr.shape[0] == len(real) and arr.dtype.kind == "f":
+                return torch.from_numpy(arr.astype(np.float32))
+        except (OSError, ValueError, EOFError):
+            pass  # truncated or foreign: recomputed and overwritten below
     outs = []
     for start in range(0, len(real), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(real)))
         outs.append(teacher.features(real.get(idx, device), device))
     feats = torch.cat(outs)
     if cache is not None:
-        tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}.npy")
-        np.save(tmp, feats.numpy(), allow_pickle=False)
-        os.replace(tmp, cache)
+        crash_point("teacher.features")
+        np_save(cache, feats.numpy())
     return feats
