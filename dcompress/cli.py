@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .errors import DcompressError, Interrupted, ResourceError, from_os_error
+from .errors import DcompressError, Interrupted, ResourceError, os_error
 
 MAX_PIXELS_DEFAULT = 64_000_000   # io.shards.MAX_PIXELS (not imported: it would pull torch in)
 
@@ -162,7 +162,7 @@ def _failure(e: BaseException) -> DcompressError:
             or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
         return ResourceError(f"out of memory ({type(e).__name__}: {str(e)[:200]}); use a smaller batch or input")
     if isinstance(e, OSError):
-        return from_os_error(e, "running")
+        return os_error(e, action="run", writing=False)
     return DcompressError(f"internal error ({type(e).__name__}: {e}); please report it with the command line "
                           "(set DCOMPRESS_DEBUG=1 for the traceback)")
 

@@ -82,17 +82,18 @@ class NonFiniteLoss(DcompressError):
     exit_code = 1
 
 
-def from_os_error(e: OSError, action: str) -> DcompressError:
-    """Maps an OSError met while `action` (e.g. "writing the output") to our exit codes:
-    a full disk is a ResourceError (7), a read-only or misplaced location an OutputError (5)."""
+def os_error(e: OSError, path=None, action: str = "write", *, writing: bool = True) -> DcompressError:
+    """Our exception for an OSError met while doing `action` on `path` (default: the error's own
+    filename): a full disk or quota is a ResourceError (7); a read-only, forbidden or misplaced
+    location an OutputError (5), as is any other failure while `writing`; else a DcompressError (1)."""
     import errno
 
-    path = e.filename or None
+    path = str(path) if path is not None else (e.filename or None)
     why = e.strerror or str(e)
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return ResourceError(f"out of disk space while {action} ({why}); free space and rerun", path=path)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOMEM):
+        return ResourceError(f"cannot {action}: {why} (free some space or choose another location)", path=path)
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return OutputError(f"location is not writable while {action} ({why})", path=path)
-    if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-        return OutputError(f"path is in the way while {action} ({why})", path=path)
-    return DcompressError(f"I/O error while {action} ({why})", path=path)
+        return OutputError(f"cannot {action}: {why} (location is read-only or not writable)", path=path)
+    if writing or e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return OutputError(f"cannot {action}: {why}", path=path)
+    return DcompressError(f"cannot {action}: {why}", path=path)

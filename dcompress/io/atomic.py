@@ -24,7 +24,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..errors import BusyError, OutputError, UsageError, from_os_error
+from ..errors import BusyError, OutputError, UsageError, os_error
 from ..faults import crash_point
 from .manifest import MANIFEST
 
@@ -138,12 +138,12 @@ class OutputLock:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise from_os_error(e, f"creating the {self.what}'s parent folder") from None
+            raise os_error(e, action=f"create the {self.what}'s parent folder") from None
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise from_os_error(e, f"locking the {self.what}") from None
+                raise os_error(e, self.path, f"lock the {self.what}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -246,14 +246,14 @@ class AtomicDir:
                 shutil.rmtree(self.tmp)
             self.tmp.mkdir()
         except OSError as e:
-            raise from_os_error(e, "creating the output folder") from None
+            raise os_error(e, action="create the output folder") from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             if isinstance(exc, OSError):
-                raise from_os_error(exc, "writing the output") from None
+                raise os_error(exc, action="write the output") from None
             return
         try:
             if self.target.exists() and _exchange(self.tmp, self.target):
@@ -268,6 +268,6 @@ class AtomicDir:
             os.replace(self.tmp, self.target)
         except OSError as e:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            raise from_os_error(e, "swapping in the output") from None
+            raise os_error(e, self.target, "swap in the output") from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
+
+from ..errors import os_error
+from .safe_write import write_bytes
 
 METRICS = "metrics.jsonl"
 ITERATION_KEYS = ("iteration", "it", "epoch")
@@ -119,8 +121,11 @@ class MetricsLog:
             row["seconds"] = round(self._offset + self.clock() - self._t0, 3)
             self._new.append(row)
             if self.path is not None and self._settled:
-                with open(self.path, "a") as f:
-                    f.write(json.dumps(row, allow_nan=False) + "\n")
+                try:
+                    with open(self.path, "a") as f:
+                        f.write(json.dumps(row, allow_nan=False) + "\n")
+                except OSError as e:
+                    raise os_error(e, self.path, "append to the metrics log") from None
         if self.forward is not None:
             self.forward(event)
 
@@ -140,9 +145,7 @@ class MetricsLog:
     def _rewrite(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(jsonl_bytes(self._old + self._new))
-        os.replace(tmp, self.path)
+        write_bytes(self.path, jsonl_bytes(self._old + self._new), fsync=False)
 
     def rows(self) -> list[dict]:
         """Every row of the run (kept rows of earlier attempts first). A run that never

@@ -14,7 +14,6 @@ naming the target path. Nothing here pickles: `np_save` refuses object arrays an
 """
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -22,21 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from ..errors import DcompressError, OutputError, ResourceError
-
-NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOMEM}
-NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def os_error(e: OSError, path: str | Path, action: str = "write") -> DcompressError:
-    """Our exception for an OSError met while doing `action` on `path`."""
-    why = e.strerror or str(e)
-    if e.errno in NO_SPACE:
-        return ResourceError(f"cannot {action}: {why} (free some space or choose another location)", path=str(path))
-    if e.errno in NOT_WRITABLE:
-        return OutputError(f"cannot {action}: {why} (location is read-only or not writable)", path=str(path))
-    return OutputError(f"cannot {action}: {why}", path=str(path))
-
+from ..errors import OutputError, os_error  # os_error: the one OSError map, re-exported for callers here
 
 def temp_path(path: Path) -> Path:
     """`<name>.tmp-<pid>` next to `path`: the pid lets a later run remove leftovers of dead writers."""
