@@ -559,12 +559,7 @@ def _good_png() -> bytes:
 def _mode_png(mode: str) -> Callable[[], bytes]:
     from PIL import Image
 
-    def make() -> bytes:
-        g = Image.fromarray(gray())
-        if mode == "I;16":
-            return pil_bytes(Image.fromarray((gray().astype(np.uint16) * 257)), "PNG")
-        return pil_bytes(g.convert(mode), "PNG")
-    return make
+    return lambda: pil_bytes(Image.fromarray(gray()).convert(mode), "PNG")
 
 
 BAD_IMAGES: dict[str, Callable[[], dict]] = {
@@ -949,11 +944,10 @@ def _config_file(content: bytes | Callable[[Path], bytes] | None, *, kind: str =
 
 
 def _alias_bomb() -> bytes:
-    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for i, n in enumerate("bcdefghi"):
-        prev = "a" if i == 0 else "bcdefghi"[i - 1]
-        lines.append(f"{n}: &{n} [" + ",".join([f"*{prev}"] * 9) + "]")
-    lines.append("dsa_strategy: *i")
+    """`dsa_strategy:` a list whose last item nests 9 levels of 9 aliases (9^9 strings by reference)."""
+    lines = ["dsa_strategy:", '  - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, n in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"  - &{n} [" + ",".join([f"*{prev}"] * 9) + "]")
     return "\n".join(lines).encode()
 
 
@@ -1067,10 +1061,6 @@ def _idx_images_file(content: bytes, gz: bool = True):
         img.write_bytes(gzip.compress(content, mtime=0) if gz else content)
         return d
     return setup
-
-
-def _idx_raw(header: bytes, body: bytes = b"") -> bytes:
-    return header + body
 
 
 add("config/shard-cmd-size-zero", 2, _shard(_idx_folder, "--shard-size", "0"), ["--shard-size"])
