@@ -59,6 +59,12 @@ def ipc_from(real: RealData, ipc: int | None, ratio: float | None) -> int:
     return ipc
 
 
+def check_seed(seed: int) -> None:
+    """UsageError unless 0 <= seed < 2**63 (torch generators take a 64-bit seed)."""
+    if not 0 <= seed < 2 ** 63:
+        raise UsageError(f"--seed must be in [0, 2**63), got {seed}")
+
+
 def check_limits(**limits: tuple[int | None, int]) -> None:
     """UsageError naming the option when a value is below its minimum: name=(value, minimum)."""
     for name, (value, low) in limits.items():
@@ -110,6 +116,11 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     """
     m_cls = get_method(method)
     cfg = resolve_config(m_cls.Config, file=config, sets=list(sets))
+    foreign = sorted(set(options or {}) - set(m_cls.info.extras))
+    if foreign:
+        raise UsageError(f"--{foreign[0].replace('_', '-')} does not apply to --method {method} "
+                         f"(it takes: {', '.join('--' + e.replace('_', '-') for e in m_cls.info.extras) or 'none'})")
+    check_seed(seed)
     if labels not in LABEL_MODES:
         raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     check_size(ipc, ratio)
@@ -148,7 +159,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             return {"status": "ok", "up_to_date": True, "out": str(out), "method": method, "ipc": n_ipc,
                     "samples": prior.get("num_samples"), "resumed_from": None,
                     "timings": {"read_s": round(t_read, 2)}}
-        ckpt = Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume, log=log)
+        ckpt = Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume, log=log,
+                            quarantine=default_paths()["cache"] / "quarantine")
         try:
             return _fit_and_write(real, m_cls, cfg, method, out=out, n_ipc=n_ipc, ratio=ratio, seed=seed, dev=dev,
                                   resume=resume, labels=labels, teacher=teacher, shard_size=shard_size,

@@ -45,6 +45,21 @@ def warn_via(log: Callable[[dict], None] | None) -> Callable[[str, Path], None]:
     return warn
 
 
+def _check_like(state: dict, like: dict, where: str = "") -> None:
+    """ValueError when a tensor of `like` is missing from `state` or differs in shape/dtype."""
+    for k, v in like.items():
+        name = f"{where}{k}"
+        if isinstance(v, torch.Tensor):
+            got = state.get(k)
+            if not isinstance(got, torch.Tensor) or got.shape != v.shape or got.dtype != v.dtype:
+                found = f"{got.dtype} {list(got.shape)}" if isinstance(got, torch.Tensor) else type(got).__name__
+                raise ValueError(f"{name}: expected {v.dtype} {list(v.shape)}, found {found}")
+        elif isinstance(v, dict):
+            if not isinstance(state.get(k), dict):
+                raise ValueError(f"{name}: expected a dict")
+            _check_like(state[k], v, f"{name}.")
+
+
 class Checkpointer:
     """Atomic save/load of a method's loop state in a run's work folder.
 
@@ -55,11 +70,14 @@ class Checkpointer:
         resume: when False, existing state is discarded.
         log: receives `{"event": "warning", ...}` when damaged state is moved aside
             (default: Python warnings).
+        quarantine: folder that receives damaged state files (default: the work folder, which
+            is removed when the run completes; the API passes `<cache>/quarantine`).
     """
 
     def __init__(self, work_dir: Path, identity: dict, *, every: int = 50, resume: bool = True,
-                 log: Callable[[dict], None] | None = None):
+                 log: Callable[[dict], None] | None = None, quarantine: Path | None = None):
         self.dir = Path(work_dir)
+        self.quarantine = quarantine
         self.every = int(every)
         self.key = run_key(identity)
         self.path = self.dir / STATE
@@ -85,8 +103,8 @@ class Checkpointer:
             if not isinstance(obj, dict) or not isinstance(obj.get("key"), str):
                 raise ValueError("no run key")
         except ValueError as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            moved = move_aside(meta)
-            self.warn(f"unreadable checkpoint identity ({e}); moved to {moved.name if moved else '?'}, "
+            moved = move_aside(meta, dest_dir=self.quarantine)
+            self.warn(f"unreadable checkpoint identity ({e}); moved to {moved or '?'}, "
                       "starting fresh", meta)
             return False
         return obj["key"] == self.key
@@ -101,12 +119,19 @@ class Checkpointer:
             else:
                 p.unlink(missing_ok=True)
 
-    def load(self) -> dict[str, Any] | None:
-        """The last saved state, or None (nothing saved, or the file was damaged and moved aside)."""
+    def load(self, like: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The last saved state, or None (nothing saved, or the file was damaged and moved aside).
+
+        Args:
+            like: the method's fresh state; every tensor in it must be present in the saved
+                state with the same shape and dtype, else the checkpoint is unusable.
+        """
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            data = b""                       # unusable: moved aside below
         except OSError as e:
             raise os_error(e, self.path, "read checkpoint") from None
         try:
@@ -114,11 +139,11 @@ class Checkpointer:
             if not isinstance(state, dict):
                 raise ValueError(f"holds a {type(state).__name__}, not a dict")
             iteration = int(state["iteration"])
+            _check_like(state, like or {})
         except Exception as e:  # noqa: BLE001 - truncated zip, refused pickle, wrong content: all mean unusable
-            moved = move_aside(self.path)
+            moved = move_aside(self.path, dest_dir=self.quarantine)
             reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-            self.warn(f"unusable checkpoint ({reason}); moved to {moved.name if moved else '?'}, starting fresh",
-                      self.path)
+            self.warn(f"unusable checkpoint ({reason}); moved to {moved or '?'}, starting fresh", self.path)
             return None
         self.resumed_from = iteration
         return state

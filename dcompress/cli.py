@@ -230,7 +230,7 @@ def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST)
 
 
 @app.command()
-def distill(urls: List[str] = typer.Argument(..., help="brace pattern(s), shard list, pipe: URL, or a folder/manifest from `dcompress shard`"),
+def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace pattern(s), shard list, pipe: URL, or a folder/manifest from `dcompress shard`"),
             method: str = typer.Option(..., "--method", "-m", help="see `dcompress methods`"),
             output: Path = typer.Option(..., "-o", "--out", help="output folder (written atomically)"),
             ipc: Optional[int] = typer.Option(None, "--ipc", help="images per class"),
@@ -285,7 +285,7 @@ def _show_distill(report: dict) -> None:
 
 
 @app.command()
-def experts(urls: List[str] = typer.Argument(..., help="training shards (URLS as for distill)"),
+def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="training shards (URLS as for distill)"),
             output: Path = typer.Option(..., "-o", "--out", help="buffer folder (resumable; several processes may fill it)"),
             num_experts: int = typer.Option(..., "--num-experts", help="complete experts wanted in the buffer"),
             epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs per expert (default 50); E+1 snapshots"),
@@ -302,7 +302,7 @@ def experts(urls: List[str] = typer.Argument(..., help="training shards (URLS as
             allow_manifest_urls: bool = ALLOW_URLS,
             as_json: bool = JSON) -> None:
     """Train expert trajectories (MTT/DATM) into a memory-mappable buffer."""
-    from .api import check_limits, load_real, resolve_device
+    from .api import check_limits, check_seed, load_real, resolve_device
     from .config import resolve_config
     from .io.atomic import check_not_input
     from .io.shards import is_remote, resolve_urls
@@ -311,8 +311,10 @@ def experts(urls: List[str] = typer.Argument(..., help="training shards (URLS as
     base = {k: v for k, v in {"epochs": epochs, "optimizer": optimizer, "holdout": holdout}.items() if v is not None}
 
     def work(prog: _Progress) -> dict:
+        check_limits(num_experts=(num_experts, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
+                     max_pixels=(max_pixels, 1))
+        check_seed(seed)
         cfg = resolve_config(ExpertConfig, file=config, sets=sets, base={**base, "seed": seed})
-        check_limits(num_experts=(num_experts, 1), max_bad=(max_bad, 0), max_pixels=(max_pixels, 1))
         dev = resolve_device(device)
         inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
         check_not_input(output, [u for u in inp.urls if not is_remote(u)], inp.folders)
@@ -362,7 +364,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
              cache_dir: Optional[Path] = CACHE,
              as_json: bool = JSON) -> None:
     """Train fresh networks on a compressed set and report test accuracy (vs random)."""
-    from .api import check_limits, load_real, resolve_device
+    from .api import check_limits, check_seed, load_real, resolve_device
     from .io.shards import recorded_urls, resolve_urls
     from .loader import load
     from .train.evaluate import evaluate as api_evaluate
@@ -370,6 +372,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
     def work(prog: _Progress) -> dict:
         check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
                      max_pixels=(max_pixels, 1))
+        check_seed(seed)
         _use_cache(cache_dir)
         dev = resolve_device(device)
         ds = load(target)                        # checks the output (structure, checksums) before any reading

@@ -22,6 +22,15 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _short(value: Any) -> str:
+    """A bounded repr: a YAML alias bomb (9^9 shared items) must not be printed whole."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 3, 4, 4, 60, 60
+    return r.repr(value)
+
+
 def _coerce(key: str, value: Any, tp: Any, origin: str) -> Any:
     """Converts `value` (YAML-parsed or string) to type `tp`; UsageError names key and origin."""
     args = typing.get_args(tp)
@@ -37,11 +46,11 @@ def _coerce(key: str, value: Any, tp: Any, origin: str) -> Any:
                 return _coerce(key, value, a, origin)
             except UsageError as e:
                 errors.append(str(e))
-        raise UsageError(f"{origin}: bad value {value!r} for {key!r} (expected {tp})")
+        raise UsageError(f"{origin}: bad value {_short(value)} for {key!r} (expected {tp})")
     if typing.get_origin(tp) is typing.Literal:
         if value in args:
             return value
-        raise UsageError(f"{origin}: {key!r} must be one of {list(args)}, got {value!r}")
+        raise UsageError(f"{origin}: {key!r} must be one of {list(args)}, got {_short(value)}")
     try:
         if tp is bool:
             if isinstance(value, bool):
@@ -68,7 +77,7 @@ def _coerce(key: str, value: Any, tp: Any, origin: str) -> Any:
                 value = [v for v in value.split(",") if v]
             return tuple(_coerce(key, v, args[0], origin) for v in value)
     except (TypeError, ValueError):
-        raise UsageError(f"{origin}: bad value {value!r} for {key!r} (expected {getattr(tp, '__name__', tp)})") from None
+        raise UsageError(f"{origin}: bad value {_short(value)} for {key!r} (expected {getattr(tp, '__name__', tp)})") from None
     return value
 
 
@@ -186,9 +195,12 @@ def validate(cfg: Any) -> None:
             raise UsageError(f"{name}: {f.name!r} must be {rule[1]}, got {v}", key=f.name)
     model, strategy = getattr(cfg, "model", None), getattr(cfg, "dsa_strategy", None)
     if isinstance(model, str):
-        from .nets import _resolve
+        from .nets import NetConfigError, _resolve
 
-        _resolve(model.lower(), {})          # NetConfigError (a UsageError) names the unknown network
+        try:
+            _resolve(model.lower(), {})
+        except NetConfigError as e:
+            raise UsageError(f"{name}: 'model': {e}", key="model") from None
     if isinstance(strategy, str):
         from .augment.dsa import parse_strategy
 

@@ -8,15 +8,14 @@ manifest are never touched, so `verify` is unaffected. `--grid PATH` writes else
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from .errors import OutputError
 from .io.figures import class_grid, loss_curve, png_bytes
 from .io.metrics import METRICS, read_metrics
 from .io.output import GRID, LOSS, figure_title
+from .io.safe_write import ensure_dir, write_bytes
 from .loader import load
 from .types import denormalize_to_u8
 
@@ -28,17 +27,10 @@ def _folder(out: str | Path) -> Path:
 
 
 def _write_atomic(dest: Path, data: bytes) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and dest.read_bytes() == data:
         return dest
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
-    except PermissionError:
-        tmp.unlink(missing_ok=True)
-        raise OutputError("not writable; pass --grid PATH to write the pictures elsewhere", path=str(dest)) from None
-    return dest
+    ensure_dir(dest.parent)
+    return write_bytes(dest, data, fsync=False)
 
 
 def grid_png(out: str | Path, dest: str | Path | None = None, *, max_per_class: int = 10) -> Path:

@@ -42,6 +42,10 @@ def _check_block(block, mpath: Path) -> dict:
     if not names or not all(isinstance(n, str) for n in names):
         raise InputDataError("must be a non-empty list of strings", path=str(mpath), key="dcompress.class_names")
     norm = block["normalization"]
+    if not isinstance(norm.get("mean"), list) or not isinstance(norm.get("std"), list) \
+            or len(norm["mean"]) != len(norm["std"]) or len(norm["mean"]) != (block["image_shape"] or [0])[0]:
+        raise InputDataError(f"mean and std must each have one value per image channel (image_shape "
+                             f"{block['image_shape']})", path=str(mpath), key="dcompress.normalization")
     for k in ("mean", "std"):
         v = norm.get(k)
         if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) for x in v) \
@@ -53,14 +57,32 @@ def _check_block(block, mpath: Path) -> dict:
                              key="dcompress.image_shape")
     if not isinstance(block["labels"].get("kind"), str):
         raise InputDataError("missing", path=str(mpath), key="dcompress.labels.kind")
-    try:
-        EvalProtocol(**block["eval_protocol"])
-    except TypeError as e:
-        raise InputDataError(f"not a valid evaluation protocol ({e})", path=str(mpath), key="dcompress.eval_protocol") from None
+    _check_protocol(block["eval_protocol"], mpath)
     learned = block.get("learned") or {}
     if not isinstance(learned, dict) or not (learned.get("lr") is None or isinstance(learned["lr"], (int, float))):
         raise InputDataError("must be an object with a numeric lr", path=str(mpath), key="dcompress.learned")
     return block
+
+
+def _check_protocol(proto: dict, mpath: Path) -> None:
+    """Every field of the stored evaluation protocol known and of its declared type."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(EvalProtocol)
+    fields = {f.name for f in dataclasses.fields(EvalProtocol)}
+    for k, v in proto.items():
+        key = f"dcompress.eval_protocol.{k}"
+        if k not in fields:
+            raise InputDataError("unknown evaluation protocol field", path=str(mpath), key=key)
+        allowed = typing.get_args(hints[k]) or (hints[k],)
+        ok = any(v is None if a is type(None) else
+                 (isinstance(v, (int, float)) and not isinstance(v, bool)) if a is float else
+                 (isinstance(v, int) and not isinstance(v, bool)) if a is int else isinstance(v, a)
+                 for a in allowed)
+        if not ok:
+            raise InputDataError(f"must be {' or '.join(getattr(a, '__name__', str(a)) for a in allowed)}, "
+                                 f"found {v!r}", path=str(mpath), key=key)
 
 
 def _shard_bytes(path: str, row: dict, mpath: Path) -> bytes:

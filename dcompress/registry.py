@@ -20,6 +20,8 @@ class MethodInfo:
         description: one line.
         needs_experts: True when the method consumes an expert-trajectory buffer.
         needs_teacher: True when the method itself needs a trained teacher network.
+        extras: the method-specific CLI options it reads from `RunSpec.options`
+            (e.g. DQ's `bins`); giving one to another method is a usage error.
     """
 
     name: str
@@ -27,6 +29,7 @@ class MethodInfo:
     description: str
     needs_experts: bool = False
     needs_teacher: bool = False
+    extras: tuple[str, ...] = ()
 
 
 _METHODS: dict[str, type] = {}

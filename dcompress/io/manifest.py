@@ -60,6 +60,8 @@ def read_manifest(path: str | Path) -> dict:
         raise InputDataError("manifest path is a folder", path=str(path)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputDataError(f"not valid JSON ({e})", path=str(path)) from None
+    except RecursionError:
+        raise InputDataError("JSON nested too deeply", path=str(path)) from None
     except OSError as e:
         raise InputDataError(f"cannot read manifest ({e.strerror or e})", path=str(path)) from None
     if not isinstance(obj, dict):
@@ -73,6 +75,8 @@ def read_manifest(path: str | Path) -> dict:
     if not isinstance(rows, list):
         raise InputDataError(f"must be a list of shard rows, found {type(rows).__name__}", path=str(path),
                              key="shardlist")
+    if not rows:
+        raise InputDataError("lists no shards", path=str(path), key="shardlist")
     for i, row in enumerate(rows):
         where = f"shardlist[{i}]"
         if not isinstance(row, dict):
@@ -162,8 +166,8 @@ def verify(out_dir: str | Path) -> dict:
             continue
         missing = [k for k in ("filesize", "md5sum", "nsamples") if k not in row]
         if missing:
-            problems.append(f"{path}: manifest row has no {', '.join(missing)}")
-            continue
+            raise InputDataError(f"row has no {', '.join(missing)}: nothing to verify against", path=str(mpath),
+                                 key=f"shardlist[{manifest['shardlist'].index(row)}]")
         if path.stat().st_size != row["filesize"]:
             problems.append(f"{path}: size {path.stat().st_size} != manifest {row['filesize']}")
         digest = md5_file(path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -101,16 +102,24 @@ def ensure_dir(path: str | Path) -> Path:
     return path
 
 
-def move_aside(path: str | Path, tag: str = "corrupt") -> Path | None:
-    """Renames `path` to `<name>.<tag>-<YYYYmmdd-HHMMSS>` in the same folder (never deleted, so a
-    person can look at it); returns the new path, or None when `path` vanished meanwhile."""
+def move_aside(path: str | Path, tag: str = "corrupt", dest_dir: str | Path | None = None) -> Path | None:
+    """Renames `path` to `<name>.<tag>-<YYYYmmdd-HHMMSS>` in the same folder, or in `dest_dir`
+    (a quarantine that outlives the run's work folder), never deleting it, so a person can look
+    at it; returns the new path, or None when `path` vanished meanwhile."""
     path = Path(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = path.with_name(f"{path.name}.{tag}-{stamp}")
+    folder = Path(dest_dir) if dest_dir is not None else path.parent
+    if dest_dir is not None:
+        ensure_dir(folder)
+    dest = folder / f"{path.name}.{tag}-{stamp}"
     if dest.exists():
-        dest = path.with_name(f"{path.name}.{tag}-{stamp}-{os.getpid()}-{time.time_ns()}")
+        dest = folder / f"{path.name}.{tag}-{stamp}-{os.getpid()}-{time.time_ns()}"
     try:
-        os.replace(path, dest)
+        if dest_dir is not None and not path.is_dir():
+            shutil.copy2(path, dest)        # across filesystems too; then drop the original
+            path.unlink()
+        else:
+            os.replace(path, dest)
     except FileNotFoundError:
         return None
     except OSError as e:

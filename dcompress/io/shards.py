@@ -56,10 +56,41 @@ class ResolvedInput:
     folders: list[Path] = field(default_factory=list)
 
 
+def _pattern_size(item: str) -> int:
+    """How many urls a brace pattern names, counted without expanding it (numeric ranges and
+    comma lists; a conservative product over the groups)."""
+    size = 1
+    for group in re.findall(r"\{([^{}]*)\}", item):
+        m = re.fullmatch(r"\s*(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?\s*", group)
+        if m:
+            step = abs(int(m.group(3) or 1)) or 1
+            size *= abs(int(m.group(2)) - int(m.group(1))) // step + 1
+        else:
+            size *= group.count(",") + 1
+    return size
+
+
+def _check_shard_file(url: str, source: str | None = None) -> None:
+    """InputDataError unless `url` is a non-empty regular file (named in `source`'s terms)."""
+    p = Path(url)
+    where = f" (listed in {source})" if source else ""
+    if not p.exists():
+        raise InputDataError(f"shard not found{where}", path=url)
+    if not p.is_file():
+        raise InputDataError(f"expected a shard file, found a {'folder' if p.is_dir() else 'special file'}{where}",
+                             path=url)
+    if p.stat().st_size == 0:
+        raise InputDataError(f"shard is an empty file{where}", path=url)
+
+
 def _expand(item: str) -> list[str]:
     """Brace pattern or quoted glob -> list of urls (the user's own words: pipe: is theirs)."""
     from braceexpand import UnbalancedBracesError
 
+    if "{}" in item:
+        raise UsageError(f"empty brace group '{{}}' in URL {item!r}")
+    if _pattern_size(item) > MAX_SHARDS:
+        raise UsageError(f"URL pattern {item!r} expands to more than {MAX_SHARDS} shards")
     try:
         urls = list(itertools.islice(braceexpand(item), MAX_SHARDS + 1))
     except UnbalancedBracesError:
@@ -93,9 +124,15 @@ def resolve_urls(spec: str | Iterable[str], *, allow_manifest_urls: bool = False
         p = Path(item)
         if not is_remote(item) and (p.is_dir() or p.suffix == ".json"):
             mpath = p / MANIFEST if p.is_dir() else p
+            if mpath.exists() and not mpath.is_file():
+                raise InputDataError("manifest.json is not a file", path=str(mpath))
             if mpath.is_file():
                 manifest = read_manifest(mpath)
-                urls += shard_paths(mpath, manifest, trust_urls=allow_manifest_urls)
+                rows = shard_paths(mpath, manifest, trust_urls=allow_manifest_urls)
+                for url in rows:
+                    if not is_remote(url):
+                        _check_shard_file(url, str(mpath))
+                urls += rows
                 folders.append(mpath.parent.absolute())
                 continue
             if p.is_dir():
@@ -109,10 +146,7 @@ def resolve_urls(spec: str | Iterable[str], *, allow_manifest_urls: bool = False
             raise InputDataError("manifest file not found", path=item)
         for url in _expand(item):
             if not is_remote(url):
-                if not Path(url).exists():
-                    raise InputDataError("shard not found", path=url)
-                if Path(url).is_dir():
-                    raise InputDataError("expected a shard file, found a folder", path=url)
+                _check_shard_file(url)
             urls.append(url)
     if manifest is None:
         manifest = _sibling_manifest(urls)
@@ -251,6 +285,35 @@ def parse_label(raw) -> int:
     return value
 
 
+def _shard_samples(urls: list[str], bad: BadSamples):
+    """Samples of every shard, one shard at a time so that each problem names its shard.
+
+    A shard that cannot be opened at all (a `pipe:` command or curl failing) is unusable input
+    (InputDataError, like a missing file); unreadable data inside a shard and member names that
+    are not `key.ext` relative paths are counted bad samples; a member twice in one sample is a
+    duplicate key (InputDataError).
+    """
+    for url in urls:
+        def handler(exn: Exception, url=url) -> bool:
+            if describe_stream_error(exn).startswith("command"):
+                raise InputDataError(f"cannot read shard: {describe_stream_error(exn)}", path=url) from None
+            if "duplicate file name" in str(exn):
+                raise InputDataError(f"a member appears twice in one sample ({str(exn).split(':')[0]})",
+                                     path=url) from None
+            bad.add(f"{url}: unreadable shard data: {describe_stream_error(exn)}")
+            return True
+
+        def select(name: str, url=url) -> bool:
+            base = name.rsplit("/", 1)[-1]
+            if name.startswith("/") or ".." in name.split("/") or "." not in base or base.startswith("."):
+                bad.add(f"{url}: member {name!r} is not a relative 'key.ext' name (skipped)")
+                return False
+            return True
+
+        yield from wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=handler,
+                                                                                        select_files=select))
+
+
 def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
               max_pixels: int | None = MAX_PIXELS, progress: Callable[[int], None] | None = None) -> RealData:
     """Streams every shard once and decodes it into an in-memory RealData.
@@ -262,19 +325,13 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
     the class list) raise InputDataError (exit 4), the label bound at the first offending sample.
     """
     bad = BadSamples(max_bad=max_bad)
-
-    def handler(exn: Exception) -> bool:
-        bad.add(f"unreadable shard data: {describe_stream_error(exn)}")
-        return True
-
-    pipeline = wds.DataPipeline(wds.SimpleShardList(inp.urls), wds.tarfile_to_samples(handler=handler))
     images: list[np.ndarray] = []
     labels: list[int] = []
     keys: list[str] = []
     seen: dict[str, str] = {}
     shape = None
-    for sample in pipeline:
-        key, url = sample["__key__"], sample.get("__url__", "?")
+    for sample in _shard_samples(inp.urls, bad):
+        key, url = sample["__key__"], sample["__url__"]
         if key in seen:
             raise InputDataError(f"duplicate key (also in {seen[key]})", path=url, key=key)
         seen[key] = url

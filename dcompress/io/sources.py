@@ -49,12 +49,12 @@ def idx_samples(src: Path, split: str) -> tuple[Iterator[tuple[str, np.ndarray, 
                 return src / name
         raise InputDataError(f"no {prefix}-{kind}-idx*-ubyte(.gz) file", path=str(src))
 
-    images, labels = read_idx(find("images")), read_idx(find("labels"))
-    if images.ndim != 3 or labels.ndim != 1:
-        raise InputDataError(f"expected images [N, H, W] and labels [N], found {list(images.shape)} and "
-                             f"{list(labels.shape)}", path=str(src))
-    if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
-        raise InputDataError(f"idx images are empty ({list(images.shape)})", path=str(src))
+    ipath, lpath = find("images"), find("labels")
+    images, labels = read_idx(ipath), read_idx(lpath)
+    if images.ndim != 3 or 0 in images.shape:
+        raise InputDataError(f"expected images [N, H, W] with N, H, W > 0, found {list(images.shape)}", path=str(ipath))
+    if labels.ndim != 1:
+        raise InputDataError(f"expected labels [N], found {list(labels.shape)}", path=str(lpath))
     if images.shape[0] != labels.shape[0]:
         raise InputDataError(f"{images.shape[0]} images but {labels.shape[0]} labels", path=str(src))
     num_classes = int(labels.max()) + 1

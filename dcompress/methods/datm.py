@@ -121,7 +121,7 @@ class _FinalThetas:
 @register_method
 class DATM(MTT):
     info = MethodInfo("datm", "synthesis", "difficulty-aligned trajectory matching with learned soft labels",
-                      needs_experts=True)
+                      needs_experts=True, extras=("experts",))
 
     @dataclass(frozen=True)
     class Config(MTT.Config):

@@ -121,7 +121,8 @@ class DD:
         batches = [b.to(dev) for b in step_batches(K, spec.ipc, steps)]
         per_epoch = math.ceil(len(real) / cfg.batch_real)
         total = cfg.epochs * per_epoch if cfg.iterations is None else min(cfg.iterations, cfg.epochs * per_epoch)
-        state = spec.ckpt.load() if spec.ckpt is not None else None
+        like = {"images": torch.empty(K * spec.ipc, *shape), "raw": torch.empty(T)}
+        state = spec.ckpt.load(like=like) if spec.ckpt is not None else None
         if state is None:
             init = noise_init if cfg.pix_init == "noise" else real_init
             x0 = init(real, spec.ipc, generator, dev)

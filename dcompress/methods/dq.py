@@ -84,7 +84,7 @@ def load_features(path: str, real: RealData) -> np.ndarray:
 @register_method
 class DQ:
     info = MethodInfo("dq", "selection", "Dataset Quantization: GraphCut bins on a kNN graph, uniform per-bin sampling",
-                      needs_teacher=True)
+                      needs_teacher=True, extras=("bins", "features", "keep_bins", "from_bins"))
 
     @dataclass(frozen=True)
     class Config:

@@ -150,7 +150,7 @@ def init_images(real: RealData, ipc: int, init: str, generator: torch.Generator,
 def restore(spec: RunSpec, images: torch.Tensor, opt: torch.optim.Optimizer, generator: torch.Generator,
             log) -> int:
     """Loads the run's last checkpoint into (images, opt, generator); returns the next iteration."""
-    state = spec.ckpt.load() if spec.ckpt is not None else None
+    state = spec.ckpt.load(like={"images": images}) if spec.ckpt is not None else None
     if state is None:
         return 0
     with torch.no_grad():

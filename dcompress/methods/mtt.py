@@ -165,7 +165,7 @@ def expert_buffer(real: RealData, spec: RunSpec, cfg, log: LogFn) -> tuple[Exper
 @register_method
 class MTT:
     info = MethodInfo("mtt", "synthesis", "matching training trajectories of expert networks (learned lr)",
-                      needs_experts=True)
+                      needs_experts=True, extras=("experts",))
 
     @dataclass(frozen=True)
     class Config:
@@ -238,7 +238,7 @@ class MTT:
         labels = class_labels(real.num_classes, spec.ipc).to(dev)
         n = labels.numel()
         batch_syn = cfg.batch_syn or n
-        state = spec.ckpt.load() if spec.ckpt is not None else None
+        state = spec.ckpt.load(like={"images": torch.empty(n, c, h, w)}) if spec.ckpt is not None else None
         info: dict = {"experts": buf_info, "lr_parametrisation": "lr_teacher * exp(u), step lr_lr / lr_teacher^2"}
         if state is None:
             x0, init_info = self.init_images(real, spec, buf, net, generator)

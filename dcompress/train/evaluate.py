@@ -44,8 +44,13 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
         proto = dataclasses.replace(proto, model=model)
     if epochs is not None:
         proto = dataclasses.replace(proto, epochs=epochs)
+    test_where = (test.source.get("urls") or ["--test"])[0]
     if list(test.image_shape) != list(ds.images.shape[1:]):
-        raise InputDataError(f"test images are {test.image_shape}, compressed set is {tuple(ds.images.shape[1:])}")
+        raise InputDataError(f"test images are {test.image_shape} (CxHxW), the compressed set's are "
+                             f"{tuple(ds.images.shape[1:])}", path=test_where)
+    if int(test.labels.max()) >= len(ds.classes):
+        raise InputDataError(f"test label {int(test.labels.max())} is outside the compressed set's "
+                             f"{len(ds.classes)} classes", path=test_where)
     n_test = len(test) if test_limit is None else min(test_limit, len(test))
     tg = torch.Generator().manual_seed(seed)
     tidx = torch.randperm(len(test), generator=tg)[:n_test] if n_test < len(test) else torch.arange(len(test))

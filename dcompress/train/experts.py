@@ -160,15 +160,25 @@ class ExpertBuffer:
         if not isinstance(self.config, dict) or self.config.get("format") != FORMAT:
             raise InputDataError(f"manifest.json is not a {FORMAT} manifest", path=str(mpath), key="format")
         try:
-            if int(self.config.get("format_version", 0)) > FORMAT_VERSION:
-                raise InputDataError(f"buffer format {self.config['format_version']} is newer than this dcompress "
-                                     f"({FORMAT_VERSION})", path=str(mpath))
+            version = self.config.get("format_version", 0)
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise InputDataError(f"must be an integer, found {version!r}", path=str(mpath), key="format_version")
+            if version > FORMAT_VERSION:
+                raise InputDataError(f"buffer format {version} is newer than this dcompress ({FORMAT_VERSION})",
+                                     path=str(mpath), key="format_version")
             self.network: dict = self.config["network"]
             self.epochs: int = int(self.config["training"]["epochs"])
             self.param_count: int = int(self.network["param_count"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InputDataError(f"manifest.json lacks a valid network/training entry ({e!r})",
                                  path=str(mpath)) from None
+        from ..nets import NetConfigError, _resolve
+
+        try:
+            _resolve(str(self.network.get("name")), {})
+        except NetConfigError as e:
+            raise InputDataError(f"buffer was made with a network this dcompress does not know ({e})",
+                                 path=str(mpath), key="network.name") from None
         self.ids = complete_ids(self.path)
         for i in self.ids:   # headers only: a damaged expert fails here, not hours into a run
             bad = expert_problem(self.path, i, (self.epochs + 1, self.param_count))

@@ -89,8 +89,10 @@ def _under(p: Path, roots) -> bool:
     return any(r is not None and (p == r or r in p.parents) for r in roots)
 
 
-def tree_problems(built: Built, tmp: Path, before: dict, after: dict, ok: bool) -> list[str]:
-    """What changed in the case folder that the contract does not allow."""
+def tree_problems(built: Built, tmp: Path, before: dict, after: dict, ok: bool,
+                  quarantine: Path | None = None) -> list[str]:
+    """What changed in the case folder that the contract does not allow. A damaged file may be
+    kept aside in the case folder or in the cache's `quarantine` folder."""
     roots = [built.out, *built.may_change] if ok else []
     aside = hashlib.md5(built.aside).hexdigest() if (ok and built.aside) else None
     new = sorted(k for k in after if k not in before)
@@ -109,7 +111,10 @@ def tree_problems(built: Built, tmp: Path, before: dict, after: dict, ok: bool) 
         problems.append("removed: " + ", ".join(gone[:6]))
     if changed:
         problems.append("modified: " + ", ".join(changed[:6]))
-    if aside and not any(v == aside for k, v in after.items() if not _under(tmp / k, [built.out])):
+    kept = {v for k, v in after.items() if not _under(tmp / k, [built.out])}
+    if quarantine is not None and quarantine.is_dir():
+        kept |= set(snapshot(quarantine).values())
+    if aside and aside not in kept:
         problems.append("no copy of the damaged file was kept aside")
     return problems
 
@@ -128,7 +133,7 @@ def _summary(r: Result) -> str:
     return f"stderr: {lines[-1][:300]}" if lines else f"stdout: {r.stdout.strip()[:200]!r}"
 
 
-def check(case: Case, built: Built, r: Result, tmp: Path, before: dict) -> None:
+def check(case: Case, built: Built, r: Result, tmp: Path, before: dict, quarantine: Path | None = None) -> None:
     problems: list[str] = []
     if r.timed_out:
         problems.append(f"did not finish within {case.timeout:.0f} s")
@@ -156,7 +161,7 @@ def check(case: Case, built: Built, r: Result, tmp: Path, before: dict) -> None:
             if missing:
                 problems.append(f"error does not name {missing}")
     after = snapshot(tmp)
-    problems += tree_problems(built, tmp, before, after, ok=r.code == 0 and not r.timed_out)
+    problems += tree_problems(built, tmp, before, after, ok=r.code == 0 and not r.timed_out, quarantine=quarantine)
     if r.code == 0 and built.argv[0] in ("distill", "shard") and built.out is not None:
         if not (built.out / "manifest.json").is_file():
             problems.append(f"exit 0 but {built.out.name}/manifest.json was not written")
@@ -202,7 +207,7 @@ def proc_runs(request, resources, tmp_path_factory):
         built = case.build(tmp, resources)
         before = snapshot(tmp)
         fut = pool.submit(run_subprocess, built.argv, cwd=built.cwd, timeout=case.timeout, cache=cache)
-        runs[case.id] = (built, tmp, before, fut)
+        runs[case.id] = (built, tmp, before, fut, cache / "quarantine")
     yield runs
     pool.shutdown(wait=True, cancel_futures=True)
 
@@ -228,10 +233,10 @@ def test_fuzz(case: Case, resources: Resources, proc_runs, tmp_path: Path, monke
     if built.cwd is not None:
         monkeypatch.chdir(built.cwd)
     r = run_inprocess(built.argv)
-    check(case, built, r, tmp_path, before)
+    check(case, built, r, tmp_path, before, quarantine=Path(os.environ["DCOMPRESS_CACHE"]) / "quarantine")
 
 
 @pytest.mark.parametrize("case", PROC, ids=[c.id for c in PROC])
 def test_fuzz_subprocess(case: Case, proc_runs):
-    built, tmp, before, fut = proc_runs[case.id]
-    check(case, built, fut.result(), tmp, before)
+    built, tmp, before, fut, quarantine = proc_runs[case.id]
+    check(case, built, fut.result(), tmp, before, quarantine=quarantine)
