@@ -86,9 +86,22 @@ def load_real(urls: str | Iterable[str] | ResolvedInput, *, max_bad: int = 100, 
     return read_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=tick)
 
 
-def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int) -> dict:
+def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int, *, labels: str = "auto",
+         teacher: str | Path | None = None, options: dict | None = None) -> dict:
     c, h, w = real.image_shape
     m_cls = get_method(method)
+    cache = default_paths()["cache"]
+    spec = RunSpec(ipc=ipc, cache_dir=cache, teacher=Path(teacher) if teacher else None)
+    mode = labels if labels != "auto" else ("teacher" if m_cls.info.kind == "selection" else
+                                             "learned if the method learns labels, else hard")
+    stages = {"read": f"{len(real)} samples decoded", "fit": f"{method} ({m_cls.info.kind})"}
+    if m_cls.info.needs_teacher:
+        stages["teacher (features)"] = _teacher_plan(real, spec)
+    if m_cls.info.needs_experts:
+        stages["experts"] = str((options or {}).get("experts") or f"default buffer under {cache / 'experts'} "
+                                                                  "(trained when missing)")
+    stages["labels"] = mode + (f": {_teacher_plan(real, spec)}" if mode == "teacher" else "")
+    stages["write"] = f"{ipc * real.num_classes} samples"
     n_out = ipc * real.num_classes
     def member(nbytes: float) -> float:  # tar: 512-byte header + data padded to 512
         return 512 + 512 * math.ceil(nbytes / 512)
@@ -98,7 +111,7 @@ def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int) -> dict:
             "class_counts": real.class_counts(), "input_samples": len(real), "image_shape": [c, h, w],
             "ipc": ipc, "output_samples": n_out, "shards": max(1, math.ceil(n_out / shard_size)),
             "estimated_output_bytes": int(n_out * per_sample + 10240), "config": config_dict(cfg),
-            "bad_samples": real.source["bad_samples"]}
+            "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache)}
 
 
 def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio: float | None = None,
@@ -136,7 +149,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         t0 = time.time()
         real = real or load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=progress)
         return {"status": "dry-run", "read_s": round(time.time() - t0, 2),
-                "plan": plan(real, method, ipc_from(real, ipc, ratio), cfg, shard_size)}
+                "plan": plan(real, method, ipc_from(real, ipc, ratio), cfg, shard_size, labels=labels, teacher=teacher,
+                             options=options)}
     request = {"method": method, "config": config_dict(cfg), "ipc": ipc, "ratio": ratio, "seed": seed,
                "device": dev.type, "labels": labels, "options": {k: str(v) for k, v in (options or {}).items()},
                "teacher": str(teacher) if teacher else None, "version": __version__}
@@ -157,8 +171,9 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
                 raise refuse_existing(out)
             shutil.rmtree(work_dir_for(out), ignore_errors=True)
             return {"status": "ok", "up_to_date": True, "out": str(out), "method": method, "ipc": n_ipc,
-                    "samples": prior.get("num_samples"), "resumed_from": None,
-                    "timings": {"read_s": round(t_read, 2)}}
+                    "samples": prior["num_samples"], "shards": prior["shards"], "labels": prior["labels"],
+                    "learned_lr": prior["learned_lr"], "bad_samples": real.source["bad_samples"]["count"],
+                    "resumed_from": None, "timings": {"read_s": round(t_read, 2)}}
         ckpt = Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume, log=log,
                             quarantine=default_paths()["cache"] / "quarantine")
         try:
@@ -174,8 +189,10 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
 def _prior_run(out: Path) -> dict | None:
     """The `run` record (key + request) of an existing output, with its sample count."""
     try:
-        block = read_manifest(out)["dcompress"]
-        return {**block["run"], "num_samples": block.get("num_samples")}
+        manifest = read_manifest(out)
+        block = manifest["dcompress"]
+        return {**block["run"], "num_samples": block.get("num_samples"), "shards": len(manifest["shardlist"]),
+                "labels": block["labels"]["kind"], "learned_lr": block["learned"]["lr"]}
     except (DcompressError, KeyError, TypeError):
         return None
 
@@ -209,6 +226,16 @@ def _announcing_resume(progress: ProgressFn | None, ckpt: Checkpointer, log) -> 
     return wrapped
 
 
+def _teacher_plan(real: RealData, spec: RunSpec) -> str:
+    """Where the teacher comes from: the user's file, the cache, or a training run (cached)."""
+    from .train.teacher import TeacherConfig, teacher_cache_path
+
+    if spec.teacher is not None:
+        return f"--teacher {spec.teacher}"
+    path = teacher_cache_path(real, TeacherConfig(), spec.cache_dir)
+    return f"cached {path}" if path.is_file() else f"not cached yet: trained on the input, then cached as {path}"
+
+
 def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc: int, ratio, seed: int, dev,
                    resume: bool, labels: str, teacher, shard_size: int, ckpt: Checkpointer, options, progress,
                    log, t_read: float, run: dict) -> dict:
@@ -218,6 +245,7 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
                    cache_dir=default_paths()["cache"], teacher=Path(teacher) if teacher else None,
                    options={"ratio": ratio, **(options or {})}, progress=progress, ckpt=ckpt)
     generator = torch.Generator().manual_seed(seed)
+    log({"event": "note", "text": f"stage fit: {method} (IPC {n_ipc})"})
     t1 = time.time()
     cset = m_cls(cfg).fit(real, spec, generator=generator, log=log)
     t_fit = time.time() - t1
@@ -225,17 +253,21 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     if mode == "auto":
         mode = "learned" if cset.logits is not None else ("teacher" if m_cls.info.kind == "selection" else "hard")
     teacher_info = None
+    t_labels = time.time()
     if mode == "learned":
         if cset.logits is None:
             raise UsageError(f"--labels learned: method {method!r} does not learn labels")
     elif mode == "teacher":
+        log({"event": "note", "text": f"stage labels: teacher soft labels ({_teacher_plan(real, spec)})"})
         t = get_teacher(real, spec, log=log)
         teacher_info = t.info
         cset.logits = t.logits(cset.images, dev)
     else:
         cset.logits = one_hot_logits(cset.labels, real.num_classes)
+    t_labels = time.time() - t_labels
     cset.label_kind = mode
     protocol = dataclasses.replace(cset.protocol, soft_labels=mode != "hard")
+    log({"event": "note", "text": f"stage write: {len(cset)} samples into {out}"})
     t2 = time.time()
     block = {
         "version": __version__, "kind": "compressed",
@@ -255,7 +287,7 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
         "run": run,
         "env": env_versions(),
     }
-    block["timings"] = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2)}
+    block["timings"] = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2), "labels_s": round(t_labels, 2)}
     manifest = write_output(out, cset, class_names=real.class_names, mean=real.mean, std=real.std,
                             method=method, block=block, shard_size=shard_size, metrics=metrics.rows())
     crash_point("distill.written")

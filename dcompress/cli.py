@@ -278,7 +278,8 @@ def _show_distill(report: dict) -> None:
         table.add_column("item")
         table.add_column("value")
         for k, v in report["plan"].items():
-            table.add_row(k, str(v))
+            for name, value in (v.items() if k == "stages" else [(None, v)]):
+                table.add_row(f"stage {name}" if name else k, str(value))
         out.print(table)
         return
     _kv(report)
