@@ -425,7 +425,19 @@ def verify(target: Path = typer.Argument(..., metavar="OUT"), as_json: bool = JS
 
 
 def main() -> None:
-    app()
+    """Console entry point. An interrupted run exits with 130/143 through `os._exit` after
+    flushing: after a Ctrl-C early in a run, CPython was seen to re-kill itself with SIGINT at
+    shutdown although the KeyboardInterrupt had been handled and reported (the caller saw a
+    death by signal, -2, instead of 130); CPython does this when it believes a KeyboardInterrupt
+    went unhandled (`unhandled_keyboard_interrupt` in its runtime state)."""
+    try:
+        app()
+    except SystemExit as e:
+        if e.code in (130, 143):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code)
+        raise
 
 
 if __name__ == "__main__":
