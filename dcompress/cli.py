@@ -330,13 +330,9 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
 @app.command()
 def methods(as_json: bool = JSON) -> None:
     """List registered methods with their options."""
-    from .registry import list_methods
+    from .registry import catalog
 
-    rows = []
-    for cls in list_methods():
-        opts = {f.name: f.default for f in dataclasses.fields(cls.Config)}
-        rows.append({"name": cls.info.name, "kind": cls.info.kind, "description": cls.info.description,
-                     "needs_experts": cls.info.needs_experts, "options": opts})
+    rows = [{k: m[k] for k in ("name", "kind", "description", "needs_experts", "options")} for m in catalog()]
     if as_json:
         print(json.dumps({"status": "ok", "methods": rows}, default=str))
         return

@@ -5,7 +5,10 @@ Adding a method = one module under `dcompress/methods/` with a class decorated b
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -58,6 +61,32 @@ def list_methods() -> list[type]:
     """All registered method classes, sorted by kind then name."""
     _load_builtin()
     return sorted(_METHODS.values(), key=lambda c: (c.info.kind, c.info.name))
+
+
+CATALOG = Path(__file__).with_name("methods") / "catalog.json"
+
+
+def build_catalog() -> list[dict]:
+    """Every registered method's metadata and options (config key -> default), from the classes
+    themselves (imports the methods, hence torch). `tools/gen_method_catalog.py` writes it to
+    CATALOG; `tests/unit/test_registry.py` fails when the file and the classes disagree."""
+    rows = []
+    for cls in list_methods():
+        i = cls.info
+        rows.append({"name": i.name, "kind": i.kind, "description": i.description, "needs_experts": i.needs_experts,
+                     "needs_teacher": i.needs_teacher, "extras": list(i.extras),
+                     "options": {f.name: _jsonable(f.default) for f in dataclasses.fields(cls.Config)}})
+    return rows
+
+
+def catalog() -> list[dict]:
+    """The method catalog without importing any method (no torch): `dcompress methods` answers
+    from this in well under a second."""
+    return json.loads(CATALOG.read_text())
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
 
 
 def _load_builtin() -> None:

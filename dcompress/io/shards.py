@@ -32,7 +32,16 @@ from .manifest import MANIFEST, read_manifest, shard_paths
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "ppm", "pgm", "pbm", "bmp", "tif", "tiff")
 
 
-REMOTE = ("pipe:", "http:", "https:")
+REMOTE = ("pipe:", "http:", "https:", "s3:", "gs:")
+# user-typed remote urls -> (client program, shell command reading the object to stdout). curl gets
+# short timeouts: webdataset's own (30 retries x 30 s connect timeout) hides an unreachable host
+# for many minutes.
+_CLIENTS = {
+    "http": ("curl", "curl -f -sS -L --connect-timeout 15 --retry 2 --retry-delay 1 {url}"),
+    "https": ("curl", "curl -f -sS -L --connect-timeout 15 --retry 2 --retry-delay 1 {url}"),
+    "s3": ("aws", "aws s3 cp --quiet {url} -"),
+    "gs": ("gsutil", "gsutil -q cat {url}"),
+}
 MAX_LABEL = 1_000_000       # labels at or above this are an input error (a class list that size is a bug)
 MAX_PIXELS = 64_000_000     # default --max-pixels: decompression-bomb guard, checked from the header
 MAX_SHARDS = 1_000_000      # a brace pattern expanding past this is a typo, not a dataset
@@ -40,6 +49,22 @@ MAX_SHARDS = 1_000_000      # a brace pattern expanding past this is a typo, not
 
 def is_remote(url: str) -> bool:
     return url.startswith(REMOTE)
+
+
+def opener_url(url: str) -> str:
+    """What webdataset opens for a user-typed url: local paths and `pipe:` as they are; http(s),
+    s3 and gs objects through their command-line client (UsageError naming the missing client)."""
+    import shlex
+    import shutil
+
+    scheme = url.split(":", 1)[0]
+    if scheme not in _CLIENTS:
+        return url
+    client, command = _CLIENTS[scheme]
+    if shutil.which(client) is None:
+        raise UsageError(f"{scheme}:// urls are read with `{client}`, which is not on PATH; install it, or read "
+                         f"the shard with your own command as a pipe: url", path=url)
+    return "pipe:" + command.format(url=shlex.quote(url))
 
 
 @dataclass
@@ -310,8 +335,11 @@ def _shard_samples(urls: list[str], bad: BadSamples):
                 return False
             return True
 
-        yield from wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=handler,
-                                                                                        select_files=select))
+        pipeline = wds.DataPipeline(wds.SimpleShardList([opener_url(url)]),
+                                    wds.tarfile_to_samples(handler=handler, select_files=select))
+        for sample in pipeline:
+            sample["__url__"] = url
+            yield sample
 
 
 def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
