@@ -211,6 +211,19 @@ def _after_failure(e: BaseException, ckpt: Checkpointer) -> None:
     e.dcompress_hint = hint
 
 
+def _collecting_stages(log, stages: dict[str, float]):
+    """Forwards `log` events, summing `{"event": "stage"}` times into `stages` (teacher, features:
+    they run inside fit or labels and are reported apart) and announcing each as a note."""
+    def collect(ev: dict) -> None:
+        if ev.get("event") == "stage":
+            stages[ev["stage"]] = stages.get(ev["stage"], 0.0) + float(ev.get("seconds", 0.0))
+            detail = f" ({ev['source']}: {ev['path']})" if ev.get("source") else ""
+            ev = {"event": "note", "text": f"stage {ev['stage']}: {ev.get('seconds')} s{detail}"}
+        if log is not None:
+            log(ev)
+    return collect
+
+
 def _announcing_resume(progress: ProgressFn | None, ckpt: Checkpointer, log) -> ProgressFn | None:
     """Wraps `progress` so that the first report after a checkpoint load says where the run resumes."""
     if progress is None:
@@ -239,7 +252,8 @@ def _teacher_plan(real: RealData, spec: RunSpec) -> str:
 def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc: int, ratio, seed: int, dev,
                    resume: bool, labels: str, teacher, shard_size: int, ckpt: Checkpointer, options, progress,
                    log, t_read: float, run: dict) -> dict:
-    log = metrics = MetricsLog(ckpt.file(METRICS), forward=log)   # metrics.jsonl survives a resume
+    stages: dict[str, float] = {}
+    log = metrics = MetricsLog(ckpt.file(METRICS), forward=_collecting_stages(log, stages))  # survives a resume
     progress = _announcing_resume(progress, ckpt, log)
     spec = RunSpec(ipc=n_ipc, device=dev, seed=seed, work_dir=ckpt.dir, resume=resume, ckpt_every=ckpt.every,
                    cache_dir=default_paths()["cache"], teacher=Path(teacher) if teacher else None,
@@ -287,7 +301,8 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
         "run": run,
         "env": env_versions(),
     }
-    block["timings"] = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2), "labels_s": round(t_labels, 2)}
+    block["timings"] = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2), "labels_s": round(t_labels, 2),
+                        **{f"{k}_s": round(v, 2) for k, v in stages.items()}}
     manifest = write_output(out, cset, class_names=real.class_names, mean=real.mean, std=real.std,
                             method=method, block=block, shard_size=shard_size, metrics=metrics.rows())
     crash_point("distill.written")

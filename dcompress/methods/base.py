@@ -52,7 +52,7 @@ def select_on_teacher_features(real: RealData, spec: RunSpec, log: LogFn,
     from ..train.teacher import get_teacher, teacher_features
 
     check_ipc(real, spec.ipc)
-    feats = teacher_features(get_teacher(real, spec, log=log), real, spec.device)
+    feats = teacher_features(get_teacher(real, spec, log=log), real, spec.device, log=log)
     picks = []
     for c in range(real.num_classes):
         pool = real.class_indices(c)

@@ -151,7 +151,7 @@ class DQ:
         from ..train.teacher import get_teacher, teacher_features
 
         teacher = get_teacher(real, spec, log=log)
-        emb = teacher_features(teacher, real, spec.device)
+        emb = teacher_features(teacher, real, spec.device, log=log)
         if source == "teacher":
             return emb.numpy()
         logits = torch.cat([teacher.logits(real.get(torch.arange(s, min(s + 1024, len(real)))), spec.device)

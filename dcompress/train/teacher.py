@@ -118,6 +118,17 @@ def read_sidecar(path: Path) -> dict:
 
 
 def get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig = TeacherConfig(), log=None) -> Teacher:
+    """Loads `spec.teacher`, or the cached teacher for this input, or trains and caches one;
+    reports the stage's time as a `{"event": "stage", "stage": "teacher"}` log record."""
+    t0 = time.time()
+    teacher = _get_teacher(real, spec, cfg, log)
+    if log:
+        log({"event": "stage", "stage": "teacher", "seconds": round(time.time() - t0, 2),
+             "source": teacher.info.get("source"), "path": teacher.info.get("path")})
+    return teacher
+
+
+def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teacher:
     """Loads `spec.teacher`, or the cached teacher for this input, or trains and caches one.
 
     A user's `--teacher` that is missing or unusable is an InputDataError (the file is left
@@ -200,7 +211,18 @@ def _features_cache(teacher: Teacher, real: RealData) -> Path | None:
     return Path(path).with_suffix(f".features-{key}.npy")
 
 
-def teacher_features(teacher: Teacher, real: RealData, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+def teacher_features(teacher: Teacher, real: RealData, device: torch.device, batch_size: int = 1024,
+                     log=None) -> torch.Tensor:
+    """Penultimate embeddings of every real sample, timed as a `{"event": "stage", "stage":
+    "features"}` log record (see `_teacher_features`)."""
+    t0 = time.time()
+    feats = _teacher_features(teacher, real, device, batch_size)
+    if log:
+        log({"event": "stage", "stage": "features", "seconds": round(time.time() - t0, 2)})
+    return feats
+
+
+def _teacher_features(teacher: Teacher, real: RealData, device: torch.device, batch_size: int) -> torch.Tensor:
     """Penultimate embeddings of every real sample [N, D] (float32, CPU), cached next to
     the teacher checkpoint so repeated selections on the same input skip the forward passes.
     An unreadable cache is recomputed; a full disk while writing it is a ResourceError."""
