@@ -164,6 +164,10 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=progress)
         n_ipc = ipc_from(real, ipc, ratio)
         t_read = time.time() - t0
+        if log is not None:
+            log({"event": "note", "text": f"stage read: {len(real)} samples, {real.num_classes} classes from "
+                                          f"{len(real.source['urls'])} shard(s) in {t_read:.1f} s "
+                                          f"({real.source['bad_samples']['count']} bad)"})
         identity = {"method": method, "config": config_dict(cfg), "ipc": n_ipc, "seed": seed, "device": dev.type,
                     "fingerprint": real.source["fingerprint"], "options": options or {}, "labels": labels}
         if prior is not None:
