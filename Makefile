@@ -22,7 +22,7 @@ data:
 	else echo "Fashion-MNIST is missing: run 'sudo apt-get install -y dataset-fashion-mnist' (puts the idx files in $(FMNIST))"; exit 1; fi
 
 test: install data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-all: install data
 	$(BIN)/python -m pytest -q -m ""

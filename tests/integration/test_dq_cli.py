@@ -58,7 +58,8 @@ def test_dq_end_to_end_with_keep_and_from_bins(shards, tmp_path):
     assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
     again = tmp_path / "dq2"
     r, rep = run("distill", shards["train"], "--method", "dq", "--ratio", "0.5", "--from-bins", out, "-o", again, "--json")
-    assert r.exit_code == 0, r.output and rep["samples"] == 18
+    assert r.exit_code == 0, r.output
+    assert rep["samples"] == 18
     assert sorted(m["bin"] for m in sample_meta(again) if m["class"] == 0) == [0, 0, 1, 1, 2, 3]
 
 
