@@ -22,7 +22,10 @@ from .io.atomic import OutputLock, check_not_input, check_target, refuse_existin
 from .io.manifest import read_manifest
 from .io.metrics import METRICS, MetricsLog
 from .io.output import one_hot_logits, write_output
-from .io.shards import MAX_PIXELS, ResolvedInput, env_versions, is_remote, read_real, resolve_urls
+from .io.reader import read_real
+from .io.urls import ResolvedInput, is_remote, resolve_urls
+from .io.writer import env_versions
+from .limits import MAX_PIXELS
 from .registry import get_method
 from .train.teacher import get_teacher
 from .types import RealData, RunSpec, default_paths

@@ -7,7 +7,6 @@ usage errors that Click itself detects. Every exception maps to an exit code in 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -24,8 +23,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from .errors import DcompressError, Interrupted, ResourceError, os_error
+from .limits import MAX_PIXELS as MAX_PIXELS_DEFAULT
 
-MAX_PIXELS_DEFAULT = 64_000_000   # io.shards.MAX_PIXELS (not imported: it would pull torch in)
 
 
 def _click_types(name: str) -> tuple[type, ...]:
@@ -306,7 +305,7 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
     from .api import check_limits, check_seed, load_real, resolve_device
     from .config import resolve_config
     from .io.atomic import check_not_input
-    from .io.shards import is_remote, resolve_urls
+    from .io.urls import is_remote, resolve_urls
     from .train.experts import ExpertConfig, train_experts
 
     base = {k: v for k, v in {"epochs": epochs, "optimizer": optimizer, "holdout": holdout}.items() if v is not None}
@@ -362,7 +361,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
              as_json: bool = JSON) -> None:
     """Train fresh networks on a compressed set and report test accuracy (vs random)."""
     from .api import check_limits, check_seed, load_real, resolve_device
-    from .io.shards import recorded_urls, resolve_urls
+    from .io.urls import recorded_urls, resolve_urls
     from .loader import load
     from .train.evaluate import evaluate as api_evaluate
 

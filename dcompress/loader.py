@@ -21,7 +21,8 @@ import webdataset as wds
 
 from .errors import InputDataError
 from .io.manifest import MANIFEST, read_manifest, shard_paths
-from .io.shards import MAX_PIXELS, decode_image, decode_npy, parse_label
+from .io.codecs import decode_image, decode_npy, parse_label
+from .limits import MAX_PIXELS
 from .types import EvalProtocol, normalize
 
 _BLOCK_KEYS = {"class_names": list, "normalization": dict, "labels": dict, "eval_protocol": dict,

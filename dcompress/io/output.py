@@ -19,7 +19,8 @@ from .cards import CARD, TIMM_INFO, dataset_card, timm_info_bytes
 from .figures import class_grid, loss_curve, png_bytes
 from .manifest import MANIFEST, build_manifest, shard_entry, write_json_atomic
 from .metrics import METRICS, jsonl_bytes
-from .shards import encode_npy, encode_png, json_bytes, write_shards
+from .codecs import encode_npy, encode_png, json_bytes
+from .writer import write_shards
 
 PREFIX = "data"
 GRID = "grid.png"

@@ -12,7 +12,8 @@ import numpy as np
 from ..errors import InputDataError, UsageError
 from .atomic import AtomicDir, OutputLock, check_not_input, check_target, refuse_existing
 from .manifest import MANIFEST, build_manifest, shard_entry, write_json_atomic
-from .shards import IMAGE_EXTS, encode_png, env_versions, write_shards
+from .codecs import IMAGE_EXTS, encode_png
+from .writer import env_versions, write_shards
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from dcompress.errors import InputDataError, UsageError
-from dcompress.io.shards import opener_url, resolve_urls
+from dcompress.io.urls import opener_url, resolve_urls
 
 
 def test_quoted_glob_works_like_a_brace_pattern(shards):

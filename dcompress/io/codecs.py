@@ -1,0 +1,86 @@
+"""Bytes <-> arrays for shard members: images (Pillow), `.npy` (never pickled), `.cls` labels, JSON.
+
+Torch-free: the loader, the reader and the writer share these.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import warnings
+
+import numpy as np
+
+from ..limits import MAX_PIXELS
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "ppm", "pgm", "pbm", "bmp", "tif", "tiff")
+_LABEL = re.compile(rb"^\s*[+-]?[0-9]+\s*$")
+
+
+class ImageTooLarge(ValueError):
+    """The header declares more pixels than --max-pixels (checked before decoding)."""
+
+
+def decode_image(data: bytes, ext: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """Image bytes -> uint8 array [C, H, W] (C = 1 or 3; alpha and palettes resolved).
+
+    Pillow decodes every format here (torchvision 0.29 deprecates its own image codecs). The
+    size is read from the header first: more than `max_pixels` pixels raises ImageTooLarge
+    before any pixel is decoded (decompression bombs).
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # our own limit decides below
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:                              # beyond Pillow's hard limit
+        raise ImageTooLarge(f"{e} (--max-pixels {max_pixels})") from None
+    with im:
+        w, h = im.size
+        if w < 1 or h < 1:
+            raise ValueError(f"image has no pixels ({w}x{h})")
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels, above --max-pixels {max_pixels}")
+        im.load()
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("L" if im.mode in ("1", "I", "I;16", "F", "LA") else "RGB")
+        arr = np.asarray(im)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return np.array(arr, dtype=np.uint8, order="C")  # a writable copy
+
+
+def parse_label(raw) -> int:
+    """An ASCII integer label (`.cls`) -> int; ValueError when it is not one or overflows int64."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "replace")
+    if not isinstance(raw, bytes) or not _LABEL.match(raw):
+        raise ValueError("not an integer")
+    value = int(raw)
+    if not -(2 ** 63) <= value < 2 ** 63:
+        raise ValueError("outside the int64 range")
+    return value
+
+
+def encode_png(img_u8: np.ndarray) -> bytes:
+    """uint8 [C, H, W] -> PNG bytes (deterministic, lossless; 1 channel stays grayscale)."""
+    from PIL import Image
+
+    arr = img_u8[0] if img_u8.shape[0] == 1 else img_u8.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode_npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def json_bytes(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
