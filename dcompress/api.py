@@ -28,7 +28,7 @@ from .io.writer import env_versions
 from .limits import MAX_PIXELS
 from .registry import get_method
 from .train.teacher import get_teacher
-from .types import RealData, RunSpec, default_paths
+from .core import RealData, RunSpec, default_paths
 
 ProgressFn = Callable[[int, int, str], None]
 LABEL_MODES = ("auto", "hard", "teacher", "learned")

@@ -406,7 +406,7 @@ def inspect(target: Path = typer.Argument(..., metavar="OUT"),
                                                                       "goes beside it as <stem>-loss.png)"),
             as_json: bool = JSON) -> None:
     """Summarise a compressed set; (re)draw its class grid and loss curve PNGs."""
-    from .inspect import figures, summary
+    from .report import figures, summary
 
     _run(as_json, lambda p: {**summary(target), **figures(target, grid)}, _kv)
 

@@ -23,7 +23,7 @@ from .errors import InputDataError
 from .io.manifest import MANIFEST, read_manifest, shard_paths
 from .io.codecs import decode_image, decode_npy, parse_label
 from .limits import MAX_PIXELS
-from .types import EvalProtocol, normalize
+from .core import EvalProtocol, normalize
 
 _BLOCK_KEYS = {"class_names": list, "normalization": dict, "labels": dict, "eval_protocol": dict,
                "image_shape": list}

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dcompress.train.experts import ExpertBuffer, ExpertConfig, expert_name, train_experts  # noqa: E402
-from dcompress.types import RealData, normalize  # noqa: E402
+from dcompress.core import RealData, normalize  # noqa: E402
 
 
 def idx_real(folder: Path, split: str, samples: int | None = None, seed: int = 0) -> RealData:
@@ -163,7 +163,7 @@ def bench_matching(args) -> dict:
     from dcompress.methods.datm import DATM
     from dcompress.methods.dd import DD, replay
     from dcompress.methods.mtt import MTT
-    from dcompress.types import RunSpec
+    from dcompress.core import RunSpec
 
     dev = torch.device(args.device)
     real = idx_real(Path(args.idx), "train", args.samples)

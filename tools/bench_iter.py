@@ -72,7 +72,7 @@ def time_variant(v: Variant, real, steps: int, warmup: int, seed: int) -> list[f
     """Seconds of each timed iteration of one `fit` run."""
     from dcompress.config import resolve_config
     from dcompress.registry import get_method
-    from dcompress.types import RunSpec
+    from dcompress.core import RunSpec
 
     cls = get_method(v.method)
     cfg = resolve_config(cls.Config, base={**v.config, "iterations": warmup + steps})

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dcompress.api import distill, load_real
-from dcompress.inspect import grid_png
+from dcompress.report import grid_png
 from dcompress.io.atomic import is_dcompress_output
 from dcompress.io.sources import make_shards
 from dcompress.registry import get_method

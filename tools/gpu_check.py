@@ -21,7 +21,7 @@ from dcompress.api import distill
 from dcompress.io.reader import channel_stats, fingerprint_of
 from dcompress.io.sources import FASHION_MNIST_CLASSES, read_idx
 from dcompress.train.evaluate import evaluate
-from dcompress.types import RealData
+from dcompress.core import RealData
 
 
 def real_from_idx(folder: Path, split: str) -> RealData:

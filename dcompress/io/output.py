@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..faults import crash_point
-from ..types import CompressedSet, denormalize_to_u8
+from ..core import CompressedSet, denormalize_to_u8
 from .atomic import AtomicDir
 from .cards import CARD, TIMM_INFO, dataset_card, timm_info_bytes
 from .figures import class_grid, loss_curve, png_bytes

@@ -18,7 +18,7 @@ import webdataset as wds
 
 from ..errors import InputDataError, TooManyBadSamples
 from ..limits import MAX_LABEL, MAX_PIXELS
-from ..types import RealData
+from ..core import RealData
 from .codecs import IMAGE_EXTS, decode_image, parse_label
 from .urls import ResolvedInput, is_remote, opener_url
 

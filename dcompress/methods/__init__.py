@@ -1,5 +1,5 @@
 """Built-in methods. Importing this package registers them (one line per method)."""
-from . import herding, kcenter, random  # noqa: F401
+from . import herding, kcenter, random_subset  # noqa: F401
 from . import dc  # noqa: F401  (dc and dsa)
 from . import dm  # noqa: F401
 from . import mtt  # noqa: F401

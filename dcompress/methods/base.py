@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 
 from ..errors import InputDataError
-from ..types import CompressedSet, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec
 
 
 def check_ipc(real: RealData, ipc: int) -> None:

@@ -24,7 +24,7 @@ import torch
 from ..augment import dsa
 from ..errors import UsageError
 from ..registry import MethodInfo, register_method
-from ..types import CompressedSet, EvalProtocol
+from ..core import CompressedSet, EvalProtocol
 from .base import noise_init, real_init
 from .mtt import MTT
 

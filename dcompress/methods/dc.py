@@ -26,7 +26,7 @@ from ..faults import crash_point
 from ..nets import build_net
 from ..registry import MethodInfo, register_method
 from ..train.loop import train_epoch
-from ..types import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc, class_labels
 from .matching import (BN_IMAGES_PER_CLASS, check_finite, checkpoint, class_gradients, dc_loops,
                        eval_model_for, freeze_bn_stats, has_batchnorm, init_images, log_every, match_loss,

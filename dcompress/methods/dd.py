@@ -30,7 +30,7 @@ from ..errors import NonFiniteLoss, UsageError
 from ..faults import crash_point
 from ..registry import MethodInfo, register_method
 from ..train.unroll import unroll
-from ..types import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec, normalize
+from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec, normalize
 from .base import check_ipc, class_labels, noise_init, real_init
 from .mtt import pick_memory_mode
 

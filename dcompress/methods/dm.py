@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..faults import crash_point
 from ..nets import build_net, embed
 from ..registry import MethodInfo, register_method
-from ..types import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc
 from .matching import (check_finite, checkpoint, eval_model_for, has_batchnorm, init_images, log_every,
                        parse_strategy_or_usage, restore, synthesis_result)

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import InputDataError, UsageError
 from ..registry import MethodInfo, register_method
-from ..types import CompressedSet, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec
 from .base import check_ipc, selection_result
 from .select import make_bins
 

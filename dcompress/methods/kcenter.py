@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import MethodInfo, register_method
-from ..types import CompressedSet, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec
 from .base import select_on_teacher_features
 
 

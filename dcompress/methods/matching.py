@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NonFiniteLoss, UsageError
-from ..types import CompressedSet, EvalProtocol, RealData, RunSpec
+from ..core import CompressedSet, EvalProtocol, RealData, RunSpec
 from .base import class_labels, noise_init
 
 # get_loops(ipc) of the reference (methods.md §1.4): ipc -> (outer_loop, inner_loop).

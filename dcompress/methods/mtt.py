@@ -29,7 +29,7 @@ from ..registry import MethodInfo, register_method
 from ..train.experts import ExpertBuffer, ExpertConfig, default_buffer_dir, train_experts
 from ..train.unroll import (UnrollResult, available_memory_bytes, choose_mode, full_graph_bytes_estimate,
                             step_graph_bytes, unroll)
-from ..types import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc, class_labels, noise_init, real_init
 
 MOMENTUM_IMG = 0.5   # distill.py: SGD(images, lr_img, momentum=0.5) and SGD(syn_lr, lr_lr, momentum=0.5)

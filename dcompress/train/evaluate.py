@@ -12,7 +12,7 @@ import torch
 
 from ..errors import InputDataError, UsageError
 from ..loader import CompressedDataset, load
-from ..types import RealData, normalize
+from ..core import RealData, normalize
 from .loop import accuracy, train_on_set
 
 
@@ -101,7 +101,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
 def _teacher_from_manifest(ds, train: RealData, device: torch.device):
     from .teacher import Teacher, load_teacher_net
 
-    from ..types import default_paths
+    from ..core import default_paths
 
     info = ds.manifest["dcompress"]["labels"].get("teacher") or {}
     path, model = info.get("path"), info.get("model")

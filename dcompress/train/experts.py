@@ -43,7 +43,7 @@ from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError
 from ..faults import crash_point
 from ..io.safe_write import (ensure_dir, move_aside, os_error, pid_alive, remove_dead_temps, temp_path,
                              write_json)
-from ..types import RealData
+from ..core import RealData
 from .loop import accuracy, train_epoch
 
 FORMAT = "dcompress-experts"
@@ -498,7 +498,7 @@ class _Data:
 
     def __init__(self, real: RealData, train_idx: torch.Tensor, held_idx: torch.Tensor, test: RealData | None,
                  eval_max: int, device: torch.device):
-        from ..types import normalize
+        from ..core import normalize
 
         self.x, self.y = real.get(train_idx, device), real.labels[train_idx].to(device)
         self.evals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

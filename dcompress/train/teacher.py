@@ -24,7 +24,7 @@ from ..checkpoint import warn_via
 from ..errors import DcompressError, InputDataError
 from ..faults import crash_point
 from ..io.safe_write import ensure_dir, move_aside, np_save, remove_dead_temps, torch_save, write_json
-from ..types import EvalProtocol, RealData, RunSpec
+from ..core import EvalProtocol, RealData, RunSpec
 from .loop import train_epoch
 
 

@@ -33,7 +33,7 @@ from dcompress.errors import InputDataError, OutputError, ResourceError
 from dcompress.io.manifest import verify
 from dcompress.train.experts import ExpertBuffer, ExpertConfig, expert_name, train_experts
 from dcompress.train.teacher import Teacher, TeacherConfig, get_teacher, teacher_cache_path, teacher_features
-from dcompress.types import RunSpec
+from dcompress.core import RunSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 DM = ["--method", "dm", "--ipc", "2", "--set", "iterations=6", "--set", "model=convnet_w16",

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dcompress import api
-from dcompress.inspect import figures
+from dcompress.report import figures
 from dcompress.io.figures import font, grid_layout
 from dcompress.io.manifest import verify
 from dcompress.io.metrics import MetricsLog, read_metrics

@@ -11,7 +11,7 @@ from dcompress.errors import NonFiniteLoss, UsageError
 from dcompress.methods import dc as dc_mod
 from dcompress.methods import dm as dm_mod
 from dcompress.methods.matching import dc_loops, distance_wb, match_loss
-from dcompress.types import RealData, RunSpec
+from dcompress.core import RealData, RunSpec
 from tests.conftest import make_images
 
 TINY = "convnet_w16"

@@ -19,7 +19,7 @@ from dcompress.nets import build_net
 from dcompress.nets.functional import flat_params, forward_flat
 from dcompress.train.experts import ExpertConfig, train_experts
 from dcompress.train.unroll import unroll
-from dcompress.types import RunSpec
+from dcompress.core import RunSpec
 
 SMALL = dict(iterations=3, syn_steps=3, expert_epochs=1, max_start_epoch=2, model="convnet_w16")
 

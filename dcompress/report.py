@@ -17,7 +17,7 @@ from .io.metrics import METRICS, read_metrics
 from .io.output import GRID, LOSS, figure_title
 from .io.safe_write import ensure_dir, write_bytes
 from .loader import load
-from .types import denormalize_to_u8
+from .core import denormalize_to_u8
 
 
 def _folder(out: str | Path) -> Path:

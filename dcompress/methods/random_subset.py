@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import MethodInfo, register_method
-from ..types import CompressedSet, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec
 from .base import check_ipc, selection_result
 
 
