@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dcompress.train.experts import ExpertBuffer, ExpertConfig, expert_name, train_experts  # noqa: E402
+from dcompress.train.buffer import ExpertBuffer, expert_name  # noqa: E402
+from dcompress.train.experts import ExpertConfig, train_experts  # noqa: E402
 from dcompress.core import RealData, normalize  # noqa: E402
 
 

@@ -26,7 +26,8 @@ from ..augment.dsa import DEFAULT_STRATEGY
 from ..errors import InputDataError, NonFiniteLoss, UsageError
 from ..faults import crash_point
 from ..registry import MethodInfo, register_method
-from ..train.experts import ExpertBuffer, ExpertConfig, default_buffer_dir, train_experts
+from ..train.buffer import ExpertBuffer
+from ..train.experts import ExpertConfig, default_buffer_dir, train_experts
 from ..train.unroll import (UnrollResult, available_memory_bytes, choose_mode, full_graph_bytes_estimate,
                             step_graph_bytes, unroll)
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec

@@ -31,7 +31,8 @@ from dcompress.checkpoint import Checkpointer
 from dcompress.cli import app
 from dcompress.errors import InputDataError, OutputError, ResourceError
 from dcompress.io.manifest import verify
-from dcompress.train.experts import ExpertBuffer, ExpertConfig, expert_name, train_experts
+from dcompress.train.buffer import ExpertBuffer, expert_name
+from dcompress.train.experts import ExpertConfig, train_experts
 from dcompress.train.teacher import Teacher, TeacherConfig, get_teacher, teacher_cache_path, teacher_features
 from dcompress.core import RunSpec
 

@@ -15,8 +15,10 @@ from dcompress.augment.dsa import DEFAULT_STRATEGY
 from dcompress.errors import InputDataError, UsageError
 from dcompress.nets import build_net
 from dcompress.nets.functional import flat_params
-from dcompress.train.experts import (ExpertBuffer, ExpertConfig, claim, expert_seed, gsam_epoch, split_indices,
-                                     train_experts)
+from dcompress.train.buffer import ExpertBuffer
+from dcompress.train.expert_locks import claim
+from dcompress.train.experts import ExpertConfig, expert_seed, split_indices, train_experts
+from dcompress.train.gsam import gsam_epoch
 from dcompress.train.loop import train_epoch
 
 CFG = ExpertConfig(model="convnet_w16", epochs=2)
