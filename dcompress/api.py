@@ -26,8 +26,8 @@ from .io.reader import read_real
 from .io.urls import ResolvedInput, is_remote, resolve_urls
 from .io.writer import env_versions
 from .limits import MAX_PIXELS
-from .registry import get_method
-from .train.teacher import get_teacher
+from .registry import create_method, get_method
+from .train.teacher import TeacherConfig, get_teacher
 from .core import RealData, RunSpec, default_paths
 
 ProgressFn = Callable[[int, int, str], None]
@@ -90,18 +90,18 @@ def load_real(urls: str | Iterable[str] | ResolvedInput, *, max_bad: int = 100, 
 
 
 def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int, *, labels: str = "auto",
-         teacher: str | Path | None = None, options: dict | None = None) -> dict:
+         teacher: str | Path | None = None, experts: str | Path | None = None, teacher_cfg=None) -> dict:
     c, h, w = real.image_shape
     m_cls = get_method(method)
     cache = default_paths()["cache"]
-    spec = RunSpec(ipc=ipc, cache_dir=cache, teacher=Path(teacher) if teacher else None)
+    spec = RunSpec(ipc=ipc, cache_dir=cache, teacher=Path(teacher) if teacher else None, teacher_config=teacher_cfg)
     mode = labels if labels != "auto" else ("teacher" if m_cls.info.kind == "selection" else
                                              "learned if the method learns labels, else hard")
     stages = {"read": f"{len(real)} samples decoded", "fit": f"{method} ({m_cls.info.kind})"}
     if m_cls.info.needs_teacher:
         stages["teacher (features)"] = _teacher_plan(real, spec)
     if m_cls.info.needs_experts:
-        stages["experts"] = str((options or {}).get("experts") or f"default buffer under {cache / 'experts'} "
+        stages["experts"] = str(experts or f"default buffer under {cache / 'experts'} "
                                                                   "(trained when missing)")
     stages["labels"] = mode + (f": {_teacher_plan(real, spec)}" if mode == "teacher" else "")
     stages["write"] = f"{ipc * real.num_classes} samples"
@@ -121,7 +121,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             seed: int = 0, device: str = "auto", config: str | Path | None = None, sets: Iterable[str] = (),
             resume: bool = True, overwrite: bool = False, labels: str = "auto", teacher: str | Path | None = None,
             max_bad: int = 100, max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False,
-            shard_size: int = 1000, ckpt_every: int = 50, dry_run: bool = False, options: dict | None = None,
+            shard_size: int = 1000, ckpt_every: int = 50, dry_run: bool = False, flags: dict | None = None,
+            experts: str | Path | None = None, teacher_sets: Iterable[str] = (),
             progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None,
             real: RealData | None = None) -> dict:
     """Compresses the dataset at `urls` with `method` into `out`; returns the run report.
@@ -130,12 +131,11 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     existing output is replaced only with `overwrite`, except that the same run (same request,
     input content and dcompress version) with `resume` finds it up to date and returns at once.
     """
-    m_cls = get_method(method)
-    cfg = resolve_config(m_cls.Config, file=config, sets=list(sets))
-    foreign = sorted(set(options or {}) - set(m_cls.info.extras))
-    if foreign:
-        raise UsageError(f"--{foreign[0].replace('_', '-')} does not apply to --method {method} "
-                         f"(it takes: {', '.join('--' + e.replace('_', '-') for e in m_cls.info.extras) or 'none'})")
+    m_cls, cfg = create_method(method, config_file=config, sets=sets, **(flags or {}))
+    if experts is not None and "experts" not in m_cls.info.extras:
+        raise UsageError(f"--experts does not apply to --method {method} (only to methods that match expert "
+                         "trajectories: mtt, datm)")
+    teacher_cfg = resolve_config(TeacherConfig, sets=list(teacher_sets))
     check_seed(seed)
     if labels not in LABEL_MODES:
         raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
@@ -153,9 +153,10 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         real = real or load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=progress)
         return {"status": "dry-run", "read_s": round(time.time() - t0, 2),
                 "plan": plan(real, method, ipc_from(real, ipc, ratio), cfg, shard_size, labels=labels, teacher=teacher,
-                             options=options)}
+                             experts=experts, teacher_cfg=teacher_cfg)}
     request = {"method": method, "config": config_dict(cfg), "ipc": ipc, "ratio": ratio, "seed": seed,
-               "device": dev.type, "labels": labels, "options": {k: str(v) for k, v in (options or {}).items()},
+               "device": dev.type, "labels": labels, "experts": str(experts) if experts else None,
+               "teacher_config": config_dict(teacher_cfg),
                "teacher": str(teacher) if teacher else None, "version": __version__}
     with OutputLock(out):
         exists = check_target(out, kind="compressed", overwrite=overwrite)
@@ -172,7 +173,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
                                           f"{len(real.source['urls'])} shard(s) in {t_read:.1f} s "
                                           f"({real.source['bad_samples']['count']} bad)"})
         identity = {"method": method, "config": config_dict(cfg), "ipc": n_ipc, "seed": seed, "device": dev.type,
-                    "fingerprint": real.source["fingerprint"], "options": options or {}, "labels": labels}
+                    "fingerprint": real.source["fingerprint"], "labels": labels,
+                    "experts": str(experts) if experts else None, "teacher_config": config_dict(teacher_cfg)}
         if prior is not None:
             if prior.get("key") != run_key(identity):
                 raise refuse_existing(out)
@@ -186,7 +188,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         try:
             return _fit_and_write(real, m_cls, cfg, method, out=out, n_ipc=n_ipc, ratio=ratio, seed=seed, dev=dev,
                                   resume=resume, labels=labels, teacher=teacher, shard_size=shard_size,
-                                  ckpt=ckpt, options=options, progress=progress, log=log, t_read=t_read,
+                                  ckpt=ckpt, experts=experts, teacher_cfg=teacher_cfg, progress=progress, log=log,
+                                  t_read=t_read,
                                   run={"key": run_key(identity), "request": request})
         except BaseException as e:
             _after_failure(e, ckpt)
@@ -248,23 +251,25 @@ def _announcing_resume(progress: ProgressFn | None, ckpt: Checkpointer, log) -> 
 
 def _teacher_plan(real: RealData, spec: RunSpec) -> str:
     """Where the teacher comes from: the user's file, the cache, or a training run (cached)."""
-    from .train.teacher import TeacherConfig, teacher_cache_path
+    from .train.teacher import teacher_cache_path
 
     if spec.teacher is not None:
         return f"--teacher {spec.teacher}"
-    path = teacher_cache_path(real, TeacherConfig(), spec.cache_dir)
+    path = teacher_cache_path(real, spec.teacher_config or TeacherConfig(), spec.cache_dir)
     return f"cached {path}" if path.is_file() else f"not cached yet: trained on the input, then cached as {path}"
 
 
 def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc: int, ratio, seed: int, dev,
-                   resume: bool, labels: str, teacher, shard_size: int, ckpt: Checkpointer, options, progress,
+                   resume: bool, labels: str, teacher, shard_size: int, ckpt: Checkpointer, experts, teacher_cfg,
+                   progress,
                    log, t_read: float, run: dict) -> dict:
     stages: dict[str, float] = {}
     log = metrics = MetricsLog(ckpt.file(METRICS), forward=_collecting_stages(log, stages))  # survives a resume
     progress = _announcing_resume(progress, ckpt, log)
     spec = RunSpec(ipc=n_ipc, device=dev, seed=seed, work_dir=ckpt.dir, resume=resume, ckpt_every=ckpt.every,
                    cache_dir=default_paths()["cache"], teacher=Path(teacher) if teacher else None,
-                   options={"ratio": ratio, **(options or {})}, progress=progress, ckpt=ckpt)
+                   ratio=ratio, experts=Path(experts) if experts else None, teacher_config=teacher_cfg,
+                   progress=progress, ckpt=ckpt)
     generator = torch.Generator().manual_seed(seed)
     log({"event": "note", "text": f"stage fit: {method} (IPC {n_ipc})"})
     t1 = time.time()
@@ -293,7 +298,8 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     block = {
         "version": __version__, "kind": "compressed",
         "method": {"name": method, "kind": m_cls.info.kind, "ipc": n_ipc, "ratio": ratio, "seed": seed,
-                   "device": dev.type, "config": config_dict(cfg), "options": {k: str(v) for k, v in (options or {}).items()}},
+                   "device": dev.type, "config": config_dict(cfg), "experts": str(experts) if experts else None,
+                   "teacher_config": config_dict(teacher_cfg)},
         "source": {k: real.source[k] for k in ("urls", "num_samples", "fingerprint", "class_counts")},
         "bad_samples": real.source["bad_samples"],
         "class_names": real.class_names,

@@ -242,6 +242,8 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output at -o"),
             labels: str = typer.Option("auto", "--labels", help="auto | hard | teacher | learned"),
             teacher: Optional[Path] = typer.Option(None, "--teacher", help="teacher state dict (.pt + .json sidecar)"),
+            teacher_sets: List[str] = typer.Option([], "--teacher-set", help="key=value for a teacher trained here "
+                                                   "(model, epochs, max_samples, lr, ...; repeatable)"),
             max_bad: int = MAX_BAD,
             max_pixels: int = MAX_PIXELS,
             allow_manifest_urls: bool = ALLOW_URLS,
@@ -258,16 +260,17 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
     """Compress a dataset with a method (selection or synthesis)."""
     from .api import distill as api_distill
 
-    options = {k: v for k, v in {"experts": experts, "bins": bins, "features": features,
-                                 "keep_bins": keep_bins or None, "from_bins": from_bins}.items() if v is not None}
+    # method config flags: an explicit flag beats --set and --config (None = not given)
+    flags = {"bins": bins, "features": features, "keep_bins": keep_bins or None,
+             "from_bins": str(from_bins) if from_bins else None}
 
     def work(prog: _Progress) -> dict:
         _use_cache(cache_dir)
         return api_distill(urls, method, out=output, ipc=ipc, ratio=ratio, seed=seed, device=device, config=config,
                            sets=sets, resume=resume, overwrite=overwrite, labels=labels, teacher=teacher,
                            max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
-                           shard_size=shard_size, ckpt_every=ckpt_every, dry_run=dry_run, options=options,
-                           progress=prog, log=prog.event)
+                           shard_size=shard_size, ckpt_every=ckpt_every, dry_run=dry_run, flags=flags,
+                           experts=experts, teacher_sets=teacher_sets, progress=prog, log=prog.event)
     _run(as_json, work, _show_distill)
 
 
@@ -292,7 +295,7 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
             optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (MTT, default) | ftd (DATM's GSAM)"),
             test: Optional[List[str]] = typer.Option(None, "--test", help="test shards for per-epoch accuracy"),
             holdout: Optional[float] = typer.Option(None, "--holdout", help="input fraction held out for accuracy (default 0.05, 0 with --test)"),
-            seed: int = typer.Option(0, "--seed"),
+            seed: Optional[int] = typer.Option(None, "--seed", help="base seed of the experts [default: 0, or the config's]"),
             device: str = DEVICE,
             config: Optional[Path] = typer.Option(None, "--config", help="YAML file of expert config keys"),
             sets: List[str] = typer.Option([], "--set", help="key=value expert config override, e.g. model=convnet_w16"),
@@ -308,13 +311,13 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
     from .io.urls import is_remote, resolve_urls
     from .train.experts import ExpertConfig, train_experts
 
-    base = {k: v for k, v in {"epochs": epochs, "optimizer": optimizer, "holdout": holdout}.items() if v is not None}
+    flags = {"epochs": epochs, "optimizer": optimizer, "holdout": holdout, "seed": seed}   # beat --set / --config
 
     def work(prog: _Progress) -> dict:
         check_limits(num_experts=(num_experts, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
                      max_pixels=(max_pixels, 1))
-        check_seed(seed)
-        cfg = resolve_config(ExpertConfig, file=config, sets=sets, base={**base, "seed": seed})
+        check_seed(seed if seed is not None else 0)
+        cfg = resolve_config(ExpertConfig, file=config, sets=sets, flags=flags)
         dev = resolve_device(device)
         inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
         check_not_input(output, [u for u in inp.urls if not is_remote(u)], inp.folders)

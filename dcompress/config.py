@@ -127,16 +127,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(cls: type, *, file: str | Path | None = None, sets: list[str] = (),
-                   base: dict | None = None) -> Any:
-    """Builds `cls` from defaults, then `base` (programmatic), then the YAML file, then --set."""
+                   base: dict | None = None, flags: dict | None = None) -> Any:
+    """Builds `cls` with one precedence rule: an explicit command-line flag > `--set` > the YAML
+    file > `base` (programmatic defaults) > the dataclass default. A flag left unset (None) never
+    overrides anything."""
     fields = _field_types(cls)
     values: dict[str, Any] = {}
     layers = [("arguments", base or {})]
     if file is not None:
         layers.append((str(file), load_yaml(file)))
     layers.append(("--set", parse_sets(list(sets))))
+    layers.append(("flags", {k: v for k, v in (flags or {}).items() if v is not None}))
     for origin, layer in layers:
         for k, v in layer.items():
+            if k not in fields and origin == "flags":
+                raise UsageError(f"--{k.replace('_', '-')} does not apply here ({cls.__qualname__} has no {k!r})")
             if k not in fields:
                 raise UsageError(f"{origin}: unknown config key {k!r} for {cls.__name__}; "
                                  f"valid keys: {', '.join(sorted(fields))}")

@@ -160,7 +160,9 @@ class RunSpec:
         ckpt_every: checkpoint period in iterations (synthesis methods).
         cache_dir: shared cache (teacher networks, expert buffers).
         teacher: path to a user-provided teacher checkpoint, or None.
-        options: method-independent extras from the CLI (e.g. features file, bins dir).
+        ratio: `--ratio` (fraction of each class kept) when given instead of `--ipc`.
+        experts: the expert buffer folder given with `--experts` (MTT/DATM), or None.
+        teacher_config: the TeacherConfig for a teacher trained here (None: defaults).
         progress: callback(completed, total, description) for long loops.
         ckpt: the run's Checkpointer (load/save/due), or None.
     """
@@ -173,7 +175,9 @@ class RunSpec:
     ckpt_every: int = 50
     cache_dir: Path = Path(".")
     teacher: Path | None = None
-    options: dict = field(default_factory=dict)
+    ratio: float | None = None
+    experts: Path | None = None
+    teacher_config: Any = None
     progress: Callable[[int, int, str], None] | None = None
     ckpt: Any = None          # checkpoint.Checkpointer for this run (None: no checkpoints)
 

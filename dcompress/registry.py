@@ -23,8 +23,8 @@ class MethodInfo:
         description: one line.
         needs_experts: True when the method consumes an expert-trajectory buffer.
         needs_teacher: True when the method itself needs a trained teacher network.
-        extras: the method-specific CLI options it reads from `RunSpec.options`
-            (e.g. DQ's `bins`); giving one to another method is a usage error.
+        extras: method-specific CLI inputs beyond its Config (`experts`: an expert buffer);
+            giving one to another method is a usage error.
     """
 
     name: str
@@ -45,6 +45,15 @@ def register_method(cls: type) -> type:
         raise ValueError(f"method {name!r} registered twice")
     _METHODS[name] = cls
     return cls
+
+
+def create_method(name: str, *, config_file=None, sets=(), **flags):
+    """The method registered as `name` and its Config, resolved by the one precedence rule:
+    explicit flag (`flags`, None = unset) > `--set` > `--config` file > default."""
+    from .config import resolve_config
+
+    cls = get_method(name)
+    return cls, resolve_config(cls.Config, file=config_file, sets=list(sets), flags=flags)
 
 
 def get_method(name: str) -> type:

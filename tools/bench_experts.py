@@ -196,8 +196,8 @@ def bench_matching(args) -> dict:
                               max_start_epoch=args.max_start_epoch, memory=mode, batch_syn=args.batch_syn)
                 method = (MTT(MTT.Config(**common)) if name == "mtt" else
                           DATM(DATM.Config(**common, current_max_start_epoch=args.max_start_epoch)))
-            spec = RunSpec(ipc=args.ipc, device=dev, cache_dir=work / "cache", options={"experts": buf_dir}
-                           if name != "dd" else {})
+            spec = RunSpec(ipc=args.ipc, device=dev, cache_dir=work / "cache",
+                           experts=buf_dir if name != "dd" else None)
             if args.warmup:  # kernels, autotuning and allocator pools warm before the timed run
                 type(method)(dataclasses.replace(method.config, iterations=args.warmup)).fit(
                     real, spec, generator=torch.Generator().manual_seed(1), log=lambda e: None)

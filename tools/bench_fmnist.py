@@ -165,15 +165,15 @@ def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
 
     s = settings_for(args.budget, method, ipc, args.labels)
     out = Path(args.work) / f"{method}-ipc{ipc}"
-    options, experts = dict(s["options"]), None
+    buffer, experts = None, None
     if get_method(method).info.needs_experts:
         built = ensure_experts(args, real_train, resolve_device(args.device))
         if built is not None:
-            options["experts"], experts = str(built[0]), built[1]
+            buffer, experts = str(built[0]), built[1]
     t0 = time.time()
     rep = distill(str(args.train), method, out=out, ipc=ipc, seed=args.seed, device=args.device,
-                  sets=[f"{k}={v}" for k, v in s["sets"].items()], labels=s["labels"], options=options or None,
-                  real=real_train, resume=True)
+                  sets=[f"{k}={v}" for k, v in s["sets"].items()], labels=s["labels"], flags=s["options"] or None,
+                  experts=buffer, real=real_train, resume=True, overwrite=True)
     t_distill = time.time() - t0
     t1 = time.time()
     ev = evaluate(out, real_test, train=real_train, runs=args.runs, epochs=s["eval_epochs"], seed=args.seed,

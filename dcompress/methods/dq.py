@@ -84,7 +84,7 @@ def load_features(path: str, real: RealData) -> np.ndarray:
 @register_method
 class DQ:
     info = MethodInfo("dq", "selection", "Dataset Quantization: GraphCut bins on a kNN graph, uniform per-bin sampling",
-                      needs_teacher=True, extras=("bins", "features", "keep_bins", "from_bins"))
+                      needs_teacher=True)
 
     @dataclass(frozen=True)
     class Config:
@@ -94,20 +94,21 @@ class DQ:
         features: str = "teacher"  # teacher | grad | path to an [N, D] .npy (--features)
         dense_max: int = 8192      # classes up to this size use the exact dense kernel
         knn_method: str = "auto"   # auto | exact | hnsw | ivf
+        keep_bins: bool = False    # also write every bin's indices (bins.npy + bins.json) (--keep-bins)
+        from_bins: str | None = None   # re-sample the bins saved by --keep-bins in this folder (--from-bins)
 
     def __init__(self, config: "DQ.Config"):
         self.config = config
 
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
         cfg = self.config
-        n_bins = int(spec.options.get("bins") or cfg.bins)
-        source = str(spec.options.get("features") or cfg.features)
+        n_bins, source = cfg.bins, cfg.features
         counts = real.class_counts()
-        ratio = spec.options.get("ratio")
+        ratio = spec.ratio
         targets = [max(1, round(ratio * n)) for n in counts] if ratio else [spec.ipc] * real.num_classes
         if not ratio:
             check_ipc(real, spec.ipc)
-        from_bins = spec.options.get("from_bins")
+        from_bins = cfg.from_bins
         if from_bins:
             bins, binfo = self._load_bins(Path(from_bins), real)
             n_bins = binfo["n_bins"]
@@ -141,7 +142,7 @@ class DQ:
                 "from_bins": str(from_bins) if from_bins else None,
                 "pixel_quantization": "not applied (needs pretrained MAE weights)"}
         cset = selection_result(real, picks, info=info, extra=[{"bin": b} for b in pick_bins])
-        if spec.options.get("keep_bins"):
+        if cfg.keep_bins:
             cset.extra_files = self._bins_files(bins, binfo, real)
         return cset
 

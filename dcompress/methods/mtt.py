@@ -128,7 +128,7 @@ def pick_memory_mode(setting: str, inner, lr_fn, theta0: torch.Tensor, steps: in
 
 def expert_buffer(real: RealData, spec: RunSpec, cfg, log: LogFn) -> tuple[ExpertBuffer, dict]:
     """The buffer of `--experts`, or the default one in the cache (trained now if missing)."""
-    path = spec.options.get("experts")
+    path = spec.experts
     if path is not None:
         buf = ExpertBuffer(path)
         info = {"path": str(Path(path).absolute()), "default": False}

@@ -117,9 +117,11 @@ def read_sidecar(path: Path) -> dict:
     return meta
 
 
-def get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig = TeacherConfig(), log=None) -> Teacher:
-    """Loads `spec.teacher`, or the cached teacher for this input, or trains and caches one;
-    reports the stage's time as a `{"event": "stage", "stage": "teacher"}` log record."""
+def get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig | None = None, log=None) -> Teacher:
+    """Loads `spec.teacher`, or the cached teacher for this input, or trains and caches one
+    (`cfg`, else `spec.teacher_config`, else the defaults); reports the stage's time as a
+    `{"event": "stage", "stage": "teacher"}` log record."""
+    cfg = cfg or spec.teacher_config or TeacherConfig()
     t0 = time.time()
     teacher = _get_teacher(real, spec, cfg, log)
     if log:

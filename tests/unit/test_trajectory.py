@@ -33,8 +33,7 @@ def buf(real, tmp_path_factory):
 
 def spec_for(tmp: Path, buf=None, every=0, ipc=1, identity="x") -> RunSpec:
     ckpt = Checkpointer(tmp / "work", {"id": identity}, every=every)
-    return RunSpec(ipc=ipc, work_dir=ckpt.dir, cache_dir=tmp / "cache", ckpt=ckpt,
-                   options={} if buf is None else {"experts": buf})
+    return RunSpec(ipc=ipc, work_dir=ckpt.dir, cache_dir=tmp / "cache", ckpt=ckpt, experts=buf)
 
 
 def fit(method, real, spec, log=None, seed=0):
