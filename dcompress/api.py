@@ -28,7 +28,7 @@ from .io.writer import env_versions
 from .limits import MAX_PIXELS
 from .registry import create_method, get_method
 from .train.teacher import TeacherConfig, get_teacher
-from .core import RealData, RunSpec, default_paths
+from .core import CompressedSet, RealData, RunSpec, default_paths
 
 ProgressFn = Callable[[int, int, str], None]
 LABEL_MODES = ("auto", "hard", "teacher", "learned")
@@ -249,6 +249,26 @@ def _announcing_resume(progress: ProgressFn | None, ckpt: Checkpointer, log) -> 
     return wrapped
 
 
+def label_stage(cset: CompressedSet, labels: str, kind: str, real: RealData, spec: RunSpec,
+                log) -> tuple[CompressedSet, dict | None]:
+    """The labels a set is written with, as a new CompressedSet (the method's result is not
+    changed): `learned` keeps the method's logits, `teacher` uses a teacher's logits (trained or
+    loaded, see get_teacher), `hard` one-hot vectors; `auto` = learned when the method learned
+    labels, teacher for selections, hard for other synthesis. Returns (set, teacher info | None)."""
+    mode = labels
+    if mode == "auto":
+        mode = "learned" if cset.logits is not None else ("teacher" if kind == "selection" else "hard")
+    if mode == "learned":
+        if cset.logits is None:
+            raise UsageError("--labels learned: this method does not learn labels")
+        return dataclasses.replace(cset, label_kind=mode), None
+    if mode == "teacher":
+        log({"event": "note", "text": f"stage labels: teacher soft labels ({_teacher_plan(real, spec)})"})
+        t = get_teacher(real, spec, log=log)
+        return dataclasses.replace(cset, logits=t.logits(cset.images, spec.device), label_kind=mode), t.info
+    return dataclasses.replace(cset, logits=one_hot_logits(cset.labels, real.num_classes), label_kind=mode), None
+
+
 def _teacher_plan(real: RealData, spec: RunSpec) -> str:
     """Where the teacher comes from: the user's file, the cache, or a training run (cached)."""
     from .train.teacher import teacher_cache_path
@@ -275,23 +295,10 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     t1 = time.time()
     cset = m_cls(cfg).fit(real, spec, generator=generator, log=log)
     t_fit = time.time() - t1
-    mode = labels
-    if mode == "auto":
-        mode = "learned" if cset.logits is not None else ("teacher" if m_cls.info.kind == "selection" else "hard")
-    teacher_info = None
     t_labels = time.time()
-    if mode == "learned":
-        if cset.logits is None:
-            raise UsageError(f"--labels learned: method {method!r} does not learn labels")
-    elif mode == "teacher":
-        log({"event": "note", "text": f"stage labels: teacher soft labels ({_teacher_plan(real, spec)})"})
-        t = get_teacher(real, spec, log=log)
-        teacher_info = t.info
-        cset.logits = t.logits(cset.images, dev)
-    else:
-        cset.logits = one_hot_logits(cset.labels, real.num_classes)
+    labelled, teacher_info = label_stage(cset, labels, m_cls.info.kind, real, spec, log)
     t_labels = time.time() - t_labels
-    cset.label_kind = mode
+    mode = labelled.label_kind
     protocol = dataclasses.replace(cset.protocol, soft_labels=mode != "hard")
     log({"event": "note", "text": f"stage write: {len(cset)} samples into {out}"})
     t2 = time.time()
@@ -316,7 +323,7 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     }
     block["timings"] = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2), "labels_s": round(t_labels, 2),
                         **{f"{k}_s": round(v, 2) for k, v in stages.items()}}
-    manifest = write_output(out, cset, class_names=real.class_names, mean=real.mean, std=real.std,
+    manifest = write_output(out, labelled, class_names=real.class_names, mean=real.mean, std=real.std,
                             method=method, block=block, shard_size=shard_size, metrics=metrics.rows())
     crash_point("distill.written")
     ckpt.clear()

@@ -9,6 +9,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .errors import UsageError
 
@@ -28,7 +29,7 @@ class MethodInfo:
     """
 
     name: str
-    kind: str
+    kind: Literal["selection", "synthesis"]
     description: str
     needs_experts: bool = False
     needs_teacher: bool = False
