@@ -255,6 +255,7 @@ def verify(target: Path = typer.Argument(..., metavar="OUT"), as_json: bool = JS
 
 
 def main() -> None:
+    from .alloc import tune_malloc; tune_malloc()  # noqa: E702 -- keep freed activations in the heap (docs/performance.md)
     app()
 
 
