@@ -3,8 +3,8 @@
 Each test compares the optimised code with a reference kept here: the ConvNet forward written
 out with functional ops and out-of-place activations, reading the weights of the same module,
 and DM's loss / DC's matching step rebuilt from it. Tolerance: none (`torch.equal`). The
-optimisations kept (in-place ReLU/LeakyReLU, DC computing only the gradients its distance
-reads, malloc tuning) run the same kernels in the same order on the same values, so any
+optimisations kept (in-place ReLU/LeakyReLU, average pooling as a depthwise conv on the CPU,
+DC computing only the gradients its distance reads, malloc tuning) run the same kernels in the same order on the same values, so any
 difference at all means the maths changed; a change that
 reorders floating-point operations (channels_last, torch.compile, fused kernels, bf16) must fail
 here and be argued for separately.
@@ -27,6 +27,7 @@ from dcompress.augment import dsa
 from dcompress.methods import dc as dc_mod
 from dcompress.methods import dm as dm_mod
 from dcompress.nets import build_net, forward_flat, flat_params, unflatten
+from dcompress.nets.convnet import AvgPool2x2
 from dcompress.types import RealData
 from tests.conftest import make_images
 
@@ -122,6 +123,25 @@ def test_flat_parameter_forward_unrolled_step_bitwise():
         loss = (flat ** 2).sum()
         outs.append((loss.detach(), *torch.autograd.grad(loss, (x, lr))))
     assert_same(outs[0], outs[1], "unrolled loss, d/dx, d/dlr")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mkldnn", [True, False])
+def test_avgpool2x2_equals_avg_pool2d_bitwise(dtype, mkldnn, monkeypatch):
+    """Values, gradient and double backward of the depthwise-conv pooling, odd sizes included."""
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", mkldnn)
+    gen = torch.Generator().manual_seed(12)
+    for shape in [(3, 128, 32, 32), (2, 5, 9, 7), (4, 16, 8, 8)]:
+        x = torch.relu(torch.randn(*shape, generator=gen, dtype=dtype)).requires_grad_(True)
+        gy = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=gen, dtype=dtype,
+                         requires_grad=True)
+        res = []
+        for pool in (AvgPool2x2(), lambda t: F.avg_pool2d(t, 2, 2)):
+            y = pool(x)
+            gx, = torch.autograd.grad(y, x, gy, create_graph=True)
+            ggy, = torch.autograd.grad((gx * x.detach()).sum(), gy)
+            res.append((y.detach(), gx.detach(), ggy))
+        assert_same(res[0], res[1], f"AvgPool2x2 {shape} {dtype} mkldnn={mkldnn}")
 
 
 @pytest.fixture(scope="module")
