@@ -9,9 +9,9 @@ forward on this machine (0.9 s -> 0.4 s once the faults were gone) and cost more
 `tune_malloc()` raises the mmap threshold to 2 GiB and turns heap trimming off (`mallopt`),
 so a freed activation stays in the heap and the next iteration reuses its pages. The trade-off:
 the heap keeps its high-water mark, and glibc's aligned allocations (torch asks for 64-byte
-alignment) leave holes that a same-sized request cannot reuse, so the peak RSS of a DM run
-rose by ~20 % (per class) to ~40 % (batched); it is reached in the first iteration or two and
-then stays flat (docs/performance.md). `release_memory()` hands free heap memory back
+alignment) leave holes that a same-sized request cannot reuse, so the peak RSS of DM, DC and
+DSA runs rose by 10-45 %; it is reached in the first iteration or two and then stays flat
+(docs/performance.md; jemalloc or tcmalloc, preloaded, are as fast without it). `release_memory()` hands free heap memory back
 (`malloc_trim`) when a long-lived process is done with a large computation.
 
 The CLI calls `tune_malloc()` at start-up; API users call it themselves, early. Set
