@@ -428,6 +428,9 @@ def main() -> None:
     shutdown although the KeyboardInterrupt had been handled and reported (the caller saw a
     death by signal, -2, instead of 130); CPython does this when it believes a KeyboardInterrupt
     went unhandled (`unhandled_keyboard_interrupt` in its runtime state)."""
+    from .alloc import tune_malloc
+
+    tune_malloc()   # keep freed activations in the heap: no page faults per iteration (docs/performance.md)
     try:
         app()
     except SystemExit as e:

@@ -30,7 +30,7 @@ from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc, class_labels
 from .matching import (BN_IMAGES_PER_CLASS, check_finite, checkpoint, class_gradients, dc_loops,
                        eval_model_for, freeze_bn_stats, has_batchnorm, init_images, log_every, match_loss,
-                       parse_strategy_or_usage, restore, synthesis_result)
+                       matched_params, parse_strategy_or_usage, restore, synthesis_result)
 
 
 @register_method
@@ -85,6 +85,7 @@ class DC:
         """Σ_c D(g_real,c, g_syn,c), back-propagated class by class into `images.grad` only."""
         device = images.device
         total = torch.zeros((), device=device)
+        matched = matched_params(net, self.config.dis_metric)   # only the gradients the distance reads
         for c in range(real.num_classes):
             xr = real.get(real.sample_class(c, self.config.batch_real, generator), device)
             xs = images[c * ipc:(c + 1) * ipc]
@@ -92,8 +93,8 @@ class DC:
                 params = dsa.make_params(self.strategy, xr.shape[0], real.image_shape, generator=generator,
                                          siamese=True, device=device)
                 xr, xs = dsa.apply(xr, params), dsa.apply(xs, params)
-            g_real = class_gradients(net, xr, c, create_graph=False)
-            g_syn = class_gradients(net, xs, c, create_graph=True)
+            g_real = class_gradients(net, xr, c, create_graph=False, params=matched)
+            g_syn = class_gradients(net, xs, c, create_graph=True, params=matched)
             loss_c = match_loss(g_syn, g_real, self.config.dis_metric)
             # inputs=[images]: the reference also accumulates (unused) second-order grads into θ
             loss_c.backward(inputs=[images])
