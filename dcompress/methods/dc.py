@@ -110,8 +110,8 @@ class DC:
         images.requires_grad_(True)
         labels = class_labels(real.num_classes, ipc).to(device)
         opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
-        start = restore(spec, images, opt_img, generator, log)
-        every, loss_avg = log_every(cfg.iterations), float("nan")
+        start, loss_avg = restore(spec, images, opt_img, generator, log)
+        every = log_every(cfg.iterations)
         for it in range(start, cfg.iterations):
             net = build_net(cfg.model, ch, real.num_classes, (h, w), generator=generator).to(device)
             net.train()
@@ -136,7 +136,7 @@ class DC:
                                 aug=self.strategy)
             loss_avg = loss_sum / (outer * real.num_classes)   # reference's logged loss_avg
             crash_point("iter")
-            checkpoint(spec, it + 1, images, opt_img, generator, name)
+            checkpoint(spec, it + 1, images, opt_img, generator, name, loss_avg)
             if it % every == 0 or it + 1 == cfg.iterations:
                 log({"event": "iteration", "method": name, "iteration": it + 1, "loss": loss_avg})
             if spec.progress is not None:

@@ -146,9 +146,9 @@ class DM:
         images, init_keys = init_images(real, ipc, cfg.init, generator, device)
         images.requires_grad_(True)
         opt = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
-        start = restore(spec, images, opt, generator, log)
+        start, loss = restore(spec, images, opt, generator, log)
         batched = cfg.batched if cfg.batched is not None else device.type == "cuda"
-        every, loss = log_every(cfg.iterations), float("nan")
+        every = log_every(cfg.iterations)
         for it in range(start, cfg.iterations):
             net = frozen_net(cfg.model, real, generator, device)
             if has_batchnorm(net):
@@ -162,7 +162,7 @@ class DM:
             check_finite(loss, it + 1, "dm")
             opt.step()
             crash_point("iter")
-            checkpoint(spec, it + 1, images, opt, generator, "dm")
+            checkpoint(spec, it + 1, images, opt, generator, "dm", loss)
             if it % every == 0 or it + 1 == cfg.iterations:
                 log({"event": "iteration", "method": "dm", "iteration": it + 1, "loss": loss})
             if spec.progress is not None:

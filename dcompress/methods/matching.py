@@ -161,11 +161,12 @@ def init_images(real: RealData, ipc: int, init: str, generator: torch.Generator,
 
 
 def restore(spec: RunSpec, images: torch.Tensor, opt: torch.optim.Optimizer, generator: torch.Generator,
-            log) -> int:
-    """Loads the run's last checkpoint into (images, opt, generator); returns the next iteration."""
+            log) -> tuple[int, float]:
+    """Loads the run's last checkpoint into (images, opt, generator); returns (the next iteration,
+    the loss last logged before it, NaN when none)."""
     state = spec.ckpt.load(like={"images": images}) if spec.ckpt is not None else None
     if state is None:
-        return 0
+        return 0, float("nan")
     with torch.no_grad():
         images.copy_(state["images"].to(images.device))
     # momentum buffers come from the checkpoint; hyper-parameters stay those of the config
@@ -175,12 +176,13 @@ def restore(spec: RunSpec, images: torch.Tensor, opt: torch.optim.Optimizer, gen
         group.update(h)
     generator.set_state(state["generator"])
     log({"event": "resumed", "iteration": int(state["iteration"])})
-    return int(state["iteration"])
+    return int(state["iteration"]), float(state.get("loss", float("nan")))
 
 
 def checkpoint(spec: RunSpec, done: int, images: torch.Tensor, opt: torch.optim.Optimizer,
-               generator: torch.Generator, what: str) -> None:
-    """Saves the loop state after `done` completed iterations when the checkpointer says so.
+               generator: torch.Generator, what: str, loss: float = float("nan")) -> None:
+    """Saves the loop state (and the latest `loss`, so a run resumed after its last iteration
+    still reports it) after `done` completed iterations when the checkpointer says so.
 
     Images that turned non-finite are never saved: the last good checkpoint stays.
     """
@@ -190,7 +192,7 @@ def checkpoint(spec: RunSpec, done: int, images: torch.Tensor, opt: torch.optim.
         raise NonFiniteLoss(f"{what}: synthetic images became non-finite after iteration {done} "
                             f"(lr_img too large?); the last good checkpoint is kept")
     spec.ckpt.save({"images": images.detach().cpu().clone(), "optimizer": opt.state_dict(),
-                    "generator": generator.get_state(), "iteration": done})
+                    "generator": generator.get_state(), "iteration": done, "loss": float(loss)})
 
 
 def check_finite(loss: float, iteration: int, what: str) -> None:
