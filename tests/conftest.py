@@ -60,6 +60,18 @@ def write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray) 
         f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", labels.shape[0]) + labels.tobytes())
 
 
+def tiny_real():
+    """30 in-memory 28x28 images of 3 classes as RealData (no shards): for method unit tests."""
+    import torch
+
+    from dcompress.core import RealData
+
+    x, y = make_images(10, classes=3)
+    return RealData(images=torch.from_numpy(x).unsqueeze(1), labels=torch.from_numpy(y).long(),
+                    keys=[f"k{i:03d}" for i in range(len(y))], class_names=["a", "b", "c"],
+                    mean=(0.2,), std=(0.3,), source={"fingerprint": "tiny"})
+
+
 def write_tar(path: Path, samples: list[dict]) -> Path:
     with wds.TarWriter(str(path), encoder=False, mtime=0) as w:
         for s in samples:

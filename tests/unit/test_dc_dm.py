@@ -12,17 +12,14 @@ from dcompress.methods import dc as dc_mod
 from dcompress.methods import dm as dm_mod
 from dcompress.methods.matching import dc_loops, distance_wb, match_loss
 from dcompress.core import RealData, RunSpec
-from tests.conftest import make_images
+from tests.conftest import tiny_real
 
 TINY = "convnet_w16"
 
 
 @pytest.fixture(scope="module")
 def real() -> RealData:
-    x, y = make_images(10, classes=3)
-    return RealData(images=torch.from_numpy(x).unsqueeze(1), labels=torch.from_numpy(y).long(),
-                    keys=[f"k{i:03d}" for i in range(len(y))], class_names=["a", "b", "c"],
-                    mean=(0.2,), std=(0.3,), source={"fingerprint": "tiny"})
+    return tiny_real()
 
 
 def spec_for(tmp_path, ipc=2, every=0, progress=None, name="run") -> RunSpec:

@@ -29,7 +29,7 @@ from dcompress.methods import dm as dm_mod
 from dcompress.nets import build_net, forward_flat, flat_params, unflatten
 from dcompress.nets.convnet import AvgPool2x2
 from dcompress.core import RealData
-from tests.conftest import make_images
+from tests.conftest import tiny_real
 
 
 def ref_embed(net: nn.Module, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -146,10 +146,7 @@ def test_avgpool2x2_equals_avg_pool2d_bitwise(dtype, mkldnn, monkeypatch):
 
 @pytest.fixture(scope="module")
 def real() -> RealData:
-    x, y = make_images(10, classes=3)
-    return RealData(images=torch.from_numpy(x).unsqueeze(1), labels=torch.from_numpy(y).long(),
-                    keys=[f"k{i:03d}" for i in range(len(y))], class_names=["a", "b", "c"],
-                    mean=(0.2,), std=(0.3,), source={"fingerprint": "tiny"})
+    return tiny_real()
 
 
 def _images(real, ipc, seed=7):
