@@ -200,10 +200,10 @@ def validate(cfg: Any) -> None:
             raise UsageError(f"{name}: {f.name!r} must be {rule[1]}, got {v}", key=f.name)
     model, strategy = getattr(cfg, "model", None), getattr(cfg, "dsa_strategy", None)
     if isinstance(model, str):
-        from .nets import NetConfigError, _resolve
+        from .nets import NetConfigError, check_name
 
         try:
-            _resolve(model.lower(), {})
+            check_name(model.lower())
         except NetConfigError as e:
             raise UsageError(f"{name}: 'model': {e}", key="model") from None
     if isinstance(strategy, str):

@@ -110,16 +110,6 @@ def work_dir_for(target: Path) -> Path:
     return target.parent / f".{target.name}.dcompress-work"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 class OutputLock:
     """Exclusive lock on an output path, held as `with OutputLock(target): ...`.
 

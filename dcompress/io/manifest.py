@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from ..errors import InputDataError, VerifyError
@@ -34,12 +33,6 @@ def shard_entry(path: Path, nsamples: int) -> dict:
 def build_manifest(name: str, shards: list[dict], block: dict) -> dict:
     return {"__kind__": WIDS_KIND, "wids_version": 1, "name": name, "shardlist": shards,
             "dcompress": {"format_version": FORMAT_VERSION, **block}}
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -17,7 +17,8 @@ from ..core import CompressedSet, denormalize_to_u8
 from .atomic import AtomicDir
 from .cards import CARD, TIMM_INFO, dataset_card, timm_info_bytes
 from .figures import class_grid, loss_curve, png_bytes
-from .manifest import MANIFEST, build_manifest, shard_entry, write_json_atomic
+from .manifest import MANIFEST, build_manifest, shard_entry
+from .safe_write import write_json
 from .metrics import METRICS, jsonl_bytes
 from .codecs import encode_npy, encode_png, json_bytes
 from .writer import write_shards
@@ -86,7 +87,7 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
             (tmp / fname).write_bytes(data)
         manifest = build_manifest(name, shards, block)
         crash_point("output.manifest")
-        write_json_atomic(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, manifest, indent=2)
     return manifest
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import InputDataError, UsageError
 from .atomic import AtomicDir, OutputLock, check_not_input, check_target, refuse_existing
-from .manifest import MANIFEST, build_manifest, shard_entry, write_json_atomic
+from .manifest import MANIFEST, build_manifest, shard_entry
+from .safe_write import write_json
 from .codecs import IMAGE_EXTS, encode_png
 from .writer import env_versions, write_shards
 
@@ -135,6 +136,6 @@ def _write_shards(src: Path, out: Path, *, fmt: str, split: str, shard_size: int
         block = {"kind": "input", "split": split, "num_samples": total, "class_names": names,
                  "source": {"path": str(src.resolve()), "format": fmt},
                  "urls": f"{split}-{{000000..{len(written) - 1:06d}}}.tar", "env": env_versions()}
-        write_json_atomic(tmp / MANIFEST, build_manifest(f"{src.name}-{split}", shards, block))
+        write_json(tmp / MANIFEST, build_manifest(f"{src.name}-{split}", shards, block), indent=2)
     return {"out": str(out), "shards": len(written), "samples": total, "classes": len(names),
             "seconds": round(time.time() - t0, 2)}

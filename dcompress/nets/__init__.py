@@ -33,7 +33,7 @@ from ..errors import UsageError
 from .convnet import ConvNet, LeNet, MLP
 from .functional import flat_params, forward_flat, load_flat_, param_shapes, unflatten
 
-__all__ = ["build_net", "list_nets", "embed", "feature_dim", "NetConfigError",
+__all__ = ["build_net", "check_name", "list_nets", "embed", "feature_dim", "NetConfigError",
            "flat_params", "forward_flat", "load_flat_", "param_shapes", "unflatten"]
 
 
@@ -108,6 +108,11 @@ def _resolve(name: str, overrides: dict[str, Any]) -> tuple[Callable[..., nn.Mod
         raise NetConfigError(f"{name!r} does not take {', '.join(bad)}; allowed overrides: "
                              f"{', '.join(allowed) or 'none'}")
     return builder, {**kw, **overrides}
+
+
+def check_name(name: str) -> None:
+    """NetConfigError (a UsageError) when `name` is no network `build_net` knows."""
+    _resolve(name, {})
 
 
 def build_net(name: str, channels: int, num_classes: int, im_size: tuple[int, int], *,

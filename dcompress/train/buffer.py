@@ -102,10 +102,10 @@ class ExpertBuffer:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InputDataError(f"manifest.json lacks a valid network/training entry ({e!r})",
                                  path=str(mpath)) from None
-        from ..nets import NetConfigError, _resolve
+        from ..nets import NetConfigError, check_name
 
         try:
-            _resolve(str(self.network.get("name")), {})
+            check_name(str(self.network.get("name")))
         except NetConfigError as e:
             raise InputDataError(f"buffer was made with a network this dcompress does not know ({e})",
                                  path=str(mpath), key="network.name") from None
