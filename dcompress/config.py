@@ -180,7 +180,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (_non_negative, ">= 0") for k in (
         "iterations", "weight_decay", "rho", "alpha", "lam", "seed", "min_start_epoch", "max_start_epoch",
         "current_max_start_epoch", "expansion_end_epoch")},
-    **{k: (_unit_open, "in [0, 1)") for k in ("momentum", "momentum_y", "beta1", "holdout")},
+    **{k: (_unit_open, "in [0, 1)") for k in ("momentum", "momentum_y", "momentum_img", "momentum_lr", "beta1",
+                                              "holdout")},
     "decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
 }
 

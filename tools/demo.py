@@ -66,7 +66,10 @@ def main() -> int:
     comp = out / f"{method}-ipc{ipc}"
     rep = distill(None, method, out=comp, ipc=ipc, sets=sets_list, device="auto", real=train,
                   progress=lambda a, b, d: None)
-    console.print(f"compressed {len(train)} -> {rep['samples']} images in {rep['timings']['fit_s']} s ({comp})")
+    if rep.get("up_to_date"):
+        console.print(f"{comp} already holds this run's output (same request and input): reused")
+    else:
+        console.print(f"compressed {len(train)} -> {rep['samples']} images in {rep['timings']['fit_s']} s ({comp})")
     ev = evaluate(comp, test, train=train, runs=runs, epochs=epochs, test_limit=2000, seed=0)
     grid = grid_png(comp, out / f"{method}-ipc{ipc}-grid.png")
     table = Table(title=f"Fashion-MNIST, {rep['samples']} training images (DEMO BUDGET)")

@@ -21,7 +21,6 @@ from typing import Iterable, Literal
 
 import torch
 
-from ..augment import dsa
 from ..errors import UsageError
 from ..registry import MethodInfo, register_method
 from ..core import CompressedSet, EvalProtocol
@@ -180,5 +179,5 @@ class DATM(MTT):
     def result(self, images, labels, soft, lr: float, info: dict, model: str) -> CompressedSet:
         return CompressedSet(images=images, labels=labels, logits=soft, label_kind="learned", synthetic=True, lr=lr,
                              info={**info, "threshold": self.config.threshold},
-                             protocol=EvalProtocol(name="datm", model=model, epochs=1000, aug=dsa.DEFAULT_STRATEGY,
+                             protocol=EvalProtocol(name="datm", model=model, epochs=1000, aug=self.eval_aug(),
                                                    soft_labels=True, use_learned_lr=True, batch_size=128))

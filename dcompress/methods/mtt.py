@@ -33,8 +33,6 @@ from ..train.unroll import (UnrollResult, available_memory_bytes, choose_mode, f
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc, class_labels, noise_init, real_init
 
-MOMENTUM_IMG = 0.5   # distill.py: SGD(images, lr_img, momentum=0.5) and SGD(syn_lr, lr_lr, momentum=0.5)
-MOMENTUM_LR = 0.5
 
 
 class PositiveLr:
@@ -190,6 +188,8 @@ class MTT:
         memory: Literal["auto", "full", "constant", "tesla"] = "auto"
         buffer_experts: int = 5
         buffer_epochs: int | None = None
+        momentum_img: float = 0.5   # distill.py: SGD(images, lr_img, momentum=0.5)
+        momentum_lr: float = 0.5    # distill.py: SGD(syn_lr, lr_lr, momentum=0.5)
 
     def __init__(self, config):
         self.config = config
@@ -217,9 +217,13 @@ class MTT:
     def accept(self, loss: float) -> bool:
         return True
 
+    def eval_aug(self) -> str | None:
+        """The evaluation protocol trains with the DSA strategy the synthesis used (None when off)."""
+        return self.config.dsa_strategy if self.config.dsa else None
+
     def result(self, images, labels, soft, lr: float, info: dict, model: str) -> CompressedSet:
         return CompressedSet(images=images, labels=labels, synthetic=True, lr=lr, info=info,
-                             protocol=EvalProtocol(name="mtt", model=model, epochs=1000, aug=dsa.DEFAULT_STRATEGY,
+                             protocol=EvalProtocol(name="mtt", model=model, epochs=1000, aug=self.eval_aug(),
                                                    use_learned_lr=True))
 
     # -- the loop ------------------------------------------------------------------------------
@@ -251,8 +255,8 @@ class MTT:
         images = x0.detach().clone().to(dev).requires_grad_(True)
         soft = soft0.detach().clone().to(dev).requires_grad_(True) if soft0 is not None else None
         lr = PositiveLr(cfg.lr_teacher, dev)
-        opts = {"img": torch.optim.SGD([images], lr=cfg.lr_img, momentum=MOMENTUM_IMG),
-                "lr": torch.optim.SGD([lr.u], lr=lr.step_size(cfg.lr_lr), momentum=MOMENTUM_LR)}
+        opts = {"img": torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img),
+                "lr": torch.optim.SGD([lr.u], lr=lr.step_size(cfg.lr_lr), momentum=cfg.momentum_lr)}
         if soft is not None:
             opts["y"] = torch.optim.SGD([soft], lr=cfg.lr_y, momentum=cfg.momentum_y)
         start, order, skipped, mode, losses = 0, [], 0, None, []

@@ -200,3 +200,12 @@ def test_dd_learns_positive_per_step_lrs(real, tmp_path):
     assert len(out.lrs) == 3 and all(v > 0 for v in out.lrs) and out.lrs != [pytest.approx(0.02)] * 3
     assert out.protocol.name == "dd" and out.protocol.epochs == 300 and out.protocol.aug is None
     assert out.info["replay"]["distill_epochs"] == 3 and out.info["memory"] in ("full", "constant")
+
+
+def test_evaluation_protocol_uses_the_configured_dsa_strategy():
+    from dcompress.methods.datm import DATM
+    from dcompress.methods.mtt import MTT
+
+    for cls in (MTT, DATM):
+        assert cls(cls.Config(dsa_strategy="crop_flip")).eval_aug() == "crop_flip"
+        assert cls(cls.Config(dsa=False)).eval_aug() is None
