@@ -71,7 +71,7 @@ def main() -> int:
     else:
         console.print(f"compressed {len(train)} -> {rep['samples']} images in {rep['timings']['fit_s']} s ({comp})")
     ev = evaluate(comp, test, train=train, runs=runs, epochs=epochs, test_limit=2000, seed=0)
-    grid = grid_png(comp, out / f"{method}-ipc{ipc}-grid.png")
+    grid = grid_png(comp)              # OUT/grid.png, written with the output too
     table = Table(title=f"Fashion-MNIST, {rep['samples']} training images (DEMO BUDGET)")
     table.add_column("training set")
     table.add_column("test accuracy %")
