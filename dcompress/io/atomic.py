@@ -125,6 +125,7 @@ class OutputLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "OutputLock":
+        self.created = [p for p in self.target.parents if not p.exists()]   # innermost first
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -162,6 +163,12 @@ class OutputLock:
             finally:
                 os.close(self.fd)
                 self.fd = None
+        if not self.target.exists():           # a failed run leaves no parent folders it created
+            for folder in self.created:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def _read_holder(fd: int) -> str:

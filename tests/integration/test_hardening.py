@@ -219,3 +219,12 @@ def test_signal_keeps_checkpoint_and_says_how_to_resume(shards, tmp_path, sig, c
     assert "Traceback" not in stderr and "resume" in rep["error"] and str(state.parent) in rep["error"]
     assert state.exists() and not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or p.name.endswith(".lock")]
+
+
+def test_a_failed_run_leaves_no_parent_folders_it_created(tmp_path):
+    r, rep = run("distill", tmp_path / "missing-{000..001}.tar", "--method", "random", "--ipc", "1",
+                 "-o", tmp_path / "new" / "deeper" / "out", "--json")
+    assert r.exit_code == 4 and not (tmp_path / "new").exists()
+    bad = write_tar(tmp_path / "bad.tar", [])
+    r, rep = run("distill", bad, "--method", "random", "--ipc", "1", "-o", tmp_path / "new" / "deeper" / "out", "--json")
+    assert r.exit_code == 4 and not (tmp_path / "new").exists()
