@@ -15,6 +15,7 @@ the real and the synthetic batch alike, so gradients reach S through the augment
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,15 +23,15 @@ import torch
 
 from ..augment import dsa
 from ..errors import UsageError
-from ..faults import crash_point
 from ..nets import build_net
 from ..registry import MethodInfo, register_method
 from ..train.loop import train_epoch
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc, class_labels
-from .matching import (BN_IMAGES_PER_CLASS, check_finite, checkpoint, class_gradients, dc_loops,
-                       eval_model_for, freeze_bn_stats, has_batchnorm, init_images, log_every, match_loss,
-                       matched_params, parse_strategy_or_usage, restore, synthesis_result)
+from .loop import SynthesisLoop, derive
+from .matching import (BN_IMAGES_PER_CLASS, class_gradients, dc_loops, eval_model_for, freeze_bn_stats,
+                       has_batchnorm, init_images_by_class, match_loss, matched_params, parse_strategy_or_usage,
+                       synthesis_result)
 
 
 @register_method
@@ -102,47 +103,44 @@ class DC:
         return float(total)          # one device sync per outer step
 
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+        """Algorithm 1 of the paper. Iteration `it` draws everything (network init, real batches,
+        DSA parameters, inner-loop shuffles) from `derive(seed, it)`: a resumed run needs no RNG
+        state. Classes are coupled here (the inner loop trains on all synthetic images)."""
         cfg, ipc, device, name = self.config, spec.ipc, torch.device(spec.device), self.info.name
         check_ipc(real, ipc)
         outer, inner = dc_loops(ipc, cfg.outer_loop, cfg.inner_loop)
         ch, h, w = real.image_shape
-        images, init_keys = init_images(real, ipc, cfg.init, generator, device)
+        images, init_keys = init_images_by_class(real, range(real.num_classes), ipc, cfg.init, spec.seed, device)
         images.requires_grad_(True)
         labels = class_labels(real.num_classes, ipc).to(device)
         opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
-        start, loss_avg = restore(spec, images, opt_img, generator, log)
-        every = log_every(cfg.iterations)
-        for it in range(start, cfg.iterations):
-            net = build_net(cfg.model, ch, real.num_classes, (h, w), generator=generator).to(device)
+        loop = SynthesisLoop(name, cfg.iterations, spec, log, state={"images": images, "optimizer": opt_img})
+        for it in loop:
+            g = derive(spec.seed, it)
+            net = build_net(cfg.model, ch, real.num_classes, (h, w), generator=g).to(device)
             net.train()
             opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)
             bn = has_batchnorm(net)
             loss_sum = 0.0
             for ol in range(outer):
                 if bn:
-                    idx = torch.cat([real.sample_class(c, BN_IMAGES_PER_CLASS, generator)
-                                     for c in range(real.num_classes)])
+                    idx = torch.cat([real.sample_class(c, BN_IMAGES_PER_CLASS, g) for c in range(real.num_classes)])
                     freeze_bn_stats(net, real.get(idx, device))
                 opt_img.zero_grad(set_to_none=True)
-                loss = self.match_step(net, real, images, ipc, generator)
-                check_finite(loss, it + 1, name)
+                loss = self.match_step(net, real, images, ipc, g)
+                if not math.isfinite(loss):
+                    loop.done(loss)                      # raises NonFiniteLoss naming the iteration
                 opt_img.step()
                 loss_sum += loss
                 if ol == outer - 1:
                     break
                 syn = images.detach().clone()
                 for _ in range(inner):
-                    train_epoch(net, opt_net, syn, labels, None, batch_size=cfg.batch_train, generator=generator,
+                    train_epoch(net, opt_net, syn, labels, None, batch_size=cfg.batch_train, generator=g,
                                 aug=self.strategy)
-            loss_avg = loss_sum / (outer * real.num_classes)   # reference's logged loss_avg
-            crash_point("iter")
-            checkpoint(spec, it + 1, images, opt_img, generator, name, loss_avg)
-            if it % every == 0 or it + 1 == cfg.iterations:
-                log({"event": "iteration", "method": name, "iteration": it + 1, "loss": loss_avg})
-            if spec.progress is not None:
-                spec.progress(it + 1, cfg.iterations, name)
-        info = {"init": cfg.init, "iterations": cfg.iterations, "outer_loop": outer, "inner_loop": inner,
-                "dis_metric": cfg.dis_metric, "final_loss": loss_avg, "resumed_from": start or None}
+            loop.done(loss_sum / (outer * real.num_classes))   # the reference's logged loss_avg
+        info = {"init": cfg.init, "outer_loop": outer, "inner_loop": inner, "dis_metric": cfg.dis_metric,
+                **loop.summary()}
         return synthesis_result(images, real, ipc, init_keys, self.protocol(), info)
 
 

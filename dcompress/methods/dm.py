@@ -17,13 +17,13 @@ import torch
 
 from ..augment import dsa
 from ..errors import UsageError
-from ..faults import crash_point
 from ..nets import build_net, embed
 from ..registry import MethodInfo, register_method
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc
-from .matching import (check_finite, checkpoint, eval_model_for, has_batchnorm, init_images, log_every,
-                       parse_strategy_or_usage, restore, synthesis_result)
+from .loop import SynthesisLoop, derive
+from .matching import (eval_model_for, has_batchnorm, init_images_by_class, parse_strategy_or_usage,
+                       synthesis_result)
 
 
 @dataclass
@@ -34,21 +34,15 @@ class ClassDraw:
     aug: object | None
 
 
-def draw_classes(real: RealData, batch_real: int, strategy: str | None, generator: torch.Generator,
-                 device: torch.device) -> list[ClassDraw]:
-    """Per class, in class order: `batch_real` real indices, then one Siamese DSA draw.
-
-    Both DM forms consume the generator in this order, so they see identical draws.
-    """
-    draws = []
-    for c in range(real.num_classes):
-        idx = real.sample_class(c, batch_real, generator)
-        params = None
-        if strategy is not None:
-            params = dsa.make_params(strategy, idx.numel(), real.image_shape, generator=generator,
-                                     siamese=True, device=device)
-        draws.append(ClassDraw(idx, params))
-    return draws
+def draw_class(real: RealData, c: int, batch_real: int, strategy: str | None, generator: torch.Generator,
+               device: torch.device) -> ClassDraw:
+    """Class c's draws for one iteration: `batch_real` real indices, then one Siamese DSA draw."""
+    idx = real.sample_class(c, batch_real, generator)
+    params = None
+    if strategy is not None:
+        params = dsa.make_params(strategy, idx.numel(), real.image_shape, generator=generator,
+                                 siamese=True, device=device)
+    return ClassDraw(idx, params)
 
 
 def _aug(x: torch.Tensor, params) -> torch.Tensor:
@@ -141,33 +135,39 @@ class DM:
         self.strategy = parse_strategy_or_usage(config.dsa_strategy)
 
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+        check_ipc(real, spec.ipc)
+        classes = list(range(real.num_classes))
+        images, init_keys, info = self.synthesize(real, spec, log, classes)
+        protocol = EvalProtocol(name="dm", model=eval_model_for(self.config.model), epochs=1000, aug=self.strategy)
+        return synthesis_result(images, real, spec.ipc, init_keys, protocol, info)
+
+    def synthesize(self, real: RealData, spec: RunSpec, log: LogFn,
+                   classes: list[int]) -> tuple[torch.Tensor, list[str | None], dict]:
+        """The synthetic images of `classes` (in that order), their init keys and the run info.
+
+        Every draw is derived from (seed, iteration[, class]): the network of iteration `it` from
+        `derive(seed, it, "net")`, class c's real batch and Siamese DSA draw from
+        `derive(seed, it, c)`. DM's loss is a sum of per-class terms and its SGD step is
+        element-wise, so a class's images do not depend on which other classes run beside it
+        (per-class form; the batched form does the same maths in one forward).
+        """
         cfg, ipc, device = self.config, spec.ipc, torch.device(spec.device)
-        check_ipc(real, ipc)
-        images, init_keys = init_images(real, ipc, cfg.init, generator, device)
+        images, init_keys = init_images_by_class(real, classes, ipc, cfg.init, spec.seed, device)
         images.requires_grad_(True)
         opt = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
-        start, loss = restore(spec, images, opt, generator, log)
+        loop = SynthesisLoop("dm", cfg.iterations, spec, log, state={"images": images, "optimizer": opt})
         batched = cfg.batched if cfg.batched is not None else device.type == "cuda"
-        every = log_every(cfg.iterations)
-        for it in range(start, cfg.iterations):
-            net = frozen_net(cfg.model, real, generator, device)
+        for it in loop:
+            net = frozen_net(cfg.model, real, derive(spec.seed, it, "net"), device)
             if has_batchnorm(net):
                 if cfg.batched is False:
                     raise UsageError("dm: batched=false is not possible with a BatchNorm model; the reference "
                                      "concatenates all classes for BN nets (leave batched unset)")
                 batched = True
-            draws = draw_classes(real, cfg.batch_real, self.strategy, generator, device)
+            draws = [draw_class(real, c, cfg.batch_real, self.strategy, derive(spec.seed, it, c), device)
+                     for c in classes]
             opt.zero_grad(set_to_none=True)
             loss = (dm_loss_batched if batched else dm_loss_per_class)(net, real, images, ipc, draws)
-            check_finite(loss, it + 1, "dm")
             opt.step()
-            crash_point("iter")
-            checkpoint(spec, it + 1, images, opt, generator, "dm", loss)
-            if it % every == 0 or it + 1 == cfg.iterations:
-                log({"event": "iteration", "method": "dm", "iteration": it + 1, "loss": loss})
-            if spec.progress is not None:
-                spec.progress(it + 1, cfg.iterations, "dm")
-        protocol = EvalProtocol(name="dm", model=eval_model_for(cfg.model), epochs=1000, aug=self.strategy)
-        info = {"init": cfg.init, "iterations": cfg.iterations, "batched": batched, "final_loss": loss,
-                "resumed_from": start or None}
-        return synthesis_result(images, real, ipc, init_keys, protocol, info)
+            loop.done(loss)
+        return images, init_keys, {"init": cfg.init, "batched": batched, **loop.summary()}

@@ -7,15 +7,14 @@ and `dm.py`.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import NonFiniteLoss, UsageError
-from ..core import CompressedSet, EvalProtocol, RealData, RunSpec
-from .base import class_labels, noise_init
+from ..core import CompressedSet, EvalProtocol, RealData
+from ..errors import UsageError
+from .base import class_labels
 
 # get_loops(ipc) of the reference (methods.md §1.4): ipc -> (outer_loop, inner_loop).
 REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -146,60 +145,27 @@ def parse_strategy_or_usage(strategy: str | None) -> str | None:
 # Loop bookkeeping
 
 
-def init_images(real: RealData, ipc: int, init: str, generator: torch.Generator,
-                device: torch.device) -> tuple[torch.Tensor, list[str | None]]:
-    """Initial synthetic images [C*ipc, ch, H, W] (class-major) and each slot's source key.
+def init_images_by_class(real: RealData, classes, ipc: int, init: str, seed: int,
+                         device: torch.device) -> tuple[torch.Tensor, list[str | None]]:
+    """Initial synthetic images of `classes` [len(classes)*ipc, ch, H, W] (in that order) and each
+    slot's source key; class c's draw comes from `derive(seed, "init", c)`, so it does not depend
+    on the other classes. 'real': random real images of the class; 'noise': N(0, 1)."""
+    from .loop import derive
 
-    'real': class-balanced random real images (keys recorded); 'noise': N(0, 1) in normalised units.
-    """
-    if init == "real":
-        idx = torch.cat([real.sample_class(c, ipc, generator) for c in range(real.num_classes)])
-        return real.get(idx, device), [real.keys[int(i)] for i in idx]
-    if init == "noise":
-        return noise_init(real, ipc, generator, device), [None] * (real.num_classes * ipc)
-    raise UsageError(f"init must be 'real' or 'noise', got {init!r}")
-
-
-def restore(spec: RunSpec, images: torch.Tensor, opt: torch.optim.Optimizer, generator: torch.Generator,
-            log) -> tuple[int, float]:
-    """Loads the run's last checkpoint into (images, opt, generator); returns (the next iteration,
-    the loss last logged before it, NaN when none)."""
-    state = spec.ckpt.load(like={"images": images}) if spec.ckpt is not None else None
-    if state is None:
-        return 0, float("nan")
-    with torch.no_grad():
-        images.copy_(state["images"].to(images.device))
-    # momentum buffers come from the checkpoint; hyper-parameters stay those of the config
-    hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-    opt.load_state_dict(state["optimizer"])
-    for group, h in zip(opt.param_groups, hyper):
-        group.update(h)
-    generator.set_state(state["generator"])
-    log({"event": "resumed", "iteration": int(state["iteration"])})
-    return int(state["iteration"]), float(state.get("loss", float("nan")))
-
-
-def checkpoint(spec: RunSpec, done: int, images: torch.Tensor, opt: torch.optim.Optimizer,
-               generator: torch.Generator, what: str, loss: float = float("nan")) -> None:
-    """Saves the loop state (and the latest `loss`, so a run resumed after its last iteration
-    still reports it) after `done` completed iterations when the checkpointer says so.
-
-    Images that turned non-finite are never saved: the last good checkpoint stays.
-    """
-    if spec.ckpt is None or not spec.ckpt.due(done):
-        return
-    if not bool(torch.isfinite(images).all()):
-        raise NonFiniteLoss(f"{what}: synthetic images became non-finite after iteration {done} "
-                            f"(lr_img too large?); the last good checkpoint is kept")
-    spec.ckpt.save({"images": images.detach().cpu().clone(), "optimizer": opt.state_dict(),
-                    "generator": generator.get_state(), "iteration": done, "loss": float(loss)})
-
-
-def check_finite(loss: float, iteration: int, what: str) -> None:
-    """NonFiniteLoss unless `loss` is finite; `iteration` counts from 1."""
-    if not math.isfinite(loss):
-        raise NonFiniteLoss(f"{what}: loss is {loss} at iteration {iteration} (lr_img too large, or non-finite "
-                            f"images); the last good checkpoint is kept")
+    parts, keys = [], []
+    for c in classes:
+        g = derive(seed, "init", c)
+        if init == "real":
+            idx = real.sample_class(c, ipc, g)
+            parts.append(real.get(idx, device))
+            keys += [real.keys[int(i)] for i in idx]
+        elif init == "noise":
+            ch, h, w = real.image_shape
+            parts.append(torch.randn(ipc, ch, h, w, generator=g).to(device))
+            keys += [None] * ipc
+        else:
+            raise UsageError(f"init must be 'real' or 'noise', got {init!r}")
+    return torch.cat(parts), keys
 
 
 def synthesis_result(images: torch.Tensor, real: RealData, ipc: int, init_keys: list[str | None],
@@ -210,6 +176,3 @@ def synthesis_result(images: torch.Tensor, real: RealData, ipc: int, init_keys: 
                          logits=None, synthetic=True, sources=sources, protocol=protocol, info=info)
 
 
-def log_every(iterations: int) -> int:
-    """Loss-logging period: about 100 log events per run."""
-    return max(1, iterations // 100)

@@ -158,7 +158,8 @@ def _images(real, ipc, seed=7):
 def test_dm_loss_and_image_gradient_bitwise(real, batched):
     ipc = 2
     net = dm_mod.frozen_net("convnet_w16", real, torch.Generator().manual_seed(8), torch.device("cpu"))
-    draws = dm_mod.draw_classes(real, 6, dsa.DEFAULT_STRATEGY, torch.Generator().manual_seed(9), torch.device("cpu"))
+    g = torch.Generator().manual_seed(9)
+    draws = [dm_mod.draw_class(real, c, 6, dsa.DEFAULT_STRATEGY, g, torch.device("cpu")) for c in range(3)]
     images = _images(real, ipc)
     loss_fn = dm_mod.dm_loss_batched if batched else dm_mod.dm_loss_per_class
     loss = loss_fn(net, real, images, ipc, draws)

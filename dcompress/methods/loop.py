@@ -1,0 +1,131 @@
+"""The synthesis loop every optimising method runs, and the derived-seed scheme.
+
+    loop = SynthesisLoop("dm", cfg.iterations, spec, log, state={"images": images, "optimizer": opt})
+    for it in loop:                      # starts after the last checkpoint of this run
+        loss = ...                       # the paper's step, its draws from derive(spec.seed, it, ...)
+        loop.done(loss)                  # non-finite guard, checkpoint, progress, log event
+    info = loop.summary()                # iterations, first/final loss, resumed_from
+
+The loop owns what every method used to write by hand: resume (restore the `state` from the
+run's checkpoint, shape-checked), the checkpoint cadence (`--ckpt-every`), the non-finite loss
+guard (NonFiniteLoss; the last good checkpoint stays), progress, one log-event schema
+(`{"event": "iteration", "method", "iteration", "loss", **extra}` about 100 times a run) and the
+loss summary.
+
+Derived seeds: `derive(seed, *tags)` is a CPU generator seeded from sha256 of the run's seed and
+the tags (iteration, class, purpose). A draw of iteration `it` for class `c` comes from its own
+generator, so resuming needs no RNG state, and a class's result does not depend on which other
+classes were computed before it or alongside it (the basis of splitting classes over processes).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Iterator
+
+import torch
+
+from ..core import LogFn, RunSpec
+from ..errors import NonFiniteLoss
+from ..faults import crash_point
+
+
+def derive(seed: int, *tags: Any) -> torch.Generator:
+    """A CPU torch.Generator seeded from (seed, *tags); equal arguments give equal streams."""
+    key = ":".join(["dcompress", str(int(seed)), *map(str, tags)]).encode()
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
+
+
+def log_every(iterations: int) -> int:
+    """Loss-logging period: about 100 log events per run."""
+    return max(1, iterations // 100)
+
+
+class SynthesisLoop:
+    """Iterates `range(start, total)` for one method run (see the module docstring).
+
+    Args:
+        name: method name, used in events, progress and error messages.
+        total: number of iterations.
+        spec: the run spec (checkpointer, progress, device).
+        log: the method's log callback.
+        state: what a checkpoint holds, by name: tensors (restored in place), optimizers and
+            other objects with `state_dict()`/`load_state_dict()`, torch.Generators. The
+            optimizers' hyper-parameters stay those of the current config on resume.
+        guard: tensors that must stay finite for a checkpoint to be written (default: every
+            tensor in `state`).
+    """
+
+    def __init__(self, name: str, total: int, spec: RunSpec, log: LogFn, state: dict[str, Any],
+                 guard: list[torch.Tensor] | None = None):
+        self.name, self.total, self.spec, self.log, self.state = name, int(total), spec, log, state
+        self.guard = guard if guard is not None else [v for v in state.values() if isinstance(v, torch.Tensor)]
+        self.every = log_every(self.total)
+        self.it = 0
+        self.first_loss: float | None = None
+        self.loss = float("nan")
+        self.start = self._restore()
+
+    def _restore(self) -> int:
+        ckpt = self.spec.ckpt
+        like = {k: v for k, v in self.state.items() if isinstance(v, torch.Tensor)}
+        saved = ckpt.load(like=like) if ckpt is not None else None
+        if saved is None:
+            return 0
+        for k, v in self.state.items():
+            if isinstance(v, torch.Tensor):
+                with torch.no_grad():
+                    v.copy_(saved[k].to(v.device))
+            elif isinstance(v, torch.Generator):
+                v.set_state(saved[k])
+            elif isinstance(v, torch.optim.Optimizer):
+                hyper = [{h: x for h, x in g.items() if h != "params"} for g in v.param_groups]
+                v.load_state_dict(saved[k])
+                for group, h in zip(v.param_groups, hyper):
+                    group.update(h)
+            else:
+                v.load_state_dict(saved[k])
+        self.loss = float(saved.get("loss", float("nan")))
+        self.first_loss = saved.get("first_loss")
+        self.log({"event": "resumed", "method": self.name, "iteration": int(saved["iteration"])})
+        return int(saved["iteration"])
+
+    def __iter__(self) -> Iterator[int]:
+        for it in range(self.start, self.total):
+            self.it = it
+            yield it
+
+    def done(self, loss: float, **extra: Any) -> None:
+        """Closes iteration `self.it` with its loss: guard, checkpoint when due, log, progress."""
+        it, loss = self.it, float(loss)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"{self.name}: loss is {loss} at iteration {it + 1} (lr too large, or non-finite "
+                                "images); the last good checkpoint is kept")
+        self.loss = loss
+        if self.first_loss is None:
+            self.first_loss = loss
+        crash_point("iter")
+        ckpt = self.spec.ckpt
+        if ckpt is not None and ckpt.due(it + 1):
+            if not all(bool(torch.isfinite(t).all()) for t in self.guard):
+                raise NonFiniteLoss(f"{self.name}: the synthetic set became non-finite after iteration {it + 1} "
+                                    "(lr too large?); the last good checkpoint is kept")
+            ckpt.save({**{k: self._saved(v) for k, v in self.state.items()}, "iteration": it + 1, "loss": loss,
+                       "first_loss": self.first_loss})
+        if it % self.every == 0 or it + 1 == self.total:
+            self.log({"event": "iteration", "method": self.name, "iteration": it + 1, "loss": loss, **extra})
+        if self.spec.progress is not None:
+            self.spec.progress(it + 1, self.total, self.name)
+
+    @staticmethod
+    def _saved(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.detach().cpu().clone()
+        if isinstance(v, torch.Generator):
+            return v.get_state()
+        return v.state_dict()
+
+    def summary(self) -> dict:
+        """For the manifest's `info`: iterations, first and final loss, where the run resumed."""
+        return {"iterations": self.total, "first_loss": self.first_loss, "final_loss": self.loss,
+                "resumed_from": self.start or None}
