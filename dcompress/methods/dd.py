@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NonFiniteLoss, UsageError
-from ..faults import crash_point
 from ..registry import MethodInfo, register_method
 from ..train.unroll import unroll
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec, normalize
 from .base import check_ipc, class_labels, noise_init, real_init
+from .loop import SynthesisLoop, derive
 from .mtt import pick_memory_mode
 
 
@@ -121,23 +121,13 @@ class DD:
         batches = [b.to(dev) for b in step_batches(K, spec.ipc, steps)]
         per_epoch = math.ceil(len(real) / cfg.batch_real)
         total = cfg.epochs * per_epoch if cfg.iterations is None else min(cfg.iterations, cfg.epochs * per_epoch)
-        like = {"images": torch.empty(K * spec.ipc, *shape), "raw": torch.empty(T)}
-        state = spec.ckpt.load(like=like) if spec.ckpt is not None else None
-        if state is None:
-            init = noise_init if cfg.pix_init == "noise" else real_init
-            x0 = init(real, spec.ipc, generator, dev)
-            raw0 = torch.full((T,), softplus_inv(cfg.distill_lr))
-        else:
-            x0, raw0 = state["images"], state["raw"]
-        images = x0.detach().clone().to(dev).requires_grad_(True)
-        raw = raw0.detach().clone().to(dev).requires_grad_(True)
+        init = noise_init if cfg.pix_init == "noise" else real_init
+        images = init(real, spec.ipc, derive(spec.seed, "init"), dev).detach().clone().requires_grad_(True)
+        raw = torch.full((T,), softplus_inv(cfg.distill_lr), device=dev).requires_grad_(True)
         opt = torch.optim.Adam([images, raw], lr=cfg.lr, betas=(cfg.beta1, 0.999))
-        start, perm, mode, info, losses = 0, None, None, {}, []
-        if state is not None:
-            opt.load_state_dict(state["opt"])
-            generator.set_state(state["generator"])
-            start, perm, mode, info, losses = (state["iteration"], state["perm"], state["mode"], state["info"],
-                                               list(state["losses"]))
+        loop = SynthesisLoop("dd", total, spec, log, state={"images": images, "raw": raw, "opt": opt},
+                             extra={"mode": None, "info": {}, "losses": []})
+        ex = loop.extra
 
         def inner(theta: torch.Tensor, i: int) -> torch.Tensor:
             b = batches[i % steps]
@@ -146,46 +136,38 @@ class DD:
         def lr_fn(i: int) -> torch.Tensor:
             return F.softplus(raw[i])
 
-        for it in range(start, total):
+        for it in loop:
             epoch, pos = divmod(it, per_epoch)
-            if pos == 0 or perm is None:
-                perm = torch.randperm(len(real), generator=generator)
+            perm = torch.randperm(len(real), generator=derive(spec.seed, "epoch", epoch))   # real-data order
+            g = derive(spec.seed, it)                                                      # this step's nets
             for group in opt.param_groups:   # StepLR(decay_epochs, decay_factor) over real-data epochs
                 group["lr"] = cfg.lr * cfg.decay_factor ** (epoch // cfg.decay_epochs)
             ridx = perm[pos * cfg.batch_real:(pos + 1) * cfg.batch_real]
             x_real, y_real = real.get(ridx, dev), real.labels[ridx].to(dev)
             grads, loss = [torch.zeros_like(images), torch.zeros_like(raw)], 0.0
             for _ in range(cfg.n_nets):
-                theta0 = fresh_params(cfg.model, shape, K, cfg.init, generator).to(dev)
+                theta0 = fresh_params(cfg.model, shape, K, cfg.init, g).to(dev)
 
                 def outer(theta: torch.Tensor) -> torch.Tensor:
                     return F.cross_entropy(forward_flat(net, theta, x_real), y_real)
 
-                if mode is None:
-                    mode, mem_info = pick_memory_mode(cfg.memory, inner, lr_fn, theta0, T, dev, log)
-                    info.update(mem_info)
-                res = unroll(inner, lr_fn, theta0, T, outer, [images, raw], mode=mode)
-                for k, g in enumerate(res.grads):
-                    if g is not None:
-                        grads[k] += g / cfg.n_nets
+                if ex["mode"] is None:
+                    ex["mode"], mem_info = pick_memory_mode(cfg.memory, inner, lr_fn, theta0, T, dev, log)
+                    ex["info"].update(mem_info)
+                res = unroll(inner, lr_fn, theta0, T, outer, [images, raw], mode=ex["mode"])
+                for k, grad in enumerate(res.grads):
+                    if grad is not None:
+                        grads[k] += grad / cfg.n_nets
                 loss += res.loss / cfg.n_nets
             images.grad, raw.grad = grads
             opt.step()
-            losses.append(round(loss, 6))
-            log({"event": "iteration", "it": it + 1, "loss": loss})
-            if spec.progress:
-                spec.progress(it + 1, total, "dd")
-            crash_point("iter")
-            if spec.ckpt is not None and spec.ckpt.due(it + 1):
-                if not (torch.isfinite(images).all() and torch.isfinite(raw).all()):
-                    raise NonFiniteLoss(f"images or lrs became non-finite at iteration {it + 1}; lower lr")
-                spec.ckpt.save({"iteration": it + 1, "images": images.detach().cpu(), "raw": raw.detach().cpu(),
-                                "opt": opt.state_dict(), "generator": generator.get_state(), "perm": perm,
-                                "mode": mode, "info": info, "losses": losses})
+            ex["losses"].append(round(loss, 6))
+            loop.done(loss)
+        info, losses = ex["info"], ex["losses"]
         if not torch.isfinite(images).all():
             raise NonFiniteLoss("synthetic images became non-finite; lower lr")
         lrs = F.softplus(raw.detach()).cpu().tolist()
-        info.update(iterations=total, loss_first=losses[0] if losses else None,
+        info.update(iterations=total, resumed_from=loop.start or None, loss_first=losses[0] if losses else None,
                     loss_last=losses[-1] if losses else None,
                     loss_last10_mean=(sum(losses[-10:]) / len(losses[-10:])) if losses else None,
                     replay={"model": cfg.model, "init": cfg.init, "distill_steps": steps,

@@ -54,11 +54,14 @@ class SynthesisLoop:
             optimizers' hyper-parameters stay those of the current config on resume.
         guard: tensors that must stay finite for a checkpoint to be written (default: every
             tensor in `state`).
+        extra: plain values (numbers, strings, lists, dicts) the method keeps across
+            iterations, checkpointed as they are; after a resume `loop.extra` holds the saved ones.
     """
 
     def __init__(self, name: str, total: int, spec: RunSpec, log: LogFn, state: dict[str, Any],
-                 guard: list[torch.Tensor] | None = None):
+                 guard: list[torch.Tensor] | None = None, extra: dict[str, Any] | None = None):
         self.name, self.total, self.spec, self.log, self.state = name, int(total), spec, log, state
+        self.extra: dict[str, Any] = dict(extra or {})
         self.guard = guard if guard is not None else [v for v in state.values() if isinstance(v, torch.Tensor)]
         self.every = log_every(self.total)
         self.it = 0
@@ -86,6 +89,7 @@ class SynthesisLoop:
             else:
                 v.load_state_dict(saved[k])
         self.loss = float(saved.get("loss", float("nan")))
+        self.extra.update(saved.get("extra") or {})
         self.first_loss = saved.get("first_loss")
         self.log({"event": "resumed", "method": self.name, "iteration": int(saved["iteration"])})
         return int(saved["iteration"])
@@ -111,7 +115,7 @@ class SynthesisLoop:
                 raise NonFiniteLoss(f"{self.name}: the synthetic set became non-finite after iteration {it + 1} "
                                     "(lr too large?); the last good checkpoint is kept")
             ckpt.save({**{k: self._saved(v) for k, v in self.state.items()}, "iteration": it + 1, "loss": loss,
-                       "first_loss": self.first_loss})
+                       "first_loss": self.first_loss, "extra": self.extra})
         if it % self.every == 0 or it + 1 == self.total:
             self.log({"event": "iteration", "method": self.name, "iteration": it + 1, "loss": loss, **extra})
         if self.spec.progress is not None:

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from ..augment import dsa
 from ..augment.dsa import DEFAULT_STRATEGY
 from ..errors import InputDataError, NonFiniteLoss, UsageError
-from ..faults import crash_point
 from ..registry import MethodInfo, register_method
 from ..train.buffer import ExpertBuffer
 from ..train.experts import ExpertConfig, default_buffer_dir, train_experts
@@ -32,6 +31,7 @@ from ..train.unroll import (UnrollResult, available_memory_bytes, choose_mode, f
                             step_graph_bytes, unroll)
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc, class_labels, noise_init, real_init
+from .loop import SynthesisLoop, derive
 
 
 
@@ -243,15 +243,10 @@ class MTT:
         labels = class_labels(real.num_classes, spec.ipc).to(dev)
         n = labels.numel()
         batch_syn = cfg.batch_syn or n
-        state = spec.ckpt.load(like={"images": torch.empty(n, c, h, w)}) if spec.ckpt is not None else None
         info: dict = {"experts": buf_info, "lr_parametrisation": "lr_teacher * exp(u), step lr_lr / lr_teacher^2"}
-        if state is None:
-            x0, init_info = self.init_images(real, spec, buf, net, generator)
-            soft0, label_info = self.init_targets(x0, labels, buf, net)
-            info.update(init_info, **label_info)
-        else:
-            x0, soft0 = state["images"], state.get("soft")
-            info.update(state["info"])
+        x0, init_info = self.init_images(real, spec, buf, net, derive(spec.seed, "init"))
+        soft0, label_info = self.init_targets(x0, labels, buf, net)
+        info.update(init_info, **label_info)
         images = x0.detach().clone().to(dev).requires_grad_(True)
         soft = soft0.detach().clone().to(dev).requires_grad_(True) if soft0 is not None else None
         lr = PositiveLr(cfg.lr_teacher, dev)
@@ -259,60 +254,47 @@ class MTT:
                 "lr": torch.optim.SGD([lr.u], lr=lr.step_size(cfg.lr_lr), momentum=cfg.momentum_lr)}
         if soft is not None:
             opts["y"] = torch.optim.SGD([soft], lr=cfg.lr_y, momentum=cfg.momentum_y)
-        start, order, skipped, mode, losses = 0, [], 0, None, []
-        if state is not None:
-            with torch.no_grad():
-                lr.u.copy_(state["u"])
-            for k, o in opts.items():
-                o.load_state_dict(state["opt_" + k])
-            generator.set_state(state["generator"])
-            start, order, skipped, mode = state["iteration"], list(state["order"]), state["skipped"], state["mode"]
-            losses = list(state["losses"])
         leaves = [images, lr.u] + ([soft] if soft is not None else [])
+        state = {"images": images, "u": lr.u, **({"soft": soft} if soft is not None else {}),
+                 **{"opt_" + k: o for k, o in opts.items()}}
+        loop = SynthesisLoop(self.info.name, cfg.iterations, spec, log, state=state, guard=[images, lr.u],
+                             extra={"skipped": 0, "mode": None, "losses": [], "mem_info": {}})
         targets = soft if soft is not None else labels
         strategy = cfg.dsa_strategy if cfg.dsa else None
-        for it in range(start, cfg.iterations):
-            if not order:
-                order = torch.randperm(buf.num_experts, generator=generator).tolist()
-            e = order.pop(0)
-            t = self.start_epoch(it, generator)
+        ex = loop.extra
+        for it in loop:
+            # experts in a fresh random order every round of num_experts iterations; the rest of
+            # iteration `it` (start epoch, batches, augmentation) from its own derived generator
+            rnd, pos = divmod(it, buf.num_experts)
+            e = int(torch.randperm(buf.num_experts, generator=derive(spec.seed, "experts", rnd))[pos])
+            g = derive(spec.seed, it)
+            t = self.start_epoch(it, g)
             theta0 = buf.snapshot(e, t).to(dev)
             target = buf.snapshot(e, t + cfg.expert_epochs).to(dev)
-            plan = draw_plan(n, batch_syn, cfg.syn_steps, strategy, (c, h, w), generator, dev)
+            plan = draw_plan(n, batch_syn, cfg.syn_steps, strategy, (c, h, w), g, dev)
             inner, outer = trajectory_loss_fns(net, theta0, target, images, targets, plan, soft is not None)
-            if mode is None:
-                mode, mem_info = pick_memory_mode(cfg.memory, inner, lambda i: lr.value(), theta0, cfg.syn_steps,
-                                                  dev, log)
-                info.update(mem_info)
-            res: UnrollResult = unroll(inner, lambda i: lr.value(), theta0, cfg.syn_steps, outer, leaves, mode=mode)
+            if ex["mode"] is None:
+                ex["mode"], ex["mem_info"] = pick_memory_mode(cfg.memory, inner, lambda i: lr.value(), theta0,
+                                                              cfg.syn_steps, dev, log)
+            res: UnrollResult = unroll(inner, lambda i: lr.value(), theta0, cfg.syn_steps, outer, leaves,
+                                       mode=ex["mode"])
             if self.accept(res.loss):
-                for leaf, g in zip(leaves, res.grads):
-                    leaf.grad = g
+                for leaf, grad in zip(leaves, res.grads):
+                    leaf.grad = grad
                 for o in opts.values():
                     o.step()
                 lr.clamp_()
             else:
-                skipped += 1
-            losses.append(round(res.loss, 6))
-            log({"event": "iteration", "it": it + 1, "loss": res.loss, "lr": float(lr.value().detach()), "expert": e,
-                 "start_epoch": t})
-            if spec.progress:
-                spec.progress(it + 1, cfg.iterations, self.info.name)
-            crash_point("iter")
-            if spec.ckpt is not None and spec.ckpt.due(it + 1):
-                if not (torch.isfinite(images).all() and torch.isfinite(lr.u)):
-                    raise NonFiniteLoss(f"synthetic images or lr became non-finite at iteration {it + 1}; "
-                                        "lower lr_img / lr_lr")
-                spec.ckpt.save({"iteration": it + 1, "images": images.detach().cpu(), "u": lr.u.detach().cpu(),
-                                "soft": soft.detach().cpu() if soft is not None else None,
-                                **{"opt_" + k: o.state_dict() for k, o in opts.items()},
-                                "generator": generator.get_state(), "order": order, "skipped": skipped,
-                                "mode": mode, "losses": losses, "info": info})
+                ex["skipped"] += 1
+            ex["losses"].append(round(res.loss, 6))
+            loop.done(res.loss, lr=float(lr.value().detach()), expert=e, start_epoch=t)
         if not torch.isfinite(images).all():
             raise NonFiniteLoss("synthetic images became non-finite; lower lr_img")
-        info.update(memory=mode or info.get("memory"), iterations=cfg.iterations, skipped_updates=skipped,
-                    loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
+        losses = ex["losses"]
+        info.update(ex["mem_info"], memory=ex["mode"] or ex["mem_info"].get("memory"), iterations=cfg.iterations,
+                    skipped_updates=ex["skipped"], loss_first=losses[0] if losses else None,
+                    loss_last=losses[-1] if losses else None,
                     loss_last10_mean=(sum(losses[-10:]) / len(losses[-10:])) if losses else None,
-                    lr_init=cfg.lr_teacher, lr_final=float(lr.value().detach()))
+                    lr_init=cfg.lr_teacher, lr_final=float(lr.value().detach()), resumed_from=loop.start or None)
         return self.result(images.detach().cpu(), labels.cpu(), soft.detach().cpu() if soft is not None else None,
                            float(lr.value().detach()), info, buf.network["name"])

@@ -157,7 +157,7 @@ def test_resume_reaches_the_uninterrupted_result(method, real, buf, tmp_path):
     ref = fit(method, real, spec_for(tmp_path / "ref", buf, every=2))
 
     def crash_at_3(ev):
-        if ev.get("event") == "iteration" and ev["it"] == 3:
+        if ev.get("event") == "iteration" and ev["iteration"] == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
