@@ -74,6 +74,33 @@ class RealData:
         return pool[torch.randint(pool.numel(), (n,), generator=generator)]
 
 
+class RealView:
+    """Samples `indices` of a RealData as a batch source: `len(view)`, `view.get(pos, device)`
+    (normalised float32 of positions `pos`), `view.labels`. Trainers read batches through it
+    instead of holding the whole normalised set on the device (4x the uint8 bytes)."""
+
+    def __init__(self, real: "RealData", indices: torch.Tensor):
+        self.real, self.indices = real, indices
+        self.labels = real.labels[indices]
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.real.image_shape)
+
+    def get(self, positions: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        return self.real.get(self.indices[positions.cpu()], device)
+
+
+def batch_of(images, positions: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Rows `positions` of a float tensor (already on its device) or of a RealView, on `device`."""
+    if isinstance(images, torch.Tensor):
+        return images[positions.to(images.device)]
+    return images.get(positions, device)
+
+
 def normalize(images_u8: torch.Tensor, mean, std) -> torch.Tensor:
     x = images_u8.float().div_(255.0)
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -42,7 +42,7 @@ from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError
 from ..faults import crash_point
 from ..io.safe_write import (ensure_dir, move_aside, os_error, pid_alive, remove_dead_temps, temp_path,
                              write_json)
-from ..core import RealData
+from ..core import RealData, RealView
 from .loop import accuracy, train_epoch
 from .buffer import DTYPE, FORMAT, FORMAT_VERSION, MANIFEST, _sha256, complete_ids, expert_name, expert_problem
 from .expert_locks import _manifest_lock, claim
@@ -231,14 +231,15 @@ def train_experts(real: RealData, out: str | Path, *, num_experts: int, config: 
 
 
 class _Data:
-    """Normalised training tensors and the evaluation sets, on the training device. A `--test`
-    set is normalised with the training input's mean/std (the experts' input space)."""
+    """The training samples (a RealView, read batch by batch) and the evaluation sets on the
+    training device. A `--test` set is normalised with the training input's mean/std (the
+    experts' input space)."""
 
     def __init__(self, real: RealData, train_idx: torch.Tensor, held_idx: torch.Tensor, test: RealData | None,
                  eval_max: int, device: torch.device):
         from ..core import normalize
 
-        self.x, self.y = real.get(train_idx, device), real.labels[train_idx].to(device)
+        self.x, self.y = RealView(real, train_idx), real.labels[train_idx].to(device)   # read per batch
         self.evals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if held_idx.numel():
             idx = held_idx[:eval_max]

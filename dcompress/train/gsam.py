@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core import batch_of
+
 
 def gsam_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, generator: torch.Generator, aug: str | None, rho: float, alpha: float, adaptive: bool) -> float:
     """One epoch of GSAM (Zhuang et al., ICLR'22), the optimiser FTD/DATM train experts with.
@@ -16,11 +18,12 @@ def gsam_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
 
     net.train()
     params = [p for p in net.parameters() if p.requires_grad]
-    order = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    order = torch.randperm(x.shape[0], generator=generator).to(y.device)
     total, seen = 0.0, 0
     for start in range(0, x.shape[0], batch_size):
         idx = order[start:start + batch_size]
-        xb = dsa.augment(x[idx], aug, generator=generator) if aug else x[idx]
+        xb = batch_of(x, idx, y.device)
+        xb = dsa.augment(xb, aug, generator=generator) if aug else xb
         loss = F.cross_entropy(net(xb), y[idx])
         g = torch.autograd.grad(loss, params)
         with torch.no_grad():

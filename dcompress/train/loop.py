@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..core import EvalProtocol
+from ..core import EvalProtocol, RealView, batch_of
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -26,17 +26,19 @@ def loss_fn(out: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor | None, te
     return soft_cross_entropy(out, soft, temperature)
 
 
-def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                soft: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
+def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: "torch.Tensor | RealView",
+                labels: torch.Tensor, soft: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
                 aug: str | None = None, temperature: float = 1.0) -> float:
-    """One shuffled pass over (images, labels[, soft]); all tensors already on the net's device."""
+    """One shuffled pass over (images, labels[, soft]): images a float tensor or a RealView (read
+    batch by batch); labels and soft on the net's device."""
     net.train()
     n = images.shape[0]
-    order = torch.randperm(n, generator=generator).to(images.device)
+    order = torch.randperm(n, generator=generator).to(labels.device)
+    device = labels.device
     total, seen = 0.0, 0
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        x = images[idx]
+        x = batch_of(images, idx, device)
         if aug:
             from ..augment import dsa
 
@@ -92,15 +94,15 @@ def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int
 
 
 @torch.no_grad()
-def predict(net: torch.nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 1024,
-            embed: bool = False) -> torch.Tensor:
-    """Logits (or penultimate embeddings) for float images [N, C, H, W], returned on CPU."""
+def predict(net: torch.nn.Module, images: "torch.Tensor | RealView", *, device: torch.device,
+            batch_size: int = 1024, embed: bool = False) -> torch.Tensor:
+    """Logits (or penultimate embeddings) for float images [N, C, H, W] or a RealView, on CPU."""
     from ..nets import embed as embed_fn
 
     net.eval()
     outs = []
     for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device)
+        x = batch_of(images, torch.arange(start, min(start + batch_size, images.shape[0])), device).to(device)
         outs.append((embed_fn(net, x) if embed else net(x)).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0)
 

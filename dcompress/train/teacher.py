@@ -24,7 +24,7 @@ from ..checkpoint import warn_via
 from ..errors import DcompressError, InputDataError
 from ..faults import crash_point
 from ..io.safe_write import ensure_dir, move_aside, np_save, remove_dead_temps, torch_save, write_json
-from ..core import EvalProtocol, RealData, RunSpec
+from ..core import EvalProtocol, RealData, RealView, RunSpec
 from .loop import train_epoch
 
 
@@ -160,7 +160,7 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
     net = build_net(cfg.model, c, real.num_classes, (h, w), generator=g).to(spec.device)
     n = len(real)
     idx = torch.randperm(n, generator=g)[:min(cfg.max_samples, n)]
-    x = real.get(idx, spec.device)
+    x = RealView(real, idx)                       # batches are read and normalised as they are trained
     y = real.labels[idx].to(spec.device)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     for ep in range(cfg.epochs):

@@ -24,3 +24,24 @@ def test_eval_runs_differ_by_seed_and_repeat_with_it():
     a, a_again, b = run(0), run(0), run(1)
     assert torch.equal(a, a_again)
     assert not torch.allclose(a, b)
+
+
+def test_training_from_a_real_view_equals_training_on_the_normalised_tensor():
+    """Trainers read batches through RealView instead of holding the whole normalised set:
+    the same arithmetic per element, so the same network bit for bit."""
+    from dcompress.core import RealView
+    from dcompress.nets import build_net
+    from dcompress.train.loop import predict, train_epoch
+    from tests.conftest import tiny_real
+
+    real = tiny_real()
+    idx = torch.arange(0, len(real), 2)
+    nets = []
+    for source in (real.get(idx), RealView(real, idx)):
+        net = build_net("convnet_w8", 1, 3, (28, 28), generator=torch.Generator().manual_seed(0))
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        g = torch.Generator().manual_seed(1)
+        losses = [train_epoch(net, opt, source, real.labels[idx], None, batch_size=4, generator=g, aug="flip_crop")
+                  for _ in range(2)]
+        nets.append((losses, predict(net, source, device=torch.device("cpu"))))
+    assert nets[0][0] == nets[1][0] and torch.equal(nets[0][1], nets[1][1])
