@@ -118,7 +118,7 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
     the class list) raise InputDataError (exit 4), the label bound at the first offending sample.
     """
     bad = BadSamples(max_bad=max_bad)
-    images: list[np.ndarray] = []
+    images = _Rows(capacity=_expected_samples(inp))
     labels: list[int] = []
     keys: list[str] = []
     seen: dict[str, str] = {}
@@ -172,7 +172,7 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
                              + (f"; {bad.count} bad, first: {bad.examples[0]}" if bad.count else ""))
     label_t = torch.tensor(labels, dtype=torch.int64)
     class_names = _class_names(inp, label_t, keys)
-    x = torch.from_numpy(np.stack(images))
+    x = torch.from_numpy(images.array())
     mean, std = channel_stats(x)
     fingerprint = fingerprint_of(keys, label_t, x)
     source = {"urls": [u if is_remote(u) else str(Path(u).resolve()) for u in inp.urls],
@@ -180,6 +180,37 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
               "class_counts": torch.bincount(label_t, minlength=len(class_names)).tolist()}
     return RealData(images=x, labels=label_t, keys=keys, class_names=class_names,
                     mean=mean, std=std, source=source)
+
+
+class _Rows:
+    """Decoded images appended into one growing uint8 array (no list of arrays then a stacked
+    copy: with the input manifest's sample count the data is held once)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.n, self.buf = max(capacity, 1), 0, None
+
+    def append(self, arr: np.ndarray) -> None:
+        if self.buf is None:
+            self.buf = np.empty((self.capacity, *arr.shape), dtype=np.uint8)
+        elif self.n == self.buf.shape[0]:
+            grown = np.empty((2 * self.n, *self.buf.shape[1:]), dtype=np.uint8)
+            grown[:self.n] = self.buf
+            self.buf = grown
+        self.buf[self.n] = arr
+        self.n += 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def array(self) -> np.ndarray:
+        return self.buf[:self.n]
+
+
+def _expected_samples(inp: ResolvedInput) -> int:
+    """Samples the input's manifest announces for these shards (a capacity hint), else 1024."""
+    rows = (inp.manifest or {}).get("shardlist", [])
+    names = {Path(u).name for u in inp.urls}
+    return sum(r.get("nsamples", 0) for r in rows if Path(r["url"]).name in names) or 1024
 
 
 def _class_names(inp: ResolvedInput, labels: torch.Tensor, keys: list[str]) -> list[str]:
@@ -205,10 +236,21 @@ def _class_names(inp: ResolvedInput, labels: torch.Tensor, keys: list[str]) -> l
     return list(names)
 
 
-def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of uint8 images [N, C, H, W], in [0, 1] units (float64 sums)."""
-    xf = x.double().div_(255.0).transpose(0, 1).reshape(x.shape[1], -1)
-    return tuple(round(float(v), 6) for v in xf.mean(1)), tuple(round(float(v), 6) for v in xf.std(1))
+def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std (unbiased) of uint8 images [N, C, H, W], in [0, 1] units: two passes
+    over chunks of `chunk` images with float64 sums, so no float copy of the whole set is made."""
+    n, c = x.shape[0], x.shape[1]
+    count = n * x.shape[2] * x.shape[3]
+    total = torch.zeros(c, dtype=torch.float64)
+    for s in range(0, n, chunk):
+        total += x[s:s + chunk].double().sum((0, 2, 3))
+    mean = total / 255.0 / count
+    sq = torch.zeros(c, dtype=torch.float64)
+    for s in range(0, n, chunk):
+        d = x[s:s + chunk].double().div_(255.0) - mean.view(1, c, 1, 1)
+        sq += (d * d).sum((0, 2, 3))
+    std = (sq / max(count - 1, 1)).sqrt()
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
 
 
 def fingerprint_of(keys: list[str], labels: torch.Tensor, images: torch.Tensor) -> str:
@@ -216,7 +258,9 @@ def fingerprint_of(keys: list[str], labels: torch.Tensor, images: torch.Tensor) 
     h = hashlib.sha256()
     h.update("\n".join(keys).encode())
     h.update(labels.numpy().tobytes())
-    h.update(images.numpy().tobytes())
+    flat = images.contiguous().numpy()
+    for start in range(0, flat.shape[0], 4096):            # the pixel bytes, hashed without a copy
+        h.update(flat[start:start + 4096])
     return "sha256:" + h.hexdigest()
 
 
