@@ -19,7 +19,8 @@ from .config import config_dict, resolve_config
 from .errors import DcompressError, Interrupted, UsageError
 from .faults import crash_point
 from .io.atomic import OutputLock, check_not_input, check_target, refuse_existing, work_dir_for
-from .io.manifest import read_manifest
+from .io.manifest import (BadSamplesRecord, CompressedBlock, LabelsRecord, LearnedRecord, MethodRecord,
+                          Normalization, RunRecord, SourceRecord, read_compressed)
 from .io.metrics import METRICS, MetricsLog
 from .io.output import one_hot_logits, write_output
 from .io.reader import read_real
@@ -199,12 +200,13 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
 def _prior_run(out: Path) -> dict | None:
     """The `run` record (key + request) of an existing output, with its sample count."""
     try:
-        manifest = read_manifest(out)
-        block = manifest["dcompress"]
-        return {**block["run"], "num_samples": block.get("num_samples"), "shards": len(manifest["shardlist"]),
-                "labels": block["labels"]["kind"], "learned_lr": block["learned"]["lr"]}
-    except (DcompressError, KeyError, TypeError):
+        _, rows, block = read_compressed(out)
+    except DcompressError:
         return None
+    if block.run is None:
+        return None
+    return {**block.run.to_dict(), "num_samples": block.num_samples, "shards": len(rows),
+            "labels": block.labels.kind, "learned_lr": block.learned.lr}
 
 
 def _after_failure(e: BaseException, ckpt: Checkpointer) -> None:
@@ -302,27 +304,22 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     protocol = dataclasses.replace(cset.protocol, soft_labels=mode != "hard")
     log({"event": "note", "text": f"stage write: {len(cset)} samples into {out}"})
     t2 = time.time()
-    block = {
-        "version": __version__, "kind": "compressed",
-        "method": {"name": method, "kind": m_cls.info.kind, "ipc": n_ipc, "ratio": ratio, "seed": seed,
-                   "device": dev.type, "config": config_dict(cfg), "experts": str(experts) if experts else None,
-                   "teacher_config": config_dict(teacher_cfg)},
-        "source": {k: real.source[k] for k in ("urls", "num_samples", "fingerprint", "class_counts")},
-        "bad_samples": real.source["bad_samples"],
-        "class_names": real.class_names,
-        "labels": {"hard": "cls", "soft": "logits.npy", "kind": mode, "dtype": "float16", "temperature": 1.0,
-                   "teacher": teacher_info},
-        "normalization": {"mean": list(real.mean), "std": list(real.std)},
-        "image_shape": list(real.image_shape),
-        "exact_tensor": "npy" if cset.synthetic else None,
-        "learned": {"lr": cset.lr, "lrs": cset.lrs},
-        "eval_protocol": dataclasses.asdict(protocol),
-        "info": cset.info,
-        "run": run,
-        "env": env_versions(),
-    }
-    block["timings"] = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2), "labels_s": round(t_labels, 2),
-                        **{f"{k}_s": round(v, 2) for k, v in stages.items()}}
+    timings = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2), "labels_s": round(t_labels, 2),
+               **{f"{k}_s": round(v, 2) for k, v in stages.items()}}
+    block = CompressedBlock(
+        version=__version__,
+        method=MethodRecord(name=method, kind=m_cls.info.kind, ipc=n_ipc, ratio=ratio, seed=seed, device=dev.type,
+                            config=config_dict(cfg), experts=str(experts) if experts else None,
+                            teacher_config=config_dict(teacher_cfg)),
+        source=SourceRecord(**{k: real.source[k] for k in ("urls", "num_samples", "fingerprint", "class_counts")}),
+        bad_samples=BadSamplesRecord(**real.source["bad_samples"]),
+        class_names=tuple(real.class_names),
+        labels=LabelsRecord(kind=mode, teacher=teacher_info),
+        normalization=Normalization(mean=tuple(real.mean), std=tuple(real.std)),
+        image_shape=tuple(real.image_shape),
+        exact_tensor="npy" if cset.synthetic else None,
+        learned=LearnedRecord(lr=cset.lr, lrs=cset.lrs),
+        eval_protocol=protocol, info=cset.info, run=RunRecord(**run), env=env_versions(), timings=timings)
     manifest = write_output(out, labelled, class_names=real.class_names, mean=real.mean, std=real.std,
                             method=method, block=block, shard_size=shard_size, metrics=metrics.rows())
     crash_point("distill.written")
@@ -330,4 +327,4 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     return {"status": "ok", "out": str(out), "method": method, "ipc": n_ipc, "samples": len(cset),
             "shards": len(manifest["shardlist"]), "labels": mode, "learned_lr": cset.lr,
             "bad_samples": real.source["bad_samples"]["count"], "resumed_from": ckpt.resumed_from,
-            "timings": {**block["timings"], "write_s": round(time.time() - t2, 2)}}
+            "timings": {**timings, "write_s": round(time.time() - t2, 2)}}

@@ -8,6 +8,7 @@ manifest are never touched, so `verify` is unaffected. `--grid PATH` writes else
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ def grid_png(out: str | Path, dest: str | Path | None = None, *, max_per_class: 
     """Writes the class grid of output `out` (default `out/grid.png`): one row per class,
     its name on the left, up to `max_per_class` images, a title with method, IPC and labels."""
     ds = load(out)
-    block = ds.manifest["dcompress"]
+    block = ds.block
     u8 = denormalize_to_u8(ds.images, ds.mean, ds.std).numpy()
     img = class_grid(u8, ds.labels.numpy(), ds.classes, figure_title(block), max_per_class=max_per_class)
     return _write_atomic(Path(dest) if dest is not None else _folder(out) / GRID, png_bytes(img))
@@ -46,10 +47,10 @@ def grid_png(out: str | Path, dest: str | Path | None = None, *, max_per_class: 
 def loss_png(out: str | Path, dest: str | Path | None = None) -> Path | None:
     """Writes the loss curve from `out/metrics.jsonl` (default `out/loss.png`); None when the
     output has no iteration losses (selection methods, outputs older than metrics.jsonl)."""
-    from .io.manifest import read_manifest
+    from .io.manifest import read_compressed
 
     rows = read_metrics(_folder(out) / METRICS)
-    block = read_manifest(out)["dcompress"]
+    _, _, block = read_compressed(out)
     img = loss_curve(rows, f"{figure_title(block)}: loss")
     if img is None:
         return None
@@ -66,13 +67,14 @@ def figures(out: str | Path, grid: str | Path | None = None) -> dict:
 
 def summary(out: str | Path) -> dict:
     ds = load(out)
-    block = ds.manifest["dcompress"]
+    block = ds.block
     counts = torch.bincount(ds.labels, minlength=len(ds.classes)).tolist()
     rows = read_metrics(_folder(out) / METRICS)
     last = next((r for r in reversed(rows) if r.get("event") == "iteration" and r.get("loss") is not None), None)
-    return {"method": block["method"]["name"], "ipc": block["method"]["ipc"], "samples": len(ds),
+    m, src, bad = block.method, block.source, block.bad_samples   # None in a manifest that lacks them
+    return {"method": m and m.name, "ipc": m and m.ipc, "samples": len(ds),
             "shards": len(ds.manifest["shardlist"]), "classes": dict(zip(ds.classes, counts)),
-            "image_shape": block["image_shape"], "labels": block["labels"]["kind"], "learned_lr": ds.lr,
-            "eval_protocol": block["eval_protocol"], "source_samples": block["source"]["num_samples"],
-            "bad_samples": block["bad_samples"]["count"], "bytes": sum(r["filesize"] for r in ds.manifest["shardlist"]),
+            "image_shape": list(block.image_shape), "labels": block.labels.kind, "learned_lr": ds.lr,
+            "eval_protocol": dataclasses.asdict(block.eval_protocol), "source_samples": src and src.num_samples,
+            "bad_samples": bad and bad.count, "bytes": sum(r["filesize"] for r in ds.manifest["shardlist"]),
             "final_loss": last["loss"] if last else None, "iterations_logged": last["iteration"] if last else None}

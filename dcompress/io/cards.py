@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import json
 
+from .manifest import CompressedBlock, ShardRow
+
 TIMM_INFO = "_info.json"
 CARD = "README.md"
 SPLIT = "train"
 
 
-def timm_info(name: str, shards: list[dict], class_names: list[str]) -> dict:
+def timm_info(name: str, shards: list[ShardRow], class_names: list[str]) -> dict:
     """The `_info.json` dict: one split `train` listing every shard and its sample count."""
     return {"name": name, "num_classes": len(class_names),
-            "splits": {SPLIT: {"name": SPLIT, "num_samples": sum(r["nsamples"] for r in shards),
-                               "filenames": [r["url"] for r in shards],
-                               "shard_lengths": [r["nsamples"] for r in shards]}}}
+            "splits": {SPLIT: {"name": SPLIT, "num_samples": sum(r.nsamples for r in shards),
+                               "filenames": [r.url for r in shards],
+                               "shard_lengths": [r.nsamples for r in shards]}}}
 
 
-def timm_info_bytes(name: str, shards: list[dict], class_names: list[str]) -> bytes:
+def timm_info_bytes(name: str, shards: list[ShardRow], class_names: list[str]) -> bytes:
     return (json.dumps(timm_info(name, shards, class_names), indent=2) + "\n").encode()
 
 
@@ -34,25 +36,25 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def dataset_card(name: str, block: dict, shard_glob: str, *, files: list[str]) -> str:
+def dataset_card(name: str, block: CompressedBlock, shard_glob: str, *, files: list[str]) -> str:
     """The README.md dataset card: YAML front matter for `datasets`, then a short description.
 
     Args:
         name: the manifest's `name`.
-        block: the manifest's `dcompress` block (method, labels, class_names, ...).
+        block: the manifest's `dcompress` block (written by `write_output`: urls and num_samples set).
         shard_glob: pattern matching the shards and nothing else, e.g. `data-*.tar`.
         files: the other files of the folder (listed in the card).
     """
-    m = block["method"]
-    classes = block["class_names"]
-    c, h, w = block["image_shape"]
-    kind = block["labels"]["kind"]
+    m = block.method
+    classes = block.class_names
+    c, h, w = block.image_shape
+    kind = block.labels.kind
     label_text = {"hard": "one-hot (argmax = `cls`)", "teacher": "logits of a teacher network",
                   "learned": "logits learned by the method"}.get(kind, kind)
     shown = classes[:100]
     class_rows = "\n".join(f"| {i} | {_cell(n)} |" for i, n in enumerate(shown))
     more = f"\n\n… and {len(classes) - len(shown)} more (see `manifest.json`)." if len(classes) > len(shown) else ""
-    lr = block.get("learned", {}).get("lr")
+    lr = block.learned.lr
     lr_line = f"- learned learning rate: {lr:.6g} (use it when training on this set)\n" if lr is not None else ""
     extra = ", ".join(f"`{f}`" for f in files)
     return f"""---
@@ -71,15 +73,15 @@ tags:
 
 # {name}
 
-A compressed image-classification training set written by dcompress {block.get("version", "")}: **{m["name"]}** ({m["kind"]}),
-IPC {m["ipc"]} (images per class), {len(classes)} classes, {block["num_samples"]} images of
-{c}×{h}×{w}, seed {m["seed"]}.
+A compressed image-classification training set written by dcompress {block.version or ""}: **{m.name}** ({m.kind}),
+IPC {m.ipc} (images per class), {len(classes)} classes, {block.num_samples} images of
+{c}×{h}×{w}, seed {m.seed}.
 
 - labels: `cls` (hard label) and `logits.npy` (float16 soft labels: {label_text}; softmax at temperature
-  {block["labels"].get("temperature", 1.0)})
-{lr_line}- source: {block["source"]["num_samples"]} images, fingerprint `{block["source"]["fingerprint"]}`
-- per sample: `png`, `cls`, `logits.npy`, `json` (provenance){", `npy` (exact float32 normalised tensor)" if block.get("exact_tensor") else ""}
-- normalisation: mean {block["normalization"]["mean"]}, std {block["normalization"]["std"]}
+  {block.labels.temperature})
+{lr_line}- source: {block.source.num_samples} images, fingerprint `{block.source.fingerprint}`
+- per sample: `png`, `cls`, `logits.npy`, `json` (provenance){", `npy` (exact float32 normalised tensor)" if block.exact_tensor else ""}
+- normalisation: mean {list(block.normalization.mean)}, std {list(block.normalization.std)}
 - other files: `manifest.json` (shard index + full provenance), {extra}
 
 ## Load it
@@ -91,7 +93,7 @@ import dcompress                                    # exact tensors, soft labels
 ds = dcompress.load("OUT")
 
 import webdataset as wds                            # plain WebDataset
-wds.WebDataset("OUT/{block["urls"]}", shardshuffle=False).decode("rgb8").to_tuple("png", "cls", "logits.npy")
+wds.WebDataset("OUT/{block.urls}", shardshuffle=False).decode("rgb8").to_tuple("png", "cls", "logits.npy")
 
 import timm.data                                    # timm (reads _info.json)
 timm.data.create_dataset("wds/{name}", root="OUT", split="train")

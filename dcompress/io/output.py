@@ -7,6 +7,7 @@ Face dataset card), `grid.png`, and with a run's metrics `metrics.jsonl` + `loss
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from ..core import CompressedSet, denormalize_to_u8
 from .atomic import AtomicDir
 from .cards import CARD, TIMM_INFO, dataset_card, timm_info_bytes
 from .figures import class_grid, loss_curve, png_bytes
-from .manifest import MANIFEST, build_manifest, shard_entry
+from .manifest import MANIFEST, CompressedBlock, ShardRow, build_manifest
 from .safe_write import write_json
 from .metrics import METRICS, jsonl_bytes
 from .codecs import encode_npy, encode_png, json_bytes
@@ -53,10 +54,12 @@ def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: n
 
 
 def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], mean, std, method: str,
-                 block: dict, shard_size: int = 1000, metrics: list[dict] | None = None) -> dict:
+                 block: CompressedBlock, shard_size: int = 1000, metrics: list[dict] | None = None) -> dict:
     """Atomically writes shards, reader descriptions, figures and the manifest into `target`.
 
     Args:
+        block: the run's manifest block; `num_samples`, `extra_files`, `urls` and `files` are
+            filled in here.
         metrics: the run's `MetricsLog.rows()`; written as `metrics.jsonl` (+ `loss.png`
             when it has iteration rows). None writes neither.
     Returns:
@@ -67,9 +70,9 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
     with AtomicDir(target) as tmp:
         written = write_shards(tmp, iter_samples(cset, class_names, method, u8),
                                prefix=PREFIX, shard_size=shard_size)
-        shards = [shard_entry(p, n) for p, n in written]
-        block = {**block, "num_samples": len(cset), "extra_files": sorted(cset.extra_files),
-                 "urls": f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar"}
+        shards = [ShardRow.of_file(p, n) for p, n in written]
+        block = dataclasses.replace(block, num_samples=len(cset), extra_files=sorted(cset.extra_files),
+                                    urls=f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar")
         files = dict(cset.extra_files)
         roles = {"timm_info": TIMM_INFO, "card": CARD, "grid": GRID}
         files[TIMM_INFO] = timm_info_bytes(name, shards, class_names)
@@ -81,7 +84,7 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
             if curve is not None:
                 files[LOSS] = png_bytes(curve)
                 roles["loss_curve"] = LOSS
-        block["files"] = roles
+        block = dataclasses.replace(block, files=roles)
         files[CARD] = dataset_card(name, block, f"{PREFIX}-*.tar", files=sorted(files)).encode()
         for fname, data in files.items():
             (tmp / fname).write_bytes(data)
@@ -91,10 +94,10 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
     return manifest
 
 
-def figure_title(block: dict) -> str:
+def figure_title(block: CompressedBlock) -> str:
     """`dm, IPC 10, learned labels, 100 images` from a manifest's `dcompress` block."""
-    m = block["method"]
-    return f"{m['name']}, IPC {m['ipc']}, {block['labels']['kind']} labels, {block['num_samples']} images"
+    m = block.method
+    return f"{m.name}, IPC {m.ipc}, {block.labels.kind} labels, {block.num_samples} images"
 
 
 def one_hot_logits(labels: torch.Tensor, num_classes: int, scale: float = 1.0) -> torch.Tensor:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InputDataError, UsageError
 from .atomic import AtomicDir, OutputLock, check_not_input, check_target, refuse_existing
-from .manifest import MANIFEST, build_manifest, shard_entry
+from .manifest import MANIFEST, InputBlock, InputSource, ShardRow, build_manifest
 from .safe_write import write_json
 from .codecs import IMAGE_EXTS, encode_png
 from .writer import env_versions, write_shards
@@ -132,10 +132,10 @@ def _write_shards(src: Path, out: Path, *, fmt: str, split: str, shard_size: int
 
     with AtomicDir(out, kind="input") as tmp:
         written = write_shards(tmp, counted(), prefix=split, shard_size=shard_size)
-        shards = [shard_entry(p, n) for p, n in written]
-        block = {"kind": "input", "split": split, "num_samples": total, "class_names": names,
-                 "source": {"path": str(src.resolve()), "format": fmt},
-                 "urls": f"{split}-{{000000..{len(written) - 1:06d}}}.tar", "env": env_versions()}
+        shards = [ShardRow.of_file(p, n) for p, n in written]
+        block = InputBlock(split=split, num_samples=total, class_names=tuple(names),
+                           source=InputSource(path=str(src.resolve()), format=fmt),
+                           urls=f"{split}-{{000000..{len(written) - 1:06d}}}.tar", env=env_versions())
         write_json(tmp / MANIFEST, build_manifest(f"{src.name}-{split}", shards, block), indent=2)
     return {"out": str(out), "shards": len(written), "samples": total, "classes": len(names),
             "seconds": round(time.time() - t0, 2)}

@@ -12,12 +12,10 @@ import numpy as np
 import torch
 
 from ..errors import InputDataError, UsageError
+from ..io.manifest import MANIFEST, ExpertsManifest, read_experts_manifest
 
-
-FORMAT = "dcompress-experts"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 DTYPE = "<f4"
+
 
 def expert_name(expert: int, suffix: str) -> str:
     return f"expert-{expert:05d}.{suffix}"
@@ -70,42 +68,25 @@ class ExpertBuffer:
     """Read-only view of a buffer folder; snapshots are memory-mapped, never loaded whole.
 
     Attributes:
-        config: the parsed manifest.json (network, input, normalization, training, split).
-        network: manifest["network"]: name, channels, num_classes, im_size, param_count.
+        manifest: the validated manifest.json (ExpertsManifest: network, input, normalization,
+            training, split).
+        config: the same as a JSON dict; network: `config["network"]` (name, channels,
+            num_classes, im_size, param_count). Kept for callers that index the JSON.
         ids: ids of the complete experts (those with a sidecar), ascending.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         mpath = self.path / MANIFEST
-        try:
-            self.config = json.loads(mpath.read_text())
-        except FileNotFoundError:
-            raise InputDataError("not an expert buffer (no manifest.json); create one with `dcompress experts`",
-                                 path=str(self.path)) from None
-        except json.JSONDecodeError as e:
-            raise InputDataError(f"manifest.json is not valid JSON ({e})", path=str(mpath)) from None
-        except OSError as e:
-            raise InputDataError(f"cannot read manifest.json ({e.strerror or e})", path=str(mpath)) from None
-        if not isinstance(self.config, dict) or self.config.get("format") != FORMAT:
-            raise InputDataError(f"manifest.json is not a {FORMAT} manifest", path=str(mpath), key="format")
-        try:
-            version = self.config.get("format_version", 0)
-            if not isinstance(version, int) or isinstance(version, bool):
-                raise InputDataError(f"must be an integer, found {version!r}", path=str(mpath), key="format_version")
-            if version > FORMAT_VERSION:
-                raise InputDataError(f"buffer format {version} is newer than this dcompress ({FORMAT_VERSION})",
-                                     path=str(mpath), key="format_version")
-            self.network: dict = self.config["network"]
-            self.epochs: int = int(self.config["training"]["epochs"])
-            self.param_count: int = int(self.network["param_count"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise InputDataError(f"manifest.json lacks a valid network/training entry ({e!r})",
-                                 path=str(mpath)) from None
+        self.manifest: ExpertsManifest = read_experts_manifest(self.path)
+        self.config: dict = self.manifest.to_dict()
+        self.network: dict = self.config["network"]
+        self.epochs: int = self.manifest.epochs
+        self.param_count: int = self.manifest.network.param_count
         from ..nets import NetConfigError, check_name
 
         try:
-            check_name(str(self.network.get("name")))
+            check_name(str(self.manifest.network.name))
         except NetConfigError as e:
             raise InputDataError(f"buffer was made with a network this dcompress does not know ({e})",
                                  path=str(mpath), key="network.name") from None

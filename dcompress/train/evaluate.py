@@ -66,7 +66,8 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
                            progress=(lambda a, b, r=r: progress(a, b, f"compressed run {r + 1}/{runs}")) if progress else None)
         accs.append(accuracy(net, x_test, y_test, device=device))
     report = {"compressed": _summary(accs), "random": None, "protocol": {**dataclasses.asdict(proto), "lr_used": lr},
-              "samples": len(ds), "test_samples": n_test, "method": ds.manifest["dcompress"]["method"]["name"],
+              "samples": len(ds), "test_samples": n_test,
+              "method": ds.block.method.name if ds.block.method else None,
               "seconds": {"compressed": round(time.time() - t0, 1)}}
     if not random_baseline:
         return report
@@ -103,7 +104,7 @@ def _teacher_from_manifest(ds, train: RealData, device: torch.device):
 
     from ..core import default_paths
 
-    info = ds.manifest["dcompress"]["labels"].get("teacher") or {}
+    info = ds.block.labels.teacher or {}
     path, model = info.get("path"), info.get("model")
     if not isinstance(path, str) or not isinstance(model, str):
         return None

@@ -40,11 +40,12 @@ from ..augment.dsa import DEFAULT_STRATEGY
 from ..checkpoint import warn_via
 from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError
 from ..faults import crash_point
+from ..io.manifest import EXPERTS_FORMAT, ExpertsInput, ExpertsManifest, NetworkRecord, Normalization, SplitRecord
 from ..io.safe_write import (ensure_dir, move_aside, os_error, pid_alive, remove_dead_temps, temp_path,
                              write_json)
 from ..core import RealData, RealView
 from .loop import accuracy, train_epoch
-from .buffer import DTYPE, FORMAT, FORMAT_VERSION, MANIFEST, _sha256, complete_ids, expert_name, expert_problem
+from .buffer import DTYPE, MANIFEST, _sha256, complete_ids, expert_name, expert_problem
 from .expert_locks import _manifest_lock, claim
 from .gsam import gsam_epoch
 
@@ -91,38 +92,32 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _header(real: RealData, cfg: ExpertConfig, holdout: float, test: RealData | None, param_count: int,
-            n_train: int, n_held: int) -> dict:
+            n_train: int, n_held: int) -> ExpertsManifest:
+    """The buffer's manifest without its bookkeeping (identity, experts, time): what a run makes."""
     c, h, w = real.image_shape
-    return {
-        "network": {"name": cfg.model, "channels": c, "num_classes": real.num_classes, "im_size": [h, w],
-                    "param_count": param_count},
-        "input": {"fingerprint": real.source.get("fingerprint"), "urls": real.source.get("urls"),
-                  "num_samples": len(real), "class_names": real.class_names},
-        "normalization": {"mean": list(real.mean), "std": list(real.std)},
-        "training": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("holdout", "eval_max")},
-        "split": {"holdout": holdout, "train_samples": n_train, "heldout_samples": n_held,
-                  "test_fingerprint": test.source.get("fingerprint") if test is not None else None},
-    }
+    return ExpertsManifest(
+        network=NetworkRecord(name=cfg.model, channels=c, num_classes=real.num_classes, im_size=[h, w],
+                              param_count=param_count),
+        input=ExpertsInput(fingerprint=real.source.get("fingerprint"), urls=real.source.get("urls"),
+                           num_samples=len(real), class_names=real.class_names),
+        normalization=Normalization(mean=tuple(real.mean), std=tuple(real.std)),
+        training={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("holdout", "eval_max")},
+        split=SplitRecord(holdout=holdout, train_samples=n_train, heldout_samples=n_held,
+                          test_fingerprint=test.source.get("fingerprint") if test is not None else None))
 
 
-def _identity(header: dict) -> str:
-    keep = {k: header[k] for k in ("network", "normalization", "training")}
-    keep["input"] = header["input"]["fingerprint"]
-    keep["split"] = {k: header["split"][k] for k in ("holdout", "train_samples")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _refresh_manifest(out: Path, header: dict) -> None:
+def _refresh_manifest(out: Path, header: ExpertsManifest) -> None:
     def write() -> None:
-        _write_json(out / MANIFEST, {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
-                                     "identity": _identity(header), **header,
-                                     "snapshots": {"file": "expert-{id:05d}.npy", "dtype": "float32 little-endian",
-                                                   "shape": ["epochs + 1", "param_count"]},
-                                     "experts": complete_ids(out), "updated": time.time()})
+        manifest = dataclasses.replace(header, version=__version__, identity=header.compute_identity(),
+                                       experts=complete_ids(out), updated=time.time())
+        _write_json(out / MANIFEST, manifest.to_dict())
     _manifest_lock(out, write)
 
 
-def _check_compatible(out: Path, header: dict) -> None:
+def _check_compatible(out: Path, header: ExpertsManifest) -> None:
+    """OutputError when `out` holds something else; UsageError naming what differs when it
+    holds a buffer made with other settings. Compares the JSON as written (an old or damaged
+    manifest is not parsed beyond its format and identity)."""
     mpath = out / MANIFEST
     if not mpath.exists():
         if any(out.iterdir()) and not any(out.glob("expert-*")):
@@ -132,14 +127,15 @@ def _check_compatible(out: Path, header: dict) -> None:
         old = json.loads(mpath.read_text())
     except ValueError:
         raise InputDataError("manifest.json is not valid JSON", path=str(mpath)) from None
-    if not isinstance(old, dict) or old.get("format") != FORMAT:
+    if not isinstance(old, dict) or old.get("format") != EXPERTS_FORMAT:
         raise OutputError("folder holds a manifest.json that is not an expert buffer; choose another -o",
                           path=str(out))
-    if old.get("identity") != _identity(header):
-        diff = [k for k in ("network", "normalization", "training") if old.get(k) != header[k]]
-        if old.get("input", {}).get("fingerprint") != header["input"]["fingerprint"]:
+    if old.get("identity") != header.compute_identity():
+        new = header.header()
+        diff = [k for k in ("network", "normalization", "training") if old.get(k) != new[k]]
+        if old.get("input", {}).get("fingerprint") != header.input.fingerprint:
             diff.append("input fingerprint")
-        if old.get("split", {}).get("holdout") != header["split"]["holdout"]:
+        if old.get("split", {}).get("holdout") != header.split.holdout:
             diff.append("holdout")
         raise UsageError(f"buffer was made with different settings ({', '.join(diff) or 'split'}); "
                          "use another -o or the same settings", path=str(out))
@@ -249,17 +245,17 @@ class _Data:
             self.evals["test"] = (normalize(test.images[idx].to(device), real.mean, real.std), test.labels[idx])
 
 
-def _train_one(out: Path, i: int, data: _Data, cfg: ExpertConfig, header: dict, device, lock: Path,
+def _train_one(out: Path, i: int, data: _Data, cfg: ExpertConfig, header: ExpertsManifest, device, lock: Path,
                progress, log) -> dict:
     from ..nets import build_net
     from ..nets.functional import flat_params
 
-    net_cfg = header["network"]
+    net_cfg = header.network
     seed = expert_seed(cfg.seed, i)
     g = torch.Generator().manual_seed(seed)
-    net = build_net(cfg.model, net_cfg["channels"], net_cfg["num_classes"], tuple(net_cfg["im_size"]),
+    net = build_net(cfg.model, net_cfg.channels, net_cfg.num_classes, tuple(net_cfg.im_size),
                     generator=g).to(device)
-    P = net_cfg["param_count"]
+    P = net_cfg.param_count
     npy = out / expert_name(i, "npy")
     tmp = temp_path(npy)
     snaps = _open_snapshots(tmp, npy, (cfg.epochs + 1, P))
