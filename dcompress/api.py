@@ -19,8 +19,9 @@ from .config import config_dict, resolve_config
 from .errors import DcompressError, Interrupted, UsageError
 from .faults import crash_point
 from .io.atomic import OutputLock, check_not_input, check_target, refuse_existing, work_dir_for
-from .io.manifest import (BadSamplesRecord, CompressedBlock, LabelsRecord, LearnedRecord, MethodRecord,
-                          Normalization, RunRecord, SourceRecord, read_compressed)
+from .io.manifest import read_compressed
+from .io.schema import (BadSamplesRecord, CompressedBlock, LabelsRecord, LearnedRecord, MethodRecord, Normalization,
+                        RunRecord, SourceRecord)
 from .io.metrics import METRICS, MetricsLog
 from .io.output import one_hot_logits, write_output
 from .io.reader import read_real

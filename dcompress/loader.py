@@ -20,7 +20,8 @@ import torch
 import webdataset as wds
 
 from .errors import InputDataError
-from .io.manifest import CompressedBlock, ShardRow, manifest_path, read_compressed, read_manifest, shard_paths
+from .io.manifest import ShardRow, manifest_path, read_compressed, read_manifest, shard_paths
+from .io.schema import CompressedBlock
 from .io.codecs import decode_image, decode_npy, parse_label
 from .limits import MAX_PIXELS
 from .core import normalize

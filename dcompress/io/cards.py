@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 
-from .manifest import CompressedBlock, ShardRow
+from .manifest import ShardRow
+from .schema import CompressedBlock
 
 TIMM_INFO = "_info.json"
 CARD = "README.md"

@@ -18,7 +18,8 @@ from ..core import CompressedSet, denormalize_to_u8
 from .atomic import AtomicDir
 from .cards import CARD, TIMM_INFO, dataset_card, timm_info_bytes
 from .figures import class_grid, loss_curve, png_bytes
-from .manifest import MANIFEST, CompressedBlock, ShardRow, build_manifest
+from .manifest import MANIFEST, ShardRow, build_manifest
+from .schema import CompressedBlock
 from .safe_write import write_json
 from .metrics import METRICS, jsonl_bytes
 from .codecs import encode_npy, encode_png, json_bytes

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import InputDataError, UsageError
 from .atomic import AtomicDir, OutputLock, check_not_input, check_target, refuse_existing
-from .manifest import MANIFEST, InputBlock, InputSource, ShardRow, build_manifest
+from .manifest import MANIFEST, ShardRow, build_manifest
+from .schema import InputBlock, InputSource
 from .safe_write import write_json
 from .codecs import IMAGE_EXTS, encode_png
 from .writer import env_versions, write_shards

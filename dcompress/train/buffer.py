@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from ..errors import InputDataError, UsageError
-from ..io.manifest import MANIFEST, ExpertsManifest, read_experts_manifest
+from ..io.experts_schema import ExpertsManifest
+from ..io.manifest import MANIFEST, read_experts_manifest
 
 DTYPE = "<f4"
 

@@ -40,7 +40,8 @@ from ..augment.dsa import DEFAULT_STRATEGY
 from ..checkpoint import warn_via
 from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError
 from ..faults import crash_point
-from ..io.manifest import EXPERTS_FORMAT, ExpertsInput, ExpertsManifest, NetworkRecord, Normalization, SplitRecord
+from ..io.experts_schema import EXPERTS_FORMAT, ExpertsInput, ExpertsManifest, NetworkRecord, SplitRecord
+from ..io.schema import Normalization
 from ..io.safe_write import (ensure_dir, move_aside, os_error, pid_alive, remove_dead_temps, temp_path,
                              write_json)
 from ..core import RealData, RealView

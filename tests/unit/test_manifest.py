@@ -10,10 +10,10 @@ import pytest
 
 from dcompress.core import EvalProtocol
 from dcompress.errors import InputDataError
-from dcompress.io.manifest import (BadSamplesRecord, CompressedBlock, ExpertsInput, ExpertsManifest, InputBlock,
-                                   InputSource, LabelsRecord, LearnedRecord, MethodRecord, NetworkRecord,
-                                   Normalization, RunRecord, ShardRow, SourceRecord, SplitRecord, build_manifest,
-                                   read_compressed, read_input, read_manifest)
+from dcompress.io.experts_schema import ExpertsInput, ExpertsManifest, NetworkRecord, SplitRecord
+from dcompress.io.manifest import ShardRow, build_manifest, read_compressed, read_input, read_manifest
+from dcompress.io.schema import (BadSamplesRecord, CompressedBlock, InputBlock, InputSource, LabelsRecord,
+                                 LearnedRecord, MethodRecord, Normalization, RunRecord, SourceRecord)
 
 P = "m.json"
 

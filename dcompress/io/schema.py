@@ -1,0 +1,360 @@
+"""The `dcompress` blocks of manifest.json as dataclasses: the schema (docs/format.md).
+
+- `InputBlock`: the block of shards written by `dcompress shard` (kind "input").
+- `CompressedBlock`: the block of a `distill` output (kind "compressed"), with the nested
+  `MethodRecord`, `SourceRecord`, `BadSamplesRecord`, `LabelsRecord`, `Normalization`,
+  `LearnedRecord`, `RunRecord` and the core `EvalProtocol`.
+
+Each has `to_dict()` (the JSON written, keys in the order written) and `from_dict(obj, path)`,
+which checks types and raises InputDataError naming the file and the key (`dcompress.<key>`).
+Sections the readers rely on (class names, normalisation, image shape, labels, evaluation
+protocol, learned lr) are checked field by field; provenance sections (method, source, run,
+...) must be objects, their fields are taken as written. Keys that older versions did not
+write (`run`, `files`, `timings`, ...) may be missing: they read as None and are not written back.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import InputDataError
+
+if TYPE_CHECKING:  # core imports torch; `verify` must not need it
+    from ..core import EvalProtocol
+
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by the from_dict readers
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _section(obj: dict, key: str, path, *, prefix: str = "dcompress.") -> dict | None:
+    """`obj[key]` when it is an object, None when missing or null; else InputDataError."""
+    v = obj.get(key)
+    if v is not None and not isinstance(v, dict):
+        raise InputDataError("must be an object", path=str(path), key=f"{prefix}{key}")
+    return v
+
+
+def _pick(d: dict | None, cls, **defaults):
+    """`cls` built from the keys of `d` that are its fields (provenance: values as written)."""
+    if d is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**defaults, **{k: v for k, v in d.items() if k in names}})
+
+
+def _drop_none(d: dict, keys: tuple[str, ...]) -> dict:
+    """`d` without those of `keys` whose value is None (keys older manifests may lack)."""
+    return {k: v for k, v in d.items() if not (k in keys and v is None)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Input shards (`dcompress shard`)
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """Where `dcompress shard` read the images: the source `path` and its `format` (idx/folder)."""
+
+    path: str | None = None
+    format: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputBlock:
+    """The `dcompress` block of input shards. Every key is optional when read (hand-written
+    manifests often carry only `class_names`); `class_names` null = labels are the indices."""
+
+    format_version: int = FORMAT_VERSION
+    kind: str = "input"
+    split: str | None = None
+    num_samples: int | None = None
+    class_names: tuple[str, ...] | None = None
+    source: InputSource | None = None
+    urls: str | None = None
+    env: dict | None = None
+
+    def to_dict(self) -> dict:
+        d = {"format_version": self.format_version, "kind": self.kind, "split": self.split,
+             "num_samples": self.num_samples,
+             "class_names": list(self.class_names) if self.class_names is not None else None,
+             "source": self.source.to_dict() if self.source is not None else None, "urls": self.urls,
+             "env": self.env}
+        return _drop_none(d, ("split", "num_samples", "source", "urls", "env"))
+
+    @classmethod
+    def from_dict(cls, block, path) -> InputBlock:
+        if not isinstance(block, dict):
+            raise InputDataError("must be an object", path=str(path), key="dcompress")
+        names = _class_names(block, path, required=False)
+        return cls(format_version=block.get("format_version", FORMAT_VERSION), kind=block.get("kind", "input"),
+                   split=block.get("split"), num_samples=block.get("num_samples"), class_names=names,
+                   source=_pick(_section(block, "source", path), InputSource), urls=block.get("urls"),
+                   env=_section(block, "env", path))
+
+
+def _class_names(block: dict, path, *, required: bool) -> tuple[str, ...] | None:
+    names = block.get("class_names")
+    if names is None and not required:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputDataError("must be a list of strings", path=str(path), key="dcompress.class_names")
+    if required and not names:
+        raise InputDataError("must be a non-empty list of strings", path=str(path), key="dcompress.class_names")
+    return tuple(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed sets (`distill`)
+
+
+@dataclass(frozen=True)
+class MethodRecord:
+    """The method run: `config` is the fully resolved method config, `teacher_config` the
+    teacher's (used when a teacher is trained here), `experts` the `--experts` buffer or None."""
+
+    name: str | None = None
+    kind: str | None = None
+    ipc: int | None = None
+    ratio: float | None = None
+    seed: int | None = None
+    device: str | None = None
+    config: dict | None = None
+    experts: str | None = None
+    teacher_config: dict | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """The input: absolute shard `urls`, `num_samples`, content `fingerprint`, `class_counts`."""
+
+    urls: list[str] | None = None
+    num_samples: int | None = None
+    fingerprint: str | None = None
+    class_counts: list[int] | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BadSamplesRecord:
+    """Input samples skipped as corrupt: `count` and up to 20 `examples`."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LabelsRecord:
+    """Where the labels are (`hard` member, `soft` member) and what the soft ones are: `kind`
+    hard (one-hot) / teacher / learned, stored `dtype`, softmax `temperature`, `teacher` info."""
+
+    kind: str
+    hard: str = "cls"
+    soft: str = "logits.npy"
+    dtype: str = "float16"
+    temperature: float = 1.0
+    teacher: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"hard": self.hard, "soft": self.soft, "kind": self.kind, "dtype": self.dtype,
+                "temperature": self.temperature, "teacher": self.teacher}
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel `mean`, `std` in [0, 1] pixel units (std > 0)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True)
+class LearnedRecord:
+    """What the method learned besides images: `lr` (MTT/DATM step size), `lrs` (DD per step)."""
+
+    lr: float | None = None
+    lrs: list[float] | None = None
+
+    def to_dict(self) -> dict:
+        return {"lr": self.lr, "lrs": self.lrs}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What makes a rerun "the same run": `key` (hash of the run identity) and the `request`."""
+
+    key: str | None = None
+    request: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "request": self.request}
+
+
+_OPTIONAL = ("version", "method", "source", "bad_samples", "info", "run", "env", "timings", "num_samples",
+             "extra_files", "urls", "files")
+_REQUIRED = {"class_names": list, "normalization": dict, "labels": dict, "eval_protocol": dict,
+             "image_shape": list}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressedBlock:
+    """The `dcompress` block of a compressed set (docs/format.md, "The dcompress block").
+
+    `num_samples`, `extra_files`, `urls` and `files` are filled in by `io.output.write_output`.
+    Optional keys (`_OPTIONAL`) are None when an older manifest lacks them.
+    """
+
+    method: MethodRecord | None = None
+    source: SourceRecord | None = None
+    bad_samples: BadSamplesRecord | None = None
+    class_names: tuple[str, ...]
+    labels: LabelsRecord
+    normalization: Normalization
+    image_shape: tuple[int, int, int]
+    exact_tensor: str | None = None
+    learned: LearnedRecord = LearnedRecord()
+    eval_protocol: EvalProtocol
+    info: dict | None = None
+    run: RunRecord | None = None
+    env: dict | None = None
+    timings: dict[str, float] | None = None
+    num_samples: int | None = None
+    extra_files: list[str] | None = None
+    urls: str | None = None
+    files: dict[str, str] | None = None
+    format_version: int = FORMAT_VERSION
+    version: str | None = None
+    kind: str = "compressed"
+
+    def to_dict(self) -> dict:
+        sub = lambda r: r.to_dict() if r is not None else None  # noqa: E731
+        d = {"format_version": self.format_version, "version": self.version, "kind": self.kind,
+             "method": sub(self.method), "source": sub(self.source), "bad_samples": sub(self.bad_samples),
+             "class_names": list(self.class_names), "labels": self.labels.to_dict(),
+             "normalization": self.normalization.to_dict(), "image_shape": list(self.image_shape),
+             "exact_tensor": self.exact_tensor, "learned": self.learned.to_dict(),
+             "eval_protocol": dataclasses.asdict(self.eval_protocol), "info": self.info, "run": sub(self.run),
+             "env": self.env, "timings": self.timings, "num_samples": self.num_samples,
+             "extra_files": self.extra_files, "urls": self.urls, "files": self.files}
+        return _drop_none(d, _OPTIONAL)
+
+    @classmethod
+    def from_dict(cls, block, path) -> CompressedBlock:
+        """The validated block; InputDataError naming `path` and the key `dcompress.<key>`."""
+        from ..core import EvalProtocol
+
+        if not isinstance(block, dict) or block.get("kind") != "compressed":
+            raise InputDataError("not a dcompress compressed-set manifest", path=str(path), key="dcompress.kind")
+        for key, tp in _REQUIRED.items():
+            if key not in block:
+                raise InputDataError("missing key", path=str(path), key=f"dcompress.{key}")
+            if not isinstance(block[key], tp):
+                raise InputDataError(f"must be a {tp.__name__}, found {type(block[key]).__name__}", path=str(path),
+                                     key=f"dcompress.{key}")
+        names = _class_names(block, path, required=True)
+        norm = _normalization(block, path)
+        labels = _labels(block["labels"], path)
+        _check_protocol(block["eval_protocol"], path)
+        learned = block.get("learned") or {}
+        if not isinstance(learned, dict) or not (learned.get("lr") is None or _is_num(learned["lr"])):
+            raise InputDataError("must be an object with a numeric lr", path=str(path), key="dcompress.learned")
+        lrs = learned.get("lrs")
+        if lrs is not None and (not isinstance(lrs, list) or not all(_is_num(x) for x in lrs)):
+            raise InputDataError("must be a list of numbers", path=str(path), key="dcompress.learned.lrs")
+        for key, tp in (("extra_files", list), ("urls", str), ("files", dict), ("timings", dict), ("info", dict),
+                        ("env", dict)):
+            if block.get(key) is not None and not isinstance(block[key], tp):
+                raise InputDataError(f"must be a {tp.__name__}, found {type(block[key]).__name__}", path=str(path),
+                                     key=f"dcompress.{key}")
+        n = block.get("num_samples")
+        if n is not None and (not _is_int(n) or n < 0):
+            raise InputDataError(f"must be a non-negative integer, found {n!r}", path=str(path),
+                                 key="dcompress.num_samples")
+        return cls(
+            format_version=block.get("format_version", FORMAT_VERSION), version=block.get("version"),
+            method=_pick(_section(block, "method", path), MethodRecord),
+            source=_pick(_section(block, "source", path), SourceRecord),
+            bad_samples=_pick(_section(block, "bad_samples", path), BadSamplesRecord),
+            class_names=names, labels=labels, normalization=norm, image_shape=tuple(block["image_shape"]),
+            exact_tensor=block.get("exact_tensor"), learned=LearnedRecord(lr=learned.get("lr"), lrs=lrs),
+            eval_protocol=EvalProtocol(**block["eval_protocol"]), info=block.get("info"),
+            run=_pick(_section(block, "run", path), RunRecord), env=block.get("env"), timings=block.get("timings"),
+            num_samples=n, extra_files=block.get("extra_files"), urls=block.get("urls"), files=block.get("files"))
+
+
+def _normalization(block: dict, path) -> Normalization:
+    norm, shape = block["normalization"], block["image_shape"]
+    if not isinstance(norm.get("mean"), list) or not isinstance(norm.get("std"), list) \
+            or len(norm["mean"]) != len(norm["std"]) or len(norm["mean"]) != (shape or [0])[0]:
+        raise InputDataError(f"mean and std must each have one value per image channel (image_shape "
+                             f"{shape})", path=str(path), key="dcompress.normalization")
+    for k in ("mean", "std"):
+        v = norm.get(k)
+        if not isinstance(v, list) or not v or not all(_is_num(x) for x in v) \
+                or (k == "std" and not all(x > 0 for x in v)):
+            raise InputDataError("must be a list of numbers (std > 0)", path=str(path),
+                                 key=f"dcompress.normalization.{k}")
+    if len(shape) != 3 or not all(_is_int(x) and x > 0 for x in shape) or shape[0] != len(norm["mean"]):
+        raise InputDataError(f"must be [C, H, W] matching the normalisation, found {shape!r}", path=str(path),
+                             key="dcompress.image_shape")
+    return Normalization(mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+
+
+def _labels(labels: dict, path) -> LabelsRecord:
+    if not isinstance(labels.get("kind"), str):
+        raise InputDataError("missing", path=str(path), key="dcompress.labels.kind")
+    t = labels.get("temperature", 1.0)
+    if not _is_num(t) or not t > 0:
+        raise InputDataError(f"must be a positive number, found {t!r}", path=str(path),
+                             key="dcompress.labels.temperature")
+    teacher = labels.get("teacher")
+    if teacher is not None and not isinstance(teacher, dict):
+        raise InputDataError("must be an object", path=str(path), key="dcompress.labels.teacher")
+    return _pick(labels, LabelsRecord)
+
+
+def _check_protocol(proto: dict, path) -> None:
+    """Every field of the stored evaluation protocol known and of its declared type."""
+    import typing
+
+    from ..core import EvalProtocol
+
+    hints = typing.get_type_hints(EvalProtocol)
+    fields = {f.name for f in dataclasses.fields(EvalProtocol)}
+    for k, v in proto.items():
+        key = f"dcompress.eval_protocol.{k}"
+        if k not in fields:
+            raise InputDataError("unknown evaluation protocol field", path=str(path), key=key)
+        allowed = typing.get_args(hints[k]) or (hints[k],)
+        ok = any(v is None if a is type(None) else
+                 _is_num(v) if a is float else
+                 _is_int(v) if a is int else isinstance(v, a)
+                 for a in allowed)
+        if not ok:
+            raise InputDataError(f"must be {' or '.join(getattr(a, '__name__', str(a)) for a in allowed)}, "
+                                 f"found {v!r}", path=str(path), key=key)
