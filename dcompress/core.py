@@ -13,12 +13,38 @@ import torch
 LogFn = Callable[[dict], None]
 
 
+class Store(Protocol):
+    """Where RealData's decoded uint8 pixels live: in memory (TensorStore) or, later, a
+    memory-mapped decoded store. Readers ask for rows, never for the whole array."""
+
+    shape: tuple[int, int, int, int]                 # [N, C, H, W]
+
+    def read(self, idx: torch.Tensor) -> torch.Tensor:  # uint8 [len(idx), C, H, W], CPU
+        ...
+
+
+class TensorStore:
+    """An in-memory uint8 tensor [N, C, H, W] as a Store."""
+
+    def __init__(self, images: torch.Tensor):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"TensorStore needs uint8 [N, C, H, W], got {images.dtype} {list(images.shape)}")
+        self.images = images
+        self.shape = tuple(int(v) for v in images.shape)
+
+    def read(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.images[idx]
+
+
 @dataclass
 class RealData:
-    """A decoded image-classification dataset held in memory.
+    """A decoded image-classification dataset over a pixel Store.
+
+    Methods and trainers read batches (`get`, `get_u8`, `sample_class`, `class_indices`,
+    `RealView`), never the whole array, so the store can be larger than memory.
 
     Attributes:
-        images: uint8 tensor [N, C, H, W] (CPU).
+        store: the uint8 pixels [N, C, H, W] (`TensorStore` in memory).
         labels: int64 tensor [N], values in [0, num_classes).
         keys: sample keys as read from the shards (unique), length N.
         class_names: one name per class index.
@@ -26,7 +52,7 @@ class RealData:
         source: provenance (urls, fingerprint, counts, skipped samples).
     """
 
-    images: torch.Tensor
+    store: Store
     labels: torch.Tensor
     keys: list[str]
     class_names: list[str]
@@ -41,7 +67,7 @@ class RealData:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.images.shape[1:]
+        c, h, w = self.store.shape[1:]
         return int(c), int(h), int(w)
 
     def __len__(self) -> int:
@@ -64,7 +90,18 @@ class RealData:
 
     def get(self, idx: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
         """Normalised float32 images for sample indices `idx`."""
-        return self.normalize(self.images[idx], device)
+        return self.normalize(self.store.read(idx), device)
+
+    def get_u8(self, idx: torch.Tensor) -> torch.Tensor:
+        """The stored uint8 images [len(idx), C, H, W] of sample indices `idx` (CPU)."""
+        return self.store.read(idx)
+
+    def subset(self, idx: torch.Tensor, **source: Any) -> "RealData":
+        """The samples `idx` as a new in-memory RealData (same classes and normalisation);
+        `source` entries update the provenance (e.g. a fingerprint naming the subset)."""
+        return RealData(store=TensorStore(self.store.read(idx)), labels=self.labels[idx].clone(),
+                        keys=[self.keys[i] for i in idx.tolist()], class_names=self.class_names, mean=self.mean,
+                        std=self.std, source={**self.source, **source})
 
     def sample_class(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """`n` random indices of class `c` (without replacement when n <= class size)."""

@@ -64,10 +64,10 @@ def tiny_real():
     """30 in-memory 28x28 images of 3 classes as RealData (no shards): for method unit tests."""
     import torch
 
-    from dcompress.core import RealData
+    from dcompress.core import RealData, TensorStore
 
     x, y = make_images(10, classes=3)
-    return RealData(images=torch.from_numpy(x).unsqueeze(1), labels=torch.from_numpy(y).long(),
+    return RealData(store=TensorStore(torch.from_numpy(x).unsqueeze(1)), labels=torch.from_numpy(y).long(),
                     keys=[f"k{i:03d}" for i in range(len(y))], class_names=["a", "b", "c"],
                     mean=(0.2,), std=(0.3,), source={"fingerprint": "tiny"})
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dcompress.train.buffer import ExpertBuffer, expert_name  # noqa: E402
 from dcompress.train.experts import ExpertConfig, train_experts  # noqa: E402
-from dcompress.core import RealData, normalize  # noqa: E402
+from dcompress.core import RealData, TensorStore, normalize  # noqa: E402
 
 
 def idx_real(folder: Path, split: str, samples: int | None = None, seed: int = 0) -> RealData:
@@ -55,7 +55,7 @@ def idx_real(folder: Path, split: str, samples: int | None = None, seed: int = 0
     labels = torch.from_numpy(y.astype(np.int64))
     f = images.double() / 255  # float64 and rounded, as io.reader.channel_stats: thread-count independent
     fp = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
-    return RealData(images=images, labels=labels, keys=[f"{split}-{i:06d}" for i in range(len(y))],
+    return RealData(store=TensorStore(images), labels=labels, keys=[f"{split}-{i:06d}" for i in range(len(y))],
                     class_names=[str(c) for c in range(int(labels.max()) + 1)], mean=(round(float(f.mean()), 6),),
                     std=(round(float(f.std()), 6),), source={"fingerprint": f"sha256:{fp}", "urls": [str(folder)]})
 
@@ -138,7 +138,7 @@ def _evaluate(cset, real: RealData, test: RealData, args, dev, soft: bool) -> di
     from dcompress.train.loop import accuracy, train_on_set
 
     proto = dataclasses.replace(cset.protocol, epochs=args.eval_epochs, soft_labels=soft)
-    x_test = normalize(test.images, real.mean, real.std)
+    x_test = normalize(test.get_u8(torch.arange(len(test))), real.mean, real.std)
     out = {}
     lr = cset.lr if (proto.use_learned_lr and cset.lr is not None) else proto.lr
     accs = []
@@ -214,7 +214,7 @@ def bench_matching(args) -> dict:
             if args.eval_epochs and mode == args.modes[0]:
                 row["eval"] = _evaluate(cset, real, test, args, dev, soft=cset.logits is not None)
                 if name == "dd":
-                    x_test = normalize(test.images, real.mean, real.std)
+                    x_test = normalize(test.get_u8(torch.arange(len(test))), real.mean, real.std)
                     row["eval"]["dd_replay"] = replay(cset.images, cset.labels, cset.lrs, cset.info["replay"], x_test,
                                                       test.labels, num_classes=real.num_classes, runs=args.eval_runs,
                                                       device=dev)

@@ -119,15 +119,11 @@ def settings_for(budget: str, method: str, ipc: int, labels: str | None = None) 
 
 def class_subset(real, per_class: int, seed: int):
     """`per_class` random samples of each class of `real` (RealData), its fingerprint marked."""
-    import dataclasses
-
     import torch
 
     g = torch.Generator().manual_seed(seed)
     idx = torch.cat([real.sample_class(c, per_class, g) for c in range(real.num_classes)]).sort().values
-    source = {**real.source, "fingerprint": f"{real.source.get('fingerprint')}:subset{per_class}x{seed}"}
-    return dataclasses.replace(real, images=real.images[idx], labels=real.labels[idx],
-                               keys=[real.keys[i] for i in idx.tolist()], source=source, _by_class=None)
+    return real.subset(idx, fingerprint=f"{real.source.get('fingerprint')}:subset{per_class}x{seed}")
 
 
 def ensure_experts(args, real_train, device) -> tuple[Path, dict] | None:

@@ -120,7 +120,7 @@ def ensure_cache(train: Path) -> Path:
         from dcompress.api import load_real
 
         real = load_real(str(ensure_shards(train)))
-        torch.save({"images": real.images, "labels": real.labels, "keys": real.keys, "class_names": real.class_names,
+        torch.save({"images": real.get_u8(torch.arange(len(real))), "labels": real.labels, "keys": real.keys, "class_names": real.class_names,
                     "mean": real.mean, "std": real.std, "source": real.source}, cache)
     return cache
 
@@ -153,10 +153,11 @@ def worker(job: dict) -> dict:
 
     from dcompress.config import resolve_config
     from dcompress.registry import get_method
-    from dcompress.core import RealData, RunSpec
+    from dcompress.core import RealData, RunSpec, TensorStore
 
     torch.set_num_threads(job["threads"])
-    real = RealData(**torch.load(job["cache"]))
+    saved = torch.load(job["cache"])
+    real = RealData(store=TensorStore(saved.pop("images")), **saved)
     v = VARIANTS[job["variant"]]
     cls = get_method(v.method)
     cfg = resolve_config(cls.Config, base={**v.config, "iterations": job["warmup"] + job["steps"]})

@@ -21,7 +21,7 @@ from dcompress.api import distill
 from dcompress.io.reader import channel_stats, fingerprint_of
 from dcompress.io.sources import FASHION_MNIST_CLASSES, read_idx
 from dcompress.train.evaluate import evaluate
-from dcompress.core import RealData
+from dcompress.core import RealData, TensorStore
 
 
 def real_from_idx(folder: Path, split: str) -> RealData:
@@ -30,7 +30,7 @@ def real_from_idx(folder: Path, split: str) -> RealData:
     y = torch.from_numpy(read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype("int64"))
     keys = [f"{split}{i:06d}" for i in range(len(y))]
     mean, std = channel_stats(x)
-    return RealData(images=x, labels=y, keys=keys, class_names=FASHION_MNIST_CLASSES, mean=mean, std=std,
+    return RealData(store=TensorStore(x), labels=y, keys=keys, class_names=FASHION_MNIST_CLASSES, mean=mean, std=std,
                     source={"urls": [str(folder)], "num_samples": len(y), "fingerprint": fingerprint_of(keys, y, x),
                             "bad_samples": {"count": 0, "examples": []},
                             "class_counts": torch.bincount(y).tolist()})

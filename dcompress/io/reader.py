@@ -18,7 +18,7 @@ import webdataset as wds
 
 from ..errors import InputDataError, TooManyBadSamples
 from ..limits import MAX_LABEL, MAX_PIXELS
-from ..core import RealData
+from ..core import RealData, TensorStore
 from .codecs import IMAGE_EXTS, decode_image, parse_label
 from .urls import ResolvedInput, is_remote, opener_url
 
@@ -178,7 +178,7 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
     source = {"urls": [u if is_remote(u) else str(Path(u).resolve()) for u in inp.urls],
               "num_samples": len(keys), "fingerprint": fingerprint, "bad_samples": bad.as_dict(),
               "class_counts": torch.bincount(label_t, minlength=len(class_names)).tolist()}
-    return RealData(images=x, labels=label_t, keys=keys, class_names=class_names,
+    return RealData(store=TensorStore(x), labels=label_t, keys=keys, class_names=class_names,
                     mean=mean, std=std, source=source)
 
 

@@ -189,7 +189,7 @@ def replay_accuracy(out_dir: str | Path, test: RealData, runs: int = 5, *, seed:
     rp = ds.manifest["dcompress"]["info"].get("replay")
     if rp is None:
         raise UsageError("not a DD output (manifest info has no replay block)", path=str(out_dir))
-    x_test = normalize(test.images, ds.mean, ds.std)
+    x_test = normalize(test.get_u8(torch.arange(len(test))), ds.mean, ds.std)
     return replay(ds.images, ds.labels, ds.lrs, rp, x_test, test.labels, num_classes=len(ds.classes), runs=runs,
                   seed=seed, device=device)
 

@@ -54,7 +54,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     n_test = len(test) if test_limit is None else min(test_limit, len(test))
     tg = torch.Generator().manual_seed(seed)
     tidx = torch.randperm(len(test), generator=tg)[:n_test] if n_test < len(test) else torch.arange(len(test))
-    x_test = normalize(test.images[tidx], ds.mean, ds.std)
+    x_test = normalize(test.get_u8(tidx), ds.mean, ds.std)
     y_test = test.labels[tidx]
     lr = ds.lr if (proto.use_learned_lr and ds.lr is not None) else proto.lr
     t0 = time.time()
@@ -86,7 +86,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     for r in range(runs):
         g = torch.Generator().manual_seed(seed * 1000 + 500 + r)
         idx = torch.cat([train.sample_class(c, n, g) for c, n in enumerate(counts) if n > 0])
-        x = normalize(train.images[idx], ds.mean, ds.std)
+        x = normalize(train.get_u8(idx), ds.mean, ds.std)
         y = train.labels[idx]
         soft = soft_teacher.logits(x, device) if soft_teacher is not None else None
         net = train_on_set(x, y, num_classes=len(ds.classes), protocol=base_proto, generator=g, device=device,

@@ -243,7 +243,7 @@ class _Data:
             self.evals["heldout"] = (real.get(idx, device), real.labels[idx])
         if test is not None:
             idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:eval_max]
-            self.evals["test"] = (normalize(test.images[idx].to(device), real.mean, real.std), test.labels[idx])
+            self.evals["test"] = (normalize(test.get_u8(idx).to(device), real.mean, real.std), test.labels[idx])
 
 
 def _train_one(out: Path, i: int, data: _Data, cfg: ExpertConfig, header: ExpertsManifest, device, lock: Path,
