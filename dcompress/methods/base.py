@@ -1,12 +1,13 @@
-"""Small shared pieces of the methods: selection results, real-image initialisation."""
+"""Small shared pieces of the methods: selection results, real-image initialisation, and what
+the synthesis methods share (per-class initial images from derived seeds, results, BN checks)."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
 
-from ..errors import InputDataError
-from ..core import CompressedSet, LogFn, RealData, RunSpec
+from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from ..errors import InputDataError, UsageError
 
 
 def check_ipc(real: RealData, ipc: int) -> None:
@@ -58,3 +59,68 @@ def select_on_teacher_features(real: RealData, spec: RunSpec, log: LogFn,
         pool = real.class_indices(c)
         picks.append(pool[order(feats[pool], spec.ipc)])
     return selection_result(real, picks, info={"features": "teacher_embedding", "feature_dim": feats.shape[1]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the synthesis methods
+
+def has_batchnorm(net: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def eval_model_for(model: str) -> str:
+    """The evaluation network of a distillation network: ConvNet BN variants are evaluated
+    without BN (reference `get_eval_pool('S')`: 'ConvNetBN' -> 'ConvNet')."""
+    name = model.strip().lower()
+    if not name.startswith("convnet"):
+        return model
+    tokens = [t for t in name.removeprefix("convnetbn").removeprefix("convnet").split("_") if t and t != "bn"]
+    return "_".join(["convnet", *tokens])
+
+
+def parse_strategy_or_usage(strategy: str | None) -> str | None:
+    """Validates a DSA strategy string early; None/'' /'none' disable augmentation."""
+    if strategy is None or strategy.strip().lower() in ("", "none"):
+        return None
+    from ..augment import dsa
+
+    try:
+        dsa.parse_strategy(strategy)
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"bad dsa_strategy {strategy!r}: {e}") from None
+    return strategy
+
+
+# ----------------------------------------------------------------------------------------------
+# Loop bookkeeping
+
+
+def init_images_by_class(real: RealData, classes, ipc: int, init: str, seed: int,
+                         device: torch.device) -> tuple[torch.Tensor, list[str | None]]:
+    """Initial synthetic images of `classes` [len(classes)*ipc, ch, H, W] (in that order) and each
+    slot's source key; class c's draw comes from `derive(seed, "init", c)`, so it does not depend
+    on the other classes. 'real': random real images of the class; 'noise': N(0, 1)."""
+    from .loop import derive
+
+    parts, keys = [], []
+    for c in classes:
+        g = derive(seed, "init", c)
+        if init == "real":
+            idx = real.sample_class(c, ipc, g)
+            parts.append(real.get(idx, device))
+            keys += [real.keys[int(i)] for i in idx]
+        elif init == "noise":
+            ch, h, w = real.image_shape
+            parts.append(torch.randn(ipc, ch, h, w, generator=g).to(device))
+            keys += [None] * ipc
+        else:
+            raise UsageError(f"init must be 'real' or 'noise', got {init!r}")
+    return torch.cat(parts), keys
+
+
+def synthesis_result(images: torch.Tensor, real: RealData, ipc: int, init_keys: list[str | None],
+                     protocol: EvalProtocol, info: dict) -> CompressedSet:
+    """CompressedSet of optimised images; `slot` is the image's position within its class."""
+    sources = [{"slot": i % ipc, "init_source_key": k} for i, k in enumerate(init_keys)]
+    return CompressedSet(images=images.detach().float().cpu().clone(), labels=class_labels(real.num_classes, ipc),
+                         logits=None, synthetic=True, sources=sources, protocol=protocol, info=info)

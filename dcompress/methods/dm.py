@@ -22,7 +22,7 @@ from ..registry import MethodInfo, register_method
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc
 from .loop import SynthesisLoop, derive
-from .matching import (eval_model_for, has_batchnorm, init_images_by_class, parse_strategy_or_usage,
+from .base import (eval_model_for, has_batchnorm, init_images_by_class, parse_strategy_or_usage,
                        synthesis_result)
 
 

@@ -15,7 +15,7 @@ from dcompress.cli import app
 from dcompress.core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from dcompress.methods.base import check_ipc, class_labels
 from dcompress.methods.loop import SynthesisLoop, derive
-from dcompress.methods.matching import init_images_by_class
+from dcompress.methods.base import init_images_by_class
 
 
 class ClassMeans:

@@ -10,7 +10,7 @@ from dcompress.checkpoint import Checkpointer
 from dcompress.errors import NonFiniteLoss, UsageError
 from dcompress.methods import dc as dc_mod
 from dcompress.methods import dm as dm_mod
-from dcompress.methods.matching import dc_loops, distance_wb, match_loss
+from dcompress.methods.dc import dc_loops, distance_wb, match_loss
 from dcompress.core import RealData, RunSpec
 from tests.conftest import tiny_real
 
