@@ -1,80 +1,25 @@
 """The `dcompress` command line: parse, call the API, print. No algorithm code here.
 
-Progress goes to stderr (rich); `--json` prints exactly one JSON report on stdout, also on
-failure ({"status": "error" | "interrupted", "error", "error_type", "exit_code"}) and for
-usage errors that Click itself detects. Every exception maps to an exit code in one place
-(`_failure`); a user never sees a traceback unless DCOMPRESS_DEBUG=1.
+Progress, reports and the mapping of every exception to an exit code live in `console.py`:
+`--json` prints exactly one JSON report on stdout, also on failure and for usage errors.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from typer.core import TyperGroup
 
-from .errors import DcompressError, Interrupted, ResourceError, os_error
+from .console import App, Reporter, out, run
 from .limits import MAX_PIXELS as MAX_PIXELS_DEFAULT
 
 
-
-def _click_types(name: str) -> tuple[type, ...]:
-    """`name` from click and from the copy of click that recent typer versions vendor."""
-    found = []
-    for module in ("click.exceptions", "typer._click.exceptions"):
-        try:
-            found.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
-
-
-_CLICK_ERRORS, _NO_ARGS, _ABORT, _EXIT = (_click_types(n) for n in ("ClickException", "NoArgsIsHelpError",
-                                                                     "Abort", "Exit"))
-
-
-class _App(TyperGroup):
-    """Runs every command non-standalone so that Click's own usage errors (missing option,
-    unknown flag, bad integer) also honour `--json` and print one `error:` line."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        argv = list(sys.argv[1:] if args is None else args)
-        try:
-            rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
-                              standalone_mode=False, **extra)
-        except _CLICK_ERRORS as e:
-            code = e.exit_code
-            if "--json" in argv:
-                print(json.dumps({"status": "error", "error": e.format_message(), "error_type": "UsageError",
-                                  "exit_code": code}))
-            if isinstance(e, _NO_ARGS):
-                err.print(e.format_message(), highlight=False, markup=False)
-                sys.exit(code)
-            ctx = getattr(e, "ctx", None)
-            if ctx is not None:
-                err.print(ctx.get_usage(), highlight=False, markup=False)
-                err.print(f"Try '{ctx.command_path} --help' for help.", highlight=False, markup=False)
-            err.print(f"error: {e.format_message()}", highlight=False, markup=False)
-            sys.exit(code)
-        except _ABORT:
-            err.print("error: aborted", highlight=False)
-            sys.exit(130)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-app = typer.Typer(cls=_App, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=App, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress image-classification WebDataset shards into small training sets.")
-err = Console(stderr=True)
-out = Console()
 
 
 def _print_version(value: bool) -> None:
@@ -97,103 +42,6 @@ def _use_cache(cache_dir: Optional[Path]) -> None:
         os.environ["DCOMPRESS_CACHE"] = str(Path(cache_dir).absolute())
 
 
-class _Progress:
-    """Progress on stderr: rich bars on a terminal; plain timestamped lines elsewhere (CI logs),
-    one per bar at its start, at most every `interval` seconds, and at its end. Also the
-    method's `log` sink: the latest loss shows on the bar, notes (resume) print as lines."""
-
-    def __init__(self, interval: float = float(os.environ.get("DCOMPRESS_PROGRESS_INTERVAL", "10"))):
-        self.tty = err.is_terminal
-        self.interval = interval
-        self.loss: float | None = None
-        self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TextColumn("{task.fields[loss]}"), console=err, transient=False, disable=not self.tty)
-        self.tasks: dict[str, int] = {}
-        self.last: dict[str, float] = {}
-        self.t0 = time.time()
-
-    def __call__(self, done: int, total: int, desc: str) -> None:
-        loss = f"loss {self.loss:.4g}" if self.loss is not None else ""
-        if self.tty:
-            if desc not in self.tasks:
-                self.tasks[desc] = self.p.add_task(desc, total=total or None, loss=loss)
-            self.p.update(self.tasks[desc], completed=done, total=total or None, loss=loss)
-            return
-        now = time.time()
-        first = desc not in self.last
-        if first or now - self.last[desc] >= self.interval or (total and done >= total):
-            self.last[desc] = now
-            of = f"/{total} ({100 * done / total:.0f}%)" if total else ""
-            err.print(f"[{time.strftime('%H:%M:%S')}] {desc}: {done}{of}, {now - self.t0:.0f} s{', ' + loss if loss else ''}",
-                      highlight=False, markup=False, soft_wrap=True)
-
-    def event(self, ev: dict) -> None:
-        """The `log` callback of methods: keeps the latest loss, prints notes."""
-        if isinstance(ev.get("loss"), (int, float)):
-            self.loss = float(ev["loss"])
-        if ev.get("event") == "note":
-            self.note(str(ev.get("text", "")))
-        elif ev.get("event") == "warning":
-            self.note(f"warning: {ev.get('message', '')}")
-
-    def note(self, text: str) -> None:
-        (self.p.console if self.tty else err).print(text, highlight=False, markup=False, soft_wrap=True)
-
-    def __enter__(self):
-        self.p.__enter__()
-        return self
-
-    def __exit__(self, *a):
-        self.p.__exit__(*a)
-
-
-def _on_sigterm(signum, frame):
-    raise Interrupted("terminated (SIGTERM)", signum=signum)
-
-
-def _failure(e: BaseException) -> DcompressError:
-    """Any exception -> the DcompressError that says it to a user (exit code included)."""
-    if isinstance(e, DcompressError):
-        return e
-    if isinstance(e, KeyboardInterrupt):
-        return Interrupted("interrupted (Ctrl-C)", signum=signal.SIGINT)
-    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()) \
-            or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
-        return ResourceError(f"out of memory ({type(e).__name__}: {str(e)[:200]}); use a smaller batch or input")
-    if isinstance(e, OSError):
-        return os_error(e, action="run", writing=False)
-    return DcompressError(f"internal error ({type(e).__name__}: {e}); please report it with the command line "
-                          "(set DCOMPRESS_DEBUG=1 for the traceback)")
-
-
-def _run(as_json: bool, fn: Callable[[_Progress], dict], show: Callable[[dict], None]) -> None:
-    """Runs `fn`, prints its report, maps every exception to an exit code (one place)."""
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        with _Progress() as prog:
-            report = fn(prog)
-    except _EXIT:
-        raise
-    except BaseException as raw:  # noqa: BLE001 - the one place exceptions become exit codes
-        if os.environ.get("DCOMPRESS_DEBUG") == "1":
-            raise
-        e = _failure(raw)
-        hint = getattr(raw, "dcompress_hint", None)
-        status = "interrupted" if isinstance(e, Interrupted) else "error"
-        if as_json:
-            print(json.dumps({"status": status, "error": str(e), "error_type": type(e).__name__,
-                              "exit_code": e.exit_code, **({"hint": hint} if hint else {})}))
-        err.print(f"[bold red]error[/]: {escape(str(e))}", highlight=False, markup=True)
-        if hint:
-            err.print(hint, highlight=False, markup=False)
-        raise typer.Exit(e.exit_code) from None
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    report = {"status": "ok", **report}
-    if as_json:
-        print(json.dumps(report, default=str))
-    else:
-        show(report)
 
 
 def _kv(report: dict) -> None:
@@ -224,7 +72,7 @@ def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST)
     """Write WebDataset shards (+ manifest.json) from idx files or an ImageFolder tree."""
     from .io.sources import make_shards
 
-    _run(as_json, lambda p: make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size, overwrite=overwrite,
+    run(as_json, lambda p: make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size, overwrite=overwrite,
                                         progress=lambda a, b: p(a, b, "sharding")), _kv)
 
 
@@ -264,14 +112,14 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
     flags = {"bins": bins, "features": features, "keep_bins": keep_bins or None,
              "from_bins": str(from_bins) if from_bins else None}
 
-    def work(prog: _Progress) -> dict:
+    def work(prog: Reporter) -> dict:
         _use_cache(cache_dir)
         return api_distill(urls, method, out=output, ipc=ipc, ratio=ratio, seed=seed, device=device, config=config,
                            sets=sets, resume=resume, overwrite=overwrite, labels=labels, teacher=teacher,
                            max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                            shard_size=shard_size, ckpt_every=ckpt_every, dry_run=dry_run, flags=flags,
                            experts=experts, teacher_sets=teacher_sets, progress=prog, log=prog.event)
-    _run(as_json, work, _show_distill)
+    run(as_json, work, _show_distill)
 
 
 def _show_distill(report: dict) -> None:
@@ -313,7 +161,7 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
 
     flags = {"epochs": epochs, "optimizer": optimizer, "holdout": holdout, "seed": seed}   # beat --set / --config
 
-    def work(prog: _Progress) -> dict:
+    def work(prog: Reporter) -> dict:
         check_limits(num_experts=(num_experts, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
                      max_pixels=(max_pixels, 1))
         check_seed(seed if seed is not None else 0)
@@ -326,7 +174,7 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
         test_data = load_real(tinp, max_bad=max_bad, max_pixels=max_pixels) if tinp else None
         return train_experts(real, output, num_experts=num_experts, config=cfg, test=test_data, device=dev,
                              stale_after=stale_after, progress=prog)
-    _run(as_json, work, _kv)
+    run(as_json, work, _kv)
 
 
 @app.command()
@@ -368,7 +216,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
     from .loader import load
     from .train.evaluate import evaluate as api_evaluate
 
-    def work(prog: _Progress) -> dict:
+    def work(prog: Reporter) -> dict:
         check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
                      max_pixels=(max_pixels, 1))
         check_seed(seed)
@@ -385,7 +233,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
         train_data = load_real(train_inp, max_bad=max_bad, max_pixels=max_pixels) if train_inp else None
         return api_evaluate(ds, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
                             device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=prog)
-    _run(as_json, work, _show_eval)
+    run(as_json, work, _show_eval)
 
 
 def _show_eval(r: dict) -> None:
@@ -411,7 +259,7 @@ def inspect(target: Path = typer.Argument(..., metavar="OUT"),
     """Summarise a compressed set; (re)draw its class grid and loss curve PNGs."""
     from .report import figures, summary
 
-    _run(as_json, lambda p: {**summary(target), **figures(target, grid)}, _kv)
+    run(as_json, lambda p: {**summary(target), **figures(target, grid)}, _kv)
 
 
 @app.command()
@@ -419,7 +267,7 @@ def verify(target: Path = typer.Argument(..., metavar="OUT"), as_json: bool = JS
     """Re-check every shard against the manifest's sizes, md5 sums and counts (exit 6 on mismatch)."""
     from .io.manifest import verify as api_verify
 
-    _run(as_json, lambda p: api_verify(target), _kv)
+    run(as_json, lambda p: api_verify(target), _kv)
 
 
 def main() -> None:
