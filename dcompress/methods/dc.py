@@ -147,7 +147,7 @@ class DC:
         lr_img: SGD lr on the pixels; momentum: its momentum (reference hard-codes 0.5).
         lr_net: SGD lr (no momentum) of the inner-loop network training.
         batch_real: real images per class per matching step; batch_train: inner-loop batch.
-        init: 'noise' (reference default) or 'real'.
+        pix_init: 'noise' (reference default) or 'real'.
         dis_metric: 'ours' (per-output-channel cosine, 1-D params ignored), 'mse' or 'cos'.
         outer_loop, inner_loop: None = reference `get_loops` table, extended to any ipc
             (`matching.dc_loops`).
@@ -160,7 +160,7 @@ class DC:
         lr_net: float = 0.01
         batch_real: int = 256
         batch_train: int = 256
-        init: Literal["real", "noise"] = "noise"
+        pix_init: Literal["real", "noise"] = "noise"
         dis_metric: Literal["ours", "mse", "cos"] = "ours"
         outer_loop: int | None = None
         inner_loop: int | None = None
@@ -211,7 +211,7 @@ class DC:
         check_ipc(real, ipc)
         outer, inner = dc_loops(ipc, cfg.outer_loop, cfg.inner_loop)
         ch, h, w = real.image_shape
-        images, init_keys = init_images_by_class(real, range(real.num_classes), ipc, cfg.init, spec.seed, device)
+        images, init_keys = init_images_by_class(real, range(real.num_classes), ipc, cfg.pix_init, spec.seed, device)
         images.requires_grad_(True)
         labels = class_labels(real.num_classes, ipc).to(device)
         opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
@@ -240,7 +240,7 @@ class DC:
                     train_epoch(net, opt_net, syn, labels, None, batch_size=cfg.batch_train, generator=g,
                                 aug=self.strategy)
             loop.done(loss_sum / (outer * real.num_classes))   # the reference's logged loss_avg
-        info = {"init": cfg.init, "outer_loop": outer, "inner_loop": inner, "dis_metric": cfg.dis_metric,
+        info = {"pix_init": cfg.pix_init, "outer_loop": outer, "inner_loop": inner, "dis_metric": cfg.dis_metric,
                 **loop.summary()}
         return synthesis_result(images, real, ipc, init_keys, self.protocol(), info)
 
@@ -254,7 +254,7 @@ class DSA(DC):
         """DC's fields and defaults, except init 'real' (README command) and the DSA strategy
         ('color_crop_cutout_flip_scale_rotate'; drop 'flip' for digit datasets)."""
 
-        init: Literal["real", "noise"] = "real"
+        pix_init: Literal["real", "noise"] = "real"
         dsa_strategy: str = dsa.DEFAULT_STRATEGY
 
     def _strategy(self) -> str | None:

@@ -11,8 +11,8 @@ of ipc / distill_steps images per class each (the reference's distilled_images_p
 its default, 10 steps × 1, is `--ipc 10`). `distill_steps` None = the largest divisor of ipc
 that is at most 10. Slot j of a class belongs to step j // (ipc / distill_steps).
 
-`init="xavier"` (the reference's default) draws conv/linear weights xavier-normal (gain 1) with
-zero biases, other parameters as the network's default; `init="default"` keeps the network's
+`net_init="xavier"` (the reference's default) draws conv/linear weights xavier-normal (gain 1) with
+zero biases, other parameters as the network's default; `net_init="default"` keeps the network's
 own initialisation. DD's own evaluation re-runs the learned steps on fresh networks:
 `replay_accuracy`. The manifest's eval protocol is the common one (300 epochs, no aug).
 """
@@ -98,7 +98,7 @@ class DD:
         decay_epochs: int = 40
         decay_factor: float = 0.5
         n_nets: int = 1
-        init: Literal["xavier", "default"] = "xavier"
+        net_init: Literal["xavier", "default"] = "xavier"
         pix_init: Literal["noise", "real"] = "noise"
         memory: Literal["auto", "full", "constant", "tesla"] = "auto"
 
@@ -146,7 +146,7 @@ class DD:
             x_real, y_real = real.get(ridx, dev), real.labels[ridx].to(dev)
             grads, loss = [torch.zeros_like(images), torch.zeros_like(raw)], 0.0
             for _ in range(cfg.n_nets):
-                theta0 = fresh_params(cfg.model, shape, K, cfg.init, g).to(dev)
+                theta0 = fresh_params(cfg.model, shape, K, cfg.net_init, g).to(dev)
 
                 def outer(theta: torch.Tensor) -> torch.Tensor:
                     return F.cross_entropy(forward_flat(net, theta, x_real), y_real)
@@ -170,7 +170,7 @@ class DD:
         info.update(iterations=total, resumed_from=loop.start or None, loss_first=losses[0] if losses else None,
                     loss_last=losses[-1] if losses else None,
                     loss_last10_mean=(sum(losses[-10:]) / len(losses[-10:])) if losses else None,
-                    replay={"model": cfg.model, "init": cfg.init, "distill_steps": steps,
+                    replay={"model": cfg.model, "net_init": cfg.net_init, "distill_steps": steps,
                             "distill_epochs": cfg.distill_epochs, "images_per_class_per_step": spec.ipc // steps,
                             "step_of_slot": "slot // images_per_class_per_step", "lrs": lrs,
                             "evaluate_with": "dcompress.methods.dd.replay_accuracy"})
@@ -217,7 +217,7 @@ def replay(images: torch.Tensor, labels: torch.Tensor, lrs: list[float], rp: dic
     accs = []
     for r in range(runs):
         g = torch.Generator().manual_seed(seed * 1000 + r)
-        theta = fresh_params(rp["model"], shape, K, rp["init"], g).to(device)
+        theta = fresh_params(rp["model"], shape, K, rp.get("net_init", rp.get("init")), g).to(device)
         for i, lr in enumerate(lrs):
             theta = theta.detach().requires_grad_(True)
             b = batches[i % steps]

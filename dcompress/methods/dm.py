@@ -112,7 +112,7 @@ class DM:
         lr_img: SGD lr on the pixels (reference 1.0; README uses 10 for CIFAR-10 ipc >= 100).
         momentum: SGD momentum on the pixels (reference hard-codes 0.5).
         batch_real: real images per class per iteration.
-        init: 'real' (class-balanced real images) or 'noise' (N(0,1) normalised).
+        pix_init: 'real' (class-balanced real images) or 'noise' (N(0,1) normalised).
         dsa_strategy: Siamese DSA strategy ('none' disables); drop 'flip' for digits.
         model: random embedding network (dcompress.nets name).
         batched: one forward over all classes (True) or one per class (False); None = per-class
@@ -123,7 +123,7 @@ class DM:
         lr_img: float = 1.0
         momentum: float = 0.5
         batch_real: int = 256
-        init: Literal["real", "noise"] = "real"
+        pix_init: Literal["real", "noise"] = "real"
         dsa_strategy: str | None = dsa.DEFAULT_STRATEGY
         model: str = "convnet"
         batched: bool | None = None
@@ -152,7 +152,7 @@ class DM:
         (per-class form; the batched form does the same maths in one forward).
         """
         cfg, ipc, device = self.config, spec.ipc, torch.device(spec.device)
-        images, init_keys = init_images_by_class(real, classes, ipc, cfg.init, spec.seed, device)
+        images, init_keys = init_images_by_class(real, classes, ipc, cfg.pix_init, spec.seed, device)
         images.requires_grad_(True)
         opt = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
         loop = SynthesisLoop("dm", cfg.iterations, spec, log, state={"images": images, "optimizer": opt})
@@ -170,4 +170,4 @@ class DM:
             loss = (dm_loss_batched if batched else dm_loss_per_class)(net, real, images, ipc, draws)
             opt.step()
             loop.done(loss)
-        return images, init_keys, {"init": cfg.init, "batched": batched, **loop.summary()}
+        return images, init_keys, {"pix_init": cfg.pix_init, "batched": batched, **loop.summary()}

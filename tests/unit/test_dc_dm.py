@@ -114,7 +114,7 @@ def test_dm_fit_shapes_labels_protocol(real, tmp_path):
     assert cs.protocol.model == TINY
     init = fit(dm_mod.DM, real, spec_for(tmp_path), iterations=0, **DM_TINY)
     assert not torch.equal(init.images, cs.images)
-    assert fit(dm_mod.DM, real, spec_for(tmp_path), iterations=0, init="noise", **DM_TINY).sources[0]["init_source_key"] is None
+    assert fit(dm_mod.DM, real, spec_for(tmp_path), iterations=0, pix_init="noise", **DM_TINY).sources[0]["init_source_key"] is None
 
 
 def test_dm_batched_false_with_bn_model_is_a_usage_error(real, tmp_path):
