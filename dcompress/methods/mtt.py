@@ -132,7 +132,7 @@ def expert_buffer(real: RealData, spec: RunSpec, cfg, log: LogFn) -> tuple[Exper
         info = {"path": str(Path(path).absolute()), "default": False}
     else:
         ecfg = ExpertConfig(model=cfg.model or "convnet", epochs=cfg.buffer_epochs or
-                            (cfg.max_start_epoch + cfg.expert_epochs), dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy)
+                            (cfg.max_start_epoch + cfg.expert_epochs), dsa_strategy=cfg.dsa_strategy)
         where = default_buffer_dir(real, ecfg, spec.cache_dir)
         report = train_experts(real, where, num_experts=cfg.buffer_experts, config=ecfg, device=spec.device,
                                progress=spec.progress, log=log)
@@ -182,8 +182,7 @@ class MTT:
         max_start_epoch: int = 25
         batch_syn: int | None = None
         pix_init: Literal["real", "noise"] = "real"
-        dsa: bool = True
-        dsa_strategy: str = DEFAULT_STRATEGY
+        dsa_strategy: str | None = DEFAULT_STRATEGY     # 'none' turns DSA off
         model: str | None = None
         memory: Literal["auto", "full", "constant", "tesla"] = "auto"
         buffer_experts: int = 5
@@ -217,9 +216,13 @@ class MTT:
     def accept(self, loss: float) -> bool:
         return True
 
+    def strategy(self) -> str | None:
+        """The DSA strategy of synthesis and evaluation; None when `dsa_strategy` is 'none'."""
+        return self.config.dsa_strategy if dsa.parse_strategy(self.config.dsa_strategy) else None
+
     def eval_aug(self) -> str | None:
         """The evaluation protocol trains with the DSA strategy the synthesis used (None when off)."""
-        return self.config.dsa_strategy if self.config.dsa else None
+        return self.strategy()
 
     def result(self, images, labels, soft, lr: float, info: dict, model: str) -> CompressedSet:
         return CompressedSet(images=images, labels=labels, synthetic=True, lr=lr, info=info,
@@ -260,7 +263,7 @@ class MTT:
         loop = SynthesisLoop(self.info.name, cfg.iterations, spec, log, state=state, guard=[images, lr.u],
                              extra={"skipped": 0, "mode": None, "losses": [], "mem_info": {}})
         targets = soft if soft is not None else labels
-        strategy = cfg.dsa_strategy if cfg.dsa else None
+        strategy = self.strategy()
         ex = loop.extra
         for it in loop:
             # experts in a fresh random order every round of num_experts iterations; the rest of

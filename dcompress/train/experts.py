@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..augment.dsa import DEFAULT_STRATEGY
+from ..augment.dsa import DEFAULT_STRATEGY, parse_strategy
 from ..checkpoint import warn_via
 from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError
 from ..faults import crash_point
@@ -68,8 +68,7 @@ class ExpertConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_train: int = 256
-    dsa: bool = True
-    dsa_strategy: str = DEFAULT_STRATEGY
+    dsa_strategy: str | None = DEFAULT_STRATEGY     # 'none' turns DSA off
     optimizer: Literal["sgd", "ftd"] = "sgd"
     rho: float = 0.01
     alpha: float = 0.3
@@ -262,7 +261,7 @@ def _train_one(out: Path, i: int, data: _Data, cfg: ExpertConfig, header: Expert
     snaps = _open_snapshots(tmp, npy, (cfg.epochs + 1, P))
     snaps[0] = flat_params(net).detach().cpu().numpy()
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_teacher, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    aug = cfg.dsa_strategy if cfg.dsa else None
+    aug = cfg.dsa_strategy if parse_strategy(cfg.dsa_strategy) else None
     acc: dict[str, list[float]] = {k: [] for k in data.evals}
     losses = []
     t0 = time.time()

@@ -339,7 +339,7 @@ class Resources:
 
         out = self.base / "BUF"
         real = load_real(str(good_tar(self.base / "buf-in" / "in.tar")))
-        train_experts(real, out, num_experts=1, config=ExpertConfig(model=NET, epochs=2, dsa=False),
+        train_experts(real, out, num_experts=1, config=ExpertConfig(model=NET, epochs=2, dsa_strategy="none"),
                       device=torch.device("cpu"))
         return out
 

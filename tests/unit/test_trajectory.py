@@ -208,4 +208,4 @@ def test_evaluation_protocol_uses_the_configured_dsa_strategy():
 
     for cls in (MTT, DATM):
         assert cls(cls.Config(dsa_strategy="crop_flip")).eval_aug() == "crop_flip"
-        assert cls(cls.Config(dsa=False)).eval_aug() is None
+        assert cls(cls.Config(dsa_strategy="none")).eval_aug() is None
