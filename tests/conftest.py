@@ -3,12 +3,25 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import webdataset as wds
+
+
+# The device the method unit tests run on: `DCOMPRESS_TEST_DEVICE=cuda make test` runs them on a
+# GPU (CI has none; bitwise resume equalities are promised on the CPU only).
+TEST_DEVICE = os.environ.get("DCOMPRESS_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture
+def device():
+    import torch
+
+    return torch.device(TEST_DEVICE)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -12,7 +12,7 @@ from dcompress.methods import dc as dc_mod
 from dcompress.methods import dm as dm_mod
 from dcompress.methods.dc import dc_loops, distance_wb, match_loss
 from dcompress.core import RealData, RunSpec
-from tests.conftest import tiny_real
+from tests.conftest import TEST_DEVICE, tiny_real
 
 TINY = "convnet_w16"
 
@@ -24,7 +24,7 @@ def real() -> RealData:
 
 def spec_for(tmp_path, ipc=2, every=0, progress=None, name="run") -> RunSpec:
     ckpt = Checkpointer(tmp_path / name, {"test": name}, every=every) if every else None
-    return RunSpec(ipc=ipc, work_dir=tmp_path, ckpt=ckpt, progress=progress)
+    return RunSpec(ipc=ipc, device=torch.device(TEST_DEVICE), work_dir=tmp_path, ckpt=ckpt, progress=progress)
 
 
 def fit(method_cls, real, spec, seed=0, **cfg):

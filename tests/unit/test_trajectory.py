@@ -20,6 +20,7 @@ from dcompress.nets.functional import flat_params, forward_flat
 from dcompress.train.experts import ExpertConfig, train_experts
 from dcompress.train.unroll import unroll
 from dcompress.core import RunSpec
+from tests.conftest import TEST_DEVICE
 
 SMALL = dict(iterations=3, syn_steps=3, expert_epochs=1, max_start_epoch=2, model="convnet_w16")
 
@@ -33,7 +34,8 @@ def buf(real, tmp_path_factory):
 
 def spec_for(tmp: Path, buf=None, every=0, ipc=1, identity="x") -> RunSpec:
     ckpt = Checkpointer(tmp / "work", {"id": identity}, every=every)
-    return RunSpec(ipc=ipc, work_dir=ckpt.dir, cache_dir=tmp / "cache", ckpt=ckpt, experts=buf)
+    return RunSpec(ipc=ipc, device=torch.device(TEST_DEVICE), work_dir=ckpt.dir, cache_dir=tmp / "cache", ckpt=ckpt,
+                   experts=buf)
 
 
 def fit(method, real, spec, log=None, seed=0):
