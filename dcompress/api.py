@@ -29,6 +29,7 @@ from .io.urls import ResolvedInput, is_remote, resolve_urls
 from .io.writer import env_versions
 from .limits import MAX_PIXELS
 from .registry import create_method, get_method
+from .seeds import derive
 from .train.teacher import TeacherConfig, get_teacher
 from .core import CompressedSet, RealData, RunSpec, default_paths
 
@@ -293,7 +294,7 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
                    cache_dir=default_paths()["cache"], teacher=Path(teacher) if teacher else None,
                    ratio=ratio, experts=Path(experts) if experts else None, teacher_config=teacher_cfg,
                    progress=progress, ckpt=ckpt)
-    generator = torch.Generator().manual_seed(seed)
+    generator = derive(seed, "fit")          # for methods drawing outside the loop (selections)
     log({"event": "note", "text": f"stage fit: {method} (IPC {n_ipc})"})
     t1 = time.time()
     cset = m_cls(cfg).fit(real, spec, generator=generator, log=log)

@@ -100,7 +100,7 @@ def init_images_by_class(real: RealData, classes, ipc: int, init: str, seed: int
     """Initial synthetic images of `classes` [len(classes)*ipc, ch, H, W] (in that order) and each
     slot's source key; class c's draw comes from `derive(seed, "init", c)`, so it does not depend
     on the other classes. 'real': random real images of the class; 'noise': N(0, 1)."""
-    from .loop import derive
+    from ..seeds import derive
 
     parts, keys = [], []
     for c in classes:

@@ -29,7 +29,8 @@ from ..registry import MethodInfo, register_method
 from ..train.loop import train_epoch
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc, class_labels
-from .loop import SynthesisLoop, derive
+from ..seeds import derive
+from .loop import SynthesisLoop
 from .base import (eval_model_for, has_batchnorm, init_images_by_class, parse_strategy_or_usage,
                    synthesis_result)
 

@@ -31,7 +31,8 @@ from ..registry import MethodInfo, register_method
 from ..train.unroll import unroll
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec, normalize
 from .base import check_ipc, class_labels, noise_init, real_init
-from .loop import SynthesisLoop, derive
+from ..seeds import derive
+from .loop import SynthesisLoop
 from .mtt import pick_memory_mode
 
 
@@ -216,7 +217,7 @@ def replay(images: torch.Tensor, labels: torch.Tensor, lrs: list[float], rp: dic
     net = build_net(rp["model"], shape[0], K, shape[1:], generator=torch.Generator().manual_seed(0)).to(device)
     accs = []
     for r in range(runs):
-        g = torch.Generator().manual_seed(seed * 1000 + r)
+        g = derive(seed, "replay", r)
         theta = fresh_params(rp["model"], shape, K, rp.get("net_init", rp.get("init")), g).to(device)
         for i, lr in enumerate(lrs):
             theta = theta.detach().requires_grad_(True)

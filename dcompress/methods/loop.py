@@ -12,14 +12,13 @@ guard (NonFiniteLoss; the last good checkpoint stays), progress, one log-event s
 (`{"event": "iteration", "method", "iteration", "loss", **extra}` about 100 times a run) and the
 loss summary.
 
-Derived seeds: `derive(seed, *tags)` is a CPU generator seeded from sha256 of the run's seed and
-the tags (iteration, class, purpose). A draw of iteration `it` for class `c` comes from its own
+Derived seeds (`dcompress.seeds.derive(seed, *tags)`): a CPU generator seeded from sha256 of the
+run's seed and the tags (iteration, class, purpose). A draw of iteration `it` for class `c` comes from its own
 generator, so resuming needs no RNG state, and a class's result does not depend on which other
 classes were computed before it or alongside it (the basis of splitting classes over processes).
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any, Iterator
 
@@ -28,12 +27,6 @@ import torch
 from ..core import LogFn, RunSpec
 from ..errors import NonFiniteLoss
 from ..faults import crash_point
-
-
-def derive(seed: int, *tags: Any) -> torch.Generator:
-    """A CPU torch.Generator seeded from (seed, *tags); equal arguments give equal streams."""
-    key = ":".join(["dcompress", str(int(seed)), *map(str, tags)]).encode()
-    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
 
 
 def log_every(iterations: int) -> int:

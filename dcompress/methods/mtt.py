@@ -31,7 +31,8 @@ from ..train.unroll import (UnrollResult, available_memory_bytes, choose_mode, f
                             step_graph_bytes, unroll)
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc, class_labels, noise_init, real_init
-from .loop import SynthesisLoop, derive
+from ..seeds import derive
+from .loop import SynthesisLoop
 
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import InputDataError, UsageError
 from ..loader import CompressedDataset, load
+from ..seeds import derive
 from ..core import RealData, normalize
 from .loop import accuracy, train_on_set
 
@@ -52,7 +53,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
         raise InputDataError(f"test label {int(test.labels.max())} is outside the compressed set's "
                              f"{len(ds.classes)} classes", path=test_where)
     n_test = len(test) if test_limit is None else min(test_limit, len(test))
-    tg = torch.Generator().manual_seed(seed)
+    tg = derive(seed, "test-subset")
     tidx = torch.randperm(len(test), generator=tg)[:n_test] if n_test < len(test) else torch.arange(len(test))
     x_test = normalize(test.get_u8(tidx), ds.mean, ds.std)
     y_test = test.labels[tidx]
@@ -60,7 +61,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     t0 = time.time()
     accs = []
     for r in range(runs):
-        g = torch.Generator().manual_seed(seed * 1000 + r)
+        g = derive(seed, "eval-compressed", r)
         net = train_on_set(ds.images, ds.labels, num_classes=len(ds.classes), protocol=proto, generator=g,
                            device=device, soft=ds.logits, lr=lr,
                            progress=(lambda a, b, r=r: progress(a, b, f"compressed run {r + 1}/{runs}")) if progress else None)
@@ -84,7 +85,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     t1 = time.time()
     accs = []
     for r in range(runs):
-        g = torch.Generator().manual_seed(seed * 1000 + 500 + r)
+        g = derive(seed, "eval-random", r)
         idx = torch.cat([train.sample_class(c, n, g) for c, n in enumerate(counts) if n > 0])
         x = normalize(train.get_u8(idx), ds.mean, ds.std)
         y = train.labels[idx]

@@ -40,6 +40,7 @@ from ..augment.dsa import DEFAULT_STRATEGY, parse_strategy
 from ..checkpoint import warn_via
 from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError
 from ..faults import crash_point
+from ..seeds import derive, derive_seed
 from ..io.experts_schema import EXPERTS_FORMAT, ExpertsInput, ExpertsManifest, NetworkRecord, SplitRecord
 from ..io.schema import Normalization
 from ..io.safe_write import (ensure_dir, move_aside, os_error, pid_alive, remove_dead_temps, temp_path,
@@ -80,7 +81,7 @@ class ExpertConfig:
 
 def expert_seed(seed: int, expert: int) -> int:
     """Seed of expert `expert` in a buffer made with base `seed` (independent of process and order)."""
-    return int.from_bytes(hashlib.sha256(f"dcompress-expert:{seed}:{expert}".encode()).digest()[:7], "little")
+    return derive_seed(seed, "expert", expert)
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -154,7 +155,7 @@ def split_indices(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torc
     """(train, held-out) index tensors; the same for every process given (n, holdout, seed)."""
     if not 0 <= holdout < 1:
         raise UsageError(f"holdout must be in [0, 1), got {holdout}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    perm = torch.randperm(n, generator=derive(seed, "holdout"))
     k = int(round(holdout * n))
     return perm[k:].sort().values, perm[:k].sort().values
 

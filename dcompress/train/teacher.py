@@ -23,6 +23,7 @@ import torch
 from ..checkpoint import warn_via
 from ..errors import DcompressError, InputDataError
 from ..faults import crash_point
+from ..seeds import derive
 from ..io.safe_write import ensure_dir, move_aside, np_save, remove_dead_temps, torch_save, write_json
 from ..core import EvalProtocol, RealData, RealView, RunSpec
 from .loop import train_epoch
@@ -156,7 +157,7 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
         except InputDataError as e:
             _discard_cache_entry(path, e, log)
     t0 = time.time()
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = derive(cfg.seed, "teacher")
     net = build_net(cfg.model, c, real.num_classes, (h, w), generator=g).to(spec.device)
     n = len(real)
     idx = torch.randperm(n, generator=g)[:min(cfg.max_samples, n)]

@@ -14,7 +14,8 @@ from dcompress import registry
 from dcompress.cli import app
 from dcompress.core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from dcompress.methods.base import check_ipc, class_labels
-from dcompress.methods.loop import SynthesisLoop, derive
+from dcompress.methods.loop import SynthesisLoop
+from dcompress.seeds import derive
 from dcompress.methods.base import init_images_by_class
 
 

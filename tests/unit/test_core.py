@@ -95,3 +95,13 @@ def test_kcenter_is_farthest_first():
     order = kcenter_order(f, 3).tolist()
     assert order[0] == 1  # nearest the mean (2.24, 1.02)
     assert order[1] == 2 and order[2] == 3
+
+
+def test_derived_seeds_depend_on_seed_and_tags_only():
+    from dcompress.seeds import derive, derive_seed
+
+    assert derive_seed(3, "it", 5) == derive_seed(3, "it", 5) != derive_seed(3, "it", 6) != derive_seed(4, "it", 5)
+    a, b = derive(3, 7, 2), derive(3, 7, 2)
+    torch.randn(10, generator=torch.Generator().manual_seed(99))          # other streams do not interfere
+    assert torch.equal(torch.randn(5, generator=a), torch.randn(5, generator=b))
+    assert 0 <= derive_seed(2 ** 62, "x") < 2 ** 63
