@@ -173,17 +173,25 @@ def _unit_open(v) -> bool:
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (_positive, "> 0") for k in (
-        "lr", "lr_img", "lr_lr", "lr_net", "lr_teacher", "lr_y", "distill_lr", "threshold",
+        "lr", "lr_img", "lr_lr", "lr_net", "lr_teacher", "lr_y", "distill_lr",
         "batch_real", "batch_syn", "batch_train", "batch_size", "bins", "k", "epochs", "expert_epochs",
         "syn_steps", "n_nets", "distill_steps", "distill_epochs", "decay_epochs", "buffer_experts",
         "buffer_epochs", "label_experts", "inner_loop", "outer_loop", "dense_max", "eval_max", "max_samples")},
     **{k: (_non_negative, ">= 0") for k in (
-        "iterations", "weight_decay", "rho", "alpha", "lam", "seed", "min_start_epoch", "max_start_epoch",
+        "iterations", "weight_decay", "rho", "alpha", "lam", "seed", "min_start_epoch", "max_start_epoch", "threshold",
         "current_max_start_epoch", "expansion_end_epoch")},
     **{k: (_unit_open, "in [0, 1)") for k in ("momentum", "momentum_y", "momentum_img", "momentum_lr", "beta1",
                                               "holdout")},
     "decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
 }
+
+
+class Validated:
+    """Base of every Config dataclass: constructing one (from the CLI, YAML or Python) runs
+    `validate`, so an out-of-range value never reaches a method."""
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def validate(cfg: Any) -> None:

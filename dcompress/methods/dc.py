@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import dsa
+from ..config import Validated
 from ..errors import UsageError
 from ..nets import build_net
 from ..registry import MethodInfo, register_method
@@ -141,7 +142,7 @@ class DC:
     info = MethodInfo("dc", "synthesis", "gradient matching per class on fresh random nets (Zhao et al. 2021)")
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(Validated):
         """Defaults = reference `main.py` argparse (methods.md §3).
 
         iterations: outer iterations, each with a fresh random network (reference `Iteration`).

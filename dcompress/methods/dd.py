@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..config import Validated
 from ..errors import NonFiniteLoss, UsageError
 from ..registry import MethodInfo, register_method
 from ..train.unroll import unroll
@@ -82,7 +83,7 @@ class DD:
     info = MethodInfo("dd", "synthesis", "dataset distillation: unrolled steps with learned per-step lrs")
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(Validated):
         """Defaults = DD `base_options.py` (LeNet, 10 steps x 3 epochs, lr init 0.02, Adam 0.01,
         400 epochs of batch 1024, StepLR 40 x0.5). `iterations` caps the outer steps (None: epochs
         x batches per epoch). `n_nets`: fresh networks averaged per outer step (sample_n_nets)."""

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from ..augment import dsa
+from ..config import Validated
 from ..errors import UsageError
 from ..nets import build_net, embed
 from ..registry import MethodInfo, register_method
@@ -106,7 +107,7 @@ class DM:
     info = MethodInfo("dm", "synthesis", "distribution matching: class-mean embeddings of random nets (Zhao & Bilen 2023)")
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(Validated):
         """Defaults = reference `main_DM.py` (methods.md §5).
 
         iterations: image updates (reference `Iteration`).

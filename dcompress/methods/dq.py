@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import Validated
 from ..errors import InputDataError, UsageError
 from ..registry import MethodInfo, register_method
 from ..core import CompressedSet, LogFn, RealData, RunSpec
@@ -87,7 +88,7 @@ class DQ:
                       needs_teacher=True)
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(Validated):
         bins: int = 10             # number of bins (--bins)
         k: int = 20                # kNN degree of the sparse graph
         lam: float = 1.0           # GraphCut λ in DQ/DeepCore's gain λ·Σ_pool s − 2·Σ_S s

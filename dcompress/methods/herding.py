@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import MethodInfo, register_method
+from ..config import Validated
 from ..core import CompressedSet, LogFn, RealData, RunSpec
 from .base import select_on_teacher_features
 
@@ -38,7 +39,7 @@ class Herding:
     info = MethodInfo("herding", "selection", "per-class herding on teacher embeddings", needs_teacher=True)
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(Validated):
         pass
 
     def __init__(self, config: "Herding.Config"):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import MethodInfo, register_method
+from ..config import Validated
 from ..core import CompressedSet, LogFn, RealData, RunSpec
 from .base import select_on_teacher_features
 
@@ -31,7 +32,7 @@ class KCenter:
     info = MethodInfo("kcenter", "selection", "per-class k-center greedy on teacher embeddings", needs_teacher=True)
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(Validated):
         pass
 
     def __init__(self, config: "KCenter.Config"):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..augment import dsa
 from ..augment.dsa import DEFAULT_STRATEGY
+from ..config import Validated
 from ..errors import InputDataError, NonFiniteLoss, UsageError
 from ..registry import MethodInfo, register_method
 from ..train.buffer import ExpertBuffer
@@ -168,7 +169,7 @@ class MTT:
                       needs_experts=True, extras=("experts",))
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(Validated):
         """Defaults = `distill.py`. `model` None = the buffer's network. `memory`: "full" BPTT,
         "constant" exact adjoint, "tesla" TESLA's approximation, "auto" by measured size.
         `buffer_experts`/`buffer_epochs`: the default buffer trained when no --experts is given

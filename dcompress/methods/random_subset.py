@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import MethodInfo, register_method
+from ..config import Validated
 from ..core import CompressedSet, LogFn, RealData, RunSpec
 from .base import check_ipc, selection_result
 
@@ -15,7 +16,7 @@ class Random:
     info = MethodInfo("random", "selection", "class-balanced uniform sample of real images")
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(Validated):
         pass
 
     def __init__(self, config: "Random.Config"):

@@ -38,6 +38,7 @@ import torch
 from .. import __version__
 from ..augment.dsa import DEFAULT_STRATEGY, parse_strategy
 from ..checkpoint import warn_via
+from ..config import Validated
 from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError
 from ..faults import crash_point
 from ..seeds import derive, derive_seed
@@ -53,7 +54,7 @@ from .gsam import gsam_epoch
 
 
 @dataclass(frozen=True)
-class ExpertConfig:
+class ExpertConfig(Validated):
     """How each expert is trained. Defaults = MTT `buffer.py` (methods.md §6.1) except `epochs`.
 
     `optimizer="ftd"` is DATM's flat-trajectory expert training: GSAM (radius `rho`,

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import warn_via
+from ..config import Validated
 from ..errors import DcompressError, InputDataError
 from ..faults import crash_point
 from ..seeds import derive
@@ -30,7 +31,7 @@ from .loop import train_epoch
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
+class TeacherConfig(Validated):
     """Defaults sized for CPU: ConvNet-3 at width 32, 2 epochs on up to 20k samples (a few
     minutes on 2 cores). Raise them (or pass --teacher) for better soft labels and features."""
 

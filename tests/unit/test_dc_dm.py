@@ -1,6 +1,7 @@
 """DC, DSA and DM on tiny tensors: distances, losses, gradients, Siamese augmentation, resume, NaN guard."""
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -216,11 +217,14 @@ def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(real, tmp_path, e
     fit(dm_mod.DM, real, spec, iterations=2, **DM_TINY)
     good = spec.ckpt.load()
     assert good["iteration"] == 2
-    with pytest.raises(NonFiniteLoss, match="iteration [34]"):
-        fit(dm_mod.DM, real, spec, iterations=6, lr_img=float("inf"), **DM_TINY)
+    with pytest.raises(NonFiniteLoss, match=r"iteration (\d+)") as e:   # lr_img=inf is refused by the config
+        fit(dm_mod.DM, real, spec, iterations=6, lr_img=1e30, **DM_TINY)
+    failed = int(re.search(r"iteration (\d+)", str(e.value)).group(1))
+    assert failed in (3, 4)
     kept = spec.ckpt.load()
-    assert kept["iteration"] == 2 and torch.equal(kept["images"], good["images"])
+    assert kept["iteration"] == ((failed - 1) // every) * every >= 2      # the last save before the failure
     assert torch.isfinite(kept["images"]).all()
+    assert kept["iteration"] > 2 or torch.equal(kept["images"], good["images"])
 
 
 def test_nan_init_raises_at_the_first_iteration(real, tmp_path, monkeypatch):
