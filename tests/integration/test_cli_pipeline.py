@@ -165,3 +165,18 @@ def test_rerun_replaces_previous_output_only_with_overwrite(shards, tmp_path):
     assert distill(shards, out, "--labels", "hard", "--seed", "3", "--overwrite").exit_code == 0
     assert json.loads((out / "manifest.json").read_text())["dcompress"]["method"]["seed"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["D"]
+
+
+def test_experts_flags_beat_the_yaml_file(shards, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dcompress.cli import app
+
+    f = tmp_path / "e.yaml"
+    f.write_text("epochs: 5\nmodel: convnet_w8\nbatch_train: 64\n")
+    r = CliRunner().invoke(app, ["experts", str(shards["train"]), "-o", str(tmp_path / "buf"), "--num-experts", "1",
+                                 "--config", str(f), "--epochs", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["epochs"] == 1

@@ -80,18 +80,3 @@ def test_one_precedence_rule_flag_over_set_over_file_over_default(tmp_path):
     assert (cfg.bins, cfg.k, cfg.lam, cfg.features) == (5, 8, 0.5, "teacher")   # flag, --set, file, default
     with pytest.raises(UsageError, match="--bins does not apply"):
         create_method("dm", bins=3)
-
-
-def test_experts_flags_beat_the_yaml_file(shards, tmp_path):
-    import json
-
-    from typer.testing import CliRunner
-
-    from dcompress.cli import app
-
-    f = tmp_path / "e.yaml"
-    f.write_text("epochs: 5\nmodel: convnet_w8\nbatch_train: 64\n")
-    r = CliRunner().invoke(app, ["experts", str(shards["train"]), "-o", str(tmp_path / "buf"), "--num-experts", "1",
-                                 "--config", str(f), "--epochs", "1", "--json"])
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["epochs"] == 1
