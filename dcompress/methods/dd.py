@@ -115,8 +115,6 @@ class DD:
         check_ipc(real, spec.ipc)
         steps = resolve_steps(spec.ipc, cfg.distill_steps)
         T = steps * cfg.distill_epochs
-        if cfg.distill_epochs < 1 or cfg.n_nets < 1 or cfg.batch_real < 1 or cfg.distill_lr <= 0:
-            raise UsageError("distill_epochs, n_nets, batch_real must be >= 1 and distill_lr > 0")
         shape, K = real.image_shape, real.num_classes
         net = build_net(cfg.model, shape[0], K, shape[1:], generator=torch.Generator().manual_seed(0)).to(dev)
         labels = class_labels(K, spec.ipc).to(dev)

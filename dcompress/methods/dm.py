@@ -132,8 +132,6 @@ class DM:
 
     def __init__(self, config: "DM.Config"):
         self.config = config
-        if config.iterations < 0 or config.batch_real < 1:
-            raise UsageError("dm: iterations must be >= 0 and batch_real >= 1")
         self.strategy = parse_strategy_or_usage(config.dsa_strategy)
 
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:

@@ -238,8 +238,6 @@ class MTT:
 
         cfg, dev = self.config, spec.device
         check_ipc(real, spec.ipc)
-        if cfg.iterations < 0 or cfg.syn_steps < 1:
-            raise UsageError("iterations must be >= 0 and syn_steps >= 1")
         buf, buf_info = expert_buffer(real, spec, cfg, log)
         self.check_window(buf)
         c, h, w = real.image_shape
