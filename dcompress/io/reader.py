@@ -1,110 +1,22 @@
-"""Reading WebDataset shards into RealData (webdataset walks the tars; `io.codecs` decodes).
+"""Reading WebDataset shards into RealData (webdataset walks the tars; `io.decode` decodes).
 
 Nothing is ever unpickled: only image bytes, ASCII `.cls` and `.npy` via `np.load(allow_pickle=False)`.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import tarfile
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import webdataset as wds
 
-from ..errors import InputDataError, TooManyBadSamples
-from ..limits import MAX_LABEL, MAX_PIXELS
+from ..errors import InputDataError
+from ..limits import MAX_PIXELS
 from ..core import RealData, TensorStore
-from .codecs import IMAGE_EXTS, decode_image, parse_label
-from .urls import ResolvedInput, is_remote, opener_url
-
-
-@dataclass
-class BadSamples:
-    """Counts and examples of skipped input samples (reported in --json and the manifest)."""
-
-    max_bad: int
-    count: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, message: str) -> None:
-        self.count += 1
-        if len(self.examples) < 20:
-            self.examples.append(message)
-        if self.count > self.max_bad:
-            raise TooManyBadSamples(
-                f"{self.count} bad samples exceed --max-bad {self.max_bad}; last: {message}")
-
-    def as_dict(self) -> dict:
-        return {"count": self.count, "examples": self.examples}
-
-
-def _sample_image(sample: dict) -> tuple[str, bytes] | None:
-    for ext in IMAGE_EXTS:
-        if ext in sample:
-            return ext, sample[ext]
-    return None
-
-
-_CURL_STATUS = {6: "could not resolve host", 7: "could not connect", 22: "HTTP error (status >= 400)",
-                28: "timed out", 35: "TLS handshake failed", 56: "connection reset"}
-
-
-def describe_stream_error(exn: Exception) -> str:
-    """The reader's exception, with the exit status of a `pipe:` command (or of curl for http
-    urls) instead of an object repr: `pipe:aws s3 cp ...` exited with status 1."""
-    from webdataset.gopen import Pipe
-
-    pipe = next((a for a in getattr(exn, "args", ()) if isinstance(a, Pipe)), None)
-    if pipe is None:
-        return str(exn)
-    try:
-        status = pipe.proc.wait(timeout=10)
-    except Exception:  # noqa: BLE001 - still running or gone: report what we know
-        status = None
-    cmd = pipe.args[0][0] if pipe.args and pipe.args[0] else "?"
-    cmd = " ".join(cmd) if isinstance(cmd, (list, tuple)) else str(cmd)
-    what = str(exn.args[0]) if exn.args and isinstance(exn.args[0], str) else type(exn).__name__
-    if status in (None, 0):
-        return f"{what} from command `{cmd}`"
-    meaning = f" ({_CURL_STATUS[status]})" if cmd.startswith("curl") and status in _CURL_STATUS else ""
-    return f"command `{cmd}` exited with status {status}{meaning}"
-
-
-def _shard_samples(urls: list[str], bad: BadSamples):
-    """Samples of every shard, one shard at a time so that each problem names its shard.
-
-    A shard that cannot be opened at all (a `pipe:` command or curl failing) is unusable input
-    (InputDataError, like a missing file); unreadable data inside a shard and member names that
-    are not `key.ext` relative paths are counted bad samples; a member twice in one sample is a
-    duplicate key (InputDataError).
-    """
-    for url in urls:
-        def handler(exn: Exception, url=url) -> bool:
-            if describe_stream_error(exn).startswith("command"):
-                raise InputDataError(f"cannot read shard: {describe_stream_error(exn)}", path=url) from None
-            if "duplicate file name" in str(exn):
-                raise InputDataError(f"a member appears twice in one sample ({str(exn).split(':')[0]})",
-                                     path=url) from None
-            bad.add(f"{url}: unreadable shard data: {describe_stream_error(exn)}")
-            return True
-
-        def select(name: str, url=url) -> bool:
-            base = name.rsplit("/", 1)[-1]
-            if name.startswith("/") or ".." in name.split("/") or "." not in base or base.startswith("."):
-                bad.add(f"{url}: member {name!r} is not a relative 'key.ext' name (skipped)")
-                return False
-            return True
-
-        pipeline = wds.DataPipeline(wds.SimpleShardList([opener_url(url)]),
-                                    wds.tarfile_to_samples(handler=handler, select_files=select))
-        for sample in pipeline:
-            sample["__url__"] = url
-            yield sample
+from .decode import (BadSample, BadSamples, DecodeOptions, decode_sample, describe_stream_error,  # noqa: F401
+                     shard_samples, tar_truncation)
+from .urls import ResolvedInput, is_remote
 
 
 def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
@@ -118,51 +30,35 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
     the class list) raise InputDataError (exit 4), the label bound at the first offending sample.
     """
     bad = BadSamples(max_bad=max_bad)
+    opts = DecodeOptions(label_key=label_key, max_pixels=max_pixels)
     images = _Rows(capacity=_expected_samples(inp))
     labels: list[int] = []
     keys: list[str] = []
     seen: dict[str, str] = {}
     shape = None
-    for sample in _shard_samples(inp.urls, bad):
-        key, url = sample["__key__"], sample["__url__"]
-        if key in seen:
-            raise InputDataError(f"duplicate key (also in {seen[key]})", path=url, key=key)
-        seen[key] = url
-        found = _sample_image(sample)
-        if found is None:
-            members = sorted(k for k in sample if not k.startswith("__"))
-            bad.add(f"{url}: key {key!r}: no image member (has: {', '.join(members)})")
-            continue
-        ext, data = found
-        try:
-            arr = decode_image(data, ext, max_pixels)
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad sample
-            bad.add(f"{url}: key {key!r}: .{ext} is not a decodable image ({type(e).__name__}: {e})")
-            continue
-        raw = sample.get(label_key)
-        if raw is None:
-            bad.add(f"{url}: key {key!r}: missing .{label_key} label")
-            continue
-        try:
-            label = parse_label(raw)
-        except ValueError as e:
-            bad.add(f"{url}: key {key!r}: .{label_key} is {e} ({raw[:24]!r})")
-            continue
-        if not 0 <= label < MAX_LABEL:
-            raise InputDataError(f".{label_key} label {label} is {'negative' if label < 0 else 'implausibly large'}"
-                                 f" (labels must be class indices in [0, {MAX_LABEL}))", path=url, key=key)
-        if shape is None:
-            shape = arr.shape
-        elif arr.shape != shape:
-            what = "channels" if arr.shape[0] != shape[0] else "image size"
-            raise InputDataError(
-                f"mixed {what}: {arr.shape[0]}x{arr.shape[1]}x{arr.shape[2]} (CxHxW), "
-                f"expected {shape[0]}x{shape[1]}x{shape[2]} like the first sample", path=url, key=key)
-        images.append(arr)
-        labels.append(label)
-        keys.append(key)
-        if progress is not None:
-            progress(1)
+    for url in inp.urls:
+        for sample in shard_samples(url, bad):
+            key = sample["__key__"]
+            if key in seen:
+                raise InputDataError(f"duplicate key (also in {seen[key]})", path=url, key=key)
+            seen[key] = url
+            try:
+                arr, label = decode_sample(sample, opts)
+            except BadSample as e:
+                bad.add(f"{url}: key {key!r}: {e}")
+                continue
+            if shape is None:
+                shape = arr.shape
+            elif arr.shape != shape:
+                what = "channels" if arr.shape[0] != shape[0] else "image size"
+                raise InputDataError(
+                    f"mixed {what}: {arr.shape[0]}x{arr.shape[1]}x{arr.shape[2]} (CxHxW), "
+                    f"expected {shape[0]}x{shape[1]}x{shape[2]} like the first sample", path=url, key=key)
+            images.append(arr)
+            labels.append(label)
+            keys.append(key)
+            if progress is not None:
+                progress(1)
     for url in inp.urls:
         problem = tar_truncation(url)
         if problem:
@@ -262,35 +158,3 @@ def fingerprint_of(keys: list[str], labels: torch.Tensor, images: torch.Tensor) 
     for start in range(0, flat.shape[0], 4096):            # the pixel bytes, hashed without a copy
         h.update(flat[start:start + 4096])
     return "sha256:" + h.hexdigest()
-
-
-def tar_truncation(url: str) -> str | None:
-    """Why a local tar shard is truncated, or None when it is complete (or not local).
-
-    Stream readers stop silently when a tar is cut at a member boundary; a complete tar ends
-    with two zero blocks after its last member, which is what this checks. Gzip-compressed
-    tars (`.tar.gz`) are checked on their decompressed stream.
-    """
-    if is_remote(url):
-        return None
-    with open(url, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    opener = (lambda: gzip.open(url, "rb")) if gz else (lambda: open(url, "rb"))
-    try:
-        with opener() as f, tarfile.open(fileobj=f, mode="r:") as tf:
-            end = 0
-            for m in tf:
-                end = m.offset_data + 512 * ((m.size + 511) // 512)
-        with opener() as f:
-            f.seek(end)
-            tail = f.read(1024)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        return f"unreadable {'gzip ' if gz else ''}tar ({e})"
-    if len(tail) < 1024:
-        return f"truncated tar: data runs to byte {end} and the end-of-archive marker is missing"
-    if tail != bytes(1024):
-        return f"truncated tar: no end-of-archive marker after byte {end}"
-    return None
-
-
-# ---------------------------------------------------------------------------------------- writing
