@@ -24,6 +24,7 @@ from .io.schema import (BadSamplesRecord, CompressedBlock, LabelsRecord, Learned
                         RunRecord, SourceRecord)
 from .io.metrics import METRICS, MetricsLog
 from .io.output import one_hot_logits, write_output
+from .io.decode import DecodeOptions
 from .io.reader import read_real
 from .io.urls import ResolvedInput, is_remote, resolve_urls
 from .io.writer import env_versions
@@ -89,7 +90,7 @@ def load_real(urls: str | Iterable[str] | ResolvedInput, *, max_bad: int = 100, 
         done[0] += n
         if progress and done[0] % 2000 == 0:
             progress(done[0], 0, "reading shards")
-    return read_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=tick)
+    return read_real(inp, DecodeOptions(max_pixels=max_pixels), max_bad=max_bad, progress=tick)
 
 
 def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int, *, labels: str = "auto",

@@ -12,15 +12,15 @@ import numpy as np
 import torch
 
 from ..errors import InputDataError
-from ..limits import MAX_PIXELS
 from ..core import RealData, TensorStore
 from .decode import (BadSample, BadSamples, DecodeOptions, decode_sample, describe_stream_error,  # noqa: F401
                      shard_samples, tar_truncation)
+from .labels import assign_classes
 from .urls import ResolvedInput, is_remote
 
 
-def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
-              max_pixels: int | None = MAX_PIXELS, progress: Callable[[int], None] | None = None) -> RealData:
+def read_real(inp: ResolvedInput, opts: DecodeOptions = DecodeOptions(), *, max_bad: int = 100,
+              progress: Callable[[int], None] | None = None) -> RealData:
     """Streams every shard once and decodes it into an in-memory RealData.
 
     Per-sample problems (undecodable or oversized image, no image member, missing,
@@ -30,7 +30,6 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
     the class list) raise InputDataError (exit 4), the label bound at the first offending sample.
     """
     bad = BadSamples(max_bad=max_bad)
-    opts = DecodeOptions(label_key=label_key, max_pixels=max_pixels)
     images = _Rows(capacity=_expected_samples(inp))
     labels: list[int] = []
     keys: list[str] = []
@@ -66,8 +65,7 @@ def read_real(inp: ResolvedInput, *, label_key: str = "cls", max_bad: int = 100,
     if not images:
         raise InputDataError(f"no usable samples in {len(inp.urls)} shard(s) ({inp.description})"
                              + (f"; {bad.count} bad, first: {bad.examples[0]}" if bad.count else ""))
-    label_t = torch.tensor(labels, dtype=torch.int64)
-    class_names = _class_names(inp, label_t, keys)
+    label_t, class_names = assign_classes(labels, keys, inp)
     x = torch.from_numpy(images.array())
     mean, std = channel_stats(x)
     fingerprint = fingerprint_of(keys, label_t, x)
@@ -107,29 +105,6 @@ def _expected_samples(inp: ResolvedInput) -> int:
     rows = (inp.manifest or {}).get("shardlist", [])
     names = {Path(u).name for u in inp.urls}
     return sum(r.get("nsamples", 0) for r in rows if Path(r["url"]).name in names) or 1024
-
-
-def _class_names(inp: ResolvedInput, labels: torch.Tensor, keys: list[str]) -> list[str]:
-    names = None
-    if inp.manifest is not None:
-        names = inp.manifest.get("dcompress", {}).get("class_names")
-    if labels.min() < 0:
-        i = int(torch.argmin(labels))
-        raise InputDataError(f"negative label {int(labels[i])}", key=keys[i])
-    if names is None:
-        n = int(labels.max()) + 1
-        if n > labels.numel():
-            i = int(torch.argmax(labels))
-            raise InputDataError(f"labels imply {n} classes but there are only {labels.numel()} samples; "
-                                 "labels must be class indices 0..C-1 (or give an input manifest with "
-                                 "class_names)", key=keys[i])
-        return [str(i) for i in range(n)]
-    bad = (labels >= len(names)).nonzero()
-    if bad.numel():
-        i = int(bad[0])
-        raise InputDataError(f"label {int(labels[i])} outside the class list of {len(names)} classes "
-                             f"in the input manifest", key=keys[i])
-    return list(names)
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
