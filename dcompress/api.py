@@ -80,17 +80,15 @@ def check_limits(**limits: tuple[int | None, int]) -> None:
 
 
 def load_real(urls: str | Iterable[str] | ResolvedInput, *, max_bad: int = 100, max_pixels: int | None = MAX_PIXELS,
-              allow_manifest_urls: bool = False, progress: ProgressFn | None = None) -> RealData:
-    """Reads the shards at `urls` (or an already resolved input) into RealData."""
-    check_limits(max_bad=(max_bad, 0), max_pixels=(max_pixels, 1))
+              allow_manifest_urls: bool = False, workers: int | None = None, progress: ProgressFn | None = None,
+              note: Callable[[str], None] | None = None) -> RealData:
+    """The dataset at `urls` (or an already resolved input) as RealData over its decoded store:
+    decoded by `workers` processes (default: one per core) on first use, reopened afterwards."""
+    check_limits(max_bad=(max_bad, 0), max_pixels=(max_pixels, 1), workers=(workers, 1))
     inp = urls if isinstance(urls, ResolvedInput) else resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
-    done = [0]
-
-    def tick(n: int) -> None:
-        done[0] += n
-        if progress and done[0] % 2000 == 0:
-            progress(done[0], 0, "reading shards")
-    return read_real(inp, DecodeOptions(max_pixels=max_pixels), max_bad=max_bad, progress=tick)
+    return read_real(inp, DecodeOptions(max_pixels=max_pixels), max_bad=max_bad, workers=workers,
+                     progress=(lambda done, total: progress(done, total, "decoding")) if progress else None,
+                     note=note)
 
 
 def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int, *, labels: str = "auto",
@@ -126,7 +124,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             resume: bool = True, overwrite: bool = False, labels: str = "auto", teacher: str | Path | None = None,
             max_bad: int = 100, max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False,
             shard_size: int = 1000, ckpt_every: int = 50, dry_run: bool = False, flags: dict | None = None,
-            experts: str | Path | None = None, teacher_sets: Iterable[str] = (),
+            experts: str | Path | None = None, teacher_sets: Iterable[str] = (), workers: int | None = None,
             progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None,
             real: RealData | None = None) -> dict:
     """Compresses the dataset at `urls` with `method` into `out`; returns the run report.
@@ -145,7 +143,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     check_size(ipc, ratio)
     check_limits(shard_size=(shard_size, 1), ckpt_every=(ckpt_every, 0), max_bad=(max_bad, 0),
-                 max_pixels=(max_pixels, 1))
+                 max_pixels=(max_pixels, 1), workers=(workers, 1))
     dev = resolve_device(device)
     out = Path(out).absolute()
     inp = None
@@ -154,7 +152,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         check_not_input(out, [u for u in inp.urls if not is_remote(u)], inp.folders)
     if dry_run:
         t0 = time.time()
-        real = real or load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=progress)
+        real = real or load_real(inp, max_bad=max_bad, max_pixels=max_pixels, workers=workers, progress=progress,
+                                 note=(lambda text: log({"event": "note", "text": text})) if log else None)
         return {"status": "dry-run", "read_s": round(time.time() - t0, 2),
                 "plan": plan(real, method, ipc_from(real, ipc, ratio), cfg, shard_size, labels=labels, teacher=teacher,
                              experts=experts, teacher_cfg=teacher_cfg)}
@@ -169,13 +168,14 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             raise refuse_existing(out)
         t0 = time.time()
         if real is None:
-            real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=progress)
+            real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, workers=workers, progress=progress,
+                             note=(lambda text: log({"event": "note", "text": text})) if log else None)
         n_ipc = ipc_from(real, ipc, ratio)
         t_read = time.time() - t0
         if log is not None:
             log({"event": "note", "text": f"stage read: {len(real)} samples, {real.num_classes} classes from "
                                           f"{len(real.source['urls'])} shard(s) in {t_read:.1f} s "
-                                          f"({real.source['bad_samples']['count']} bad)"})
+                                          f"({real.source['bad_samples']['count']} bad); {_store_note(real)}"})
         identity = {"method": method, "config": config_dict(cfg), "ipc": n_ipc, "seed": seed, "device": dev.type,
                     "fingerprint": real.source["fingerprint"], "labels": labels,
                     "experts": str(experts) if experts else None, "teacher_config": config_dict(teacher_cfg)}
@@ -198,6 +198,14 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         except BaseException as e:
             _after_failure(e, ckpt)
             raise
+
+
+def _store_note(real: RealData) -> str:
+    info = real.source.get("store") or {}
+    if info.get("reused"):
+        return f"decoded store reused: {info['path']}"
+    where = info.get("path") or "a temporary store (remote shards without md5 are not cached)"
+    return f"decoded with {info.get('workers')} worker(s) in {info.get('build_s')} s into {where}"
 
 
 def _prior_run(out: Path) -> dict | None:
@@ -314,7 +322,8 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
         method=MethodRecord(name=method, kind=m_cls.info.kind, ipc=n_ipc, ratio=ratio, seed=seed, device=dev.type,
                             config=config_dict(cfg), experts=str(experts) if experts else None,
                             teacher_config=config_dict(teacher_cfg)),
-        source=SourceRecord(**{k: real.source[k] for k in ("urls", "num_samples", "fingerprint", "class_counts")}),
+        source=SourceRecord(**{k: real.source[k] for k in ("urls", "num_samples", "fingerprint", "class_counts")},
+                            store=(real.source.get("store") or {}).get("path")),
         bad_samples=BadSamplesRecord(**real.source["bad_samples"]),
         class_names=tuple(real.class_names),
         labels=LabelsRecord(kind=mode, teacher=teacher_info),
@@ -330,4 +339,5 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     return {"status": "ok", "out": str(out), "method": method, "ipc": n_ipc, "samples": len(cset),
             "shards": len(manifest["shardlist"]), "labels": mode, "learned_lr": cset.lr,
             "bad_samples": real.source["bad_samples"]["count"], "resumed_from": ckpt.resumed_from,
+            "store": real.source.get("store"),
             "timings": {**timings, "write_s": round(time.time() - t2, 2)}}

@@ -56,6 +56,8 @@ CACHE = typer.Option(None, "--cache-dir", envvar="DCOMPRESS_CACHE",
 MAX_BAD = typer.Option(100, "--max-bad", help="fail (exit 3) past this many corrupt samples")
 MAX_PIXELS = typer.Option(MAX_PIXELS_DEFAULT, "--max-pixels",
                           help="skip (as corrupt) images whose header declares more pixels than this")
+WORKERS = typer.Option(None, "--workers", help="processes decoding the input into its decoded store on first use "
+                                                "[default: one per core]")
 ALLOW_URLS = typer.Option(False, "--allow-manifest-urls",
                           help="trust shard urls read from manifests (absolute, '..', pipe:, http:); off: "
                                "only files inside the manifest's folder")
@@ -95,6 +97,7 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             max_bad: int = MAX_BAD,
             max_pixels: int = MAX_PIXELS,
             allow_manifest_urls: bool = ALLOW_URLS,
+            workers: Optional[int] = WORKERS,
             shard_size: int = typer.Option(1000, "--shard-size", help="samples per output shard"),
             ckpt_every: int = typer.Option(50, "--ckpt-every", help="checkpoint period (iterations)"),
             experts: Optional[Path] = typer.Option(None, "--experts", help="expert buffer (mtt, datm)"),
@@ -118,7 +121,7 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
                            sets=sets, resume=resume, overwrite=overwrite, labels=labels, teacher=teacher,
                            max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                            shard_size=shard_size, ckpt_every=ckpt_every, dry_run=dry_run, flags=flags,
-                           experts=experts, teacher_sets=teacher_sets, progress=prog, log=prog.event)
+                           experts=experts, teacher_sets=teacher_sets, workers=workers, progress=prog, log=prog.event)
     run(as_json, work, _show_distill)
 
 
@@ -151,6 +154,7 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
             max_bad: int = MAX_BAD,
             max_pixels: int = MAX_PIXELS,
             allow_manifest_urls: bool = ALLOW_URLS,
+            workers: Optional[int] = WORKERS,
             as_json: bool = JSON) -> None:
     """Train expert trajectories (MTT/DATM) into a memory-mappable buffer."""
     from .api import check_limits, check_seed, load_real, resolve_device
@@ -170,8 +174,9 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
         inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
         check_not_input(output, [u for u in inp.urls if not is_remote(u)], inp.folders)
         tinp = resolve_urls(test, allow_manifest_urls=allow_manifest_urls) if test else None
-        real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=prog)
-        test_data = load_real(tinp, max_bad=max_bad, max_pixels=max_pixels) if tinp else None
+        real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, workers=workers, progress=prog, note=prog.note)
+        test_data = load_real(tinp, max_bad=max_bad, max_pixels=max_pixels, workers=workers,
+                              note=prog.note) if tinp else None
         return train_experts(real, output, num_experts=num_experts, config=cfg, test=test_data, device=dev,
                              stale_after=stale_after, progress=prog)
     run(as_json, work, _kv)
@@ -208,6 +213,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
              max_bad: int = MAX_BAD,
              max_pixels: int = MAX_PIXELS,
              allow_manifest_urls: bool = ALLOW_URLS,
+             workers: Optional[int] = WORKERS,
              cache_dir: Optional[Path] = CACHE,
              as_json: bool = JSON) -> None:
     """Train fresh networks on a compressed set and report test accuracy (vs random)."""
@@ -229,8 +235,9 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
             urls = train or recorded_urls(ds.manifest["dcompress"].get("source", {}).get("urls"),
                                           manifest=ds.manifest_path)
             train_inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
-        test_data = load_real(test_inp, max_bad=max_bad, max_pixels=max_pixels)
-        train_data = load_real(train_inp, max_bad=max_bad, max_pixels=max_pixels) if train_inp else None
+        test_data = load_real(test_inp, max_bad=max_bad, max_pixels=max_pixels, workers=workers, note=prog.note)
+        train_data = load_real(train_inp, max_bad=max_bad, max_pixels=max_pixels, workers=workers,
+                               note=prog.note) if train_inp else None
         return api_evaluate(ds, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
                             device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=prog)
     run(as_json, work, _show_eval)
@@ -268,6 +275,69 @@ def verify(target: Path = typer.Argument(..., metavar="OUT"), as_json: bool = JS
     from .io.manifest import verify as api_verify
 
     run(as_json, lambda p: api_verify(target), _kv)
+
+
+cache_app = typer.Typer(cls=App, no_args_is_help=True, help="List and reclaim the cache: decoded stores, "
+                                                               "teachers, expert buffers, quarantine.")
+app.add_typer(cache_app, name="cache")
+KIND = typer.Option(None, "--kind", help="stores | teachers | experts | quarantine")
+
+
+def _cache_root(cache_dir: Optional[Path]) -> Path:
+    from .core import default_paths
+
+    _use_cache(cache_dir)
+    return default_paths()["cache"]
+
+
+def _show_cache(r: dict) -> None:
+    if "entries" not in r:
+        _kv(r)
+        return
+    table = Table(title=f"{r['cache']} ({_human(r['total_bytes'])})")
+    for col in ("entry", "size", "last used", "what"):
+        table.add_column(col, overflow="fold")
+    for e in r["entries"]:
+        table.add_row(e["name"], _human(e["bytes"]), e["last_used"], e["description"])
+    out.print(table)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@cache_app.command("ls")
+def cache_ls(kind: Optional[str] = KIND, cache_dir: Optional[Path] = CACHE, as_json: bool = JSON) -> None:
+    """List cache entries (oldest use first) with their size and what they hold."""
+    from .cache import ls
+
+    run(as_json, lambda p: ls(_cache_root(cache_dir), kind), _show_cache)
+
+
+@cache_app.command("rm")
+def cache_rm(names: Optional[List[str]] = typer.Argument(None, metavar="ENTRY...", help="entries as `cache ls` names them"),
+             all_entries: bool = typer.Option(False, "--all", help="remove every entry (of --kind)"),
+             kind: Optional[str] = KIND, cache_dir: Optional[Path] = CACHE, as_json: bool = JSON) -> None:
+    """Remove cache entries (a decoded store in use by a running command: exit 8)."""
+    from .cache import rm
+
+    run(as_json, lambda p: rm(_cache_root(cache_dir), names or [], all_entries=all_entries, kind=kind), _kv)
+
+
+@cache_app.command("prune")
+def cache_prune(older_than: Optional[float] = typer.Option(None, "--older-than", help="remove entries unused for more than this many days"),
+                max_size: Optional[str] = typer.Option(None, "--max-size", help="then remove the least recently used until the cache fits, e.g. 50G"),
+                dry_run: bool = typer.Option(False, "--dry-run", help="list what would go, remove nothing"),
+                cache_dir: Optional[Path] = CACHE, as_json: bool = JSON) -> None:
+    """Reclaim space: old or least recently used entries, and leftovers of killed runs."""
+    from .cache import prune
+
+    run(as_json, lambda p: prune(_cache_root(cache_dir), older_than_days=older_than, max_size=max_size,
+                                 dry_run=dry_run), _kv)
 
 
 def main() -> None:

@@ -107,6 +107,15 @@ def decode_sample(sample: dict, opts: DecodeOptions) -> tuple[np.ndarray, int | 
     return arr, label
 
 
+def shape_mismatch(got: tuple, expected: tuple, *, path: str | None, key: str | None) -> InputDataError:
+    """The error for an image whose shape differs from the first sample's (suggests --size)."""
+    what = "channels" if got[0] != expected[0] else "image size"
+    fix = ("" if got[0] != expected[0] else
+           "; pass --size S to resize every image to SxS (see --resize-mode)")
+    return InputDataError(f"mixed {what}: {got[0]}x{got[1]}x{got[2]} (CxHxW), expected "
+                          f"{expected[0]}x{expected[1]}x{expected[2]} like the first sample{fix}", path=path, key=key)
+
+
 _CURL_STATUS = {6: "could not resolve host", 7: "could not connect", 22: "HTTP error (status >= 400)",
                 28: "timed out", 35: "TLS handshake failed", 56: "connection reset"}
 

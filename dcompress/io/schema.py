@@ -143,12 +143,14 @@ class MethodRecord:
 
 @dataclass(frozen=True)
 class SourceRecord:
-    """The input: absolute shard `urls`, `num_samples`, content `fingerprint`, `class_counts`."""
+    """The input: absolute shard `urls`, `num_samples`, content `fingerprint`, `class_counts`,
+    and the decoded `store` it was read through (its folder in the cache)."""
 
     urls: list[str] | None = None
     num_samples: int | None = None
     fingerprint: str | None = None
     class_counts: list[int] | None = None
+    store: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

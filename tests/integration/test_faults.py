@@ -47,6 +47,7 @@ CFG = ExpertConfig(model="convnet_w16", epochs=2)      # what EXPERTS resolves t
 VOLATILE = [("timings",),                               # wall-clock seconds
             ("info", "resumed_from"),                   # the iteration the rerun resumed from
             ("labels", "teacher", "path"),              # the teacher cache lives in each test's cache dir
+            ("source", "store"),                        # so does the decoded store
             ("labels", "teacher", "source"),            # "trained" vs "cache" (trained by the killed run)
             ("labels", "teacher", "train_seconds")]     # wall-clock seconds
 runner = CliRunner()
