@@ -14,7 +14,7 @@ import torch
 from ..errors import InputDataError
 from ..core import RealData, TensorStore
 from .decode import (BadSample, BadSamples, DecodeOptions, decode_sample, describe_stream_error,  # noqa: F401
-                     shard_samples, tar_truncation)
+                     shape_mismatch, shard_samples, tar_truncation)
 from .labels import assign_classes
 from .urls import ResolvedInput, is_remote
 
@@ -31,7 +31,7 @@ def read_real(inp: ResolvedInput, opts: DecodeOptions = DecodeOptions(), *, max_
     """
     bad = BadSamples(max_bad=max_bad)
     images = _Rows(capacity=_expected_samples(inp))
-    labels: list[int] = []
+    labels: list[int | str] = []
     keys: list[str] = []
     seen: dict[str, str] = {}
     shape = None
@@ -49,10 +49,7 @@ def read_real(inp: ResolvedInput, opts: DecodeOptions = DecodeOptions(), *, max_
             if shape is None:
                 shape = arr.shape
             elif arr.shape != shape:
-                what = "channels" if arr.shape[0] != shape[0] else "image size"
-                raise InputDataError(
-                    f"mixed {what}: {arr.shape[0]}x{arr.shape[1]}x{arr.shape[2]} (CxHxW), "
-                    f"expected {shape[0]}x{shape[1]}x{shape[2]} like the first sample", path=url, key=key)
+                raise shape_mismatch(url, key, arr.shape, shape)
             images.append(arr)
             labels.append(label)
             keys.append(key)
@@ -65,13 +62,14 @@ def read_real(inp: ResolvedInput, opts: DecodeOptions = DecodeOptions(), *, max_
     if not images:
         raise InputDataError(f"no usable samples in {len(inp.urls)} shard(s) ({inp.description})"
                              + (f"; {bad.count} bad, first: {bad.examples[0]}" if bad.count else ""))
-    label_t, class_names = assign_classes(labels, keys, inp)
+    label_t, class_names, class_source = assign_classes(labels, keys, inp, opts)
     x = torch.from_numpy(images.array())
     mean, std = channel_stats(x)
     fingerprint = fingerprint_of(keys, label_t, x)
     source = {"urls": [u if is_remote(u) else str(Path(u).resolve()) for u in inp.urls],
               "num_samples": len(keys), "fingerprint": fingerprint, "bad_samples": bad.as_dict(),
-              "class_counts": torch.bincount(label_t, minlength=len(class_names)).tolist()}
+              "class_counts": torch.bincount(label_t, minlength=len(class_names)).tolist(),
+              "decode": opts.to_dict(), "class_source": class_source}
     return RealData(store=TensorStore(x), labels=label_t, keys=keys, class_names=class_names,
                     mean=mean, std=std, source=source)
 
