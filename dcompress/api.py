@@ -139,7 +139,7 @@ def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int, *, labels:
             "class_counts": real.class_counts(), "input_samples": len(real), "image_shape": [c, h, w],
             "ipc": ipc, "output_samples": n_out, "shards": max(1, math.ceil(n_out / shard_size)),
             "estimated_output_bytes": int(n_out * per_sample + 10240), "config": config_dict(cfg),
-            "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache)}
+            "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real)}
 
 
 def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio: float | None = None,
@@ -213,7 +213,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             return {"status": "ok", "up_to_date": True, "out": str(out), "method": method, "ipc": n_ipc,
                     "samples": prior["num_samples"], "shards": prior["shards"], "labels": prior["labels"],
                     "learned_lr": prior["learned_lr"], "bad_samples": real.source["bad_samples"]["count"],
-                    "resumed_from": None, "timings": {"read_s": round(t_read, 2)}}
+                    "resumed_from": None, "timings": {"read_s": round(t_read, 2)}, **source_decode(real)}
         ckpt = Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume, log=log,
                             quarantine=default_paths()["cache"] / "quarantine")
         try:

@@ -212,7 +212,8 @@ def sample_label(sample: dict, key: str) -> int | str:
     member, path = label_key_parts(key)
     raw = sample.get(member)
     if raw is None:
-        raise BadSample(f"missing .{member} label")
+        members = ", ".join(sorted(k for k in sample if not k.startswith("__")))
+        raise BadSample(f"missing .{member} label (has: {members}; pick the label with --label-key)")
     if path is None and member == "cls":
         try:
             return parse_label(raw)
@@ -235,7 +236,8 @@ def sample_label(sample: dict, key: str) -> int | str:
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
-            raise BadSample(f"missing label field {where!r} in .{member}")
+            full = ".".join(path)
+            raise BadSample(f"missing label field {full!r} in .{member}" + (f" (no {where!r})" if where != full else ""))
     return _label_value(value, f".{member} field {'.'.join(path)!r}", numeric_text=False)
 
 
