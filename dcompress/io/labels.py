@@ -40,16 +40,18 @@ def assign_classes(raw: Sequence[int | str], keys: Sequence[str], inp: ResolvedI
                    opts: DecodeOptions | None = None) -> ClassAssignment:
     """Raw labels (one per kept sample, in order; ints or class names) -> ClassAssignment.
 
-    `keys` name the samples in errors; `inp` supplies the input manifest and the shard folder
+    `keys` name the samples in errors (with the shard when there is one, else the input as
+    typed); `inp` supplies the input manifest and the shard folder
     (classes.txt); `opts.class_names` is the user's class list. InputDataError (exit 4) for a
     label outside the list, a negative label, integer labels implying more classes than there
     are samples, or integer and string labels mixed without a class list.
     """
     names, source = _given_names(inp, opts)
+    where = inp.urls[0] if len(inp.urls) == 1 else (inp.description or None)
     strings = [i for i, v in enumerate(raw) if isinstance(v, str)]
     if not strings:
         labels = torch.tensor(list(raw), dtype=torch.int64)
-        _check_indices(labels, keys, names, source)
+        _check_indices(labels, keys, names, source, where)
         return ClassAssignment(labels, names or [str(i) for i in range(int(labels.max()) + 1)],
                                source or "indices")
     if names is None:
@@ -57,7 +59,7 @@ def assign_classes(raw: Sequence[int | str], keys: Sequence[str], inp: ResolvedI
             first_int = next(i for i, v in enumerate(raw) if not isinstance(v, str))
             raise InputDataError(f"labels mix integer indices (this one: {raw[first_int]}) and class names (key "
                                  f"{keys[strings[0]]!r}: {raw[strings[0]]!r}); give the class list with "
-                                 "--class-names FILE so both map", key=keys[first_int])
+                                 "--class-names FILE so both map", path=where, key=keys[first_int])
         names, source = sorted(set(raw)), "labels"
     index = {n: i for i, n in enumerate(names)}
     out = []
@@ -66,12 +68,12 @@ def assign_classes(raw: Sequence[int | str], keys: Sequence[str], inp: ResolvedI
             c = index.get(v)
             if c is None:
                 raise InputDataError(f"label {v!r} is not in the class list ({_describe(source)}, {len(names)} "
-                                     f"classes: {_preview(names)})", key=keys[i])
+                                     f"classes: {_preview(names)})", path=where, key=keys[i])
             out.append(c)
         else:
             out.append(v)
     labels = torch.tensor(out, dtype=torch.int64)
-    _check_indices(labels, keys, names, source)
+    _check_indices(labels, keys, names, source, where)
     return ClassAssignment(labels, list(names), source)
 
 
@@ -98,10 +100,11 @@ def classes_txt_for(inp: ResolvedInput) -> Path | None:
     return path if path.is_file() else None
 
 
-def _check_indices(labels: torch.Tensor, keys: Sequence[str], names: list[str] | None, source: str | None) -> None:
+def _check_indices(labels: torch.Tensor, keys: Sequence[str], names: list[str] | None, source: str | None,
+                   where: str | None) -> None:
     if labels.min() < 0:
         i = int(torch.argmin(labels))
-        raise InputDataError(f"negative label {int(labels[i])}", key=keys[i])
+        raise InputDataError(f"negative label {int(labels[i])}", path=where, key=keys[i])
     if names is None:
         n = int(labels.max()) + 1
         if n > labels.numel():
@@ -109,13 +112,13 @@ def _check_indices(labels: torch.Tensor, keys: Sequence[str], names: list[str] |
             raise InputDataError(f"labels imply {n} classes but there are only {labels.numel()} samples; "
                                  "labels must be class indices 0..C-1 (or give the class list: an input manifest "
                                  "with class_names, a classes.txt beside the shards, or --class-names FILE)",
-                                 key=keys[i])
+                                 path=where, key=keys[i])
         return
     bad = (labels >= len(names)).nonzero()
     if bad.numel():
         i = int(bad[0])
         raise InputDataError(f"label {int(labels[i])} outside the class list of {len(names)} classes "
-                             f"({_describe(source)})", key=keys[i])
+                             f"({_describe(source)})", path=where, key=keys[i])
 
 
 def _describe(source: str | None) -> str:
