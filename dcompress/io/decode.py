@@ -227,7 +227,7 @@ def sample_label(sample: dict, key: str) -> int | str:
         return _label_value(text, f".{member}", numeric_text=True)
     try:
         value = json.loads(raw)
-    except ValueError as e:           # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, UnicodeDecodeError, deep nesting
         raise BadSample(f".{member} is not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
     for i, part in enumerate(path):
         where = ".".join(path[:i + 1])
@@ -237,7 +237,8 @@ def sample_label(sample: dict, key: str) -> int | str:
             value = value[int(part)]
         else:
             full = ".".join(path)
-            raise BadSample(f"missing label field {full!r} in .{member}" + (f" (no {where!r})" if where != full else ""))
+            raise BadSample(f"missing label field {full!r} in .{member}"
+                            + (f" (no {where!r})" if where != full else ""))
     return _label_value(value, f".{member} field {'.'.join(path)!r}", numeric_text=False)
 
 
