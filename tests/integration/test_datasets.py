@@ -160,7 +160,8 @@ def test_classes_txt_beside_the_shards_is_read(tmp_path):
 def test_bad_decode_options_are_usage_errors(tmp_path):
     src = tarwriter_shards(tmp_path / "in", ["dog", "cat"])
     for extra, why in ((["--size", "0"], "--size"), (["--resize-mode", "pad"], "needs --size"),
-                       (["--label-key", "txt:x"], "JSON member"), (["--class-names", tmp_path / "none.txt"], "none.txt")):
+                       (["--label-key", "txt:x"], "JSON member"),
+                       (["--class-names", tmp_path / "none.txt"], "none.txt")):
         code, rep = distill_random(src, tmp_path / "o", *extra)
         assert code == (4 if why == "none.txt" else 2) and why in rep["error"], (extra, rep)
 
