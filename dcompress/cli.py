@@ -269,6 +269,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
     `source.decode`: size, resize mode, label key, channels) and their labels mapped with the
     set's class names, unless options say otherwise."""
     from .api import check_limits, check_seed, decode_options, load_real, resolve_device
+    from .errors import InputDataError, UsageError
     from .io.urls import recorded_urls, resolve_urls
     from .loader import load
     from .train.evaluate import evaluate as api_evaluate
@@ -280,12 +281,21 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
         _use_cache(cache_dir)
         dev = resolve_device(device)
         ds = load(target)                        # checks the output (structure, checksums) before any reading
-        recorded = ds.manifest["dcompress"].get("source", {}).get("decode") or {}
+        recorded = ds.block.source.decode if ds.block.source is not None else None
+        recorded = recorded if isinstance(recorded, dict) else {}
         given = {"size": size, "resize_mode": resize_mode, "label_key": label_key, "channels": channels}
         kw = {k: v if v is not None else recorded.get(k) for k, v in given.items()}
         kw = {k: v for k, v in kw.items() if v is not None}
-        opts = decode_options(max_pixels=max_pixels, class_names=str(class_names) if class_names is not None
-                              else list(ds.manifest["dcompress"]["class_names"]), **kw)
+        names = str(class_names) if class_names is not None else list(ds.block.class_names)
+        try:
+            opts = decode_options(max_pixels=max_pixels, class_names=names, **kw)
+        except UsageError as e:                  # the user's options, or the values the manifest recorded?
+            try:
+                decode_options(max_pixels=max_pixels, **{k: v for k, v in given.items() if v is not None})
+            except UsageError:
+                raise e from None
+            raise InputDataError(f"cannot decode as recorded: {e.detail}", path=str(ds.manifest_path),
+                                 key="dcompress.source.decode") from None
         test_inp = resolve_urls(test, allow_manifest_urls=allow_manifest_urls)
         train_inp = None
         if random_baseline:

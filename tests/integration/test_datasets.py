@@ -78,6 +78,16 @@ def test_size_at_shard_then_distill(folder, tmp_path):
                               "resize_mode": "crop", "channels": None}
 
 
+def test_networks_follow_the_size_and_are_recorded(folder, tmp_path):
+    assert cli("shard", folder, tmp_path / "s")[0] == 0
+    code, rep = distill_random(tmp_path / "s", tmp_path / "o", "--size", "64")
+    assert code == 0 and rep["nets"] == {"eval": "convnet_d4"}          # random has no model of its own
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())["dcompress"]
+    assert m["method"]["nets"] == {"eval": "convnet_d4"} and m["eval_protocol"]["model"] == "convnet"
+    code, rep = distill_random(tmp_path / "s", tmp_path / "o32", "--size", "32")
+    assert code == 0 and rep["nets"] == {"eval": "convnet_d3"}
+
+
 @pytest.mark.parametrize("mode", ["pad", "stretch"])
 def test_resize_modes_at_distill(folder, tmp_path, mode):
     assert cli("shard", folder, tmp_path / "s")[0] == 0
@@ -177,3 +187,16 @@ def test_evaluate_decodes_test_shards_like_the_set(folder, tmp_path):
                     "--model", "convnet_w8")
     assert code == 0, rep
     assert rep["test_samples"] == 3
+
+
+def test_evaluate_with_a_damaged_recorded_decode(tmp_path):
+    src = tarwriter_shards(tmp_path / "in", ["dog", "cat"] * 2)
+    assert distill_random(src, tmp_path / "o", "--label-key", "json:annotation.label")[0] == 0
+    mpath = tmp_path / "o" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["dcompress"]["source"]["decode"]["size"] = -3
+    mpath.write_text(json.dumps(m))
+    code, rep = cli("evaluate", tmp_path / "o", "--test", src, "--runs", "1", "--epochs", "1", "--no-random")
+    assert code == 4 and "dcompress.source.decode" in rep["error"] and "--size" in rep["error"]
+    code, rep = cli("evaluate", tmp_path / "o", "--test", src, "--no-random", "--size", "0")
+    assert code == 2 and "--size" in rep["error"]
