@@ -16,7 +16,7 @@ import torch
 from . import __version__
 from .checkpoint import Checkpointer, run_key
 from .config import config_dict, resolve_config
-from .errors import DcompressError, Interrupted, UsageError
+from .errors import DcompressError, InputDataError, Interrupted, UsageError
 from .faults import crash_point
 from .io.atomic import OutputLock, check_not_input, check_target, refuse_existing, work_dir_for
 from .io.manifest import read_compressed
@@ -24,7 +24,7 @@ from .io.schema import (BadSamplesRecord, CompressedBlock, LabelsRecord, Learned
                         RunRecord, SourceRecord)
 from .io.metrics import METRICS, MetricsLog
 from .io.output import one_hot_logits, write_output
-from .io.decode import DecodeOptions
+from .io.decode import DecodeOptions, read_class_names
 from .io.reader import read_real
 from .io.urls import ResolvedInput, is_remote, resolve_urls
 from .io.writer import env_versions
@@ -79,14 +79,35 @@ def check_limits(**limits: tuple[int | None, int]) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
+def decode_options(*, max_pixels: int | None = MAX_PIXELS, size: int | None = None, resize_mode: str = "crop",
+                   label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
+                   channels: int | None = None) -> DecodeOptions:
+    """The DecodeOptions of the input-reading keywords (UsageError for a bad value). `class_names`
+    is a list of names or the path of a class-names file (one name per line; an unreadable or
+    malformed file is an InputDataError naming it)."""
+    check_limits(max_pixels=(max_pixels, 1))
+    if isinstance(class_names, (str, Path)):
+        class_names = read_class_names(class_names, error=InputDataError)
+    return DecodeOptions(label_key=label_key, max_pixels=max_pixels, size=size, resize_mode=resize_mode,
+                         channels=channels, class_names=tuple(class_names) if class_names is not None else None)
+
+
 def load_real(urls: str | Iterable[str] | ResolvedInput, *, max_bad: int = 100, max_pixels: int | None = MAX_PIXELS,
               allow_manifest_urls: bool = False, workers: int | None = None, progress: ProgressFn | None = None,
-              note: Callable[[str], None] | None = None) -> RealData:
+              note: Callable[[str], None] | None = None, size: int | None = None, resize_mode: str = "crop",
+              label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
+              channels: int | None = None, decode: DecodeOptions | None = None) -> RealData:
     """The dataset at `urls` (or an already resolved input) as RealData over its decoded store:
-    decoded by `workers` processes (default: one per core) on first use, reopened afterwards."""
-    check_limits(max_bad=(max_bad, 0), max_pixels=(max_pixels, 1), workers=(workers, 1))
+    decoded by `workers` processes (default: one per core) on first use, reopened afterwards.
+
+    Decoding: `size`/`resize_mode` (square images of side `size`), `label_key`, `class_names`
+    (names or a class-names file), `channels` and `max_pixels` (see `decode_options`); a built
+    `decode` replaces them all."""
+    check_limits(max_bad=(max_bad, 0), workers=(workers, 1))
+    opts = decode or decode_options(max_pixels=max_pixels, size=size, resize_mode=resize_mode, label_key=label_key,
+                                    class_names=class_names, channels=channels)
     inp = urls if isinstance(urls, ResolvedInput) else resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
-    return read_real(inp, DecodeOptions(max_pixels=max_pixels), max_bad=max_bad, workers=workers,
+    return read_real(inp, opts, max_bad=max_bad, workers=workers,
                      progress=(lambda done, total: progress(done, total, "decoding")) if progress else None,
                      note=note)
 
@@ -116,7 +137,7 @@ def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int, *, labels:
             "class_counts": real.class_counts(), "input_samples": len(real), "image_shape": [c, h, w],
             "ipc": ipc, "output_samples": n_out, "shards": max(1, math.ceil(n_out / shard_size)),
             "estimated_output_bytes": int(n_out * per_sample + 10240), "config": config_dict(cfg),
-            "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache)}
+            "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real)}
 
 
 def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio: float | None = None,
@@ -126,12 +147,16 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             shard_size: int = 1000, ckpt_every: int = 50, dry_run: bool = False, flags: dict | None = None,
             experts: str | Path | None = None, teacher_sets: Iterable[str] = (), workers: int | None = None,
             progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None,
-            real: RealData | None = None) -> dict:
+            real: RealData | None = None, size: int | None = None, resize_mode: str = "crop",
+            label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
+            channels: int | None = None) -> dict:
     """Compresses the dataset at `urls` with `method` into `out`; returns the run report.
 
     Every argument is checked before the input is read. `out` must not overlap the input; an
     existing output is replaced only with `overwrite`, except that the same run (same request,
     input content and dcompress version) with `resume` finds it up to date and returns at once.
+    `size`, `resize_mode`, `label_key`, `class_names`, `channels`, `max_pixels`: how the input is
+    decoded (`decode_options`).
     """
     m_cls, cfg = create_method(method, config_file=config, sets=sets, **(flags or {}))
     if experts is not None and "experts" not in m_cls.info.extras:
@@ -144,6 +169,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     check_size(ipc, ratio)
     check_limits(shard_size=(shard_size, 1), ckpt_every=(ckpt_every, 0), max_bad=(max_bad, 0),
                  max_pixels=(max_pixels, 1), workers=(workers, 1))
+    opts = decode_options(max_pixels=max_pixels, size=size, resize_mode=resize_mode, label_key=label_key,
+                          class_names=class_names, channels=channels)
     dev = resolve_device(device)
     out = Path(out).absolute()
     inp = None
@@ -152,7 +179,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         check_not_input(out, [u for u in inp.urls if not is_remote(u)], inp.folders)
     if dry_run:
         t0 = time.time()
-        real = real or load_real(inp, max_bad=max_bad, max_pixels=max_pixels, workers=workers, progress=progress,
+        real = real or load_real(inp, max_bad=max_bad, decode=opts, workers=workers, progress=progress,
                                  note=(lambda text: log({"event": "note", "text": text})) if log else None)
         return {"status": "dry-run", "read_s": round(time.time() - t0, 2),
                 "plan": plan(real, method, ipc_from(real, ipc, ratio), cfg, shard_size, labels=labels, teacher=teacher,
@@ -168,7 +195,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             raise refuse_existing(out)
         t0 = time.time()
         if real is None:
-            real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, workers=workers, progress=progress,
+            real = load_real(inp, max_bad=max_bad, decode=opts, workers=workers, progress=progress,
                              note=(lambda text: log({"event": "note", "text": text})) if log else None)
         n_ipc = ipc_from(real, ipc, ratio)
         t_read = time.time() - t0
@@ -177,7 +204,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
                                           f"{len(real.source['urls'])} shard(s) in {t_read:.1f} s "
                                           f"({real.source['bad_samples']['count']} bad); {_store_note(real)}"})
         identity = {"method": method, "config": config_dict(cfg), "ipc": n_ipc, "seed": seed, "device": dev.type,
-                    "fingerprint": real.source["fingerprint"], "labels": labels,
+                    "fingerprint": real.source["fingerprint"], "labels": labels, "class_names": real.class_names,
                     "experts": str(experts) if experts else None, "teacher_config": config_dict(teacher_cfg)}
         if prior is not None:
             if prior.get("key") != run_key(identity):
@@ -186,7 +213,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             return {"status": "ok", "up_to_date": True, "out": str(out), "method": method, "ipc": n_ipc,
                     "samples": prior["num_samples"], "shards": prior["shards"], "labels": prior["labels"],
                     "learned_lr": prior["learned_lr"], "bad_samples": real.source["bad_samples"]["count"],
-                    "resumed_from": None, "timings": {"read_s": round(t_read, 2)}}
+                    "resumed_from": None, "timings": {"read_s": round(t_read, 2)}, **source_decode(real)}
         ckpt = Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume, log=log,
                             quarantine=default_paths()["cache"] / "quarantine")
         try:
@@ -313,6 +340,7 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     t_labels = time.time() - t_labels
     mode = labelled.label_kind
     protocol = dataclasses.replace(cset.protocol, soft_labels=mode != "hard")
+    nets = resolved_nets(real, cfg, protocol, teacher_info)
     log({"event": "note", "text": f"stage write: {len(cset)} samples into {out}"})
     t2 = time.time()
     timings = {"read_s": round(t_read, 2), "fit_s": round(t_fit, 2), "labels_s": round(t_labels, 2),
@@ -321,9 +349,9 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
         version=__version__,
         method=MethodRecord(name=method, kind=m_cls.info.kind, ipc=n_ipc, ratio=ratio, seed=seed, device=dev.type,
                             config=config_dict(cfg), experts=str(experts) if experts else None,
-                            teacher_config=config_dict(teacher_cfg)),
+                            teacher_config=config_dict(teacher_cfg), nets=nets),
         source=SourceRecord(**{k: real.source[k] for k in ("urls", "num_samples", "fingerprint", "class_counts")},
-                            store=(real.source.get("store") or {}).get("path")),
+                            store=(real.source.get("store") or {}).get("path"), **source_decode(real)),
         bad_samples=BadSamplesRecord(**real.source["bad_samples"]),
         class_names=tuple(real.class_names),
         labels=LabelsRecord(kind=mode, teacher=teacher_info),
@@ -340,4 +368,30 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
             "shards": len(manifest["shardlist"]), "labels": mode, "learned_lr": cset.lr,
             "bad_samples": real.source["bad_samples"]["count"], "resumed_from": ckpt.resumed_from,
             "store": real.source.get("store"),
-            "timings": {**timings, "write_s": round(time.time() - t2, 2)}}
+            "timings": {**timings, "write_s": round(time.time() - t2, 2)}, **source_decode(real), "nets": nets}
+
+
+def source_decode(real: RealData) -> dict:
+    """`decode` (the DecodeOptions, class names left to `class_names`) and `class_source` of
+    the input, for the manifest's `source` block and the report (empty for data read otherwise)."""
+    decode = real.source.get("decode")
+    rec = {"decode": {k: v for k, v in decode.items() if k != "class_names"}} if decode else {}
+    if real.source.get("class_source"):
+        rec["class_source"] = real.source["class_source"]
+    return rec
+
+
+def resolved_nets(real: RealData, cfg, protocol, teacher_info: dict | None) -> dict:
+    """The networks of a run by role, resolved for the image size (`nets.arch_name`): `model` (the
+    method's `model` config), `eval` (the evaluation protocol's), `teacher` (when one labelled)."""
+    from .nets import arch_name
+
+    size = real.image_shape[1:]
+    out = {}
+    if isinstance(getattr(cfg, "model", None), str):
+        out["model"] = arch_name(cfg.model, size)
+    if protocol.model:
+        out["eval"] = arch_name(protocol.model, size)
+    if teacher_info and isinstance(teacher_info.get("model"), str):
+        out["teacher"] = teacher_info.get("arch") or arch_name(teacher_info["model"], size)
+    return out

@@ -5,6 +5,7 @@ Progress, reports and the mapping of every exception to an exit code live in `co
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -61,6 +62,22 @@ WORKERS = typer.Option(None, "--workers", help="processes decoding the input int
 ALLOW_URLS = typer.Option(False, "--allow-manifest-urls",
                           help="trust shard urls read from manifests (absolute, '..', pipe:, http:); off: "
                                "only files inside the manifest's folder")
+SIZE = typer.Option(None, "--size", help="resize every image to SIZE x SIZE (mixed-size inputs need it; see "
+                                         "--resize-mode)")
+RESIZE_MODE = typer.Option("crop", "--resize-mode", help="with --size: crop (shorter side to SIZE, centre crop) | "
+                                                         "pad (longer side to SIZE, black borders) | stretch")
+LABEL_KEY = typer.Option("cls", "--label-key", help="where the label is: cls | txt | any member | json:FIELD[.SUB] "
+                                                    "(string labels become classes, see --class-names)")
+CLASS_NAMES = typer.Option(None, "--class-names", help="class list file, one name per line in index order "
+                                                       "[default: input manifest, classes.txt beside the shards, "
+                                                       "sorted string labels]")
+CHANNELS = typer.Option(None, "--channels", help="convert every image to 1 (grayscale) or 3 (RGB) channels")
+
+
+def _decode_kw(size, resize_mode, label_key, class_names, channels) -> dict:
+    """The input-decoding keywords of the API (`api.decode_options`) from the CLI options."""
+    return {"size": size, "resize_mode": resize_mode, "label_key": label_key, "channels": channels,
+            "class_names": str(class_names) if class_names is not None else None}
 
 
 @app.command()
@@ -70,12 +87,25 @@ def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST)
           split: str = typer.Option("train", "--split", help="train | test (idx format)"),
           shard_size: int = typer.Option(10000, "--shard-size", help="samples per shard"),
           overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing shard folder at OUT"),
+          size: Optional[int] = SIZE,
+          resize_mode: str = RESIZE_MODE,
+          channels: Optional[int] = CHANNELS,
+          class_names: Optional[Path] = typer.Option(None, "--class-names", help="ImageFolder: class list file (one "
+                                                     "folder name per line) fixing the class order [default: sorted "
+                                                     "folder names]"),
+          max_bad: int = MAX_BAD,
+          max_pixels: int = MAX_PIXELS,
           as_json: bool = JSON) -> None:
-    """Write WebDataset shards (+ manifest.json) from idx files or an ImageFolder tree."""
+    """Write WebDataset shards (+ manifest.json) from idx files or an ImageFolder tree.
+
+    With --size (or --channels) every image is decoded, resized and re-encoded as PNG; without,
+    ImageFolder files are copied byte for byte."""
     from .io.sources import make_shards
 
     run(as_json, lambda p: make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size, overwrite=overwrite,
-                                        progress=lambda a, b: p(a, b, "sharding")), _kv)
+                                        progress=lambda a, b: p(a, b, "sharding"), size=size,
+                                        resize_mode=resize_mode, channels=channels, class_names=class_names,
+                                        max_bad=max_bad, max_pixels=max_pixels), _kv)
 
 
 @app.command()
@@ -107,6 +137,11 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             from_bins: Optional[Path] = typer.Option(None, "--from-bins", help="dq: re-sample bins saved by --keep-bins"),
             dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, write nothing"),
             cache_dir: Optional[Path] = CACHE,
+            size: Optional[int] = SIZE,
+            resize_mode: str = RESIZE_MODE,
+            label_key: str = LABEL_KEY,
+            class_names: Optional[Path] = CLASS_NAMES,
+            channels: Optional[int] = CHANNELS,
             as_json: bool = JSON) -> None:
     """Compress a dataset with a method (selection or synthesis)."""
     from .api import distill as api_distill
@@ -121,7 +156,8 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
                            sets=sets, resume=resume, overwrite=overwrite, labels=labels, teacher=teacher,
                            max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                            shard_size=shard_size, ckpt_every=ckpt_every, dry_run=dry_run, flags=flags,
-                           experts=experts, teacher_sets=teacher_sets, workers=workers, progress=prog, log=prog.event)
+                           experts=experts, teacher_sets=teacher_sets, workers=workers, progress=prog, log=prog.event,
+                           **_decode_kw(size, resize_mode, label_key, class_names, channels))
     run(as_json, work, _show_distill)
 
 
@@ -155,9 +191,14 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
             max_pixels: int = MAX_PIXELS,
             allow_manifest_urls: bool = ALLOW_URLS,
             workers: Optional[int] = WORKERS,
+            size: Optional[int] = SIZE,
+            resize_mode: str = RESIZE_MODE,
+            label_key: str = LABEL_KEY,
+            class_names: Optional[Path] = CLASS_NAMES,
+            channels: Optional[int] = CHANNELS,
             as_json: bool = JSON) -> None:
     """Train expert trajectories (MTT/DATM) into a memory-mappable buffer."""
-    from .api import check_limits, check_seed, load_real, resolve_device
+    from .api import check_limits, check_seed, decode_options, load_real, resolve_device
     from .config import resolve_config
     from .io.atomic import check_not_input
     from .io.urls import is_remote, resolve_urls
@@ -170,13 +211,15 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
                      max_pixels=(max_pixels, 1))
         check_seed(seed if seed is not None else 0)
         cfg = resolve_config(ExpertConfig, file=config, sets=sets, flags=flags)
+        opts = decode_options(max_pixels=max_pixels, **_decode_kw(size, resize_mode, label_key, class_names, channels))
         dev = resolve_device(device)
         inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
         check_not_input(output, [u for u in inp.urls if not is_remote(u)], inp.folders)
         tinp = resolve_urls(test, allow_manifest_urls=allow_manifest_urls) if test else None
-        real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, workers=workers, progress=prog, note=prog.note)
-        test_data = load_real(tinp, max_bad=max_bad, max_pixels=max_pixels, workers=workers,
-                              note=prog.note) if tinp else None
+        real = load_real(inp, max_bad=max_bad, decode=opts, workers=workers, progress=prog, note=prog.note)
+        # the test set maps its labels with the training input's classes
+        test_opts = dataclasses.replace(opts, class_names=tuple(real.class_names))
+        test_data = load_real(tinp, max_bad=max_bad, decode=test_opts, workers=workers, note=prog.note) if tinp else None
         return train_experts(real, output, num_experts=num_experts, config=cfg, test=test_data, device=dev,
                              stale_after=stale_after, progress=prog)
     run(as_json, work, _kv)
@@ -215,9 +258,23 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
              allow_manifest_urls: bool = ALLOW_URLS,
              workers: Optional[int] = WORKERS,
              cache_dir: Optional[Path] = CACHE,
+             size: Optional[int] = typer.Option(None, "--size", help="resize test/train images to SIZE x SIZE "
+                                                "[default: as the set was distilled, from its manifest]"),
+             resize_mode: Optional[str] = typer.Option(None, "--resize-mode", help="crop | pad | stretch "
+                                                       "[default: from the manifest]"),
+             label_key: Optional[str] = typer.Option(None, "--label-key", help="label member or json:FIELD of the "
+                                                     "test/train shards [default: from the manifest]"),
+             class_names: Optional[Path] = typer.Option(None, "--class-names", help="class list file [default: the "
+                                                        "compressed set's class names]"),
+             channels: Optional[int] = typer.Option(None, "--channels", help="1 | 3 [default: from the manifest]"),
              as_json: bool = JSON) -> None:
-    """Train fresh networks on a compressed set and report test accuracy (vs random)."""
-    from .api import check_limits, check_seed, load_real, resolve_device
+    """Train fresh networks on a compressed set and report test accuracy (vs random).
+
+    The test and training shards are decoded as the set's input was (its manifest's
+    `source.decode`: size, resize mode, label key, channels) and their labels mapped with the
+    set's class names, unless options say otherwise."""
+    from .api import check_limits, check_seed, decode_options, load_real, resolve_device
+    from .errors import InputDataError, UsageError
     from .io.urls import recorded_urls, resolve_urls
     from .loader import load
     from .train.evaluate import evaluate as api_evaluate
@@ -229,14 +286,29 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
         _use_cache(cache_dir)
         dev = resolve_device(device)
         ds = load(target)                        # checks the output (structure, checksums) before any reading
+        recorded = ds.block.source.decode if ds.block.source is not None else None
+        recorded = recorded if isinstance(recorded, dict) else {}
+        given = {"size": size, "resize_mode": resize_mode, "label_key": label_key, "channels": channels}
+        kw = {k: v if v is not None else recorded.get(k) for k, v in given.items()}
+        kw = {k: v for k, v in kw.items() if v is not None}
+        names = str(class_names) if class_names is not None else list(ds.block.class_names)
+        try:
+            opts = decode_options(max_pixels=max_pixels, class_names=names, **kw)
+        except UsageError as e:                  # the user's options, or the values the manifest recorded?
+            try:
+                decode_options(max_pixels=max_pixels, **{k: v for k, v in given.items() if v is not None})
+            except UsageError:
+                raise e from None
+            raise InputDataError(f"cannot decode as recorded: {e.detail}", path=str(ds.manifest_path),
+                                 key="dcompress.source.decode") from None
         test_inp = resolve_urls(test, allow_manifest_urls=allow_manifest_urls)
         train_inp = None
         if random_baseline:
             urls = train or recorded_urls(ds.manifest["dcompress"].get("source", {}).get("urls"),
                                           manifest=ds.manifest_path)
             train_inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
-        test_data = load_real(test_inp, max_bad=max_bad, max_pixels=max_pixels, workers=workers, note=prog.note)
-        train_data = load_real(train_inp, max_bad=max_bad, max_pixels=max_pixels, workers=workers,
+        test_data = load_real(test_inp, max_bad=max_bad, decode=opts, workers=workers, note=prog.note)
+        train_data = load_real(train_inp, max_bad=max_bad, decode=opts, workers=workers,
                                note=prog.note) if train_inp else None
         return api_evaluate(ds, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
                             device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=prog)

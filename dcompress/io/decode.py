@@ -8,31 +8,154 @@ Nothing here unpickles: image bytes go to the image decoder, labels are parsed a
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import tarfile
 import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..errors import InputDataError, TooManyBadSamples
+from ..errors import InputDataError, TooManyBadSamples, UsageError
 from ..limits import MAX_LABEL, MAX_PIXELS
 from .codecs import IMAGE_EXTS, decode_image, parse_label
 from .urls import is_remote, opener_url
 
 
+RESIZE_MODES = ("crop", "pad", "stretch")
+MAX_SIZE = 4096            # --size above this is a typo (a 4096x4096x3 image is 48 MiB decoded)
+MAX_LABEL_CHARS = 256      # a longer string label is not a class name (a caption in the wrong key)
+_MEMBER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
-    """What decides the decoded bytes of an input (recorded in the store's key and the manifest).
+    """What decides the decoded bytes and the labels of an input (the decoded store's cache key:
+    `to_dict()`; also recorded in the output manifest's `dcompress.source.decode`).
 
-    label_key: the member holding the label (`cls`).
-    max_pixels: images declaring more pixels are bad samples.
+    label_key: where the label is: `cls` (an ASCII integer member), any other member name
+        (`txt`, `label`, ...: text, an integer or a class name), or `json:<field>[.<sub>...]`
+        (a field of the `.json` member; `<member>:<field>` for a member ending in `json`).
+    max_pixels: images whose header declares more pixels are bad samples.
+    size: every image becomes size x size (None: images are used as decoded and must all have
+        one shape).
+    resize_mode: with `size`: `crop` (the centred square of the shorter side, resized: resize
+        shorter side + centre crop), `pad` (longer side resized to `size`, centred on black),
+        `stretch` (resized to size x size, aspect ratio not kept).
+    channels: 1 (grayscale) or 3 (RGB) converts every image; None keeps the decoded channels.
+    class_names: the class list (`--class-names FILE`): string labels map to their position,
+        integer labels index it. None: from the input manifest, a classes.txt or the labels.
+
+    Invalid values raise UsageError (exit 2) on construction.
     """
 
     label_key: str = "cls"
     max_pixels: int | None = MAX_PIXELS
+    size: int | None = None
+    resize_mode: str = "crop"
+    channels: int | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        label_key_parts(self.label_key)
+        if self.max_pixels is not None and (not _is_int(self.max_pixels) or self.max_pixels < 1):
+            raise UsageError(f"--max-pixels must be >= 1, got {self.max_pixels!r}")
+        if self.size is not None and (not _is_int(self.size) or not 1 <= self.size <= MAX_SIZE):
+            raise UsageError(f"--size must be an integer in [1, {MAX_SIZE}], got {self.size!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise UsageError(f"--resize-mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
+        if self.size is None and self.resize_mode != "crop":
+            raise UsageError(f"--resize-mode {self.resize_mode} needs --size S (the side of the square images)")
+        if self.channels not in (None, 1, 3):
+            raise UsageError(f"--channels must be 1 or 3, got {self.channels!r}")
+        if self.class_names is not None:
+            names = tuple(self.class_names)
+            object.__setattr__(self, "class_names", names)
+            problem = class_names_problem(names)
+            if problem:
+                raise UsageError(f"--class-names: {problem}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["class_names"] = list(self.class_names) if self.class_names is not None else None
+        return d
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def label_key_parts(key: str) -> tuple[str, tuple[str, ...] | None]:
+    """`--label-key` -> (member, JSON field path or None); UsageError when malformed."""
+    if not isinstance(key, str) or not key:
+        raise UsageError(f"--label-key must be a member name or json:<field>, got {key!r}")
+    member, sep, path = key.partition(":")
+    if not _MEMBER.match(member):
+        raise UsageError(f"--label-key {key!r}: {member!r} is not a member name (letters, digits, '_', '-', '.')")
+    if not sep:
+        return member, None
+    if not (member == "json" or member.endswith(".json")):
+        raise UsageError(f"--label-key {key!r}: fields ('member:field') are read from a JSON member "
+                         f"(json:<field>), not from .{member}")
+    parts = tuple(path.split("."))
+    if not path or not all(parts):
+        raise UsageError(f"--label-key {key!r}: the field path must be <field> or <field>.<sub> (no empty parts)")
+    return member, parts
+
+
+def class_names_problem(names) -> str | None:
+    """Why `names` is no usable class list (empty, an empty or non-string name, a repeated
+    name), or None."""
+    if not names:
+        return "the class list is empty"
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or not n.strip():
+            return f"class {i} has an empty or non-string name ({n!r})"
+        if n in seen:
+            return f"class name {n!r} appears twice (classes {seen[n]} and {i})"
+        seen[n] = i
+    return None
+
+
+def read_class_names(path, *, error=UsageError) -> tuple[str, ...]:
+    """A class-names file (classes.txt): one name per line, in class-index order; surrounding
+    whitespace is stripped, trailing empty lines ignored. An empty line in between, a repeated
+    name, an empty or unreadable file raise `error` naming the file."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error("class-names file is not UTF-8 text", path=str(path)) from None
+    except OSError as e:
+        raise error(f"cannot read class-names file: {e.strerror or e}", path=str(path)) from None
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    for i, line in enumerate(lines):
+        if not line:
+            raise error(f"line {i + 1} is empty (one class name per line, in class-index order)", path=str(path))
+    problem = class_names_problem(lines)
+    if problem:
+        raise error(problem, path=str(path))
+    return tuple(lines)
+
+
+def shape_mismatch(url: str, key: str, got: tuple[int, ...], expected: tuple[int, ...]) -> InputDataError:
+    """The error for an image whose shape differs from the first sample's (`got`, `expected`:
+    C, H, W), with the option that fixes it: --size for sizes, --channels for channels."""
+    shape = lambda s: "x".join(str(int(v)) for v in s)  # noqa: E731
+    if got[0] != expected[0]:
+        fix = (f"pass --channels {max(got[0], expected[0])} to convert every image"
+               if {got[0], expected[0]} <= {1, 3} else "all images need the same channels")
+        what = "channels"
+    else:
+        fix = ("pass --size S to resize every image to SxS (--resize-mode crop|pad|stretch; crop = resize "
+               "the shorter side, then centre-crop)")
+        what = "image sizes"
+    return InputDataError(f"mixed {what}: {shape(got)} (CxHxW), expected {shape(expected)} like the first "
+                          f"sample; {fix}", path=url, key=key)
 
 
 class BadSample(ValueError):
@@ -77,18 +200,114 @@ def sample_image(sample: dict) -> tuple[str, bytes] | None:
 
 
 def sample_label(sample: dict, key: str) -> int | str:
-    """The raw label of `sample` under `key` (BadSample when missing or malformed)."""
-    raw = sample.get(key)
+    """The raw label of `sample` under `key` (`DecodeOptions.label_key`): an int, or a class
+    name (a stripped string) to be mapped to an index later. BadSample when the member or the
+    field is missing or the value is no label.
+
+    `cls`: an ASCII integer (nothing else). Another member (`txt`, ...): UTF-8 text, an integer
+    when it reads as one, else a class name. `json:<field>[.<sub>]`: the member parsed with
+    `json.loads` (never unpickled), the field walked through objects (and lists by index); an
+    integer stays an int, a string is a class name (even "3": JSON says what it is).
+    """
+    member, path = label_key_parts(key)
+    raw = sample.get(member)
     if raw is None:
-        raise BadSample(f"missing .{key} label")
+        members = ", ".join(sorted(k for k in sample if not k.startswith("__")))
+        raise BadSample(f"missing .{member} label (has: {members}; pick the label with --label-key)")
+    if path is None and member == "cls":
+        try:
+            return parse_label(raw)
+        except ValueError as e:
+            raise BadSample(f".{key} is {e} ({raw[:24]!r})") from None
+    if path is None:
+        try:
+            text = raw.decode("utf-8").strip() if isinstance(raw, bytes) else str(raw).strip()
+        except UnicodeDecodeError:
+            raise BadSample(f".{member} is not UTF-8 text ({raw[:24]!r})") from None
+        return _label_value(text, f".{member}", numeric_text=True)
     try:
-        return parse_label(raw)
-    except ValueError as e:
-        raise BadSample(f".{key} is {e} ({raw[:24]!r})") from None
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, UnicodeDecodeError, deep nesting
+        raise BadSample(f".{member} is not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    for i, part in enumerate(path):
+        where = ".".join(path[:i + 1])
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            full = ".".join(path)
+            raise BadSample(f"missing label field {full!r} in .{member}"
+                            + (f" (no {where!r})" if where != full else ""))
+    return _label_value(value, f".{member} field {'.'.join(path)!r}", numeric_text=False)
+
+
+def _label_value(value, where: str, *, numeric_text: bool) -> int | str:
+    """A parsed label value -> int or class name; BadSample for anything else."""
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise BadSample(f"{where} is empty")
+        if numeric_text:
+            try:
+                return parse_label(value)
+            except ValueError as e:
+                if str(e) != "not an integer":
+                    raise BadSample(f"{where} is {e} ({value[:24]!r})") from None
+        if len(value) > MAX_LABEL_CHARS:
+            raise BadSample(f"{where} is {len(value)} characters long, not a class name ({value[:24]!r}...)")
+        return value
+    if _is_int(value):
+        if not -(2 ** 63) <= value < 2 ** 63:
+            raise BadSample(f"{where} is outside the int64 range")
+        return value
+    kind = "a boolean" if isinstance(value, bool) else "null" if value is None else f"a {type(value).__name__}"
+    raise BadSample(f"{where} is {kind} ({str(value)[:24]!r}), not an integer class index or a class name")
+
+
+def transform_image(arr: np.ndarray, opts: DecodeOptions) -> np.ndarray:
+    """The decoded image [C, H, W] with `opts.channels` and `opts.size` applied (Pillow).
+
+    Channels: RGB -> L with Pillow's ITU-R 601-2 luma; L -> RGB repeats the channel. Resizing
+    uses Pillow's `Image.resize` with the BILINEAR filter, which is antialiased (its support
+    grows with the downscale factor, like torchvision's `Resize(antialias=True)`) and
+    deterministic: `crop` resizes the centred square of side min(H, W) to size x size (one
+    resampling with a sub-pixel box: resize shorter side + centre crop without the intermediate
+    rounding); `pad` resizes so the longer side is `size` (the shorter rounded, at least 1) and
+    centres it on black (offset (size - side) // 2); `stretch` resizes to size x size.
+    """
+    from PIL import Image
+
+    c = arr.shape[0]
+    want_c = opts.channels or c
+    s = opts.size
+    if want_c == c and (s is None or arr.shape[1:] == (s, s)):
+        return arr
+    im = Image.fromarray(arr[0] if c == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0)))
+    if want_c != c:
+        im = im.convert("L" if want_c == 1 else "RGB")
+    if s is not None and im.size != (s, s):
+        w, h = im.size
+        if opts.resize_mode == "stretch":
+            im = im.resize((s, s), Image.Resampling.BILINEAR)
+        elif opts.resize_mode == "crop":
+            side = min(w, h)
+            left, top = (w - side) / 2, (h - side) / 2
+            im = im.resize((s, s), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+        else:
+            scale = s / max(w, h)
+            nw, nh = max(1, min(s, round(w * scale))), max(1, min(s, round(h * scale)))
+            canvas = Image.new(im.mode, (s, s), 0)
+            canvas.paste(im.resize((nw, nh), Image.Resampling.BILINEAR), ((s - nw) // 2, (s - nh) // 2))
+            im = canvas
+    out = np.asarray(im)
+    out = out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
+    return np.array(out, dtype=np.uint8, order="C")
 
 
 def decode_sample(sample: dict, opts: DecodeOptions) -> tuple[np.ndarray, int | str]:
-    """(uint8 image [C, H, W], raw label) of one sample; BadSample for a sample to skip,
+    """(uint8 image [C, H, W], raw label: int or class name) of one sample, with `opts.size`,
+    `opts.resize_mode` and `opts.channels` applied; BadSample for a sample to skip,
     InputDataError for a label that makes the whole input unusable."""
     found = sample_image(sample)
     if found is None:
@@ -101,19 +320,11 @@ def decode_sample(sample: dict, opts: DecodeOptions) -> tuple[np.ndarray, int | 
         raise BadSample(f".{ext} is not a decodable image ({type(e).__name__}: {e})") from None
     label = sample_label(sample, opts.label_key)
     if isinstance(label, int) and not 0 <= label < MAX_LABEL:
-        raise InputDataError(f".{opts.label_key} label {label} is {'negative' if label < 0 else 'implausibly large'}"
+        where = opts.label_key if ":" in opts.label_key else f".{opts.label_key}"
+        raise InputDataError(f"{where} label {label} is {'negative' if label < 0 else 'implausibly large'}"
                              f" (labels must be class indices in [0, {MAX_LABEL}))",
                              path=sample.get("__url__"), key=sample.get("__key__"))
-    return arr, label
-
-
-def shape_mismatch(got: tuple, expected: tuple, *, path: str | None, key: str | None) -> InputDataError:
-    """The error for an image whose shape differs from the first sample's (suggests --size)."""
-    what = "channels" if got[0] != expected[0] else "image size"
-    fix = ("" if got[0] != expected[0] else
-           "; pass --size S to resize every image to SxS (see --resize-mode)")
-    return InputDataError(f"mixed {what}: {got[0]}x{got[1]}x{got[2]} (CxHxW), expected "
-                          f"{expected[0]}x{expected[1]}x{expected[2]} like the first sample{fix}", path=path, key=key)
+    return transform_image(arr, opts), label
 
 
 _CURL_STATUS = {6: "could not resolve host", 7: "could not connect", 22: "HTTP error (status >= 400)",

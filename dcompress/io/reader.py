@@ -36,7 +36,7 @@ def read_real(inp: ResolvedInput, opts: DecodeOptions = DecodeOptions(), *, max_
     labels = torch.from_numpy(arrays["labels"])
     source = {"urls": meta["urls"], "num_samples": int(meta["shape"][0]), "fingerprint": meta["fingerprint"],
               "bad_samples": meta["bad_samples"], "class_counts": meta["class_counts"], "decode": meta["decode"],
-              "store": info}
+              "class_source": meta["class_source"], "store": info}
     return RealData(store=store, labels=labels, keys=KeyList(arrays["keys"]), class_names=list(meta["class_names"]),
                     mean=tuple(meta["mean"]), std=tuple(meta["std"]), source=source)
 

@@ -77,7 +77,9 @@ class InputSource:
 @dataclass(frozen=True, kw_only=True)
 class InputBlock:
     """The `dcompress` block of input shards. Every key is optional when read (hand-written
-    manifests often carry only `class_names`); `class_names` null = labels are the indices."""
+    manifests often carry only `class_names`); `class_names` null = labels are the indices.
+    `resize`: `{"size", "resize_mode", "channels", "bad_samples"}` when `shard --size` resized
+    the images (re-encoded as PNG), else absent."""
 
     format_version: int = FORMAT_VERSION
     kind: str = "input"
@@ -87,14 +89,15 @@ class InputBlock:
     source: InputSource | None = None
     urls: str | None = None
     env: dict | None = None
+    resize: dict | None = None
 
     def to_dict(self) -> dict:
         d = {"format_version": self.format_version, "kind": self.kind, "split": self.split,
              "num_samples": self.num_samples,
              "class_names": list(self.class_names) if self.class_names is not None else None,
              "source": self.source.to_dict() if self.source is not None else None, "urls": self.urls,
-             "env": self.env}
-        return _drop_none(d, ("split", "num_samples", "source", "urls", "env"))
+             "env": self.env, "resize": self.resize}
+        return _drop_none(d, ("split", "num_samples", "source", "urls", "env", "resize"))
 
     @classmethod
     def from_dict(cls, block, path) -> InputBlock:
@@ -104,7 +107,7 @@ class InputBlock:
         return cls(format_version=block.get("format_version", FORMAT_VERSION), kind=block.get("kind", "input"),
                    split=block.get("split"), num_samples=block.get("num_samples"), class_names=names,
                    source=_pick(_section(block, "source", path), InputSource), urls=block.get("urls"),
-                   env=_section(block, "env", path))
+                   env=_section(block, "env", path), resize=_section(block, "resize", path))
 
 
 def _class_names(block: dict, path, *, required: bool) -> tuple[str, ...] | None:
@@ -136,24 +139,30 @@ class MethodRecord:
     config: dict | None = None
     experts: str | None = None
     teacher_config: dict | None = None
+    nets: dict | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _drop_none(dataclasses.asdict(self), ("nets",))
 
 
 @dataclass(frozen=True)
 class SourceRecord:
-    """The input: absolute shard `urls`, `num_samples`, content `fingerprint`, `class_counts`,
-    and the decoded `store` it was read through (its folder in the cache)."""
+    """The input: absolute shard `urls`, `num_samples`, content `fingerprint`, `class_counts`;
+    `decode`: how it was decoded (`io.decode.DecodeOptions.to_dict()` without the class names,
+    which are `dcompress.class_names`), `class_source`: where the class names came from
+    (`io.labels`: option, manifest, classes.txt, labels, indices); `store`: the decoded store it
+    was read through (its folder in the cache). All three None in older manifests."""
 
     urls: list[str] | None = None
     num_samples: int | None = None
     fingerprint: str | None = None
     class_counts: list[int] | None = None
+    decode: dict | None = None
+    class_source: str | None = None
     store: str | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _drop_none(dataclasses.asdict(self), ("decode", "class_source", "store"))
 
 
 @dataclass(frozen=True)

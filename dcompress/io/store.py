@@ -44,7 +44,7 @@ from ..errors import DcompressError, InputDataError, TooManyBadSamples, os_error
 from ..faults import crash_point
 from .decode import (BadSample, BadSamples, DecodeOptions, decode_sample, shape_mismatch, shard_samples,
                      tar_truncation)
-from .labels import assign_classes
+from .labels import assign_classes, classes_txt_for
 from .safe_write import write_json
 from .urls import ResolvedInput, is_remote
 
@@ -141,8 +141,10 @@ def store_key(inp: ResolvedInput, opts: DecodeOptions) -> tuple[str, bool]:
     idents = [shard_identity(u, md5s) for u in inp.urls]
     names = (inp.manifest or {}).get("dcompress", {}).get("class_names") if isinstance(
         (inp.manifest or {}).get("dcompress"), dict) else None
+    txt = classes_txt_for(inp)                     # read automatically: its content decides the labels
+    txt_hash = hashlib.sha256(txt.read_bytes()).hexdigest() if txt is not None and txt.is_file() else None
     blob = json.dumps({"version": STORE_VERSION, "decode": opts.to_dict(), "class_names": names,
-                       "shards": idents}, sort_keys=True).encode()
+                       "classes_txt": txt_hash, "shards": idents}, sort_keys=True).encode()
     cacheable = all("path" in i or "md5" in i for i in idents)
     return hashlib.sha256(blob).hexdigest()[:32], cacheable
 
@@ -194,7 +196,7 @@ class _ShardJobs(torch.utils.data.Dataset):
                     s1 = np.zeros(arr.shape[0], dtype=np.int64)
                     s2 = np.zeros(arr.shape[0], dtype=np.int64)
                 elif arr.shape != shape:
-                    raise shape_mismatch(arr.shape, shape, path=url, key=key)
+                    raise shape_mismatch(url, key, arr.shape, shape)
                 f.write(arr.data)
                 flat = arr.reshape(arr.shape[0], -1).astype(np.int64)
                 s1 += flat.sum(1)
@@ -308,7 +310,7 @@ def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, jobs: _ShardJo
                         shape, first = tuple(res["shape"]), (url, res["first_key"])
                         s1, s2 = [0] * shape[0], [0] * shape[0]
                     elif tuple(res["shape"]) != shape:
-                        raise shape_mismatch(tuple(res["shape"]), shape, path=url, key=res["first_key"])
+                        raise shape_mismatch(url, res["first_key"], tuple(res["shape"]), shape)
                     with open(part, "rb") as src:
                         _copy(src, out)
                     s1 = [a + b for a, b in zip(s1, res["s1"])]
@@ -330,7 +332,7 @@ def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, jobs: _ShardJo
                              + (f"; {bad.count} bad, first: {bad.examples[0]}" if bad.count else ""))
     key_arr = np.array([k.encode() for k in keys])
     _check_unique(key_arr, np.array(shard_of), inp.urls)
-    labels, class_names = assign_classes(raw_labels, keys, inp)
+    labels, class_names, class_source = assign_classes(raw_labels, keys, inp, opts)
     np.save(tmp / "labels.npy", labels.numpy(), allow_pickle=False)
     np.save(tmp / "keys.npy", key_arr, allow_pickle=False)
     del raw_labels
@@ -340,7 +342,8 @@ def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, jobs: _ShardJo
             "mean": list(mean), "std": list(std),
             "fingerprint": _fingerprint(keys, labels, tmp / "images.u8"),
             "urls": [u if is_remote(u) else str(Path(u).resolve()) for u in inp.urls],
-            "description": inp.description, "decode": opts.to_dict(), "bad_samples": bad.as_dict(),
+            "description": inp.description, "decode": opts.to_dict(), "class_source": class_source,
+            "bad_samples": bad.as_dict(),
             "class_counts": torch.bincount(labels, minlength=len(class_names)).tolist(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

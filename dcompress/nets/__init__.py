@@ -9,6 +9,15 @@ Names (case-insensitive):
     convnet_nn / _ln / _gn / _in    no norm / LayerNorm / GroupNorm(4) / instance norm
     convnet_mp / _ap / _np          max / average / no pooling
     lenet, mlp, resnet18
+    resnet18_smallstem / resnet18_imagenetstem    ResNet-18 with the stem fixed (module doc)
+
+Resolution: a ConvNet whose depth is not given (no `d<N>` in the name, no `depth` override)
+gets the depth the reference codes use for its input size (`auto_depth`: 3 up to 32 px, 4 at
+64 px (MTT's ConvNetD4 for Tiny-ImageNet), 5 at 128 px (ConvNetD5 for the ImageNet subsets));
+`resnet18` without a stem gets `auto_stem` (CIFAR-style 3x3 stride-1 stem up to 64 px,
+torchvision's 7x7 stride-2 stem + max pool above). An explicit depth or stem always wins.
+`arch_name` gives the fully resolved name of what `build_net` builds (also the built module's
+`arch` attribute): it builds the same network at any size, and is what manifests record.
 
 ConvNet suffixes combine (`convnet_d4_w64`). Keyword `overrides` win over the name's defaults
 (`width`, `depth`, `norm`, `act`, `pooling` for ConvNets; `norm` for resnet18; `hidden` for mlp);
@@ -23,6 +32,7 @@ the CPU; move them with `.to(device)`.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable
 
@@ -33,7 +43,8 @@ from ..errors import UsageError
 from .convnet import ConvNet, LeNet, MLP
 from .functional import flat_params, forward_flat, load_flat_, param_shapes, unflatten
 
-__all__ = ["build_net", "check_name", "list_nets", "embed", "feature_dim", "NetConfigError",
+__all__ = ["build_net", "arch_name", "auto_depth", "auto_stem", "check_name", "list_nets", "embed", "feature_dim",
+           "NetConfigError",
            "flat_params", "forward_flat", "load_flat_", "param_shapes", "unflatten"]
 
 
@@ -57,11 +68,32 @@ def _resnet18(channels: int, num_classes: int, im_size: tuple[int, int], **kw: A
     return SmallResNet18(channels, num_classes, **kw)
 
 
+def auto_depth(im_size: tuple[int, int]) -> int:
+    """ConvNet depth for an (H, W) input, as the reference codes choose it: 3 up to 32 px (28x28
+    included), 4 at 64, 5 at 128; in general floor(log2(min(H, W) / 4)) above 32 px, so the last
+    feature map is 4..7 px on its shorter side. Under 8 px: as many 2x2 poolings as fit (>= 1)."""
+    s = min(int(im_size[0]), int(im_size[1]))
+    if s > 32:
+        return max(3, (s // 4).bit_length() - 1)
+    if s >= 8 or (im_size[0], im_size[1]) == (28, 28):
+        return 3
+    return max(1, s.bit_length() - 1)
+
+
+def auto_stem(im_size: tuple[int, int]) -> str:
+    """ResNet-18 stem for an (H, W) input: `small` (3x3 stride 1, no max pool: CIFAR/Tiny-style)
+    up to 64 px on the shorter side, `imagenet` (torchvision's 7x7 stride 2 + max pool) above, so
+    layer4 sees 4x4 or more at 128 px instead of 16x16."""
+    return "small" if min(int(im_size[0]), int(im_size[1])) <= 64 else "imagenet"
+
+
 # name -> (builder(channels, num_classes, im_size, **kw), allowed override keys)
 _FIXED: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
     "lenet": (LeNet, ()),
     "mlp": (MLP, ("hidden",)),
-    "resnet18": (_resnet18, ("norm",)),
+    "resnet18": (_resnet18, ("norm", "stem")),
+    "resnet18_smallstem": (functools.partial(_resnet18, stem="small"), ("norm",)),
+    "resnet18_imagenetstem": (functools.partial(_resnet18, stem="imagenet"), ("norm",)),
 }
 
 
@@ -92,7 +124,10 @@ def _parse_convnet(name: str) -> dict[str, Any] | None:
     return kw
 
 
-def _resolve(name: str, overrides: dict[str, Any]) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
+def _resolve(name: str, overrides: dict[str, Any],
+             im_size: tuple[int, int] | None = None) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
+    """(builder, keyword arguments) of `name`; with `im_size`, the size-dependent defaults
+    (ConvNet depth, ResNet stem) are filled in when neither the name nor `overrides` set them."""
     key = name.strip().lower()
     overrides = {k: v for k, v in overrides.items() if v is not None}
     conv = _parse_convnet(key)
@@ -107,7 +142,34 @@ def _resolve(name: str, overrides: dict[str, Any]) -> tuple[Callable[..., nn.Mod
     if bad:
         raise NetConfigError(f"{name!r} does not take {', '.join(bad)}; allowed overrides: "
                              f"{', '.join(allowed) or 'none'}")
-    return builder, {**kw, **overrides}
+    kw = {**kw, **overrides}
+    if im_size is not None and builder is ConvNet and "depth" not in kw:
+        kw["depth"] = auto_depth(im_size)
+    if im_size is not None and key == "resnet18" and "stem" not in kw:
+        kw["stem"] = auto_stem(im_size)
+    return builder, kw
+
+
+def _size(im_size) -> tuple[int, int]:
+    return (int(im_size), int(im_size)) if isinstance(im_size, int) else (int(im_size[0]), int(im_size[1]))
+
+
+def arch_name(name: str, im_size: tuple[int, int] | int, **overrides: Any) -> str:
+    """The resolved name of the network `build_net(name, .., im_size, **overrides)` builds: a
+    ConvNet's depth and a ResNet-18's stem made explicit (`convnet` at 64x64 -> `convnet_d4`,
+    `resnet18` at 128x128 -> `resnet18_imagenetstem`); other names as given (lower case).
+    Overrides other than depth and stem are not part of the name."""
+    key = name.strip().lower()
+    builder, kw = _resolve(name, overrides, _size(im_size))
+    if builder is ConvNet:
+        given = _parse_convnet(key) or {}
+        if "depth" in given and given["depth"] == kw["depth"]:
+            return key
+        tokens = [t for t in key.split("_")[1:] if not re.fullmatch(r"d\d+", t)]
+        return "_".join([key.split("_")[0], *tokens, f"d{kw['depth']}"])
+    if key == "resnet18":
+        return f"resnet18_{kw['stem']}stem"
+    return key
 
 
 def check_name(name: str) -> None:
@@ -123,26 +185,30 @@ def build_net(name: str, channels: int, num_classes: int, im_size: tuple[int, in
         name: a name from `list_nets()` or a ConvNet pattern (module doc).
         channels: input channels C.
         num_classes: number of logits.
-        im_size: input (H, W).
+        im_size: input (H, W); decides the ConvNet depth and ResNet stem when the name and the
+            overrides leave them open (module doc).
         generator: when given, the parameters are a pure function of its state (one draw is
             consumed); the global RNG is untouched. None: default torch init.
         **overrides: architecture keywords (module doc); None values are ignored.
 
     Returns:
         A module mapping [B, C, H, W] -> [B, num_classes], with `embed(x)` -> [B, D],
-        `classifier` and `feature_dim` (D).
+        `classifier`, `feature_dim` (D) and `arch` (`arch_name`).
 
     Raises:
         NetConfigError: unknown name, override, or an invalid value (also a ValueError).
     """
-    builder, kw = _resolve(name, overrides)
-    size = (int(im_size), int(im_size)) if isinstance(im_size, int) else (int(im_size[0]), int(im_size[1]))
+    size = _size(im_size)
+    builder, kw = _resolve(name, overrides, size)
+    arch = arch_name(name, size, **overrides)
 
     def make() -> nn.Module:
         try:
-            return builder(int(channels), int(num_classes), size, **kw)
+            net = builder(int(channels), int(num_classes), size, **kw)
         except ValueError as e:
-            raise NetConfigError(f"{name!r}: {e}") from None
+            raise NetConfigError(f"{name!r} at {size[0]}x{size[1]}: {e}") from None
+        net.arch = arch
+        return net
 
     if generator is None:
         return make()

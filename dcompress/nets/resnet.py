@@ -1,7 +1,8 @@
 """ResNet-18 for small images: torchvision's ResNet-18, adapted, not rewritten.
 
 torchvision's `resnet18` is `ResNet(BasicBlock, [2, 2, 2, 2])`; we build that same model and
-change only its stem for 28x28 / 32x32 inputs, as the CIFAR-style ResNets of the distillation
+change only its stem for small inputs (up to 64 px: `stem="small"`, the default; `nets.auto_stem`
+keeps torchvision's own stem above 64 px), as the CIFAR-style ResNets of the distillation
 literature do:
 
     * `conv1`: 3x3, stride 1, padding 1, `channels` inputs (torchvision: 7x7 stride 2, RGB),
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 RESNET_NORMS = ("batchnorm", "instancenorm")
+RESNET_STEMS = ("small", "imagenet")
 
 
 def _instance_norm(channels: int) -> nn.Module:
@@ -31,20 +33,27 @@ class SmallResNet18(ResNet):
         channels: input channels C.
         num_classes: number of logits.
         norm: 'batchnorm' (torchvision default) or 'instancenorm'.
+        stem: 'small' (3x3 stride 1, no max pool: for inputs up to 64 px) or 'imagenet'
+            (torchvision's own 7x7 stride-2 conv + 3x3 stride-2 max pool, for larger inputs).
 
     Shapes:
         forward: [B, C, H, W] -> [B, num_classes]; embed: [B, C, H, W] -> [B, 512].
     """
 
-    def __init__(self, channels: int, num_classes: int, *, norm: str = "batchnorm"):
+    def __init__(self, channels: int, num_classes: int, *, norm: str = "batchnorm", stem: str = "small"):
         if norm not in RESNET_NORMS:
             raise ValueError(f"resnet18 norm must be one of {', '.join(RESNET_NORMS)}, got {norm!r}")
+        if stem not in RESNET_STEMS:
+            raise ValueError(f"resnet18 stem must be one of {', '.join(RESNET_STEMS)}, got {stem!r}")
         # the arguments of torchvision.models.resnet18(num_classes=..., norm_layer=...)
         super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes,
                          norm_layer=_instance_norm if norm == "instancenorm" else None)
-        self.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        if stem == "small":
+            self.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.maxpool = nn.Identity()
         self.feature_dim = self.fc.in_features
 
     @property

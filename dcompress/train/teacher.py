@@ -63,13 +63,18 @@ class Teacher:
         return predict(self.net, images, device=device, embed=True)
 
 
-def _cfg_hash(cfg: TeacherConfig) -> str:
-    return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+def _cfg_hash(cfg: TeacherConfig, arch: str) -> str:
+    """Hash of the config and the resolved architecture (`nets.arch_name`: the ConvNet depth
+    chosen for the input size), so a cached teacher is only ever loaded into its own network."""
+    key = {**dataclasses.asdict(cfg), "arch": arch}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def teacher_cache_path(real: RealData, cfg: TeacherConfig, cache_dir: Path) -> Path:
+    from ..nets import arch_name
+
     fp = real.source.get("fingerprint", "nofp").split(":")[-1][:24]
-    return Path(cache_dir) / "teachers" / f"{fp}-{_cfg_hash(cfg)}.pt"
+    return Path(cache_dir) / "teachers" / f"{fp}-{_cfg_hash(cfg, arch_name(cfg.model, real.image_shape[1:]))}.pt"
 
 
 def load_teacher_net(model: str, path: str | Path, image_shape, num_classes: int,
@@ -175,7 +180,7 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
     from .loop import predict
 
     train_acc = float((predict(net, x, device=spec.device).argmax(1) == y.cpu()).float().mean())
-    meta = {"model": cfg.model, "config": dataclasses.asdict(cfg), "train_samples": int(idx.numel()),
+    meta = {"model": cfg.model, "arch": net.arch, "config": dataclasses.asdict(cfg), "train_samples": int(idx.numel()),
             "train_accuracy": round(train_acc, 4), "train_seconds": round(time.time() - t0, 1),
             "input_fingerprint": real.source.get("fingerprint")}
     ensure_dir(path.parent)

@@ -595,7 +595,11 @@ add("image/max-pixels-below-image-size", 3, on_tar("--max-pixels", "100"), ["in.
     note="28x28 = 784 pixels > --max-pixels 100: every sample is refused")
 add("image/max-pixels-zero", 2, on_tar("--max-pixels", "0"), ["--max-pixels"])
 
-add("image/mixed-sizes", 4, _odd(lambda: {"png": _png_of(gray(32)), "cls": b"0"}), ["img.tar", "odd0001"])
+add("image/mixed-sizes", 4, _odd(lambda: {"png": _png_of(gray(32)), "cls": b"0"}), ["img.tar", "odd0001", "--size"])
+add("image/mixed-sizes-with-size", 0, _odd(lambda: {"png": _png_of(gray(32)), "cls": b"0"}, "--size", "20"),
+    note="--size makes mixed sizes one size")
+add("image/mixed-channels-with-channels", 0,
+    _odd(lambda: {"png": _png_of(np.zeros((28, 28, 3), np.uint8)), "cls": b"0"}, "--channels", "1"))
 add("image/mixed-channels", 4, _odd(lambda: {"png": _png_of(np.zeros((28, 28, 3), np.uint8)), "cls": b"0"}),
     ["img.tar", "odd0001"])
 add("image/rgba-after-gray", 4, _odd(lambda: {"png": _mode_png("RGBA")(), "cls": b"0"}), ["img.tar", "odd0001"],
@@ -699,6 +703,55 @@ def _all_bad_labels(tmp: Path, res: Resources) -> Built:
 
 
 add("label/every-label-bad-under-max-bad", 4, _all_bad_labels, ["lab.tar"])
+
+
+# labels under --label-key json:label / txt (other tools' shards): the good samples carry their
+# label as {"label": "<class name>"}; one odd sample's member is malformed
+BAD_JSON_LABELS: dict[str, tuple[bytes, int]] = {
+    "not-json": (b'{"label": ', 3),
+    "missing-field": (b'{"labels": "a"}', 3),
+    "field-of-a-string": (b'"a"', 3),
+    "bool": (b'{"label": true}', 3),
+    "null": (b'{"label": null}', 3),
+    "float": (b'{"label": 1.0}', 3),
+    "list": (b'{"label": ["a"]}', 3),
+    "empty-string": (b'{"label": "  "}', 3),
+    "caption-not-a-name": (b'{"label": "' + b"word " * 100 + b'"}', 3),
+    "int64-overflow": (b'{"label": 99999999999999999999999}', 3),
+    "deep-nesting": (b"[" * 100000, 3),          # json.loads raises RecursionError, not ValueError
+    "not-utf8": (b'{"label": "\xff"}', 3),
+    "negative-int": (b'{"label": -1}', 4),
+    "int-mixed-with-names": (b'{"label": 0}', 4),   # indices and class names without a class list
+}
+
+
+def _json_label(data: bytes, *extra, names: Sequence[str] | None = None):
+    def build(tmp: Path, res: Resources) -> Built:
+        name = {b"0": b"a", b"1": b"b"}
+        ss = [{"__key__": s["__key__"], "png": s["png"], "json": b'{"label": "%s"}' % name[s["cls"]]}
+              for s in samples()]
+        ss.append({"__key__": "lbl0001", "png": _good_png(), "json": data})
+        p = write_members(tmp / "lab.tar", members_of(ss))
+        more = []
+        if names is not None:
+            (tmp / "names.txt").write_text("".join(f"{n}\n" for n in names))
+            more = ["--class-names", str(tmp / "names.txt")]
+        return Built(distill(p, tmp / "out", "--label-key", "json:label", *more, *extra), out=tmp / "out")
+    return build
+
+
+for _name, (_data, _code) in BAD_JSON_LABELS.items():
+    add(f"label/json-{_name}", _code, _json_label(_data), ["lab.tar", "lbl0001"] if _code == 3 else ["lbl0001"])
+add("label/json-good", 0, _json_label(b'{"label": "b"}'), note="string labels map to their sorted order")
+add("label/json-not-in-class-names", 4, _json_label(b'{"label": "c"}', names=("a", "b")), ["lbl0001", "'c'"])
+add("label/json-int-indexes-class-names", 0, _json_label(b'{"label": 1}', names=("a", "b")),
+    note="with a class list, integer labels index it and names map by position")
+add("label/class-names-file-duplicate", 4, _json_label(b'{"label": "a"}', names=("a", "b", "a")),
+    ["names.txt", "appears twice"])
+add("label/class-names-file-missing", 4, _json_label(b'{"label": "a"}', "--class-names", "/nonexistent/names.txt"),
+    ["names.txt"], note="the last --class-names wins: a missing file names it")
+add("label/bad-label-key", 2, _json_label(b'{"label": "a"}', "--label-key", "cls:label"), ["--label-key"])
+add("label/resize-mode-without-size", 2, _json_label(b'{"label": "a"}', "--resize-mode", "pad"), ["--size"])
 
 
 # ================================================================================================

@@ -176,3 +176,64 @@ def test_forward_flat_uses_buffers_of_batchnorm_net():
     # different parameters -> different output; same parameters -> eval-mode output
     torch.testing.assert_close(forward_flat(net, flat_params(net), x), net(x))
     assert not torch.allclose(forward_flat(net, flat_params(net) * 0.5, x), net(x))
+
+
+# ------------------------------------------------------------------- networks by resolution
+
+@pytest.mark.parametrize("size, depth", [(28, 3), (32, 3), (16, 3), (48, 3), (64, 4), (96, 4), (128, 5),
+                                         (256, 6), (4, 2), ((32, 64), 3), ((64, 128), 4)])
+def test_convnet_depth_follows_the_image_size(size, depth):
+    from dcompress.nets import arch_name, auto_depth, build_net
+
+    hw = (size, size) if isinstance(size, int) else size
+    assert auto_depth(hw) == depth
+    net = build_net("convnet", 3, 5, hw)
+    assert net.arch == arch_name("convnet", hw) == f"convnet_d{depth}"
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == depth
+    assert net(torch.zeros(2, 3, *hw)).shape == (2, 5)
+
+
+def test_reference_shapes_are_unchanged_by_auto_depth():
+    from dcompress.nets import build_net
+
+    # ConvNet-3 on 1x28x28 (317,706 parameters) and 3x32x32 (320,010) as in methods.md §1
+    assert sum(p.numel() for p in build_net("convnet", 1, 10, (28, 28)).parameters()) == 317706
+    assert sum(p.numel() for p in build_net("convnet", 3, 10, (32, 32)).parameters()) == 320010
+    # MTT's ConvNetD4 on Tiny-ImageNet: 4x4x128 features at 64x64
+    assert build_net("convnet", 3, 200, (64, 64)).feature_dim == 2048
+
+
+def test_explicit_depth_wins_over_auto():
+    from dcompress.nets import arch_name, build_net
+
+    assert build_net("convnet_d3", 3, 4, (64, 64)).feature_dim == 128 * 8 * 8
+    assert build_net("convnet", 3, 4, (64, 64), depth=2).feature_dim == 128 * 16 * 16
+    assert arch_name("convnet", 128, depth=3) == "convnet_d3"
+    assert arch_name("convnetbn_w32", 64) == "convnetbn_w32_d4"
+    assert arch_name("convnet_d2_w16", 128) == "convnet_d2_w16"
+    # the resolved name builds the same network at any size
+    a = build_net(arch_name("convnet_w16", 64), 3, 4, (32, 32))
+    assert a.arch == "convnet_w16_d4" and a.feature_dim == 16 * 2 * 2
+
+
+def test_non_square_and_tiny_inputs():
+    from dcompress.nets import NetConfigError, build_net
+
+    net = build_net("convnet", 1, 3, (40, 100))          # depth from the shorter side
+    assert net.arch == "convnet_d3" and net(torch.zeros(1, 1, 40, 100)).shape == (1, 3)
+    with pytest.raises(NetConfigError, match="1x1.*pools"):
+        build_net("convnet", 1, 3, (1, 1))
+
+
+@pytest.mark.parametrize("size, stem", [(32, "small"), (64, "small"), (128, "imagenet"), ((96, 200), "imagenet")])
+def test_resnet_stem_by_size(size, stem):
+    from dcompress.nets import build_net
+
+    hw = (size, size) if isinstance(size, int) else size
+    net = build_net("resnet18", 3, 4, hw)
+    assert net.arch == f"resnet18_{stem}stem"
+    assert net.conv1.kernel_size == ((3, 3) if stem == "small" else (7, 7))
+    assert isinstance(net.maxpool, torch.nn.Identity) == (stem == "small")
+    assert net(torch.zeros(2, 3, *hw)).shape == (2, 4)
+    fixed = build_net("resnet18_smallstem", 3, 4, (128, 128))
+    assert fixed.arch == "resnet18_smallstem" and fixed.conv1.kernel_size == (3, 3)
