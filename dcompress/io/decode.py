@@ -317,7 +317,8 @@ def decode_sample(sample: dict, opts: DecodeOptions) -> tuple[np.ndarray, int | 
     try:
         arr = decode_image(data, ext, opts.max_pixels)
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad sample
-        raise BadSample(f".{ext} is not a decodable image ({type(e).__name__}: {e})") from None
+        why = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the image bytes", str(e))   # no addresses: reports repeat
+        raise BadSample(f".{ext} is not a decodable image ({type(e).__name__}: {why})") from None
     label = sample_label(sample, opts.label_key)
     if isinstance(label, int) and not 0 <= label < MAX_LABEL:
         where = opts.label_key if ":" in opts.label_key else f".{opts.label_key}"
