@@ -390,8 +390,10 @@ def tar_truncation(url: str) -> str | None:
     """Why a local tar shard is truncated, or None when it is complete (or not local).
 
     Stream readers stop silently when a tar is cut at a member boundary; a complete tar ends
-    with two zero blocks after its last member, which is what this checks. Gzip-compressed
-    tars (`.tar.gz`) are checked on their decompressed stream.
+    with two zero blocks after its last member, which is what this checks. Plain tars are
+    checked by hopping from header to header (`_tar_end`: one 512-byte read per member, the
+    member data skipped); gzip-compressed tars (`.tar.gz`) with tarfile on their decompressed
+    stream.
     """
     if is_remote(url):
         return None
@@ -399,10 +401,14 @@ def tar_truncation(url: str) -> str | None:
         gz = f.read(2) == b"\x1f\x8b"
     opener = (lambda: gzip.open(url, "rb")) if gz else (lambda: open(url, "rb"))
     try:
-        with opener() as f, tarfile.open(fileobj=f, mode="r:") as tf:
-            end = 0
-            for m in tf:
-                end = m.offset_data + 512 * ((m.size + 511) // 512)
+        if gz:
+            with opener() as f, tarfile.open(fileobj=f, mode="r:") as tf:
+                end = 0
+                for m in tf:
+                    end = m.offset_data + 512 * ((m.size + 511) // 512)
+        else:
+            with opener() as f:
+                end = _tar_end(f)
         with opener() as f:
             f.seek(end)
             tail = f.read(1024)
@@ -413,3 +419,47 @@ def tar_truncation(url: str) -> str | None:
     if tail != bytes(1024):
         return f"truncated tar: no end-of-archive marker after byte {end}"
     return None
+
+
+def _tar_end(f) -> int:
+    """Where the data of the last member of a plain tar ends (padded to 512), walking the headers
+    as `tarfile` does: it stops at a zero block, a short block or an invalid header, and raises
+    ReadError when the very first header is short or invalid. Extended headers (pax, GNU long names) are
+    members whose data is the next header's metadata: skipping them lands on that header."""
+    pos = end = 0
+    while True:
+        f.seek(pos)
+        block = f.read(512)
+        if len(block) == 512 and block.count(0) == 512:     # end-of-archive marker (also as the first block)
+            return end
+        if len(block) < 512 or not _valid_header(block):
+            if pos == 0:
+                raise tarfile.ReadError("empty file" if not block else "invalid header" if len(block) == 512
+                                        else "truncated header")
+            return end
+        size = _header_size(block)
+        end = pos = pos + 512 + 512 * ((size + 511) // 512)
+        if block[156:157] in (b"x", b"g", b"L", b"K"):      # extended header: the member follows
+            end = pos
+
+
+def _header_size(block: bytes) -> int:
+    field = block[124:136]
+    if field[0] & 0x80:                                      # GNU base-256 for sizes >= 8 GiB
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _valid_header(block: bytes) -> bool:
+    """tarfile's checks: numeric size and checksum fields, checksum matching (unsigned or signed)."""
+    try:
+        _header_size(block)
+        text = block[148:156].split(b"\0", 1)[0].strip()
+        chksum = int(text, 8)
+    except ValueError:
+        return False
+    if chksum == 256 + sum(block[:148]) + sum(block[156:]):
+        return True
+    signed = np.frombuffer(block[:148] + block[156:], dtype=np.int8).sum(dtype=np.int64)
+    return chksum == 256 + int(signed)
