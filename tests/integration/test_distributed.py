@@ -1,0 +1,119 @@
+"""torchrun (gloo on CPU, 2 processes): the same bytes as one process, one error, resumable.
+
+Each case starts real `torchrun --standalone` jobs (a few seconds each); the fixtures are tiny.
+Both sides run with OMP_NUM_THREADS=1 (torchrun's default for several workers): the bytes are
+promised for equal intra-op thread counts (docs/distributed.md).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_images, write_idx
+
+ROOT = Path(__file__).resolve().parents[2]
+DM = ["--method", "dm", "--ipc", "2", "--set", "iterations=6", "--set", "model=convnet_w16", "--set", "batch_real=8",
+      "--ckpt-every", "2", "--shard-size", "3", "--device", "cpu", "--json"]
+# manifest fields that differ between two equal runs: wall-clock seconds, the output's own name
+VOLATILE_BLOCK = ("timings",)
+
+
+@pytest.fixture(scope="module")
+def four_classes(tmp_path_factory) -> Path:
+    """4 classes (2 per rank), 12 images each."""
+    from dcompress.io.sources import make_shards
+
+    d = tmp_path_factory.mktemp("idx4")
+    x, y = make_images(12, classes=4)
+    write_idx(d / "idx", "train", x, y)
+    make_shards(d / "idx", d / "train", fmt="idx", split="train", shard_size=10)
+    return d / "train"
+
+
+def env(tmp_path: Path, **extra: str) -> dict:
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("DCOMPRESS_CRASH", "RANK", "WORLD_SIZE",
+                                                                   "LOCAL_RANK", "MASTER_"))}
+    return {**e, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DCOMPRESS_CACHE": str(tmp_path / "cache"),
+            **extra}
+
+
+def dcompress(tmp_path: Path, *args, nproc: int = 1, restarts: int = 0, **extra: str) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "dcompress"] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+         "--max-restarts", str(restarts), "--monitor-interval", "0.2", "-m", "dcompress"]
+    return subprocess.run([*launch, *map(str, args)], cwd=tmp_path, env=env(tmp_path, **extra), capture_output=True,
+                          text=True, timeout=300)
+
+
+def one_json(stdout: str) -> dict:
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, stdout
+    return json.loads(lines[0])
+
+
+def assert_same_output(a: Path, b: Path, resumed: bool = False) -> None:
+    """Shards and figures byte for byte; the manifest block and metrics but for time and name.
+    After a resume the loss curve marks the resume and the manifest says where it resumed."""
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for n in names:
+        if n.endswith((".tar", ".png")) and not (resumed and n == "loss.png"):
+            assert (a / n).read_bytes() == (b / n).read_bytes(), n
+    blocks = []
+    for d in (a, b):
+        block = json.loads((d / "manifest.json").read_text())["dcompress"]
+        for k in VOLATILE_BLOCK:
+            block.pop(k)
+        if resumed:
+            block["info"].pop("resumed_from")
+        blocks.append(block)
+    assert blocks[0] == blocks[1]
+    rows = [[{k: v for k, v in json.loads(ln).items() if k != "seconds"} for ln in (d / "metrics.jsonl").open()
+             if json.loads(ln)["event"] == "iteration"] for d in (a, b)]
+    assert rows[0] == rows[1] and rows[0]
+
+
+def test_dm_two_ranks_same_bytes_as_one_process(four_classes, tmp_path):
+    one = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "two", nproc=2)
+    assert two.returncode == 0, two.stderr
+    report = one_json(two.stdout)                      # rank 0's report only
+    assert report["status"] == "ok" and report["samples"] == 8 and report["shards"] == 3
+    assert_same_output(tmp_path / "one", tmp_path / "two")
+    assert not list(tmp_path.glob(".two.*")), "work folder or temp output left behind"
+
+
+def test_killed_rank_restarts_from_checkpoint_with_same_bytes(four_classes, tmp_path):
+    ref = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    # rank 1 is SIGKILLed after the 2nd checkpoint (iteration 4); torchrun restarts both workers
+    r = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "out", nproc=2, restarts=1,
+                  DCOMPRESS_CRASH_AT="iter:5", DCOMPRESS_CRASH_RANK="1")
+    assert r.returncode == 0, r.stderr
+    report = one_json(r.stdout)
+    assert report["resumed_from"] == 4, report
+    assert_same_output(tmp_path / "ref", tmp_path / "out", resumed=True)
+
+
+def test_failure_is_reported_once_with_our_exit_code(four_classes, tmp_path):
+    # every rank meets the same bad input: one error line, one JSON object, exit code 2 from each rank
+    r = dcompress(tmp_path, "distill", four_classes, *DM, "--set", "lr_img=-1", "-o", tmp_path / "o", nproc=2)
+    assert r.returncode != 0
+    obj = one_json(r.stdout)
+    assert obj["status"] == "error" and obj["exit_code"] == 2 and obj["world_size"] == 2, obj
+    assert r.stderr.count("error:") == 1, r.stderr
+    assert "exitcode  : 2" in r.stderr                 # torchrun's summary carries our code
+    assert not (tmp_path / "o").exists()
+
+
+def test_unsupported_method_refuses_under_torchrun(four_classes, tmp_path):
+    r = dcompress(tmp_path, "distill", four_classes, "--method", "herding", "--ipc", "1", "--json", "-o",
+                  tmp_path / "o", nproc=2)
+    obj = one_json(r.stdout)
+    assert obj["exit_code"] == 2 and "does not support torchrun" in obj["error"], obj
