@@ -316,3 +316,13 @@ def explain(e: BaseException) -> BaseException:
     return DcompressError(f"another rank stopped (killed, or failed before it could report) while this one waited "
                           f"for it ({type(e).__name__}: {' '.join(text.split())[:200]}); torchrun's summary names "
                           "the rank and its exit code")
+
+
+def gather_sum(terms: list[torch.Tensor]) -> float:
+    """Every rank's scalar terms (its classes, in order) added one by one in rank order, as one
+    process adds them (`total += term` from a float zero on the same device): the same bits."""
+    every = all_gather_cat(torch.stack(terms)) if terms else all_gather_cat(torch.zeros(0))
+    total = torch.zeros((), device=every.device, dtype=every.dtype)
+    for t in every:
+        total += t
+    return float(total)

@@ -106,11 +106,7 @@ def global_loss(terms: list[torch.Tensor], batched: bool) -> float:
     [classes, D] squared differences of all classes in one `.sum()`. Same bits as one process."""
     if batched:
         return float(dist.all_gather_cat(terms[0]).sum())
-    every = dist.all_gather_cat(torch.stack(terms))
-    total = torch.zeros((), device=every.device)
-    for t in every:
-        total += t
-    return float(total)
+    return dist.gather_sum(terms)
 
 
 def frozen_net(model: str, real: RealData, generator: torch.Generator, device: torch.device) -> torch.nn.Module:

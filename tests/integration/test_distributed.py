@@ -19,6 +19,9 @@ from conftest import make_images, write_idx
 ROOT = Path(__file__).resolve().parents[2]
 DM = ["--method", "dm", "--ipc", "2", "--set", "iterations=6", "--set", "model=convnet_w16", "--set", "batch_real=8",
       "--ckpt-every", "2", "--shard-size", "3", "--device", "cpu", "--json"]
+DSA = ["--method", "dsa", "--ipc", "2", "--set", "iterations=2", "--set", "model=convnet_w16", "--set", "batch_real=8",
+       "--set", "outer_loop=2", "--set", "inner_loop=1", "--set", "batch_train=4", "--shard-size", "3",
+       "--device", "cpu", "--json"]
 # manifest fields that differ between two equal runs: wall-clock seconds, the output's own name
 VOLATILE_BLOCK = ("timings",)
 
@@ -78,10 +81,13 @@ def assert_same_output(a: Path, b: Path, resumed: bool = False) -> None:
     assert rows[0] == rows[1] and rows[0]
 
 
-def test_dm_two_ranks_same_bytes_as_one_process(four_classes, tmp_path):
-    one = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "one")
+@pytest.mark.parametrize("args", [DM, DSA], ids=["dm", "dsa"])
+def test_two_ranks_same_bytes_as_one_process(four_classes, tmp_path, args):
+    """DM: classes split; DSA (DC + Siamese augmentation): classes split, images all-gathered
+    for the inner loop each outer step."""
+    one = dcompress(tmp_path, "distill", four_classes, *args, "-o", tmp_path / "one")
     assert one.returncode == 0, one.stderr
-    two = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "two", nproc=2)
+    two = dcompress(tmp_path, "distill", four_classes, *args, "-o", tmp_path / "two", nproc=2)
     assert two.returncode == 0, two.stderr
     report = one_json(two.stdout)                      # rank 0's report only
     assert report["status"] == "ok" and report["samples"] == 8 and report["shards"] == 3
