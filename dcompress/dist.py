@@ -326,3 +326,16 @@ def gather_sum(terms: list[torch.Tensor]) -> float:
     for t in every:
         total += t
     return float(total)
+
+
+def spread(n: int) -> range:
+    """This rank's share of `n` independent jobs (evaluation runs, experts): n, n + W, ..."""
+    return range(rank(), n, world())
+
+
+def gather_runs(results: dict[int, Any], n: int) -> list[Any]:
+    """`results` {job: value} of every rank (see `spread`) as one list in job order, on every rank."""
+    merged: dict[int, Any] = {}
+    for part in all_gather_object(results):
+        merged.update(part)
+    return [merged[i] for i in range(n)]

@@ -123,3 +123,32 @@ def test_unsupported_method_refuses_under_torchrun(four_classes, tmp_path):
                   tmp_path / "o", nproc=2)
     obj = one_json(r.stdout)
     assert obj["exit_code"] == 2 and "does not support torchrun" in obj["error"], obj
+
+
+def test_experts_one_per_rank_same_buffer(four_classes, tmp_path):
+    args = ["experts", four_classes, "--num-experts", "2", "--epochs", "2", "--set", "model=convnet_w16",
+            "--device", "cpu", "--json"]
+    one = dcompress(tmp_path, *args, "-o", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = dcompress(tmp_path, *args, "-o", tmp_path / "two", nproc=2)
+    assert two.returncode == 0, two.stderr
+    report = one_json(two.stdout)
+    assert report["trained"] == [0, 1] and report["experts"] == 2, report
+    npys = sorted(p.name for p in (tmp_path / "one").glob("*.npy"))
+    assert len(npys) == 2 and npys == sorted(p.name for p in (tmp_path / "two").glob("*.npy"))
+    for n in npys:
+        assert (tmp_path / "one" / n).read_bytes() == (tmp_path / "two" / n).read_bytes(), n
+
+
+def test_evaluate_runs_spread_over_ranks_same_numbers(four_classes, tmp_path):
+    made = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "set")
+    assert made.returncode == 0, made.stderr
+    args = ["evaluate", tmp_path / "set", "--test", four_classes, "--train", four_classes, "--runs", "3",
+            "--epochs", "2", "--model", "convnet_w16", "--json"]
+    one = dcompress(tmp_path, *args)
+    assert one.returncode == 0, one.stderr
+    two = dcompress(tmp_path, *args, nproc=2)
+    assert two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), one_json(two.stdout)
+    assert a["compressed"] == b["compressed"] and a["random"] == b["random"], (a, b)
+    assert len(a["compressed"]["runs"]) == 3
