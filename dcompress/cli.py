@@ -61,6 +61,31 @@ ALLOW_URLS = typer.Option(False, "--allow-manifest-urls",
                                "only files inside the manifest's folder")
 
 
+NPROC = typer.Option(1, "--nproc", help="run as N processes on this machine (torchrun's elastic agent; "
+                                          "docs/distributed.md)")
+MAX_RESTARTS = typer.Option(0, "--max-restarts", help="with --nproc: restart the job from its checkpoints after a "
+                                                      "failure, up to this many times")
+
+
+def _maybe_launch(nproc: int, max_restarts: int, as_json: bool) -> None:
+    """`--nproc N` (N > 1): start N ranks of this same command under torchrun's agent and exit
+    with the job's code; inside a rank (or with N = 1) nothing happens."""
+    from . import dist
+
+    if nproc == 1 and max_restarts == 0:
+        return
+    if nproc < 1 or max_restarts < 0:
+        def refuse(_prog: Reporter) -> dict:
+            from .errors import UsageError
+
+            raise UsageError(f"--nproc must be >= 1 and --max-restarts >= 0, got {nproc} and {max_restarts}")
+        run(as_json, refuse, _kv)
+    if dist.env_world() > 1 or nproc == 1:
+        return
+    argv = dist.strip_option(dist.strip_option(sys.argv[1:], "--nproc"), "--max-restarts")
+    raise typer.Exit(dist.launch(nproc, argv, max_restarts=max_restarts))
+
+
 @app.command()
 def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST) or ImageFolder tree"),
           dest: Path = typer.Argument(..., metavar="OUT", help="output folder for shards + manifest.json"),
@@ -70,9 +95,10 @@ def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST)
           overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing shard folder at OUT"),
           as_json: bool = JSON) -> None:
     """Write WebDataset shards (+ manifest.json) from idx files or an ImageFolder tree."""
+    from . import dist
     from .io.sources import make_shards
 
-    run(as_json, lambda p: make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size, overwrite=overwrite,
+    run(as_json, lambda p: dist.require_single("dcompress shard") or make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size, overwrite=overwrite,
                                         progress=lambda a, b: p(a, b, "sharding")), _kv)
 
 
@@ -104,9 +130,12 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             from_bins: Optional[Path] = typer.Option(None, "--from-bins", help="dq: re-sample bins saved by --keep-bins"),
             dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, write nothing"),
             cache_dir: Optional[Path] = CACHE,
-            as_json: bool = JSON) -> None:
+            as_json: bool = JSON,
+            nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Compress a dataset with a method (selection or synthesis)."""
     from .api import distill as api_distill
+
+    _maybe_launch(nproc, max_restarts, as_json)
 
     # method config flags: an explicit flag beats --set and --config (None = not given)
     flags = {"bins": bins, "features": features, "keep_bins": keep_bins or None,

@@ -339,3 +339,47 @@ def gather_runs(results: dict[int, Any], n: int) -> list[Any]:
     for part in all_gather_object(results):
         merged.update(part)
     return [merged[i] for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------
+# `--nproc N`: torchrun's elastic agent on this machine, without typing torchrun
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """`argv` without `name VALUE` / `name=VALUE` (every occurrence)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
+def launch(nproc: int, argv: list[str], *, max_restarts: int = 0) -> int:
+    """Runs `python -m dcompress ARGV` as `nproc` ranks under torchrun's elastic agent on this
+    machine (`torchrun --standalone --nproc-per-node N --max-restarts R -m dcompress ARGV`);
+    returns the job's exit code: 0, or the code of the first rank that failed (which printed
+    the error; a rank killed by signal S gives 128 + S)."""
+    import logging
+    import sys
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # torchrun sets 1 thread per worker; here each rank gets its share of the cores (set
+    # OMP_NUM_THREADS to choose; bytes are promised for equal per-process thread counts)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if os.environ.get("DCOMPRESS_DEBUG") != "1":       # the failing rank says what went wrong
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=max_restarts,
+                          monitor_interval=0.2)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "dcompress", *argv)
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        return code if code > 0 else 128 - code if code < 0 else 1
+    return 0

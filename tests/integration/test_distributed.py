@@ -152,3 +152,15 @@ def test_evaluate_runs_spread_over_ranks_same_numbers(four_classes, tmp_path):
     a, b = json.loads(one.stdout), one_json(two.stdout)
     assert a["compressed"] == b["compressed"] and a["random"] == b["random"], (a, b)
     assert len(a["compressed"]["runs"]) == 3
+
+
+def test_nproc_launches_the_ranks_and_returns_the_failing_code(four_classes, tmp_path):
+    ok = dcompress(tmp_path, "distill", four_classes, *DM, "--set", "iterations=2", "-o", tmp_path / "o", "--nproc", "2")
+    assert ok.returncode == 0, ok.stderr
+    report = one_json(ok.stdout)
+    assert report["status"] == "ok" and report["samples"] == 8
+    bad = dcompress(tmp_path, "distill", four_classes, *DM, "--set", "lr_img=-1", "-o", tmp_path / "p", "--nproc", "2")
+    assert bad.returncode == 2 and one_json(bad.stdout)["exit_code"] == 2
+    assert bad.stderr.count("error:") == 1 and "Traceback" not in bad.stderr, bad.stderr
+    usage = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "q", "--nproc", "0")
+    assert usage.returncode == 2 and "--nproc must be >= 1" in one_json(usage.stdout)["error"]
