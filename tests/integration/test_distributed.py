@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import make_images, write_idx
@@ -59,7 +60,7 @@ def one_json(stdout: str) -> dict:
     return json.loads(lines[0])
 
 
-def assert_same_output(a: Path, b: Path, resumed: bool = False) -> None:
+def assert_same_output(a: Path, b: Path, resumed: bool = False, metrics: bool = True) -> None:
     """Shards and figures byte for byte; the manifest block and metrics but for time and name.
     After a resume the loss curve marks the resume and the manifest says where it resumed."""
     names = sorted(p.name for p in a.iterdir())
@@ -74,8 +75,12 @@ def assert_same_output(a: Path, b: Path, resumed: bool = False) -> None:
             block.pop(k)
         if resumed:
             block["info"].pop("resumed_from")
+        for k in ("graph_build_s", "greedy_s"):      # DQ's GraphCut timings
+            block["info"].pop(k, None)
         blocks.append(block)
     assert blocks[0] == blocks[1]
+    if not metrics:
+        return
     rows = [[{k: v for k, v in json.loads(ln).items() if k != "seconds"} for ln in (d / "metrics.jsonl").open()
              if json.loads(ln)["event"] == "iteration"] for d in (a, b)]
     assert rows[0] == rows[1] and rows[0]
@@ -164,3 +169,74 @@ def test_nproc_launches_the_ranks_and_returns_the_failing_code(four_classes, tmp
     assert bad.stderr.count("error:") == 1 and "Traceback" not in bad.stderr, bad.stderr
     usage = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "q", "--nproc", "0")
     assert usage.returncode == 2 and "--nproc must be >= 1" in one_json(usage.stdout)["error"]
+
+
+def test_dq_features_and_bins_split_same_selection(four_classes, tmp_path):
+    """GraphCut bins per class split over ranks and merged (teacher features: 48 samples are one
+    batch of 1024, so one rank computes them here; the split path is `test_helpers_...`)."""
+    args = ["distill", four_classes, "--method", "dq", "--ipc", "2", "--bins", "2", "--keep-bins", "--labels", "hard",
+            "--teacher-set", "model=convnet_w16", "--teacher-set", "epochs=1", "--shard-size", "3", "--device", "cpu",
+            "--json"]
+    one = dcompress(tmp_path, *args, "-o", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = dcompress(tmp_path, *args, "-o", tmp_path / "two", nproc=2)
+    assert two.returncode == 0, two.stderr
+    assert_same_output(tmp_path / "one", tmp_path / "two", metrics=False)
+
+
+HELPERS = r"""
+import json, sys
+import torch
+from dcompress import dist
+from dcompress.api import load_real
+from dcompress.train.teacher import Teacher, _teacher_features
+from dcompress.nets import build_net
+
+dist.init()
+r, w = dist.rank(), dist.world()
+out = {}
+# varying first dims, exact bytes, rank order
+part = torch.arange(r * 10, r * 10 + 2 + r, dtype=torch.float64) / 3
+out["gather"] = dist.all_gather_cat(part).tolist()
+# one-process sum of per-class terms, in class order
+terms = [torch.tensor(v, dtype=torch.float32) for v in ([0.1, 1e8] if r == 0 else [0.3, -1e8, 0.7])]
+out["sum"] = dist.gather_sum(terms)
+# rows of a state: gather then take gives back this rank's rows
+shard = dist.RowShard(0 if r == 0 else 2, 2 if r == 0 else 5, 5)
+mine = {"images": torch.full((shard.hi - shard.lo, 2), float(r)), "opt": {"state": {0: {"m": torch.ones(shard.hi - shard.lo)}}}}
+full = shard.gather(mine)
+out["rows"] = full["images"][:, 0].tolist()
+out["take_ok"] = bool(torch.equal(shard.take(full)["images"], mine["images"]))
+out["runs"] = dist.gather_runs({i: i * i for i in dist.spread(5)}, 5)
+# teacher features in whole batches per rank (batch 8 over 48 samples)
+real = load_real(sys.argv[1])
+net = build_net("convnet_w16", 1, real.num_classes, (28, 28), generator=torch.Generator().manual_seed(0))
+t = Teacher(net.eval(), {})
+feats = _teacher_features(t, real, torch.device("cpu"), batch_size=8)
+torch.save(feats, sys.argv[2] + f".{w}.pt")
+if dist.is_main():
+    print(json.dumps(out))
+"""
+
+
+def test_helpers_and_split_teacher_features(four_classes, tmp_path):
+    script = tmp_path / "helpers.py"
+    script.write_text(HELPERS)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    two = subprocess.run([*launch, four_classes, tmp_path / "feats"], env=env(tmp_path), capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    out = one_json(two.stdout)
+    assert out["gather"] == (torch_list := [x / 3 for x in (0.0, 1.0, 10.0, 11.0, 12.0)]), (out, torch_list)
+    total = np.float32(0)
+    for v in (0.1, 1e8, 0.3, -1e8, 0.7):
+        total = np.float32(total + np.float32(v))
+    assert out["sum"] == float(total)
+    assert out["rows"] == [0.0, 0.0, 1.0, 1.0, 1.0] and out["take_ok"]
+    assert out["runs"] == [0, 1, 4, 9, 16]
+    one = subprocess.run([sys.executable, str(script), four_classes, tmp_path / "feats"], capture_output=True,
+                         text=True, env=env(tmp_path), timeout=300)
+    assert one.returncode == 0, one.stderr
+    import torch
+
+    assert torch.equal(torch.load(f"{tmp_path / 'feats'}.1.pt"), torch.load(f"{tmp_path / 'feats'}.2.pt"))
