@@ -23,7 +23,7 @@ from .io.manifest import read_compressed
 from .io.schema import (BadSamplesRecord, CompressedBlock, LabelsRecord, LearnedRecord, MethodRecord, Normalization,
                         RunRecord, SourceRecord)
 from .io.metrics import METRICS, MetricsLog
-from .io.output import one_hot_logits, write_output
+from .io.output import one_hot_logits, write_output, write_rank_shards
 from .io.decode import DecodeOptions
 from .io.reader import read_real
 from .io.urls import ResolvedInput, is_remote, resolve_urls
@@ -328,11 +328,15 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     t1 = time.time()
     cset = m_cls(cfg).fit(real, spec, generator=generator, log=log)
     t_fit = time.time() - t1
-    if not dist.is_main():         # torchrun: rank 0 labels and writes the gathered set
+    if not dist.is_main():         # torchrun: rank 0 labels the gathered set; every rank writes shards
+        labelled = dataclasses.replace(cset, logits=dist.broadcast_object(None))
+        write_rank_shards(labelled, mean=real.mean, std=real.std, method=method, class_names=real.class_names,
+                          shard_size=shard_size)
         dist.barrier()
         return {"status": "ok", "out": str(out), "method": method, "rank": dist.rank()}
     t_labels = time.time()
     labelled, teacher_info = label_stage(cset, labels, m_cls.info.kind, real, spec, log)
+    dist.broadcast_object(labelled.logits)
     t_labels = time.time() - t_labels
     mode = labelled.label_kind
     protocol = dataclasses.replace(cset.protocol, soft_labels=mode != "hard")
