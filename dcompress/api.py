@@ -328,7 +328,8 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     t1 = time.time()
     cset = m_cls(cfg).fit(real, spec, generator=generator, log=log)
     t_fit = time.time() - t1
-    if not dist.is_main():         # torchrun: rank 0 labels the gathered set; every rank writes shards
+    if not dist.is_main():         # torchrun: rank 0's labels are written; every rank writes shards
+        label_stage(cset, labels, m_cls.info.kind, real, spec, log)   # gets the teacher beside rank 0, no idle wait
         labelled = dataclasses.replace(cset, logits=dist.broadcast_object(None))
         write_rank_shards(labelled, mean=real.mean, std=real.std, method=method, class_names=real.class_names,
                           shard_size=shard_size)

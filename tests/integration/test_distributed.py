@@ -39,6 +39,15 @@ def four_classes(tmp_path_factory) -> Path:
     return d / "train"
 
 
+@pytest.fixture(scope="module")
+def dm_one(four_classes, tmp_path_factory) -> Path:
+    """The one-process DM output the DM cases compare with (and evaluate)."""
+    tmp = tmp_path_factory.mktemp("dm-one")
+    r = dcompress(tmp, "distill", four_classes, *DM, "-o", tmp / "one")
+    assert r.returncode == 0, r.stderr
+    return tmp / "one"
+
+
 def env(tmp_path: Path, **extra: str) -> dict:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("DCOMPRESS_CRASH", "RANK", "WORLD_SIZE",
                                                                    "LOCAL_RANK", "MASTER_"))}
@@ -86,48 +95,59 @@ def assert_same_output(a: Path, b: Path, resumed: bool = False, metrics: bool = 
     assert rows[0] == rows[1] and rows[0]
 
 
-@pytest.mark.parametrize("args", [DM, DSA], ids=["dm", "dsa"])
-def test_two_ranks_same_bytes_as_one_process(four_classes, tmp_path, args):
-    """DM: classes split; DSA (DC + Siamese augmentation): classes split, images all-gathered
-    for the inner loop each outer step."""
-    one = dcompress(tmp_path, "distill", four_classes, *args, "-o", tmp_path / "one")
-    assert one.returncode == 0, one.stderr
-    two = dcompress(tmp_path, "distill", four_classes, *args, "-o", tmp_path / "two", nproc=2)
+def test_dm_two_ranks_via_nproc_same_bytes_as_one_process(four_classes, dm_one, tmp_path):
+    """DM, classes split; launched by `dcompress distill --nproc 2` (torchrun's agent in-process);
+    the 3 shards are written by ranks 0, 1, 0."""
+    two = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "two", "--nproc", "2")
     assert two.returncode == 0, two.stderr
     report = one_json(two.stdout)                      # rank 0's report only
     assert report["status"] == "ok" and report["samples"] == 8 and report["shards"] == 3
-    assert_same_output(tmp_path / "one", tmp_path / "two")
+    assert_same_output(dm_one, tmp_path / "two")
     assert not list(tmp_path.glob(".two.*")), "work folder or temp output left behind"
 
 
-def test_killed_rank_restarts_from_checkpoint_with_same_bytes(four_classes, tmp_path):
-    ref = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "ref")
-    assert ref.returncode == 0, ref.stderr
+def test_dsa_two_ranks_same_bytes_as_one_process(four_classes, tmp_path):
+    """DSA (DC + Siamese augmentation): classes split, images all-gathered for the inner loop
+    each outer step; plain torchrun."""
+    one = dcompress(tmp_path, "distill", four_classes, *DSA, "-o", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = dcompress(tmp_path, "distill", four_classes, *DSA, "-o", tmp_path / "two", nproc=2)
+    assert two.returncode == 0, two.stderr
+    assert one_json(two.stdout)["status"] == "ok"
+    assert_same_output(tmp_path / "one", tmp_path / "two")
+
+
+def test_killed_rank_restarts_from_checkpoint_with_same_bytes(four_classes, dm_one, tmp_path):
     # rank 1 is SIGKILLed after the 2nd checkpoint (iteration 4); torchrun restarts both workers
     r = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "out", nproc=2, restarts=1,
                   DCOMPRESS_CRASH_AT="iter:5", DCOMPRESS_CRASH_RANK="1")
     assert r.returncode == 0, r.stderr
     report = one_json(r.stdout)
     assert report["resumed_from"] == 4, report
-    assert_same_output(tmp_path / "ref", tmp_path / "out", resumed=True)
+    assert_same_output(dm_one, tmp_path / "out", resumed=True)
 
 
 def test_failure_is_reported_once_with_our_exit_code(four_classes, tmp_path):
-    # every rank meets the same bad input: one error line, one JSON object, exit code 2 from each rank
-    r = dcompress(tmp_path, "distill", four_classes, *DM, "--set", "lr_img=-1", "-o", tmp_path / "o", nproc=2)
-    assert r.returncode != 0
+    # every rank meets the same bad input: one error line, one JSON object, and `--nproc` exits
+    # with the failing rank's code
+    r = dcompress(tmp_path, "distill", four_classes, *DM, "--set", "lr_img=-1", "-o", tmp_path / "o", "--nproc", "2")
+    assert r.returncode == 2, r.stderr
     obj = one_json(r.stdout)
     assert obj["status"] == "error" and obj["exit_code"] == 2 and obj["world_size"] == 2, obj
-    assert r.stderr.count("error:") == 1, r.stderr
-    assert "exitcode  : 2" in r.stderr                 # torchrun's summary carries our code
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
+    usage = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "q", "--nproc", "0")
+    assert usage.returncode == 2 and "--nproc must be >= 1" in one_json(usage.stdout)["error"]
 
 
-def test_unsupported_method_refuses_under_torchrun(four_classes, tmp_path):
-    r = dcompress(tmp_path, "distill", four_classes, "--method", "herding", "--ipc", "1", "--json", "-o",
-                  tmp_path / "o", nproc=2)
-    obj = one_json(r.stdout)
-    assert obj["exit_code"] == 2 and "does not support torchrun" in obj["error"], obj
+def test_unsupported_method_refuses_under_torchrun(shards, tmp_path, monkeypatch):
+    from dcompress import api, dist
+    from dcompress.errors import UsageError
+
+    monkeypatch.setattr(dist, "world", lambda: 2)
+    with pytest.raises(UsageError, match="--method herding does not support torchrun yet"):
+        api.distill(str(shards["train"]), "herding", out=tmp_path / "o", ipc=1)
+    assert not (tmp_path / "o").exists()
 
 
 def test_experts_one_per_rank_same_buffer(four_classes, tmp_path):
@@ -145,10 +165,8 @@ def test_experts_one_per_rank_same_buffer(four_classes, tmp_path):
         assert (tmp_path / "one" / n).read_bytes() == (tmp_path / "two" / n).read_bytes(), n
 
 
-def test_evaluate_runs_spread_over_ranks_same_numbers(four_classes, tmp_path):
-    made = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "set")
-    assert made.returncode == 0, made.stderr
-    args = ["evaluate", tmp_path / "set", "--test", four_classes, "--train", four_classes, "--runs", "3",
+def test_evaluate_runs_spread_over_ranks_same_numbers(four_classes, dm_one, tmp_path):
+    args = ["evaluate", dm_one, "--test", four_classes, "--train", four_classes, "--runs", "3",
             "--epochs", "2", "--model", "convnet_w16", "--json"]
     one = dcompress(tmp_path, *args)
     assert one.returncode == 0, one.stderr
@@ -157,18 +175,6 @@ def test_evaluate_runs_spread_over_ranks_same_numbers(four_classes, tmp_path):
     a, b = json.loads(one.stdout), one_json(two.stdout)
     assert a["compressed"] == b["compressed"] and a["random"] == b["random"], (a, b)
     assert len(a["compressed"]["runs"]) == 3
-
-
-def test_nproc_launches_the_ranks_and_returns_the_failing_code(four_classes, tmp_path):
-    ok = dcompress(tmp_path, "distill", four_classes, *DM, "--set", "iterations=2", "-o", tmp_path / "o", "--nproc", "2")
-    assert ok.returncode == 0, ok.stderr
-    report = one_json(ok.stdout)
-    assert report["status"] == "ok" and report["samples"] == 8
-    bad = dcompress(tmp_path, "distill", four_classes, *DM, "--set", "lr_img=-1", "-o", tmp_path / "p", "--nproc", "2")
-    assert bad.returncode == 2 and one_json(bad.stdout)["exit_code"] == 2
-    assert bad.stderr.count("error:") == 1 and "Traceback" not in bad.stderr, bad.stderr
-    usage = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "q", "--nproc", "0")
-    assert usage.returncode == 2 and "--nproc must be >= 1" in one_json(usage.stdout)["error"]
 
 
 def test_dq_features_and_bins_split_same_selection(four_classes, tmp_path):
