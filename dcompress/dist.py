@@ -314,8 +314,8 @@ def explain(e: BaseException) -> BaseException:
     from .errors import DcompressError
 
     return DcompressError(f"another rank stopped (killed, or failed before it could report) while this one waited "
-                          f"for it ({type(e).__name__}: {' '.join(text.split())[:200]}); torchrun's summary names "
-                          "the rank and its exit code")
+                          f"for it ({type(e).__name__}: {' '.join(text.split())[:200]}); the job's exit status "
+                          "(128 + signal for a killed rank) and torchrun's summary name its code")
 
 
 def gather_sum(terms: list[torch.Tensor]) -> float:
