@@ -68,8 +68,8 @@ MAX_RESTARTS = typer.Option(0, "--max-restarts", help="with --nproc: restart the
 
 
 def _maybe_launch(nproc: int, max_restarts: int, as_json: bool) -> None:
-    """`--nproc N` (N > 1): start N ranks of this same command under torchrun's agent and exit
-    with the job's code; inside a rank (or with N = 1) nothing happens."""
+    """`--nproc N` (N > 1, or `--max-restarts R` > 0): start N ranks of this same command under
+    torchrun's agent and exit with the job's code; inside a rank nothing happens."""
     from . import dist
 
     if nproc == 1 and max_restarts == 0:
@@ -80,7 +80,7 @@ def _maybe_launch(nproc: int, max_restarts: int, as_json: bool) -> None:
 
             raise UsageError(f"--nproc must be >= 1 and --max-restarts >= 0, got {nproc} and {max_restarts}")
         run(as_json, refuse, _kv)
-    if dist.env_world() > 1 or nproc == 1:
+    if dist.env_world() > 1:               # already a rank of a torchrun job
         return
     argv = dist.strip_option(dist.strip_option(sys.argv[1:], "--nproc"), "--max-restarts")
     raise typer.Exit(dist.launch(nproc, argv, max_restarts=max_restarts))
@@ -98,8 +98,11 @@ def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST)
     from . import dist
     from .io.sources import make_shards
 
-    run(as_json, lambda p: dist.require_single("dcompress shard") or make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size, overwrite=overwrite,
-                                        progress=lambda a, b: p(a, b, "sharding")), _kv)
+    def work(p: Reporter) -> dict:
+        dist.require_single("dcompress shard")
+        return make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size, overwrite=overwrite,
+                           progress=lambda a, b: p(a, b, "sharding"))
+    run(as_json, work, _kv)
 
 
 @app.command()
