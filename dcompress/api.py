@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from . import __version__
+from . import __version__, dist
 from .checkpoint import Checkpointer, run_key
 from .config import config_dict, resolve_config
 from .errors import DcompressError, InputDataError, Interrupted, UsageError
@@ -23,7 +23,7 @@ from .io.manifest import read_compressed
 from .io.schema import (BadSamplesRecord, CompressedBlock, LabelsRecord, LearnedRecord, MethodRecord, Normalization,
                         RunRecord, SourceRecord)
 from .io.metrics import METRICS, MetricsLog
-from .io.output import one_hot_logits, write_output
+from .io.output import one_hot_logits, write_output, write_rank_shards
 from .io.decode import DecodeOptions, read_class_names
 from .io.reader import read_real
 from .io.urls import ResolvedInput, is_remote, resolve_urls
@@ -39,6 +39,9 @@ LABEL_MODES = ("auto", "hard", "teacher", "learned")
 
 
 def resolve_device(name: str) -> torch.device:
+    mine = dist.device(name)             # torchrun: cuda:LOCAL_RANK, not every rank on cuda:0
+    if mine is not None:
+        return mine
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -163,6 +166,9 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         raise UsageError(f"--experts does not apply to --method {method} (only to methods that match expert "
                          "trajectories: mtt, datm)")
     teacher_cfg = resolve_config(TeacherConfig, sets=list(teacher_sets))
+    if dist.world() > 1 and not getattr(m_cls, "distributed", False):
+        raise UsageError(f"--method {method} does not support torchrun yet (WORLD_SIZE={dist.world()}); run it as "
+                         "one process")
     check_seed(seed)
     if labels not in LABEL_MODES:
         raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
@@ -188,11 +194,14 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
                "device": dev.type, "labels": labels, "experts": str(experts) if experts else None,
                "teacher_config": config_dict(teacher_cfg),
                "teacher": str(teacher) if teacher else None, "version": __version__}
-    with OutputLock(out):
-        exists = check_target(out, kind="compressed", overwrite=overwrite)
-        prior = _prior_run(out) if exists and not overwrite else None
-        if exists and not overwrite and (not resume or prior is None or prior.get("request") != request):
-            raise refuse_existing(out)
+    with _main_only(OutputLock, out):      # torchrun: rank 0 owns the output; the others follow its checks
+        exists = prior = None
+        if dist.is_main():
+            exists = check_target(out, kind="compressed", overwrite=overwrite)
+            prior = _prior_run(out) if exists and not overwrite else None
+            if exists and not overwrite and (not resume or prior is None or prior.get("request") != request):
+                raise refuse_existing(out)
+        exists, prior = dist.broadcast_object((exists, prior))
         t0 = time.time()
         if real is None:
             real = load_real(inp, max_bad=max_bad, decode=opts, workers=workers, progress=progress,
@@ -209,13 +218,15 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         if prior is not None:
             if prior.get("key") != run_key(identity):
                 raise refuse_existing(out)
-            shutil.rmtree(work_dir_for(out), ignore_errors=True)
+            if dist.is_main():
+                shutil.rmtree(work_dir_for(out), ignore_errors=True)
             return {"status": "ok", "up_to_date": True, "out": str(out), "method": method, "ipc": n_ipc,
                     "samples": prior["num_samples"], "shards": prior["shards"], "labels": prior["labels"],
                     "learned_lr": prior["learned_lr"], "bad_samples": real.source["bad_samples"]["count"],
                     "resumed_from": None, "timings": {"read_s": round(t_read, 2)}, **source_decode(real)}
-        ckpt = Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume, log=log,
-                            quarantine=default_paths()["cache"] / "quarantine")
+        ckpt = _main_first(lambda: Checkpointer(work_dir_for(out), identity, every=ckpt_every, resume=resume,
+                                                log=log, quarantine=default_paths()["cache"] / "quarantine",
+                                                readonly=not dist.is_main()))
         try:
             return _fit_and_write(real, m_cls, cfg, method, out=out, n_ipc=n_ipc, ratio=ratio, seed=seed, dev=dev,
                                   resume=resume, labels=labels, teacher=teacher, shard_size=shard_size,
@@ -223,7 +234,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
                                   t_read=t_read,
                                   run={"key": run_key(identity), "request": request})
         except BaseException as e:
-            _after_failure(e, ckpt)
+            if dist.is_main():
+                _after_failure(e, ckpt)
             raise
 
 
@@ -233,6 +245,21 @@ def _store_note(real: RealData) -> str:
         return f"decoded store reused: {info['path']}"
     where = info.get("path") or "a temporary store (remote shards without md5 are not cached)"
     return f"decoded with {info.get('workers')} worker(s) in {info.get('build_s')} s into {where}"
+
+
+def _main_only(context, *args):
+    """`context(*args)` on rank 0 (or in one process), a no-op context on the other ranks."""
+    import contextlib
+
+    return context(*args) if dist.is_main() else contextlib.nullcontext()
+
+
+def _main_first(make):
+    """`make()` on rank 0, then (after a barrier) on the other ranks: rank 0 prepares shared
+    files (the work folder) before the others look at them."""
+    made = make() if dist.is_main() else None
+    dist.barrier()
+    return made if made is not None else make()
 
 
 def _prior_run(out: Path) -> dict | None:
@@ -324,7 +351,8 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
                    progress,
                    log, t_read: float, run: dict) -> dict:
     stages: dict[str, float] = {}
-    log = metrics = MetricsLog(ckpt.file(METRICS), forward=_collecting_stages(log, stages))  # survives a resume
+    log = metrics = MetricsLog(ckpt.file(METRICS) if dist.is_main() else None,   # survives a resume
+                               forward=_collecting_stages(log, stages))
     progress = _announcing_resume(progress, ckpt, log)
     spec = RunSpec(ipc=n_ipc, device=dev, seed=seed, work_dir=ckpt.dir, resume=resume, ckpt_every=ckpt.every,
                    cache_dir=default_paths()["cache"], teacher=Path(teacher) if teacher else None,
@@ -335,8 +363,16 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
     t1 = time.time()
     cset = m_cls(cfg).fit(real, spec, generator=generator, log=log)
     t_fit = time.time() - t1
+    if not dist.is_main():         # torchrun: rank 0's labels are written; every rank writes shards
+        label_stage(cset, labels, m_cls.info.kind, real, spec, log)   # gets the teacher beside rank 0, no idle wait
+        labelled = dataclasses.replace(cset, logits=dist.broadcast_object(None))
+        write_rank_shards(labelled, mean=real.mean, std=real.std, method=method, class_names=real.class_names,
+                          shard_size=shard_size)
+        dist.barrier()
+        return {"status": "ok", "out": str(out), "method": method, "rank": dist.rank()}
     t_labels = time.time()
     labelled, teacher_info = label_stage(cset, labels, m_cls.info.kind, real, spec, log)
+    dist.broadcast_object(labelled.logits)
     t_labels = time.time() - t_labels
     mode = labelled.label_kind
     protocol = dataclasses.replace(cset.protocol, soft_labels=mode != "hard")
@@ -364,6 +400,7 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
                             method=method, block=block, shard_size=shard_size, metrics=metrics.rows())
     crash_point("distill.written")
     ckpt.clear()
+    dist.barrier()
     return {"status": "ok", "out": str(out), "method": method, "ipc": n_ipc, "samples": len(cset),
             "shards": len(manifest["shardlist"]), "labels": mode, "learned_lr": cset.lr,
             "bad_samples": real.source["bad_samples"]["count"], "resumed_from": ckpt.resumed_from,

@@ -72,11 +72,15 @@ class Checkpointer:
             (default: Python warnings).
         quarantine: folder that receives damaged state files (default: the work folder, which
             is removed when the run completes; the API passes `<cache>/quarantine`).
+        readonly: a torchrun rank other than 0: reads the state rank 0 keeps (after rank 0 has
+            validated it), never writes, discards or moves anything.
     """
 
     def __init__(self, work_dir: Path, identity: dict, *, every: int = 50, resume: bool = True,
-                 log: Callable[[dict], None] | None = None, quarantine: Path | None = None):
+                 log: Callable[[dict], None] | None = None, quarantine: Path | None = None,
+                 readonly: bool = False):
         self.dir = Path(work_dir)
+        self.readonly = readonly
         self.quarantine = quarantine
         self.every = int(every)
         self.key = run_key(identity)
@@ -84,6 +88,8 @@ class Checkpointer:
         self.resumed_from: int | None = None
         self.warn = warn_via(log)
         meta = self.dir / RUN
+        if readonly:
+            return
         if self.dir.is_dir() and not (resume and self._same_run(meta)):
             self._discard()
         ensure_dir(self.dir)
@@ -141,6 +147,8 @@ class Checkpointer:
             iteration = int(state["iteration"])
             _check_like(state, like or {})
         except Exception as e:  # noqa: BLE001 - truncated zip, refused pickle, wrong content: all mean unusable
+            if self.readonly:
+                return None
             moved = move_aside(self.path, dest_dir=self.quarantine)
             reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
             self.warn(f"unusable checkpoint ({reason}); moved to {moved or '?'}, starting fresh", self.path)
@@ -153,6 +161,8 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> None:
         """Atomically replaces `state.pt` (ResourceError on a full disk; the old file stays)."""
+        if self.readonly:
+            return
         torch_save(self.path, state)
         crash_point("ckpt.saved")
 
@@ -161,4 +171,6 @@ class Checkpointer:
         return self.dir / name
 
     def clear(self) -> None:
+        if self.readonly:
+            return
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -80,6 +80,31 @@ def _decode_kw(size, resize_mode, label_key, class_names, channels) -> dict:
             "class_names": str(class_names) if class_names is not None else None}
 
 
+NPROC = typer.Option(1, "--nproc", help="run as N processes on this machine (torchrun's elastic agent; "
+                                          "docs/distributed.md)")
+MAX_RESTARTS = typer.Option(0, "--max-restarts", help="with --nproc: restart the job from its checkpoints after a "
+                                                      "failure, up to this many times")
+
+
+def _maybe_launch(nproc: int, max_restarts: int, as_json: bool) -> None:
+    """`--nproc N` (N > 1, or `--max-restarts R` > 0): start N ranks of this same command under
+    torchrun's agent and exit with the job's code; inside a rank nothing happens."""
+    from . import dist
+
+    if nproc == 1 and max_restarts == 0:
+        return
+    if nproc < 1 or max_restarts < 0:
+        def refuse(_prog: Reporter) -> dict:
+            from .errors import UsageError
+
+            raise UsageError(f"--nproc must be >= 1 and --max-restarts >= 0, got {nproc} and {max_restarts}")
+        run(as_json, refuse, _kv)
+    if dist.env_world() > 1:               # already a rank of a torchrun job
+        return
+    argv = dist.strip_option(dist.strip_option(sys.argv[1:], "--nproc"), "--max-restarts")
+    raise typer.Exit(dist.launch(nproc, argv, max_restarts=max_restarts))
+
+
 @app.command()
 def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST) or ImageFolder tree"),
           dest: Path = typer.Argument(..., metavar="OUT", help="output folder for shards + manifest.json"),
@@ -100,12 +125,15 @@ def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST)
 
     With --size (or --channels) every image is decoded, resized and re-encoded as PNG; without,
     ImageFolder files are copied byte for byte."""
+    from . import dist
     from .io.sources import make_shards
 
-    run(as_json, lambda p: make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size, overwrite=overwrite,
-                                        progress=lambda a, b: p(a, b, "sharding"), size=size,
-                                        resize_mode=resize_mode, channels=channels, class_names=class_names,
-                                        max_bad=max_bad, max_pixels=max_pixels), _kv)
+    def work(p: Reporter) -> dict:
+        dist.require_single("dcompress shard")
+        return make_shards(src, dest, fmt=fmt, split=split, shard_size=shard_size, overwrite=overwrite,
+                           progress=lambda a, b: p(a, b, "sharding"), size=size, resize_mode=resize_mode,
+                           channels=channels, class_names=class_names, max_bad=max_bad, max_pixels=max_pixels)
+    run(as_json, work, _kv)
 
 
 @app.command()
@@ -142,9 +170,12 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             label_key: str = LABEL_KEY,
             class_names: Optional[Path] = CLASS_NAMES,
             channels: Optional[int] = CHANNELS,
-            as_json: bool = JSON) -> None:
+            as_json: bool = JSON,
+            nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Compress a dataset with a method (selection or synthesis)."""
     from .api import distill as api_distill
+
+    _maybe_launch(nproc, max_restarts, as_json)
 
     # method config flags: an explicit flag beats --set and --config (None = not given)
     flags = {"bins": bins, "features": features, "keep_bins": keep_bins or None,

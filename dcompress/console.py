@@ -52,6 +52,8 @@ class App(TyperGroup):
                               standalone_mode=False, **extra)
         except _CLICK_ERRORS as e:
             code = e.exit_code
+            if int(os.environ.get("RANK", "0") or 0) != 0:   # torchrun: every rank got the same argv
+                sys.exit(code)
             if "--json" in argv:
                 print(json.dumps({"status": "error", "error": e.format_message(), "error_type": "UsageError",
                                   "exit_code": code}))
@@ -84,8 +86,11 @@ class Reporter:
         self.tasks: dict[str, int] = {}
         self.last: dict[str, float] = {}
         self.t0 = time.time()
+        self.quiet = False                      # torchrun: only rank 0 reports (set by run)
 
     def __call__(self, done: int, total: int, desc: str) -> None:
+        if self.quiet:
+            return
         loss = f"loss {self.loss:.4g}" if self.loss is not None else ""
         if self.tty:
             if desc not in self.tasks:
@@ -110,6 +115,8 @@ class Reporter:
             self.note(f"warning: {ev.get('message', '')}")
 
     def note(self, text: str) -> None:
+        if self.quiet:
+            return
         (self.p.console if self.tty else err).print(text, highlight=False, markup=False, soft_wrap=True)
 
     def __enter__(self):
@@ -141,28 +148,45 @@ def failure(e: BaseException) -> DcompressError:
 
 def run(as_json: bool, fn: Callable[[Reporter], dict], show: Callable[[dict], None]) -> None:
     """Runs `fn`, prints its report, maps every exception to an exit code (one place)."""
+    from . import dist
+
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        dist.init()
         with Reporter() as prog:
+            prog.quiet = not dist.is_main()
             report = fn(prog)
     except _EXIT:
         raise
     except BaseException as raw:  # noqa: BLE001 - the one place exceptions become exit codes
         if os.environ.get("DCOMPRESS_DEBUG") == "1":
             raise
-        e = failure(raw)
+        e = failure(dist.explain(raw))
+        if dist.active() and dist.will_restart():   # torchrun restarts the job: not its final word
+            err.print(f"rank {dist.rank()}: stopped ({e}); torchrun restarts the job", highlight=False,
+                      markup=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        first, code = dist.claim_failure(e.exit_code)
+        if not first:                        # another rank failed first and said why
+            raise typer.Exit(code) from None
+        where = {"rank": dist.rank(), "world_size": dist.world()} if dist.active() else {}
+        prefix = f"rank {dist.rank()} of {dist.world()}: " if where else ""
         hint = getattr(raw, "dcompress_hint", None)
         status = "interrupted" if isinstance(e, Interrupted) else "error"
         if as_json:
             print(json.dumps({"status": status, "error": str(e), "error_type": type(e).__name__,
-                              "exit_code": e.exit_code, **({"hint": hint} if hint else {})}))
-        err.print(f"[bold red]error[/]: {escape(str(e))}", highlight=False, markup=True)
+                              "exit_code": e.exit_code, **({"hint": hint} if hint else {}), **where}))
+        err.print(f"[bold red]error[/]: {escape(prefix + str(e))}", highlight=False, markup=True)
         if hint:
             err.print(hint, highlight=False, markup=False)
         raise typer.Exit(e.exit_code) from None
     finally:
         signal.signal(signal.SIGTERM, old)
     report = {"status": "ok", **report}
+    main = dist.is_main()
+    dist.shutdown()
+    if not main:
+        return
     if as_json:
         print(json.dumps(report, default=str))
     else:

@@ -25,6 +25,10 @@ The points (where they sit):
 | `experts.npy`     | after an expert's `.npy` was renamed into place, before its sidecar           |
 | `experts.manifest`| inside the buffer's `manifest.lock`, before `manifest.json` is rewritten      |
 
+Under torchrun, `DCOMPRESS_CRASH_RANK=r` limits the crash to rank r, and a worker that torchrun
+restarted (`--max-restarts`, TORCHELASTIC_RESTART_COUNT > 0) never crashes again, so the
+restarted job can show that it finishes with the same bytes (tests/integration/test_distributed.py).
+
 Tests: tests/integration/test_faults.py runs the CLI with each point and checks that a rerun
 gives byte-identical results.
 """
@@ -34,6 +38,7 @@ import os
 import signal
 
 ENV = "DCOMPRESS_CRASH_AT"
+RANK_ENV = "DCOMPRESS_CRASH_RANK"
 
 _target: tuple[str, int] | None = None
 _read = False
@@ -55,6 +60,9 @@ def crash_point(name: str) -> None:
     global _target, _read
     if not _read:
         _target, _read = _parse(os.environ.get(ENV)), True
+        if os.environ.get(RANK_ENV, os.environ.get("RANK", "0")) != os.environ.get("RANK", "0") \
+                or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+            _target = None
     if _target is None or _target[0] != name:
         return
     _hits[name] = n = _hits.get(name, 0) + 1

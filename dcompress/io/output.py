@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import dist
 from ..faults import crash_point
 from ..core import CompressedSet, denormalize_to_u8
 from .atomic import AtomicDir
@@ -26,6 +27,7 @@ from .codecs import encode_npy, encode_png, json_bytes
 from .writer import write_shards
 
 PREFIX = "data"
+SHARD_MAX_BYTES = 3e9                # the writer's size limit of one shard (io/writer.write_shards)
 GRID = "grid.png"
 LOSS = "loss.png"
 
@@ -35,15 +37,20 @@ def sample_key(label: int, slot: int) -> str:
     return f"c{label:04d}-{slot:05d}"
 
 
-def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray):
+def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray,
+                 rows: range | None = None):
+    """The sample dicts of `rows` (default all) of the set, in order."""
     logits = cset.logits.detach().cpu().float().numpy().astype(np.float16)
     exact = cset.images.detach().cpu().float().numpy()
     per_class: dict[int, int] = {}
-    for i in range(len(cset)):
+    slots = []
+    for y in cset.labels.tolist():                  # a sample's slot: its rank within its class
+        slots.append(per_class.get(int(y), 0))
+        per_class[int(y)] = slots[-1] + 1
+    for i in range(len(cset)) if rows is None else rows:
         crash_point("output.sample")
         y = int(cset.labels[i])
-        slot = per_class.get(y, 0)
-        per_class[y] = slot + 1
+        slot = slots[i]
         meta = {"class": y, "class_name": class_names[y], "method": method, "slot": slot}
         if i < len(cset.sources):
             meta.update(cset.sources[i])
@@ -69,9 +76,12 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
     u8 = denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
     name = f"{method}-{Path(target).name}"
     with AtomicDir(target) as tmp:
-        written = write_shards(tmp, iter_samples(cset, class_names, method, u8),
-                               prefix=PREFIX, shard_size=shard_size)
+        dist.broadcast_object(tmp)                  # torchrun: the other ranks write their shards there
+        written = rank_shards(tmp, cset, class_names, method, u8, shard_size)
         shards = [ShardRow.of_file(p, n) for p, n in written]
+        shards = [row for rows in dist.all_gather_object(shards) for row in rows]
+        shards.sort(key=lambda row: row.url)
+        written = [(tmp / row.url, row.nsamples) for row in shards]
         block = dataclasses.replace(block, num_samples=len(cset), extra_files=sorted(cset.extra_files),
                                     urls=f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar")
         files = dict(cset.extra_files)
@@ -93,6 +103,36 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
         crash_point("output.manifest")
         write_json(tmp / MANIFEST, manifest, indent=2)
     return manifest
+
+
+def rank_shards(tmp: Path, cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray,
+                shard_size: int) -> list[tuple[Path, int]]:
+    """The shards this rank writes: all in one process; under torchrun shard k (samples
+    [k * shard_size, (k + 1) * shard_size)) on rank k mod W, numbered as one process numbers
+    them, so the folder is the one-process folder. When a shard could reach the writer's size
+    limit (where one process would cut it early and renumber the rest) rank 0 writes them all."""
+    n = len(cset)
+    per_sample = 2 * cset.images[0].numel() * 4 + 8 * cset.logits.shape[1] + 8192 if n else 0
+    if not dist.active() or shard_size * per_sample > SHARD_MAX_BYTES:
+        rows = range(n) if dist.is_main() else range(0)
+        return write_shards(tmp, iter_samples(cset, class_names, method, u8, rows), prefix=PREFIX,
+                            shard_size=shard_size, max_bytes=SHARD_MAX_BYTES) if rows else []
+    written = []
+    for k in dist.spread(-(-n // shard_size)):
+        rows = range(k * shard_size, min(n, (k + 1) * shard_size))
+        written += write_shards(tmp, iter_samples(cset, class_names, method, u8, rows), prefix=PREFIX,
+                                shard_size=shard_size, max_bytes=SHARD_MAX_BYTES, start=k)
+    return written
+
+
+def write_rank_shards(cset: CompressedSet, *, mean, std, method: str, class_names: list[str],
+                      shard_size: int) -> None:
+    """A torchrun rank other than 0: writes its shards into rank 0's temp output (see
+    `rank_shards`) and sends their rows; rank 0 (`write_output`) writes the rest and swaps."""
+    tmp = dist.broadcast_object(None)
+    u8 = denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
+    written = rank_shards(Path(tmp), cset, class_names, method, u8, shard_size)
+    dist.all_gather_object([ShardRow.of_file(p, n) for p, n in written])
 
 
 def figure_title(block: CompressedBlock) -> str:

@@ -12,18 +12,20 @@ import webdataset as wds
 
 
 def write_shards(out_dir: Path, samples: Iterable[dict], *, prefix: str, shard_size: int,
-                 max_bytes: float = 3e9) -> list[tuple[Path, int]]:
+                 max_bytes: float = 3e9, start: int = 0) -> list[tuple[Path, int]]:
     """Writes sample dicts (`__key__` + ext -> bytes) into `prefix-%06d.tar` shards of at most
     `shard_size` samples (and about `max_bytes`), through `webdataset.ShardWriter`.
 
     Tar members get mtime 0 and fixed owner/mode, so equal samples give byte-identical shards.
+    `start`: the number of the first shard (a torchrun rank writes shards from the middle).
     Returns [(path, nsamples)] in order.
     """
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
     counts: Counter[str] = Counter()
     with wds.ShardWriter(str(out_dir / f"{prefix}-%06d.tar"), maxcount=shard_size, maxsize=max_bytes, verbose=0,
-                         encoder=False, mtime=0, user="dcompress", group="dcompress") as writer:
+                         encoder=False, mtime=0, user="dcompress", group="dcompress",
+                         start_shard=start) as writer:
         for sample in samples:
             writer.write(sample)
             counts[writer.fname] += 1

@@ -22,6 +22,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..augment import dsa
 from ..config import Validated
 from ..errors import UsageError
@@ -139,6 +140,7 @@ def freeze_bn_stats(net: torch.nn.Module, x_real: torch.Tensor) -> None:
 
 @register_method
 class DC:
+    distributed = True      # torchrun: classes split over ranks, images all-gathered for the inner loop
     info = MethodInfo("dc", "synthesis", "gradient matching per class on fresh random nets (Zhao et al. 2021)")
 
     @dataclass(frozen=True)
@@ -185,16 +187,22 @@ class DC:
         return EvalProtocol(name="dc", model=eval_model_for(self.config.model), epochs=300, aug=None)
 
     def match_step(self, net: torch.nn.Module, real: RealData, images: torch.Tensor, ipc: int,
-                   generator: torch.Generator) -> float:
-        """Σ_c D(g_real,c, g_syn,c), back-propagated class by class into `images.grad` only."""
+                   generator, *, classes: list[int] | None = None, terms: list | None = None) -> float:
+        """Σ_c D(g_real,c, g_syn,c), back-propagated class by class into `images.grad` only.
+
+        `generator`: one torch.Generator for every class's draws (in class order), or a function
+        class -> generator (fit: `derive(seed, it, outer step, c)`, so that a class's draws do not
+        depend on the other classes). `classes`: the classes whose images `images` holds, in
+        order (default all; torchrun: this rank's block). `terms` receives each class's term."""
         device = images.device
         total = torch.zeros((), device=device)
         matched = matched_params(net, self.config.dis_metric)   # only the gradients the distance reads
-        for c in range(real.num_classes):
-            xr = real.get(real.sample_class(c, self.config.batch_real, generator), device)
-            xs = images[c * ipc:(c + 1) * ipc]
+        for i, c in enumerate(range(real.num_classes) if classes is None else classes):
+            gen = generator(c) if callable(generator) else generator
+            xr = real.get(real.sample_class(c, self.config.batch_real, gen), device)
+            xs = images[i * ipc:(i + 1) * ipc]
             if self.strategy is not None:
-                params = dsa.make_params(self.strategy, xr.shape[0], real.image_shape, generator=generator,
+                params = dsa.make_params(self.strategy, xr.shape[0], real.image_shape, generator=gen,
                                          siamese=True, device=device)
                 xr, xs = dsa.apply(xr, params), dsa.apply(xs, params)
             g_real = class_gradients(net, xr, c, create_graph=False, params=matched)
@@ -202,22 +210,31 @@ class DC:
             loss_c = match_loss(g_syn, g_real, self.config.dis_metric)
             # inputs=[images]: the reference also accumulates (unused) second-order grads into θ
             loss_c.backward(inputs=[images])
+            if terms is not None:
+                terms.append(loss_c.detach())
             total += loss_c.detach()
         return float(total)          # one device sync per outer step
 
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
-        """Algorithm 1 of the paper. Iteration `it` draws everything (network init, real batches,
-        DSA parameters, inner-loop shuffles) from `derive(seed, it)`: a resumed run needs no RNG
-        state. Classes are coupled here (the inner loop trains on all synthetic images)."""
+        """Algorithm 1 of the paper. Iteration `it` draws the network init, BN batches and
+        inner-loop shuffles from `derive(seed, it)` and class c's real batch and DSA parameters of
+        outer step `ol` from `derive(seed, it, ol, c)`: a resumed run needs no RNG state.
+
+        Under torchrun each rank matches its block of classes (its rows of the synthetic set) and
+        the inner loop, which trains on all synthetic images, gets them all-gathered after each
+        outer step: every rank trains the same network on the same bytes, and the result is that
+        of one process."""
         cfg, ipc, device, name = self.config, spec.ipc, torch.device(spec.device), self.info.name
         check_ipc(real, ipc)
         outer, inner = dc_loops(ipc, cfg.outer_loop, cfg.inner_loop)
         ch, h, w = real.image_shape
-        images, init_keys = init_images_by_class(real, range(real.num_classes), ipc, cfg.pix_init, spec.seed, device)
+        part = dist.split(real.num_classes, "classes", name)
+        images, init_keys = init_images_by_class(real, part.items, ipc, cfg.pix_init, spec.seed, device)
         images.requires_grad_(True)
         labels = class_labels(real.num_classes, ipc).to(device)
         opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
-        loop = SynthesisLoop(name, cfg.iterations, spec, log, state={"images": images, "optimizer": opt_img})
+        loop = SynthesisLoop(name, cfg.iterations, spec, log, state={"images": images, "optimizer": opt_img},
+                             shard=dist.RowShard(part.lo * ipc, part.hi * ipc, real.num_classes * ipc))
         for it in loop:
             g = derive(spec.seed, it)
             net = build_net(cfg.model, ch, real.num_classes, (h, w), generator=g).to(device)
@@ -230,18 +247,25 @@ class DC:
                     idx = torch.cat([real.sample_class(c, BN_IMAGES_PER_CLASS, g) for c in range(real.num_classes)])
                     freeze_bn_stats(net, real.get(idx, device))
                 opt_img.zero_grad(set_to_none=True)
-                loss = self.match_step(net, real, images, ipc, g)
+                terms: list | None = [] if dist.active() else None
+                loss = self.match_step(net, real, images, ipc, lambda c, it=it, ol=ol: derive(spec.seed, it, ol, c),
+                                       classes=part.items, terms=terms)
+                if terms is not None:
+                    loss = dist.gather_sum(terms)        # the one-process sum (logs, non-finite guard)
                 if not math.isfinite(loss):
                     loop.done(loss)                      # raises NonFiniteLoss naming the iteration
                 opt_img.step()
                 loss_sum += loss
                 if ol == outer - 1:
                     break
-                syn = images.detach().clone()
+                syn = dist.all_gather_cat(images.detach()) if dist.active() else images.detach().clone()
                 for _ in range(inner):
                     train_epoch(net, opt_net, syn, labels, None, batch_size=cfg.batch_train, generator=g,
                                 aug=self.strategy)
             loop.done(loss_sum / (outer * real.num_classes))   # the reference's logged loss_avg
+        if dist.active():
+            images = dist.all_gather_cat(images.detach())
+            init_keys = [k for keys in dist.all_gather_object(init_keys) for k in keys]
         info = {"pix_init": cfg.pix_init, "outer_loop": outer, "inner_loop": inner, "dis_metric": cfg.dis_metric,
                 **loop.summary()}
         return synthesis_result(images, real, ipc, init_keys, self.protocol(), info)

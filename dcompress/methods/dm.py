@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from .. import dist
 from ..augment import dsa
 from ..config import Validated
 from ..errors import UsageError
@@ -52,11 +53,12 @@ def _aug(x: torch.Tensor, params) -> torch.Tensor:
 
 
 def dm_loss_per_class(net: torch.nn.Module, real: RealData, images: torch.Tensor, ipc: int,
-                      draws: list[ClassDraw], *, backward: bool = True) -> float:
+                      draws: list[ClassDraw], *, backward: bool = True, terms: list | None = None) -> float:
     """Reference form: one real and one synthetic forward per class.
 
     With `backward`, each class's term is back-propagated at once (gradients add up in
-    `images.grad`), so only one class's graph is alive at a time. Returns the total loss.
+    `images.grad`), so only one class's graph is alive at a time. Returns the total loss;
+    `terms` (a list) receives each class's term (see `global_loss`).
     """
     device = images.device
     total = torch.zeros((), device=device)
@@ -67,16 +69,19 @@ def dm_loss_per_class(net: torch.nn.Module, real: RealData, images: torch.Tensor
         loss_c = ((mean_real - mean_syn) ** 2).sum()
         if backward:
             loss_c.backward()
+        if terms is not None:
+            terms.append(loss_c.detach())
         total += loss_c.detach()
     return float(total)          # one device sync per iteration
 
 
 def dm_loss_batched(net: torch.nn.Module, real: RealData, images: torch.Tensor, ipc: int,
-                    draws: list[ClassDraw], *, backward: bool = True) -> float:
+                    draws: list[ClassDraw], *, backward: bool = True, terms: list | None = None) -> float:
     """All classes in one real forward and one synthetic forward (the reference's BN branch).
 
     Same loss and gradient as `dm_loss_per_class` for nets without batch statistics; for BN nets
-    it is the reference's behaviour (statistics mixed across classes).
+    it is the reference's behaviour (statistics mixed across classes). `terms` (a list) receives
+    the per-class squared differences [classes, D] (see `global_loss`).
     """
     device = images.device
     num_classes = len(draws)
@@ -86,10 +91,22 @@ def dm_loss_batched(net: torch.nn.Module, real: RealData, images: torch.Tensor, 
     xs = torch.cat([_aug(images[c * ipc:(c + 1) * ipc], d.aug) for c, d in enumerate(draws)])
     fs = embed(net, xs)
     mean_syn = fs.reshape(num_classes, ipc, fs.shape[-1]).mean(1)
-    loss = ((mean_real - mean_syn) ** 2).sum()
+    sq = (mean_real - mean_syn) ** 2
+    if terms is not None:
+        terms.append(sq.detach())
+    loss = sq.sum()
     if backward:
         loss.backward()
     return float(loss.detach())
+
+
+def global_loss(terms: list[torch.Tensor], batched: bool) -> float:
+    """The one-process loss from every rank's per-class terms (torchrun), summed as one process
+    sums them: per-class form, scalar terms added one by one in class order; batched form, the
+    [classes, D] squared differences of all classes in one `.sum()`. Same bits as one process."""
+    if batched:
+        return float(dist.all_gather_cat(terms[0]).sum())
+    return dist.gather_sum(terms)
 
 
 def frozen_net(model: str, real: RealData, generator: torch.Generator, device: torch.device) -> torch.nn.Module:
@@ -104,6 +121,7 @@ def frozen_net(model: str, real: RealData, generator: torch.Generator, device: t
 
 @register_method
 class DM:
+    distributed = True      # torchrun: classes split over ranks (dcompress.dist, docs/distributed.md)
     info = MethodInfo("dm", "synthesis", "distribution matching: class-mean embeddings of random nets (Zhao & Bilen 2023)")
 
     @dataclass(frozen=True)
@@ -136,13 +154,18 @@ class DM:
 
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
         check_ipc(real, spec.ipc)
-        classes = list(range(real.num_classes))
-        images, init_keys, info = self.synthesize(real, spec, log, classes)
+        part = dist.split(real.num_classes, "classes", "dm")      # all classes in one process
+        shard = dist.RowShard(part.lo * spec.ipc, part.hi * spec.ipc, real.num_classes * spec.ipc)
+        images, init_keys, info = self.synthesize(real, spec, log, part.items, shard=shard)
+        if dist.active():
+            images = dist.all_gather_cat(images.detach())
+            init_keys = [k for keys in dist.all_gather_object(init_keys) for k in keys]
         protocol = EvalProtocol(name="dm", model=eval_model_for(self.config.model), epochs=1000, aug=self.strategy)
         return synthesis_result(images, real, spec.ipc, init_keys, protocol, info)
 
     def synthesize(self, real: RealData, spec: RunSpec, log: LogFn,
-                   classes: list[int]) -> tuple[torch.Tensor, list[str | None], dict]:
+                   classes: list[int], shard: dist.RowShard | None = None
+                   ) -> tuple[torch.Tensor, list[str | None], dict]:
         """The synthetic images of `classes` (in that order), their init keys and the run info.
 
         Every draw is derived from (seed, iteration[, class]): the network of iteration `it` from
@@ -150,16 +173,24 @@ class DM:
         `derive(seed, it, c)`. DM's loss is a sum of per-class terms and its SGD step is
         element-wise, so a class's images do not depend on which other classes run beside it
         (per-class form; the batched form does the same maths in one forward).
+
+        Under torchrun each rank passes its block of classes and `shard` (its rows of the
+        one-process images): the loss is gathered from every rank's per-class terms so that
+        logs and checkpoints are those of one process (`global_loss`).
         """
         cfg, ipc, device = self.config, spec.ipc, torch.device(spec.device)
         images, init_keys = init_images_by_class(real, classes, ipc, cfg.pix_init, spec.seed, device)
         images.requires_grad_(True)
         opt = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
-        loop = SynthesisLoop("dm", cfg.iterations, spec, log, state={"images": images, "optimizer": opt})
+        loop = SynthesisLoop("dm", cfg.iterations, spec, log, state={"images": images, "optimizer": opt},
+                             shard=shard)
         batched = cfg.batched if cfg.batched is not None else device.type == "cuda"
         for it in loop:
             net = frozen_net(cfg.model, real, derive(spec.seed, it, "net"), device)
             if has_batchnorm(net):
+                if dist.active():
+                    raise UsageError("dm: a BatchNorm model mixes the statistics of all classes, so it does not "
+                                     "split over processes; run it as one process (or use a model without BN)")
                 if cfg.batched is False:
                     raise UsageError("dm: batched=false is not possible with a BatchNorm model; the reference "
                                      "concatenates all classes for BN nets (leave batched unset)")
@@ -167,7 +198,10 @@ class DM:
             draws = [draw_class(real, c, cfg.batch_real, self.strategy, derive(spec.seed, it, c), device)
                      for c in classes]
             opt.zero_grad(set_to_none=True)
-            loss = (dm_loss_batched if batched else dm_loss_per_class)(net, real, images, ipc, draws)
+            terms: list | None = [] if dist.active() else None
+            loss = (dm_loss_batched if batched else dm_loss_per_class)(net, real, images, ipc, draws, terms=terms)
+            if terms is not None:
+                loss = global_loss(terms, batched)
             opt.step()
             loop.done(loss)
         return images, init_keys, {"pix_init": cfg.pix_init, "batched": batched, **loop.summary()}

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import dist
 from ..config import Validated
 from ..errors import InputDataError, UsageError
 from ..registry import MethodInfo, register_method
@@ -82,8 +83,30 @@ def load_features(path: str, real: RealData) -> np.ndarray:
     return feats
 
 
+def spread_bins(feats, labels: np.ndarray, n_bins: int, num_classes: int, **options) -> tuple[np.ndarray, dict]:
+    """`make_bins`, its classes split over torchrun's ranks (contiguous blocks) and merged: a
+    class's bins depend on its own samples only, so the merged bins are those of one process;
+    the info lists every class in order (timings summed). One process: `make_bins` itself."""
+    if not dist.active():
+        return make_bins(feats, labels, n_bins, **options)
+    part = dist.split(num_classes, "classes", "dq")
+    mine = np.flatnonzero((labels >= part.lo) & (labels < part.hi))
+    local = tuple(f[mine] for f in feats) if isinstance(feats, tuple) else feats[mine]
+    b, info = make_bins(local, labels[mine], n_bins, **options) if mine.size else (np.zeros(0, np.int32), None)
+    bins = np.full(labels.shape[0], -1, dtype=np.int32)
+    merged: dict | None = None
+    for idx, part_bins, part_info in dist.all_gather_object((mine, b, info)):
+        bins[idx] = part_bins
+        if part_info is not None:
+            merged = {**part_info, "classes": [*(merged or {}).get("classes", []), *part_info["classes"]]}
+    merged["build_s"] = round(sum(r["build_s"] for r in merged["classes"]), 3)
+    merged["greedy_s"] = round(sum(r["greedy_s"] for r in merged["classes"]), 3)
+    return bins, merged
+
+
 @register_method
 class DQ:
+    distributed = True      # torchrun: feature extraction and per-class GraphCut bins split over ranks
     info = MethodInfo("dq", "selection", "Dataset Quantization: GraphCut bins on a kNN graph, uniform per-bin sampling",
                       needs_teacher=True)
 
@@ -124,9 +147,9 @@ class DQ:
                 if spec.progress:
                     spec.progress(ev["done"], ev["of"], "dq bins")
             try:
-                bins, binfo = make_bins(feats, real.labels.numpy(), n_bins, lam=cfg.lam, k=cfg.k,
-                                        method=cfg.knn_method, dense_max=cfg.dense_max, seed=spec.seed,
-                                        progress=prog)
+                bins, binfo = spread_bins(feats, real.labels.numpy(), n_bins, real.num_classes, lam=cfg.lam, k=cfg.k,
+                                          method=cfg.knn_method, dense_max=cfg.dense_max, seed=spec.seed,
+                                          progress=prog)
             except ValueError as e:  # bad k / method / kernel choice for this data
                 raise UsageError(f"dq: {e}") from None
             clipped = [c["n"] for c in binfo["classes"] if c.get("knn", {}).get("k_clipped")]

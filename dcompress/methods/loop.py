@@ -25,7 +25,8 @@ from typing import Any, Iterator
 import torch
 
 from ..core import LogFn, RunSpec
-from ..errors import NonFiniteLoss
+from .. import dist
+from ..errors import DcompressError, NonFiniteLoss
 from ..faults import crash_point
 
 
@@ -49,10 +50,15 @@ class SynthesisLoop:
             tensor in `state`).
         extra: plain values (numbers, strings, lists, dicts) the method keeps across
             iterations, checkpointed as they are; after a resume `loop.extra` holds the saved ones.
+        shard: under torchrun, the rows of the state tensors this rank holds (dist.RowShard);
+            the checkpoint holds the gathered one-process state (rank 0 writes it, every rank
+            reads it back and keeps its rows), so a run resumes with any number of processes.
     """
 
     def __init__(self, name: str, total: int, spec: RunSpec, log: LogFn, state: dict[str, Any],
-                 guard: list[torch.Tensor] | None = None, extra: dict[str, Any] | None = None):
+                 guard: list[torch.Tensor] | None = None, extra: dict[str, Any] | None = None,
+                 shard: "dist.RowShard | None" = None):
+        self.shard = shard
         self.name, self.total, self.spec, self.log, self.state = name, int(total), spec, log, state
         self.extra: dict[str, Any] = dict(extra or {})
         self.guard = guard if guard is not None else [v for v in state.values() if isinstance(v, torch.Tensor)]
@@ -65,9 +71,13 @@ class SynthesisLoop:
     def _restore(self) -> int:
         ckpt = self.spec.ckpt
         like = {k: v for k, v in self.state.items() if isinstance(v, torch.Tensor)}
-        saved = ckpt.load(like=like) if ckpt is not None else None
+        if self.shard is not None:
+            like = self.shard.full_like(like)
+        saved = self._load_shared(ckpt, like) if ckpt is not None else None
         if saved is None:
             return 0
+        if self.shard is not None:
+            saved = self.shard.take(saved)
         for k, v in self.state.items():
             if isinstance(v, torch.Tensor):
                 with torch.no_grad():
@@ -86,6 +96,21 @@ class SynthesisLoop:
         self.first_loss = saved.get("first_loss")
         self.log({"event": "resumed", "method": self.name, "iteration": int(saved["iteration"])})
         return int(saved["iteration"])
+
+    def _load_shared(self, ckpt, like: dict) -> dict | None:
+        """The checkpoint: rank 0 validates it (moving a damaged one aside), then the others read it."""
+        if not dist.active():
+            return ckpt.load(like=like)
+        saved = ckpt.load(like=like) if dist.is_main() else None
+        at = dist.broadcast_object(None if saved is None else int(saved["iteration"]))
+        if at is None or dist.is_main():
+            return saved
+        saved = ckpt.load(like=like)
+        if saved is None or int(saved["iteration"]) != at:
+            raise DcompressError(f"{self.name}: rank {dist.rank()} cannot read the checkpoint {ckpt.path} that rank 0 "
+                                 f"resumes from (iteration {at}); the work folder must be on a filesystem every "
+                                 "node shares")
+        return saved
 
     def __iter__(self) -> Iterator[int]:
         for it in range(self.start, self.total):
@@ -107,7 +132,10 @@ class SynthesisLoop:
             if not all(bool(torch.isfinite(t).all()) for t in self.guard):
                 raise NonFiniteLoss(f"{self.name}: the synthetic set became non-finite after iteration {it + 1} "
                                     "(lr too large?); the last good checkpoint is kept")
-            ckpt.save({**{k: self._saved(v) for k, v in self.state.items()}, "iteration": it + 1, "loss": loss,
+            state = {k: self._saved(v) for k, v in self.state.items()}
+            if self.shard is not None:
+                state = self.shard.gather(state)          # collective: every rank is here at it + 1
+            ckpt.save({**state, "iteration": it + 1, "loss": loss,
                        "first_loss": self.first_loss, "extra": self.extra})
         if it % self.every == 0 or it + 1 == self.total:
             self.log({"event": "iteration", "method": self.name, "iteration": it + 1, "loss": loss, **extra})

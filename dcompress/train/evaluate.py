@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from .. import dist
 from ..errors import InputDataError, UsageError
 from ..loader import CompressedDataset, load
 from ..seeds import derive
@@ -59,13 +60,14 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     y_test = test.labels[tidx]
     lr = ds.lr if (proto.use_learned_lr and ds.lr is not None) else proto.lr
     t0 = time.time()
-    accs = []
-    for r in range(runs):
+    accs = {}
+    for r in dist.spread(runs):              # torchrun: runs spread over ranks, each run's draws derived
         g = derive(seed, "eval-compressed", r)
         net = train_on_set(ds.images, ds.labels, num_classes=len(ds.classes), protocol=proto, generator=g,
                            device=device, soft=ds.logits, lr=lr,
                            progress=(lambda a, b, r=r: progress(a, b, f"compressed run {r + 1}/{runs}")) if progress else None)
-        accs.append(accuracy(net, x_test, y_test, device=device))
+        accs[r] = accuracy(net, x_test, y_test, device=device)
+    accs = dist.gather_runs(accs, runs)
     report = {"compressed": _summary(accs), "random": None, "protocol": {**dataclasses.asdict(proto), "lr_used": lr},
               "samples": len(ds), "test_samples": n_test,
               "method": ds.block.method.name if ds.block.method else None,
@@ -83,8 +85,8 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
         note = "teacher soft labels" if soft_teacher is not None else "hard labels (teacher not available)"
     base_proto = dataclasses.replace(proto, soft_labels=soft_teacher is not None)
     t1 = time.time()
-    accs = []
-    for r in range(runs):
+    accs = {}
+    for r in dist.spread(runs):
         g = derive(seed, "eval-random", r)
         idx = torch.cat([train.sample_class(c, n, g) for c, n in enumerate(counts) if n > 0])
         x = normalize(train.get_u8(idx), ds.mean, ds.std)
@@ -93,7 +95,8 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
         net = train_on_set(x, y, num_classes=len(ds.classes), protocol=base_proto, generator=g, device=device,
                            soft=soft, lr=proto.lr,
                            progress=(lambda a, b, r=r: progress(a, b, f"random run {r + 1}/{runs}")) if progress else None)
-        accs.append(accuracy(net, x_test, y_test, device=device))
+        accs[r] = accuracy(net, x_test, y_test, device=device)
+    accs = dist.gather_runs(accs, runs)
     report["random"] = {**_summary(accs), "labels": note}
     report["delta"] = round(report["compressed"]["mean"] - report["random"]["mean"], 2)
     report["seconds"]["random"] = round(time.time() - t1, 1)

@@ -35,7 +35,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, dist
 from ..augment.dsa import DEFAULT_STRATEGY, parse_strategy
 from ..checkpoint import warn_via
 from ..config import Validated
@@ -189,14 +189,16 @@ def train_experts(real: RealData, out: str | Path, *, num_experts: int, config: 
     param_count = flat_params(build_net(cfg.model, c, real.num_classes, (h, w))).numel()
     header = _header(real, cfg, holdout, test, param_count, train_idx.numel(), held_idx.numel())
     out = ensure_dir(Path(out).absolute())
-    _check_compatible(out, header)
-    _remove_leftovers(out)
-    _refresh_manifest(out, header)
+    if dist.is_main():                     # torchrun: rank 0 checks and tidies the buffer, then all train
+        _check_compatible(out, header)
+        _remove_leftovers(out)
+        _refresh_manifest(out, header)
+    dist.barrier()
     data = _Data(real, train_idx, held_idx, test, cfg.eval_max, device)
     shape = (cfg.epochs + 1, param_count)
     done, busy, trained = [], [], []
     t0 = time.time()
-    for i in range(num_experts):
+    for i in dist.spread(num_experts):     # torchrun: expert i on rank i mod W (its draws derive from i)
         if (out / expert_name(i, "json")).exists() and expert_problem(out, i, shape) is None:
             done.append(i)
             continue
@@ -220,6 +222,10 @@ def train_experts(real: RealData, out: str | Path, *, num_experts: int, config: 
         finally:
             lock.unlink(missing_ok=True)
         _refresh_manifest(out, header)
+    if dist.active():
+        dist.barrier()
+        done, busy, trained = (sorted(x for part in dist.all_gather_object(mine) for x in part)
+                               for mine in (done, busy, trained))
     _refresh_manifest(out, header)
     complete = complete_ids(out)
     return {"status": "ok" if not busy else "incomplete", "buffer": str(out), "experts": len(complete),

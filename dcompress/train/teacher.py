@@ -245,12 +245,15 @@ def _teacher_features(teacher: Teacher, real: RealData, device: torch.device, ba
                 return torch.from_numpy(arr.astype(np.float32))
         except (OSError, ValueError, EOFError):
             pass  # truncated or foreign: recomputed and overwritten below
-    outs = []
-    for start in range(0, len(real), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(real)))
-        outs.append(teacher.features(real.get(idx, device), device))
-    feats = torch.cat(outs)
-    if cache is not None:
+    from .. import dist
+
+    starts = list(range(0, len(real), batch_size))
+    block = dist.Split(len(starts), dist.rank(), dist.world())
+    split = dist.active() and len(starts) >= block.world     # torchrun: whole batches per rank, all-gathered
+    outs = [teacher.features(real.get(torch.arange(s, min(s + batch_size, len(real))), device), device)
+            for s in (starts[block.lo:block.hi] if split else starts)]
+    feats = dist.all_gather_cat(torch.cat(outs)) if split else torch.cat(outs)
+    if cache is not None and dist.is_main():
         crash_point("teacher.features")
         np_save(cache, feats.numpy())
     return feats

@@ -1,0 +1,385 @@
+"""Scale-out on torchrun: one process per rank, the same bytes as one process (docs/distributed.md).
+
+    torchrun --standalone --nproc-per-node 2 -m dcompress distill ...     # or: dcompress distill --nproc 2
+
+`init()` joins the process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR/PORT): gloo for CPU tensors, NCCL for CUDA tensors ("cpu:gloo,cuda:nccl"), with a
+collective timeout (DCOMPRESS_DIST_TIMEOUT seconds, default 1800) so that a rank blocked on a
+dead peer fails instead of hanging. Without torchrun (WORLD_SIZE unset or 1) every helper here
+is a no-op: `rank() == 0`, `world() == 1`, gathers return their input.
+
+Failures: each rank maps its exception to our exit code (console.run); the first rank to fail
+records itself in torchrun's key-value store (`claim_failure`) and prints the error (and the
+one `--json` object); ranks that fail after it (a collective broken by the dead peer, the
+agent's SIGTERM) stay quiet and exit with the first rank's code.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import UsageError
+
+TIMEOUT_ENV = "DCOMPRESS_DIST_TIMEOUT"
+_STORE_WAIT = datetime.timedelta(seconds=10)
+
+
+def env_world() -> int:
+    """WORLD_SIZE from the environment (torchrun sets it), 1 without torchrun."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def active() -> bool:
+    """Whether this process is one rank of a process group of more than one."""
+    import torch.distributed as td
+
+    return td.is_available() and td.is_initialized() and td.get_world_size() > 1
+
+
+def rank() -> int:
+    import torch.distributed as td
+
+    return td.get_rank() if active() else 0
+
+
+def world() -> int:
+    import torch.distributed as td
+
+    return td.get_world_size() if active() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def _timeout() -> datetime.timedelta:
+    raw = os.environ.get(TIMEOUT_ENV, "1800")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise UsageError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+    if seconds <= 0:
+        raise UsageError(f"{TIMEOUT_ENV} must be > 0, got {raw!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
+def init() -> bool:
+    """Joins torchrun's process group when WORLD_SIZE > 1 (idempotent); True when distributed."""
+    import torch.distributed as td
+
+    if env_world() <= 1 or (td.is_available() and td.is_initialized()):
+        return active()
+    if not td.is_available():
+        raise UsageError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise UsageError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: start "
+                         "dcompress with torchrun (or `dcompress distill --nproc N`)")
+    backend = "gloo"
+    if torch.cuda.is_available() and td.is_nccl_available():
+        backend = "cpu:gloo,cuda:nccl"
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    td.init_process_group(backend, store=_attempt_store(), rank=int(os.environ["RANK"]), world_size=env_world(),
+                          timeout=_timeout())
+    return True
+
+
+def _attempt_store():
+    """torchrun's key-value store (hosted by the elastic agent; else by rank 0) under a prefix per
+    restart: torchrun keeps one store across `--max-restarts` restarts, and without the prefix
+    a restarted rank could read a dead peer's address from the previous attempt (seen here:
+    gloo's connectFullMesh refused, or hung, in about one restart in three)."""
+    import torch.distributed as td
+
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = td.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env_world(),
+                        is_master=not agent and os.environ["RANK"] == "0", timeout=_timeout())
+    return td.PrefixStore(f"dcompress/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def shutdown() -> None:
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()
+
+
+def device(name: str) -> torch.device | None:
+    """`auto`/`cuda` under torchrun: this rank's GPU, cuda:LOCAL_RANK (None outside torchrun or
+    without CUDA: the caller's own rule applies). An explicit `cuda:N` is kept as given."""
+    if not active() or name not in ("auto", "cuda") or not torch.cuda.is_available():
+        return None
+    return torch.device("cuda", local_rank() % torch.cuda.device_count())
+
+
+# ------------------------------------------------------------------------------------------------
+# Collectives (no-ops in one process)
+
+def barrier() -> None:
+    import torch.distributed as td
+
+    if active():
+        td.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """`obj` of rank `src` on every rank (pickled: small control values only)."""
+    import torch.distributed as td
+
+    if not active():
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    import torch.distributed as td
+
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world()
+    td.all_gather_object(out, obj)
+    return out
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenation along dim 0 of every rank's `t` in rank order (first dims may differ; the
+    other dims and the dtype must agree). The bytes of each part are kept exactly."""
+    import torch.distributed as td
+
+    if not active():
+        return t
+    sizes = [int(n) for n in all_gather_object(int(t.shape[0]))]
+    top = max(sizes)
+    padded = t.new_zeros((top, *t.shape[1:]))
+    padded[:t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in sizes]
+    td.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (float addition order is the backend's: use all_gather_cat where
+    the one-process bytes matter)."""
+    import torch.distributed as td
+
+    if active():
+        td.all_reduce(t)
+    return t
+
+
+# ------------------------------------------------------------------------------------------------
+# Splitting work
+
+@dataclass(frozen=True)
+class Split:
+    """A contiguous block of `n` items (classes, experts, runs) for `rank` of `world`:
+    items [lo, hi). Blocks are in rank order, so gathering in rank order restores item order."""
+
+    n: int
+    rank: int
+    world: int
+
+    @property
+    def lo(self) -> int:
+        return self.rank * self.n // self.world
+
+    @property
+    def hi(self) -> int:
+        return (self.rank + 1) * self.n // self.world
+
+    @property
+    def items(self) -> list[int]:
+        return list(range(self.lo, self.hi))
+
+
+def split(n: int, what: str = "classes", method: str = "") -> Split:
+    """This rank's block of `n` items; UsageError when there are fewer items than ranks."""
+    s = Split(n, rank(), world())
+    if s.world > n:
+        who = f"--method {method} " if method else ""
+        raise UsageError(f"{who}splits {what} over processes: {n} {what} for {s.world} processes; "
+                         f"use at most {n} processes")
+    return s
+
+
+def require_single(what: str) -> None:
+    """UsageError under torchrun for work that does not split over ranks yet (instead of
+    silently running the same job once per rank)."""
+    if env_world() > 1:
+        raise UsageError(f"{what} does not support torchrun yet (WORLD_SIZE={env_world()}); run it as one process")
+
+
+# ------------------------------------------------------------------------------------------------
+# Failures: printed once, by the first rank that failed
+
+def _key(name: str) -> str:
+    return f"dcompress/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
+
+
+def _store():
+    from torch.distributed import distributed_c10d as c10d
+
+    store = c10d._get_default_store()
+    store.set_timeout(_STORE_WAIT)
+    return store
+
+
+def claim_failure(exit_code: int) -> tuple[bool, int]:
+    """(first, code): whether this rank is the first of the job to fail, and the exit code the
+    job reports (the first failure's). Outside torchrun, or when the store is gone: (True, own)."""
+    if not active():
+        return True, exit_code
+    try:
+        store = _store()
+        if store.add(_key("failed"), 1) == 1:
+            store.set(_key("exit"), str(exit_code))
+            return True, exit_code
+        return False, int(store.get(_key("exit")).decode())
+    except Exception:  # noqa: BLE001 - no store (its host died): say it ourselves
+        return True, exit_code
+
+
+# ------------------------------------------------------------------------------------------------
+# State split by rows (synthetic images of a block of classes, and their optimizer state)
+
+@dataclass(frozen=True)
+class RowShard:
+    """Rows [lo, hi) of tensors that have `total` rows in one process (e.g. the synthetic images
+    of this rank's classes, class-major). Checkpoints hold the full, one-process state, so a run
+    resumes with any number of processes: `gather` (collective) builds it from every rank's rows,
+    `take` cuts this rank's rows out of it. A tensor counts as split when its first dimension is
+    the local (`gather`) or full (`take`, `full_like`) row count; anything else is kept as is."""
+
+    lo: int
+    hi: int
+    total: int
+
+    def _map(self, obj: Any, fn, rows: int) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return fn(obj) if obj.dim() >= 1 and obj.shape[0] == rows else obj
+        if isinstance(obj, dict):
+            return {k: self._map(v, fn, rows) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self._map(v, fn, rows) for v in obj)
+        return obj
+
+    def gather(self, obj: Any) -> Any:
+        if self.hi - self.lo == self.total:
+            return obj
+        return self._map(obj, lambda t: all_gather_cat(t.contiguous()).to(t.device), self.hi - self.lo)
+
+    def take(self, obj: Any) -> Any:
+        if self.hi - self.lo == self.total:
+            return obj
+        return self._map(obj, lambda t: t[self.lo:self.hi].clone(), self.total)
+
+    def full_like(self, obj: Any) -> Any:
+        return self._map(obj, lambda t: t.new_empty((self.total, *t.shape[1:])), self.hi - self.lo)
+
+
+def will_restart() -> bool:
+    """Whether torchrun restarts this job after a failure (`--max-restarts` not used up): the
+    failure is then no final result, so no rank reports it as one."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) < int(os.environ.get("TORCHELASTIC_MAX_RESTARTS",
+                                                                                            "0"))
+    except ValueError:
+        return False
+
+
+def explain(e: BaseException) -> BaseException:
+    """A collective broken by a peer that died (gloo/NCCL errors) as a DcompressError that says
+    so; other exceptions unchanged."""
+    import torch.distributed as td
+
+    text = str(e)
+    lost = isinstance(e, getattr(td, "DistError", ())) or (
+        isinstance(e, RuntimeError) and any(m in text for m in ("gloo", "Gloo", "NCCL", "Connection closed by peer",
+                                                                "Connection reset by peer")))
+    if not (active() and lost):
+        return e
+    from .errors import DcompressError
+
+    return DcompressError(f"another rank stopped (killed, or failed before it could report) while this one waited "
+                          f"for it ({type(e).__name__}: {' '.join(text.split())[:200]}); the job's exit status "
+                          "(128 + signal for a killed rank) and torchrun's summary name its code")
+
+
+def gather_sum(terms: list[torch.Tensor]) -> float:
+    """Every rank's scalar terms (its classes, in order) added one by one in rank order, as one
+    process adds them (`total += term` from a float zero on the same device): the same bits."""
+    every = all_gather_cat(torch.stack(terms)) if terms else all_gather_cat(torch.zeros(0))
+    total = torch.zeros((), device=every.device, dtype=every.dtype)
+    for t in every:
+        total += t
+    return float(total)
+
+
+def spread(n: int) -> range:
+    """This rank's share of `n` independent jobs (evaluation runs, experts): n, n + W, ..."""
+    return range(rank(), n, world())
+
+
+def gather_runs(results: dict[int, Any], n: int) -> list[Any]:
+    """`results` {job: value} of every rank (see `spread`) as one list in job order, on every rank."""
+    merged: dict[int, Any] = {}
+    for part in all_gather_object(results):
+        merged.update(part)
+    return [merged[i] for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------
+# `--nproc N`: torchrun's elastic agent on this machine, without typing torchrun
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """`argv` without `name VALUE` / `name=VALUE` (every occurrence)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
+def launch(nproc: int, argv: list[str], *, max_restarts: int = 0) -> int:
+    """Runs `python -m dcompress ARGV` as `nproc` ranks under torchrun's elastic agent on this
+    machine (`torchrun --standalone --nproc-per-node N --max-restarts R -m dcompress ARGV`);
+    returns the job's exit code: 0, or the code of the first rank that failed (which printed
+    the error; a rank killed by signal S gives 128 + S)."""
+    import logging
+    import sys
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # torchrun sets 1 thread per worker; here each rank gets its share of the cores (set
+    # OMP_NUM_THREADS to choose; bytes are promised for equal per-process thread counts)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if os.environ.get("DCOMPRESS_DEBUG") != "1":       # the failing rank says what went wrong
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=max_restarts,
+                          monitor_interval=0.2)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "dcompress", *argv)
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        return code if code > 0 else 128 - code if code < 0 else 1
+    return 0
