@@ -36,6 +36,16 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """Module- and session-scoped fixtures run before the per-test cache below is set: they get
+    this session's cache, never the user's ~/.cache/dcompress (decoded stores, teachers)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DCOMPRESS_CACHE", str(tmp_path_factory.getbasetemp() / "session-cache"))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DCOMPRESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
