@@ -36,7 +36,7 @@ from ..augment.dsa import DEFAULT_STRATEGY
 from ..config import Validated
 from ..core import EvalProtocol, RealData, RealView, RunSpec, default_paths, normalize
 from ..errors import InputDataError, UsageError
-from ..io.safe_write import ensure_dir, write_json
+from ..io.safe_write import ensure_dir, remove_dead_temps, write_json
 from ..loader import CompressedDataset, load
 from ..seeds import derive
 from . import ranking
@@ -326,5 +326,6 @@ def full_data_accuracy(train: RealData, pools: list[torch.Tensor], test: tuple[t
     rec = {"key": key, "accuracy": acc, "samples": int(idx.numel()), "seconds": round(time.time() - t0, 1),
            "dcompress": __version__}
     ensure_dir(path.parent)
+    remove_dead_temps(path.parent)
     write_json(path, rec)
     return {**rec, "cached": False, "path": str(path), "percent": round(100 * acc, 2)}
