@@ -298,6 +298,23 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
              class_names: Optional[Path] = typer.Option(None, "--class-names", help="class list file [default: the "
                                                         "compressed set's class names]"),
              channels: Optional[int] = typer.Option(None, "--channels", help="1 | 3 [default: from the manifest]"),
+             protocol: str = typer.Option("own", "--protocol", help="own: the set's own protocol | fair: set vs "
+                                          "random subsets with the same recipe and labels, lr grid on a validation "
+                                          "split, DD-Ranking scores (docs/evaluation.md)"),
+             models: Optional[str] = typer.Option(None, "--models", help="comma list of networks: a cross-architecture "
+                                                  "table, e.g. convnet,resnet18"),
+             lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="fair: comma list of lrs to pick from "
+                                                   "(default 0.001,0.005,0.01,0.05,0.1: DD-Ranking's)"),
+             val_per_class: Optional[int] = typer.Option(None, "--val-per-class", help="fair: validation images "
+                                                         "per class held out of the training input (default 50)"),
+             ars: bool = typer.Option(True, "--ars/--no-ars", help="fair: also train with the augmentation switched "
+                                      "for the augmentation-robust score"),
+             full_epochs: Optional[int] = typer.Option(None, "--full-epochs", help="fair: epochs of the cached "
+                                                       "full-data network (HLR) (default 5)"),
+             full_max_samples: Optional[int] = typer.Option(None, "--full-max-samples", help="fair: train the "
+                                                            "full-data network on a seeded subset of this size"),
+             teacher: Optional[Path] = typer.Option(None, "--teacher", help="fair: the teacher that relabels the "
+                                                    "random subsets (needed when the set used a user's --teacher)"),
              as_json: bool = JSON) -> None:
     """Train fresh networks on a compressed set and report test accuracy (vs random).
 
@@ -308,12 +325,17 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
     from .errors import InputDataError, UsageError
     from .io.urls import recorded_urls, resolve_urls
     from .loader import load
-    from .train.evaluate import evaluate as api_evaluate
+    from .train.evaluate import check_models, evaluate as api_evaluate
 
     def work(prog: Reporter) -> dict:
         check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
                      max_pixels=(max_pixels, 1))
         check_seed(seed)
+        fair_cfg, full_cfg = _fair_configs(protocol, lr_grid, val_per_class, ars, full_epochs, full_max_samples,
+                                           teacher)
+        names = check_models(models.split(","), model) if models is not None else None
+        if model is not None:
+            check_models([model])
         _use_cache(cache_dir)
         dev = resolve_device(device)
         ds = load(target)                        # checks the output (structure, checksums) before any reading
@@ -322,9 +344,9 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
         given = {"size": size, "resize_mode": resize_mode, "label_key": label_key, "channels": channels}
         kw = {k: v if v is not None else recorded.get(k) for k, v in given.items()}
         kw = {k: v for k, v in kw.items() if v is not None}
-        names = str(class_names) if class_names is not None else list(ds.block.class_names)
+        set_classes = str(class_names) if class_names is not None else list(ds.block.class_names)
         try:
-            opts = decode_options(max_pixels=max_pixels, class_names=names, **kw)
+            opts = decode_options(max_pixels=max_pixels, class_names=set_classes, **kw)
         except UsageError as e:                  # the user's options, or the values the manifest recorded?
             try:
                 decode_options(max_pixels=max_pixels, **{k: v for k, v in given.items() if v is not None})
@@ -335,18 +357,63 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
         test_inp = resolve_urls(test, allow_manifest_urls=allow_manifest_urls)
         train_inp = None
         if random_baseline:
-            urls = train or recorded_urls(ds.manifest["dcompress"].get("source", {}).get("urls"),
-                                          manifest=ds.manifest_path)
+            urls = train or _recorded_train(ds, protocol)
             train_inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
         test_data = load_real(test_inp, max_bad=max_bad, decode=opts, workers=workers, note=prog.note)
         train_data = load_real(train_inp, max_bad=max_bad, decode=opts, workers=workers,
                                note=prog.note) if train_inp else None
         return api_evaluate(ds, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
-                            device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=prog)
+                            device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=prog,
+                            protocol=protocol, models=names, fair=fair_cfg, full_data=full_cfg, teacher=teacher,
+                            log=prog.event)
     run(as_json, work, _show_eval)
 
 
+def _fair_configs(protocol: str, lr_grid, val_per_class, ars: bool, full_epochs, full_max_samples, teacher):
+    """FairConfig and FullDataConfig from the fair-only flags (UsageError when given without
+    --protocol fair, or out of range); (None, None) for the own protocol."""
+    from .errors import UsageError
+    from .train.evaluate import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    fair_only = {"--lr-grid": lr_grid, "--val-per-class": val_per_class, "--full-epochs": full_epochs,
+                 "--full-max-samples": full_max_samples, "--teacher": teacher, "--no-ars": None if ars else True}
+    if protocol != "fair":
+        given = [k for k, v in fair_only.items() if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to --protocol fair")
+        return None, None
+    from .config import resolve_config
+    from .train.fair import FairConfig, FullDataConfig, parse_grid
+
+    fair = resolve_config(FairConfig, flags={"lr_grid": parse_grid(lr_grid) if lr_grid is not None else None,
+                                             "val_per_class": val_per_class, "ars": ars})
+    return fair, resolve_config(FullDataConfig, flags={"epochs": full_epochs, "max_samples": full_max_samples})
+
+
+def _recorded_train(ds, protocol: str) -> list[str]:
+    """The set's recorded source shards; under --protocol fair a missing one says what fair needs."""
+    from .errors import InputDataError
+    from .io.urls import recorded_urls
+
+    try:
+        return recorded_urls(ds.manifest["dcompress"].get("source", {}).get("urls"), manifest=ds.manifest_path)
+    except InputDataError as e:
+        if protocol != "fair":
+            raise
+        raise InputDataError(f"--protocol fair needs the training input (random subsets, validation split, "
+                             f"full-data accuracy): {e.detail.replace('; pass --train URLS or --no-random', '')}; "
+                             "pass --train URLS", path=e.path, key=e.key) from None
+
+
 def _show_eval(r: dict) -> None:
+    if r.get("models"):
+        _show_models(r)
+        return
+    if r.get("evaluation") == "fair":
+        _show_fair(r)
+        return
     table = Table(title=f"{r['method']}: {r['samples']} images, test on {r['test_samples']}")
     for col in ("set", "accuracy % (mean ± std)", "runs"):
         table.add_column(col)
@@ -359,6 +426,45 @@ def _show_eval(r: dict) -> None:
     p = r["protocol"]
     out.print(f"protocol {p['name']}: {p['model']}, {p['epochs']} epochs, lr {p['lr_used']}, aug {p['aug']}, "
               f"soft labels {p['soft_labels']}", highlight=False)
+
+
+def _pm(s: dict | None) -> str:
+    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s else "–"
+
+
+def _show_fair(r: dict) -> None:
+    f, sc = r["fair"], r["scores"]
+    table = Table(title=f"{r['method']}: {r['samples']} images, fair protocol, {f['runs']} runs, test on "
+                        f"{r['test_samples']}")
+    for col in ("labels", "augmentation", "set acc %", "set lr", "random acc %", "random lr", "set − random"):
+        table.add_column(col)
+    for row in f["results"]:
+        c, rr = row["compressed"], row["random"]
+        table.add_row(row["labels"], row["aug"], _pm(c), f"{c['lr']:g} ({c['lr_source']})", _pm(rr), f"{rr['lr']:g}",
+                      f"{c['mean'] - rr['mean']:+.2f}")
+    out.print(table)
+    full = f["full_data"]
+    out.print(f"full data (hard labels, {full['samples']} images{', cached' if full['cached'] else ''}): "
+              f"{full['percent']:.2f} %", highlight=False)
+    line = (f"HLR {_pm(sc['hlr'])} pts · IOR {_pm(sc['ior'])} pts · LRS {_pm(sc['lrs'])} %"
+            + (f" · ARS {_pm(sc['ars'])} %" if "ars" in sc else ""))
+    out.print(line, highlight=False)
+
+
+def _show_models(r: dict) -> None:
+    fair = r.get("evaluation") == "fair"
+    table = Table(title=f"{r['method']}: {r['samples']} images, cross-architecture ({r.get('evaluation', 'own')} "
+                        "protocol)")
+    cols = ["model", "set acc %", "random acc %", "set − random"] + (["LRS %", "ARS %"] if fair else [])
+    for col in cols:
+        table.add_column(col)
+    for m in r["models"]:
+        cells = [m["model"], _pm(m["compressed"]), _pm(m["random"]),
+                 f"{m['delta']:+.2f}" if m["delta"] is not None else "–"]
+        if fair:
+            cells += [_pm(m["scores"]["lrs"]), _pm(m["scores"].get("ars"))]
+        table.add_row(*cells)
+    out.print(table)
 
 
 @app.command()

@@ -183,6 +183,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (_unit_open, "in [0, 1)") for k in ("momentum", "momentum_y", "momentum_img", "momentum_lr", "beta1",
                                               "holdout")},
     "decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    # evaluate --protocol fair (train/fair.py); a tuple field's rule applies to every element
+    "lr_grid": (_positive, "> 0"),
+    "val_per_class": (_positive, "> 0"),
+    **{k: (lambda v: 0 <= v <= 1, "in [0, 1]") for k in ("lrs_weight", "ars_weight")},
 }
 
 
@@ -207,6 +211,14 @@ def validate(cfg: Any) -> None:
         rule = RULES.get(f.name)
         if rule is not None and not rule[0](v):
             raise UsageError(f"{name}: {f.name!r} must be {rule[1]}, got {v}", key=f.name)
+    for f in dataclasses.fields(cfg):          # tuple fields (fair lr_grid): the rule of each element
+        items = getattr(cfg, f.name)
+        rule = RULES.get(f.name)
+        if not isinstance(items, tuple) or rule is None:
+            continue
+        for v in items:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not (math.isfinite(v) and rule[0](v)):
+                raise UsageError(f"{name}: every {f.name!r} value must be finite and {rule[1]}, got {v}", key=f.name)
     model, strategy = getattr(cfg, "model", None), getattr(cfg, "dsa_strategy", None)
     if isinstance(model, str):
         from .nets import NetConfigError, check_name

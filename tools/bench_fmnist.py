@@ -22,6 +22,15 @@ defaults, so any registered method runs — add an entry to shorten a new method
     paper  the published settings: each method's Config defaults (= the reference's) and its
            own evaluation protocol (DC 300 epochs no aug; DSA/DM 1000 epochs with DSA). GPU work.
 
+`--protocol fair` evaluates each set with `evaluate --protocol fair` instead (docs/evaluation.md):
+the set and same-size random subsets with the same recipe and labels, lr from a grid on a
+validation split, full-data accuracy (cached), DD-Ranking HLR/IOR/LRS/ARS; it prints a second
+table of those scores. Its knobs per budget are in FAIR (the "fair-cpu" budget shrinks the
+evaluation network and epochs so that all methods at IPC 1 and 10 fit a CPU afternoon).
+`--methods all` runs every registered method (new methods join without editing this file).
+`--merge a.json,b.json` prints the tables of earlier runs' --out files (one process per method
+keeps each run short).
+
 On a shared 2-core machine pass `--threads 1`: two OpenMP threads were 2-6x slower than one
 while other jobs ran (docs/results.md, "Iteration time (CPU)").
 
@@ -85,6 +94,35 @@ BUDGETS: dict[str, dict[str, dict]] = {
     "paper": {
         "*": {"sets": {}, "eval_epochs": None},
     },
+    # --protocol fair on 2 CPU cores: short distillations and 100-epoch evaluations of a narrower
+    # ConvNet-3 (FAIR["fair-cpu"]); every (method, IPC) stays under ~15 min. Not comparable to papers.
+    "fair-cpu": {
+        "*": {"sets": {}, "eval_epochs": 100},
+        "dm": {"sets": {"iterations": 50, "batch_real": 64}, "eval_epochs": 100},
+        "dc": {"sets": {"iterations": 10, "batch_real": 64}, "eval_epochs": 100,
+               "ipc": {10: {"iterations": 3, "outer_loop": 10, "inner_loop": 5}}},
+        "dsa": {"sets": {"iterations": 10, "batch_real": 64}, "eval_epochs": 100,
+                "ipc": {10: {"iterations": 3, "outer_loop": 10, "inner_loop": 5}}},
+        "mtt": {"sets": {"iterations": 40, "syn_steps": 10, "expert_epochs": 2, "max_start_epoch": 4},
+                "eval_epochs": 100},
+        "datm": {"sets": {"iterations": 40, "syn_steps": 10, "expert_epochs": 2, "max_start_epoch": 4,
+                          "current_max_start_epoch": 4}, "eval_epochs": 100},
+        "dd": {"sets": {"iterations": 300}, "eval_epochs": 100},
+        "experts": {"experts": 2, "epochs": 6, "per_class": 100},
+    },
+}
+
+# --protocol fair per budget: FairConfig/FullDataConfig values, the evaluation network (None: the
+# method's) and a test subset (None: the full test set).
+FAIR: dict[str, dict] = {
+    "smoke": {"lr_grid": (0.01, 0.1), "val_per_class": 2, "full_epochs": 1, "full_max_samples": 2000,
+              "model": None, "test_limit": None},
+    "cpu": {"lr_grid": (0.001, 0.005, 0.01, 0.05, 0.1), "val_per_class": 50, "full_epochs": 5,
+            "full_max_samples": None, "model": None, "test_limit": None},
+    "fair-cpu": {"lr_grid": (0.001, 0.01, 0.1), "val_per_class": 20, "full_epochs": 2, "full_max_samples": 20000,
+                 "model": "convnet_w32", "test_limit": 1000},
+    "paper": {"lr_grid": (0.001, 0.005, 0.01, 0.05, 0.1), "val_per_class": 50, "full_epochs": 200,
+              "full_max_samples": None, "model": None, "test_limit": None},
 }
 
 # Published ConvNet-3 F-MNIST accuracy (methods.md §9.1; ✓ verified, ~ secondary), ipc -> "mean±std".
@@ -153,14 +191,16 @@ def ensure_shards(path: Path, split: str) -> Path:
     return path
 
 
-def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
+def run_one(spec: str, ipc: int, args, real_train, real_test) -> dict:
+    """`spec` is a method name, or `name:labels` (e.g. herding:teacher) for that method's label mode."""
     from dcompress.api import distill
     from dcompress.train.evaluate import evaluate
     from dcompress.api import resolve_device
     from dcompress.registry import get_method
 
-    s = settings_for(args.budget, method, ipc, args.labels)
-    out = Path(args.work) / f"{method}-ipc{ipc}"
+    method, _, labels = spec.partition(":")
+    s = settings_for(args.budget, method, ipc, labels or args.labels)
+    out = Path(args.work) / f"{method}{'-' + labels if labels else ''}-ipc{ipc}"
     buffer, experts = None, None
     if get_method(method).info.needs_experts:
         built = ensure_experts(args, real_train, resolve_device(args.device))
@@ -172,8 +212,19 @@ def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
                   experts=buffer, real=real_train, resume=True, overwrite=True)
     t_distill = time.time() - t0
     t1 = time.time()
-    ev = evaluate(out, real_test, train=real_train, runs=args.runs, epochs=s["eval_epochs"], seed=args.seed,
-                  device=resolve_device(args.device), random_baseline=args.baseline, test_limit=args.test_limit)
+    if args.protocol == "fair":
+        from dcompress.train.fair import FairConfig, FullDataConfig
+
+        f = FAIR[args.budget]
+        ev = evaluate(out, real_test, train=real_train, runs=args.runs, epochs=s["eval_epochs"], seed=args.seed,
+                      device=resolve_device(args.device), test_limit=args.test_limit or f["test_limit"],
+                      model=f["model"], protocol="fair",
+                      fair=FairConfig(lr_grid=f["lr_grid"], val_per_class=f["val_per_class"]),
+                      full_data=FullDataConfig(epochs=f["full_epochs"], max_samples=f["full_max_samples"]))
+    else:
+        ev = evaluate(out, real_test, train=real_train, runs=args.runs, epochs=s["eval_epochs"], seed=args.seed,
+                      device=resolve_device(args.device), random_baseline=args.baseline,
+                      test_limit=args.test_limit)
     import torch
 
     row = {"method": method, "ipc": ipc, "budget": args.budget, "threads": torch.get_num_threads(), "sets": s["sets"], "labels": rep["labels"],
@@ -181,6 +232,8 @@ def run_one(method: str, ipc: int, args, real_train, real_test) -> dict:
            "protocol": ev["protocol"], "accuracy": ev["compressed"], "random_baseline": ev.get("random"),
            "experts": experts, "test_samples": ev["test_samples"], "distill_s": round(t_distill, 1), "eval_s": round(time.time() - t1, 1),
            "distill_report": rep, "published": PUBLISHED.get(method, {}).get(ipc)}
+    if "scores" in ev:
+        row.update(evaluation="fair", scores=ev["scores"], fair=ev["fair"], delta=ev["delta"])
     return row
 
 
@@ -195,9 +248,38 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pm(s: dict | None) -> str:
+    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s else "–"
+
+
+def fair_markdown(rows: list[dict]) -> str:
+    """The fair-protocol table: accuracies under the same recipe and labels, and the scores."""
+    lines = ["| method | IPC | labels | set % | random % | IOR (pts) | beats random? | set, hard labels % | "
+             "full data % | HLR (pts) | LRS % | ARS % | lr set / random |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("evaluation") != "fair":
+            continue
+        f, sc = r["fair"], r["scores"]
+        hard = next(x for x in f["results"] if x["labels"] == "hard" and x["aug"] == (r["protocol"]["aug"] or "none"))
+        ior = sc["ior"]
+        verdict = "yes" if ior["mean"] - ior["std"] > 0 else ("no" if ior["mean"] + ior["std"] < 0 else "tie")
+        lines.append(f"| {r['method']} | {r['ipc']} | {f['labels']} | {_pm(r['accuracy'])} | {_pm(r['random_baseline'])} "
+                     f"| {_pm(ior)} | {verdict} | {_pm(hard['compressed'])} | {f['full_data']['percent']:.2f} "
+                     f"| {_pm(sc['hlr'])} | {_pm(sc['lrs'])} | {_pm(sc.get('ars'))} "
+                     f"| {r['protocol']['lr_used']:g} / {r['random_baseline']['lr']:g} |")
+    return "\n".join(lines)
+
+
+def tables(rows: list[dict]) -> str:
+    fair = [r for r in rows if r.get("evaluation") == "fair"]
+    return markdown(rows) + ("\n\n" + fair_markdown(fair) if fair else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--methods", default="random,dc,dsa,dm", help="comma list of registered method names")
+    ap.add_argument("--methods", default="random,dc,dsa,dm", help="comma list of registered method names "
+                    "(name:labels picks that method's label mode, e.g. herding:teacher), or all")
     ap.add_argument("--ipc", default="1,10", help="comma list of images per class")
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     ap.add_argument("--runs", type=int, default=2, help="fresh evaluation networks per set")
@@ -212,7 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", default=None, help="label mode for every method (default: hard for selection "
                     "methods, auto for the others)")
     ap.add_argument("--baseline", action="store_true", help="also train a same-size random subset per set")
+    ap.add_argument("--protocol", choices=("own", "fair"), default="own",
+                    help="fair: evaluate --protocol fair with the budget's FAIR settings (scores table)")
+    ap.add_argument("--merge", default=None, help="comma list of earlier --out files: print their tables, run nothing")
     args = ap.parse_args(argv)
+    if args.merge:
+        rows = [row for f in args.merge.split(",") if f for row in json.loads(Path(f).read_text())["rows"]]
+        print(tables(rows))
+        return 0
     if args.budget == "smoke" and args.test_limit is None:
         args.test_limit = 1000
 
@@ -224,9 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    methods = [m for m in args.methods.split(",") if m]
+    if args.methods == "all":
+        from dcompress.registry import list_methods
+
+        methods = [c.info.name for c in list_methods()]
+    else:
+        methods = [m for m in args.methods.split(",") if m]
     for m in methods:
-        get_method(m)          # unknown names fail before any work
+        get_method(m.partition(":")[0])   # any registered method; unknown names fail before any work
     ipcs = [int(i) for i in args.ipc.split(",") if i]
     real_train = load_real(str(ensure_shards(args.train, "train")))
     real_test = load_real(str(ensure_shards(args.test, "test")))
@@ -239,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench_fmnist]   {a['mean']:.2f} ± {a['std']:.2f}  distill {rows[-1]['distill_s']:.0f}s "
                   f"eval {rows[-1]['eval_s']:.0f}s", file=sys.stderr, flush=True)
             Path(args.out).write_text(json.dumps({"rows": rows}, indent=1, default=str))
-    table = markdown(rows)
+    table = tables(rows)
     print(table)
     Path(args.out).write_text(json.dumps({"argv": sys.argv[1:], "rows": rows, "table": table}, indent=1, default=str))
     return 0

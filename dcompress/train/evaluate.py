@@ -6,7 +6,7 @@ import dataclasses
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -14,7 +14,7 @@ from .. import dist
 from ..errors import InputDataError, UsageError
 from ..loader import CompressedDataset, load
 from ..seeds import derive
-from ..core import RealData, normalize
+from ..core import EvalProtocol, RealData, normalize
 from .loop import accuracy, train_on_set
 
 
@@ -24,23 +24,33 @@ def _summary(accs: list[float]) -> dict:
             "runs": [round(100 * a, 2) for a in accs]}
 
 
-def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: RealData | None = None, runs: int = 3,
-             model: str | None = None, epochs: int | None = None, seed: int = 0,
-             device: torch.device = torch.device("cpu"), random_baseline: bool = True,
-             test_limit: int | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Returns {"compressed": {...}, "random": {...} | None, "protocol": {...}, ...}.
+PROTOCOLS = ("own", "fair")
 
-    The test images are normalised with the compressed set's (training-set) mean/std. The
-    random baseline draws, per run, as many real images per class as the compressed set has,
-    and trains them with the same protocol; when the set's protocol uses teacher soft labels,
-    the baseline gets the same teacher's logits (DD-Ranking's fairness point), else hard labels.
-    A learned lr (MTT/DATM) is specific to its synthetic set: the baseline uses the protocol's lr.
-    """
-    if runs < 1:
-        raise UsageError(f"--runs must be >= 1, got {runs}")
+
+def check_models(models: Sequence[str], model: str | None = None) -> list[str]:
+    """The network names of `--models` (or `--model`), checked before any data is read:
+    UsageError (exit 2) for an unknown name, an empty list, or both options at once."""
+    from ..nets import check_name
+
+    names = [m.strip() for m in models if m.strip()]
+    if not names:
+        raise UsageError("--models needs at least one network name, e.g. convnet,resnet18")
+    if model is not None and len(names) > 1:
+        raise UsageError("give --model or --models, not both")
+    for m in names:
+        try:
+            check_name(m)
+        except UsageError as e:
+            raise UsageError(f"--models: {e.detail}") from None
+    return names
+
+
+def prepare(ds: CompressedDataset, test: RealData, *, model: str | None, epochs: int | None,
+            test_limit: int | None, seed: int) -> tuple[EvalProtocol, torch.Tensor, torch.Tensor, int]:
+    """The set's protocol with --model/--epochs applied, and the (fixed, seeded) test subset
+    normalised with the set's mean/std; InputDataError when the test data does not fit the set."""
     if test_limit is not None and test_limit < 1:
         raise UsageError(f"--test-limit must be >= 1, got {test_limit}")
-    ds = out if isinstance(out, CompressedDataset) else load(out)
     proto = ds.protocol
     if model is not None:
         proto = dataclasses.replace(proto, model=model)
@@ -56,8 +66,66 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     n_test = len(test) if test_limit is None else min(test_limit, len(test))
     tg = derive(seed, "test-subset")
     tidx = torch.randperm(len(test), generator=tg)[:n_test] if n_test < len(test) else torch.arange(len(test))
-    x_test = normalize(test.get_u8(tidx), ds.mean, ds.std)
-    y_test = test.labels[tidx]
+    return proto, normalize(test.get_u8(tidx), ds.mean, ds.std), test.labels[tidx], n_test
+
+
+def cross_architecture(models: list[str], evaluate_one: Callable[[str], dict]) -> dict:
+    """Runs `evaluate_one(model)` for each network: the first model's report, with `models`
+    holding one row per network (accuracies, delta, lr, scores under the fair protocol)."""
+    rows, first = [], None
+    for m in models:
+        r = evaluate_one(m)
+        first = first or r
+        rows.append({"model": m, "compressed": r["compressed"], "random": r.get("random"), "delta": r.get("delta"),
+                     "lr_used": r["protocol"]["lr_used"], **({"scores": r["scores"]} if "scores" in r else {}),
+                     "seconds": r["seconds"]})
+    return {**first, "models": rows}
+
+
+def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: RealData | None = None, runs: int = 3,
+             model: str | None = None, epochs: int | None = None, seed: int = 0,
+             device: torch.device = torch.device("cpu"), random_baseline: bool = True,
+             test_limit: int | None = None, progress: Callable[[int, int, str], None] | None = None,
+             protocol: str = "own", models: Sequence[str] | None = None, fair=None, full_data=None,
+             teacher: str | Path | None = None, log: Callable[[dict], None] | None = None) -> dict:
+    """Returns {"compressed": {...}, "random": {...} | None, "protocol": {...}, ...}.
+
+    The test images are normalised with the compressed set's (training-set) mean/std. The
+    random baseline draws, per run, as many real images per class as the compressed set has,
+    and trains them with the same protocol; when the set's protocol uses teacher soft labels,
+    the baseline gets the same teacher's logits (DD-Ranking's fairness point), else hard labels.
+    A learned lr (MTT/DATM) is specific to its synthetic set: the baseline uses the protocol's lr.
+
+    `protocol="fair"` runs `train.fair.fair_evaluate` instead (same recipe and labels for the set
+    and the random subset, lr picked on a validation split, DD-Ranking scores; `fair` is its
+    FairConfig, `full_data` the FullDataConfig, `teacher` a user's teacher for the soft side).
+    `models` evaluates the set on each network in turn (a cross-architecture table, `models`
+    in the report; the top-level fields are the first model's). docs/evaluation.md.
+    """
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if models is not None:
+        names = check_models(models, model)
+        ds = out if isinstance(out, CompressedDataset) else load(out)
+        kw = dict(train=train, runs=runs, epochs=epochs, seed=seed, device=device, random_baseline=random_baseline,
+                  test_limit=test_limit, progress=progress, protocol=protocol, fair=fair, full_data=full_data,
+                  teacher=teacher, log=log)
+        return cross_architecture(names, lambda m: evaluate(ds, test, model=m, **kw))
+    if model is not None:
+        check_models([model])
+    if protocol == "fair":
+        from .fair import fair_evaluate
+
+        if not random_baseline:
+            raise UsageError("--protocol fair compares the set with random subsets: drop --no-random")
+        dist.require_single("evaluate --protocol fair")
+        return fair_evaluate(out, test, train=train, runs=runs, model=model, epochs=epochs, seed=seed, device=device,
+                             test_limit=test_limit, config=fair, full_data=full_data, teacher=teacher,
+                             progress=progress, log=log)
+    if runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {runs}")
+    ds = out if isinstance(out, CompressedDataset) else load(out)
+    proto, x_test, y_test, n_test = prepare(ds, test, model=model, epochs=epochs, test_limit=test_limit, seed=seed)
     lr = ds.lr if (proto.use_learned_lr and ds.lr is not None) else proto.lr
     t0 = time.time()
     accs = {}
@@ -68,7 +136,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
                            progress=(lambda a, b, r=r: progress(a, b, f"compressed run {r + 1}/{runs}")) if progress else None)
         accs[r] = accuracy(net, x_test, y_test, device=device)
     accs = dist.gather_runs(accs, runs)
-    report = {"compressed": _summary(accs), "random": None, "protocol": {**dataclasses.asdict(proto), "lr_used": lr},
+    report = {"evaluation": "own", "compressed": _summary(accs), "random": None, "protocol": {**dataclasses.asdict(proto), "lr_used": lr},
               "samples": len(ds), "test_samples": n_test,
               "method": ds.block.method.name if ds.block.method else None,
               "seconds": {"compressed": round(time.time() - t0, 1)}}

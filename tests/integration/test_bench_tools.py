@@ -34,3 +34,20 @@ def test_bench_fmnist_smoke_table(shards, tmp_path, capsys):
     assert rows["mtt"]["protocol"]["lr_used"] != rows["mtt"]["protocol"]["lr"]   # the learned lr
     table = capsys.readouterr().out
     assert table.startswith("| method | IPC |") and table.count("\n| ") == len(methods)  # one row per method after the header and rule
+
+
+def test_bench_fmnist_fair_protocol_tables(shards, tmp_path, capsys):
+    bench = _bench()
+    common = ["--ipc", "1", "--budget", "smoke", "--runs", "2", "--protocol", "fair", "--train", str(shards["train"]),
+              "--test", str(shards["test"]), "--work", str(tmp_path / "w"), "--threads", "1"]
+    assert bench.main(["--methods", "random", "--out", str(tmp_path / "a.json"), *common]) == 0
+    assert bench.main(["--methods", "random:teacher", "--out", str(tmp_path / "b.json"), *common]) == 0
+    capsys.readouterr()
+    assert bench.main(["--merge", f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}"]) == 0
+    text = capsys.readouterr().out
+    fair = text.split("\n\n")[1].splitlines()
+    assert fair[0].startswith("| method | IPC | labels | set % | random % | IOR") and len(fair) == 4
+    assert fair[2].startswith("| random | 1 | hard |") and fair[3].startswith("| random | 1 | soft |")
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert rows[0]["labels"] == "teacher" and rows[0]["fair"]["teacher"]["same_as_set"] is True
+    assert {"hlr", "ior", "lrs", "ars"} <= set(rows[0]["scores"])

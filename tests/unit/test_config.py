@@ -10,9 +10,10 @@ from dcompress.config import RULES, resolve_config
 from dcompress.errors import UsageError
 from dcompress.registry import list_methods
 from dcompress.train.experts import ExpertConfig
+from dcompress.train.fair import FairConfig, FullDataConfig
 from dcompress.train.teacher import TeacherConfig
 
-CONFIGS = [m.Config for m in list_methods()] + [ExpertConfig, TeacherConfig]
+CONFIGS = [m.Config for m in list_methods()] + [ExpertConfig, TeacherConfig, FairConfig, FullDataConfig]
 
 
 def _numeric(tp) -> bool:

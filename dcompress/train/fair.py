@@ -1,0 +1,331 @@
+"""`dcompress evaluate --protocol fair`: the compressed set against same-size random subsets of
+the training input, trained with the same recipe and the same kind of labels, with DD-Ranking's
+scores (train/ranking.py). docs/evaluation.md describes the protocol; in short:
+
+1. A validation split (`val_per_class` images per class, at most half a class) is held out of
+   the training input; random subsets and the full-data network never see it.
+2. Label settings: `hard` (cross-entropy on the class, for both sides) always; `soft` when the
+   set is evaluated with soft labels: the set keeps its stored logits and the random subset is
+   relabelled by the teacher the set was relabelled with (`train.teacher.get_teacher`, the
+   cached teacher of the recorded config, or `--teacher`); a set with learned labels (DATM)
+   keeps them and the random subset gets the default teacher's, as DD-Ranking does.
+3. For each label setting (and, for ARS, the set's own labels with the augmentation switched:
+   DSA off when the protocol uses it, `dsa_strategy` on when it does not) and each side, the lr
+   is picked from `lr_grid` by validation accuracy after run 0 (a learned lr, MTT/DATM, is used
+   as is for the set's own labels, like DD-Ranking's `syn_lr`); the other runs train at that lr.
+   Run r of both sides uses the same network init; the random side draws subset r.
+4. The full-data accuracy (HLR) is trained once with `FullDataConfig` and cached in
+   `<cache>/full-data/` keyed by the input and test fingerprints, recipe, model and seed.
+
+Every draw comes from `seeds.derive(seed, ...)`; the same inputs and seed give the same report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import __version__
+from ..augment.dsa import DEFAULT_STRATEGY
+from ..config import Validated
+from ..core import EvalProtocol, RealData, RealView, RunSpec, default_paths, normalize
+from ..errors import InputDataError, UsageError
+from ..io.safe_write import ensure_dir, remove_dead_temps, write_json
+from ..loader import CompressedDataset, load
+from ..seeds import derive
+from . import ranking
+from .loop import accuracy, train_epoch, train_on_set
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class FairConfig(Validated):
+    """The fair protocol's knobs. `lr_grid` is DD-Ranking's (`_hyper_param_search_*`);
+    `lrs_weight`/`ars_weight` are its `lrs_lambda`/`ars_lambda` (0.5 on its leaderboard)."""
+
+    lr_grid: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1)
+    val_per_class: int = 50
+    lrs_weight: float = 0.5
+    ars_weight: float = 0.5
+    ars: bool = True
+    dsa_strategy: str = DEFAULT_STRATEGY   # the "with augmentation" side of ARS when the protocol has none
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.lr_grid:
+            raise UsageError("FairConfig: 'lr_grid' needs at least one learning rate", key="lr_grid")
+
+
+@dataclass(frozen=True)
+class FullDataConfig(Validated):
+    """How the full-data (hard label) accuracy of HLR is trained: the evaluation network on the
+    whole training input minus the validation split (`max_samples`: a seeded subset of it), SGD,
+    `epochs` passes, lr x0.1 for the second half, no augmentation. The default is sized for a
+    CPU (DD-Ranking trains ConvNet-3 200 epochs); raise `epochs` on a GPU."""
+
+    epochs: int = 5
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    max_samples: int | None = None
+
+
+def parse_grid(text: str) -> tuple[float, ...]:
+    """`--lr-grid 0.001,0.01,0.1` -> a tuple of positive floats (UsageError otherwise)."""
+    try:
+        grid = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--lr-grid must be comma-separated numbers, got {text!r}") from None
+    if not grid or any(not (v > 0) or v == float("inf") for v in grid):
+        raise UsageError(f"--lr-grid needs positive finite learning rates, got {text!r}")
+    return grid
+
+
+def split_validation(real: RealData, per_class: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(validation indices, per-class pools of the rest): `per_class` (at most half) of each class."""
+    val, pools = [], []
+    for c in range(real.num_classes):
+        idx = real.class_indices(c)
+        perm = idx[torch.randperm(idx.numel(), generator=derive(seed, "fair-val", c))]
+        k = min(per_class, idx.numel() // 2)
+        val.append(perm[:k])
+        pools.append(perm[k:].sort().values)
+    val_idx = torch.cat(val).sort().values
+    if val_idx.numel() == 0:
+        raise InputDataError("the training input is too small for a validation split (every class has < 2 "
+                             "samples)", path=(real.source.get("urls") or ["--train"])[0])
+    return val_idx, pools
+
+
+def _draw(pools: list[torch.Tensor], counts: list[int], g: torch.Generator) -> torch.Tensor:
+    """`counts[c]` indices from each class pool (without replacement when the pool is big enough)."""
+    out = []
+    for pool, n in zip(pools, counts):
+        if n == 0:
+            continue
+        if pool.numel() == 0:
+            raise InputDataError(f"a class has no training samples left beside the validation split (needs {n})")
+        pick = torch.randperm(pool.numel(), generator=g)[:n] if n <= pool.numel() else \
+            torch.randint(pool.numel(), (n,), generator=g)
+        out.append(pool[pick])
+    return torch.cat(out)
+
+
+def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: RealData | None, runs: int = 3,
+                  model: str | None = None, epochs: int | None = None, seed: int = 0,
+                  device: torch.device = torch.device("cpu"), test_limit: int | None = None,
+                  config: FairConfig | None = None, full_data: FullDataConfig | None = None,
+                  teacher: str | Path | None = None, progress: ProgressFn | None = None,
+                  log: Callable[[dict], None] | None = None) -> dict:
+    """The fair-protocol report: `compressed`/`random`/`delta` for the set's own labels (as the
+    `own` protocol reports them), `fair` (every label x augmentation setting per side with its
+    lr, validation grid and runs; full-data accuracy; teacher; validation split) and `scores`
+    (HLR, IOR, alpha, LRS, and beta, ARS). Accuracies in %, see ranking.scores for score units."""
+    from .evaluate import prepare
+
+    cfg, full_cfg = config or FairConfig(), full_data or FullDataConfig()
+    if runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {runs}")
+    ds = out if isinstance(out, CompressedDataset) else load(out)
+    if train is None:
+        raise InputDataError("--protocol fair needs the training input (for the random subsets, the validation "
+                             "split and the full-data accuracy) and the set's recorded source shards are not "
+                             "available; pass --train URLS", path=str(ds.manifest_path), key="dcompress.source.urls")
+    proto, x_test, y_test, n_test = prepare(ds, test, model=model, epochs=epochs, test_limit=test_limit, seed=seed)
+    if list(train.image_shape) != list(ds.images.shape[1:]) or train.num_classes != len(ds.classes):
+        raise InputDataError(f"training input is {train.num_classes} classes of {train.image_shape}, the set "
+                             f"{len(ds.classes)} of {tuple(ds.images.shape[1:])}",
+                             path=(train.source.get("urls") or ["--train"])[0])
+    t0 = time.time()
+    val_idx, pools = split_validation(train, cfg.val_per_class, seed)
+    x_val, y_val = normalize(train.get_u8(val_idx), ds.mean, ds.std), train.labels[val_idx]
+    soft = bool(proto.soft_labels and ds.label_kind in ("teacher", "learned"))
+    own = "soft" if soft else "hard"
+    teach, teacher_info = (_teacher(ds, train, device, teacher, log) if soft else (None, None))
+    other_aug = None if proto.aug else cfg.dsa_strategy
+    settings = [("hard", proto.aug)] + ([("soft", proto.aug)] if soft else []) + ([(own, other_aug)] if cfg.ars else [])
+    learned = ds.lr if (proto.use_learned_lr and ds.lr is not None) else None
+
+    counts = torch.bincount(ds.labels, minlength=len(ds.classes)).tolist()
+    subsets: dict[int, dict] = {}
+
+    def random_run(r: int) -> dict:
+        if r not in subsets:
+            idx = _draw(pools, counts, derive(seed, "fair-random", r))
+            x = normalize(train.get_u8(idx), ds.mean, ds.std)
+            subsets[r] = {"x": x, "y": train.labels[idx], "soft": teach.logits(x, device) if teach else None}
+        return subsets[r]
+
+    set_data = {"x": ds.images, "y": ds.labels, "soft": ds.logits}
+    n_grid = len(cfg.lr_grid)
+    total = sum((1 if (learned is not None and lab == own) else n_grid) + n_grid + 2 * (runs - 1)
+                for lab, _ in settings)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], total, "fair evaluation (networks)")
+
+    results = []
+    for label, aug in settings:
+        recipe = dataclasses.replace(proto, soft_labels=label == "soft", aug=aug)
+        row = {"labels": label, "aug": aug or "none"}
+        for side, data in (("compressed", lambda r: set_data), ("random", random_run)):
+            fixed = learned if (side == "compressed" and label == own) else None
+            row[side] = _select_and_run(data, recipe, len(ds.classes), cfg.lr_grid, fixed, runs,
+                                        tags=(seed, "fair-net", label, aug or "none"), val=(x_val, y_val),
+                                        test=(x_test, y_test), device=device, tick=tick)
+        results.append(row)
+    t_sets = time.time() - t0
+    full_test = x_test
+    if tuple(train.mean) != tuple(ds.mean) or tuple(train.std) != tuple(ds.std):   # --train is another input
+        full_test = _renormalise(x_test, (ds.mean, ds.std), (train.mean, train.std))
+    full = full_data_accuracy(train, pools, (full_test, y_test), model=proto.model, cfg=full_cfg, seed=seed,
+                              device=device, test_key={"fingerprint": test.source.get("fingerprint"),
+                                                       "samples": n_test, "of": len(test)},
+                              val_per_class=cfg.val_per_class, progress=progress)
+
+    def accs(label: str, aug, side: str) -> list[float]:
+        return next(r[side]["test"] for r in results if r["labels"] == label and r["aug"] == (aug or "none"))
+
+    aug_lists = {}
+    if cfg.ars:
+        with_aug, no_aug = (proto.aug, other_aug) if proto.aug else (other_aug, proto.aug)
+        aug_lists = {"set_aug": accs(own, with_aug, "compressed"), "random_aug": accs(own, with_aug, "random"),
+                     "set_no_aug": accs(own, no_aug, "compressed"), "random_no_aug": accs(own, no_aug, "random")}
+    scores = ranking.scores(full["accuracy"], accs("hard", proto.aug, "compressed"),
+                            accs(own, proto.aug, "compressed"), accs(own, proto.aug, "random"),
+                            lrs_weight=cfg.lrs_weight, ars_weight=cfg.ars_weight, **aug_lists)
+    main = next(r for r in results if r["labels"] == own and r["aug"] == (proto.aug or "none"))
+    compressed = ranking.summary(main["compressed"]["test"], 100, 2)
+    random_ = {**ranking.summary(main["random"]["test"], 100, 2),
+               "labels": "teacher soft labels" if soft else "hard labels", "lr": main["random"]["lr"]}
+    for r in results:
+        for side in ("compressed", "random"):
+            r[side] = {**ranking.summary(r[side].pop("test"), 100, 2), **r[side]}
+    return {"evaluation": "fair", "compressed": compressed, "random": random_,
+            "delta": round(compressed["mean"] - random_["mean"], 2),
+            "protocol": {**dataclasses.asdict(dataclasses.replace(proto, soft_labels=soft)),
+                         "lr_used": main["compressed"]["lr"], "lr_source": main["compressed"]["lr_source"]},
+            "samples": len(ds), "test_samples": n_test, "method": ds.block.method.name if ds.block.method else None,
+            "fair": {"labels": own, "runs": runs, "lr_grid": list(cfg.lr_grid), "results": results,
+                     "validation": {"per_class": cfg.val_per_class, "samples": int(val_idx.numel())},
+                     "full_data": full, "teacher": teacher_info},
+            "scores": scores,
+            "seconds": {"sets": round(t_sets, 1), "full_data": full["seconds"] if not full["cached"] else 0.0}}
+
+
+def _renormalise(x: torch.Tensor, src, dst) -> torch.Tensor:
+    """Images normalised with `src` (mean, std) re-expressed with `dst`: the full-data network
+    reads batches normalised with the training input's own statistics."""
+    def t(v):
+        return torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x * t(src[1]) + t(src[0]) - t(dst[0])) / t(dst[1])
+
+
+def _select_and_run(data: Callable[[int], dict], recipe: EvalProtocol, num_classes: int, grid: tuple[float, ...],
+                    fixed_lr: float | None, runs: int, *, tags: tuple, val, test, device, tick) -> dict:
+    """Run 0 at every lr of `grid` (or at `fixed_lr`), the best validation accuracy picks the
+    lr (the earliest on a tie); runs 1.. at that lr. Test accuracies (fractions) in "test"."""
+    d = data(0)
+    grid_rows, best = [], None
+    for lr in ([fixed_lr] if fixed_lr is not None else grid):
+        net = train_on_set(d["x"], d["y"], num_classes=num_classes, protocol=recipe, generator=derive(*tags, 0),
+                           device=device, soft=d["soft"], lr=lr)
+        v = accuracy(net, val[0], val[1], device=device)
+        grid_rows.append({"lr": lr, "val": round(100 * v, 2)})
+        if best is None or v > best[0]:
+            best = (v, lr, net)
+        tick()
+    lr = best[1]
+    test_accs = [accuracy(best[2], test[0], test[1], device=device)]
+    for r in range(1, runs):
+        d = data(r)
+        net = train_on_set(d["x"], d["y"], num_classes=num_classes, protocol=recipe, generator=derive(*tags, r),
+                           device=device, soft=d["soft"], lr=lr)
+        test_accs.append(accuracy(net, test[0], test[1], device=device))
+        tick()
+    return {"lr": lr, "lr_source": "learned" if fixed_lr is not None else "grid", "val_grid": grid_rows,
+            "test": test_accs}
+
+
+def _teacher(ds: CompressedDataset, train: RealData, device: torch.device, teacher: str | Path | None, log):
+    """The teacher that relabels the random subsets: `--teacher`, else the one the set was
+    relabelled with (its recorded config, loaded from the cache or retrained the same way),
+    else (learned labels) the default teacher. Returns (Teacher, report info)."""
+    from .teacher import TeacherConfig, get_teacher
+
+    info = ds.block.labels.teacher or {}
+    where, key = str(ds.manifest_path), "dcompress.labels.teacher"
+    cfg = None
+    if teacher is None and info.get("source") == "user":
+        raise InputDataError(f"the set was relabelled by a user's teacher ({info.get('path')}); pass it again "
+                             "with --teacher PATH so the random subsets get the same teacher's labels",
+                             path=where, key=key)
+    if teacher is None and isinstance(info.get("config"), dict):
+        try:
+            cfg = TeacherConfig(**info["config"])
+        except (TypeError, UsageError) as e:
+            raise InputDataError(f"recorded teacher config is not usable ({e})", path=where, key=key) from None
+    spec = RunSpec(ipc=1, device=device, cache_dir=default_paths()["cache"], teacher=Path(teacher) if teacher else None)
+    t = get_teacher(train, spec, cfg, log=log)
+    same = bool(info.get("path")) and Path(str(info.get("path"))).resolve() == Path(str(t.info.get("path"))).resolve()
+    return t, {"model": t.info.get("model"), "source": t.info.get("source"), "path": t.info.get("path"),
+               "same_as_set": same if ds.label_kind == "teacher" else None, "set_labels": ds.label_kind}
+
+
+def full_data_accuracy(train: RealData, pools: list[torch.Tensor], test: tuple[torch.Tensor, torch.Tensor], *,
+                       model: str, cfg: FullDataConfig, seed: int, device: torch.device, test_key: dict,
+                       val_per_class: int, progress: ProgressFn | None = None) -> dict:
+    """Test accuracy (fraction) of `model` trained on the training input minus the validation
+    split with hard labels, read from `<cache>/full-data/<key>.json` when the same input, test
+    subset, recipe, model, validation split and seed were measured before; else trained and
+    cached (atomic write). An unreadable or foreign cache entry is recomputed and replaced."""
+    key = {"input": train.source.get("fingerprint"), "test": test_key, "model": model,
+           "recipe": dataclasses.asdict(cfg), "val_per_class": val_per_class, "seed": seed, "kind": "full-data-v1"}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = default_paths()["cache"] / "full-data" / f"{digest}.json"
+    try:
+        rec = json.loads(path.read_text())
+        if rec.get("key") == key and 0.0 <= float(rec["accuracy"]) <= 1.0:
+            return {**rec, "cached": True, "path": str(path), "percent": round(100 * float(rec["accuracy"]), 2)}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass                                  # missing, truncated or foreign: measured again below
+    t0 = time.time()
+    idx = torch.cat(pools).sort().values
+    g = derive(seed, "full-data")
+    if cfg.max_samples is not None and idx.numel() > cfg.max_samples:
+        idx = idx[torch.randperm(idx.numel(), generator=g)[:cfg.max_samples]].sort().values
+    from ..nets import build_net
+
+    c, h, w = train.image_shape
+    net = build_net(model, c, train.num_classes, (h, w), generator=g).to(device)
+    view, y = RealView(train, idx), train.labels[idx].to(device)
+
+    def sgd(lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    opt = sgd(cfg.lr)
+    for ep in range(cfg.epochs):
+        if cfg.epochs > 1 and ep == cfg.epochs // 2:
+            opt = sgd(cfg.lr * 0.1)
+        train_epoch(net, opt, view, y, None, batch_size=cfg.batch_size, generator=g)
+        if progress:
+            progress(ep + 1, cfg.epochs, "full-data network (epochs)")
+    net.eval()
+    acc = accuracy(net, test[0], test[1], device=device)
+    rec = {"key": key, "accuracy": acc, "samples": int(idx.numel()), "seconds": round(time.time() - t0, 1),
+           "dcompress": __version__}
+    ensure_dir(path.parent)
+    remove_dead_temps(path.parent)
+    write_json(path, rec)
+    return {**rec, "cached": False, "path": str(path), "percent": round(100 * acc, 2)}
