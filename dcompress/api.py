@@ -261,6 +261,8 @@ def label_stage(cset: CompressedSet, labels: str, kind: str, real: RealData, spe
     loaded, see get_teacher), `hard` one-hot vectors; `auto` = learned when the method learned
     labels, teacher for selections, hard for other synthesis. Returns (set, teacher info | None)."""
     mode = labels
+    if mode in ("auto", "teacher") and cset.label_kind == "teacher" and cset.logits is not None:
+        return cset, cset.info.get("teacher")      # relabelled by the method's own teacher (rded, sre2l)
     if mode == "auto":
         mode = "learned" if cset.logits is not None else ("teacher" if kind == "selection" else "hard")
     if mode == "learned":
@@ -331,3 +333,50 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
             "shards": len(manifest["shardlist"]), "labels": mode, "learned_lr": cset.lr,
             "bad_samples": real.source["bad_samples"]["count"], "resumed_from": ckpt.resumed_from,
             "timings": {**timings, "write_s": round(time.time() - t2, 2)}}
+
+
+def teacher(urls, *, out: str | Path, model: str | None = "auto", bn: bool = False, epochs: int | None = None,
+            seed: int | None = None, sets: Iterable[str] = (), config: str | Path | None = None,
+            device: str = "auto", overwrite: bool = False, max_bad: int = 100, max_pixels: int | None = MAX_PIXELS,
+            allow_manifest_urls: bool = False, progress: ProgressFn | None = None,
+            log: Callable[[dict], None] | None = None, real: RealData | None = None) -> dict:
+    """Trains a teacher on the dataset at `urls` and writes `out` (a `.pt` state dict) plus its
+    `.json` sidecar, for `--teacher out` of any teacher-using command (docs/teacher.md).
+
+    The network: `model` (a name from `dcompress.nets`), else `--set model=...`, else by
+    resolution (`auto`: ConvNet-3 w32 up to 64 px a side, ResNet-18 above); `bn` picks the
+    BatchNorm variant (SRe2L needs one). The teacher is trained once per input and config and
+    cached (the same cache `distill` uses), so a rerun, or a distill with the same teacher
+    config, reuses it. An existing `out` is replaced only with `overwrite`, unless it already
+    holds this very teacher (reported `up_to_date`).
+    """
+    from .config import load_yaml, parse_sets
+    from .train import teacher_out as tout
+
+    out = Path(out).absolute()
+    tout.check_out(out)
+    check_limits(epochs=(epochs, 1), max_bad=(max_bad, 0), max_pixels=(max_pixels, 1))
+    check_seed(seed if seed is not None else 0)
+    explicit = model not in (None, "auto")
+    cfg = resolve_config(TeacherConfig, file=config, sets=list(sets),
+                         flags={"epochs": epochs, "seed": seed, "model": model if explicit else None})
+    set_model = explicit or "model" in parse_sets(list(sets)) or (config is not None and "model" in load_yaml(config))
+    dev = resolve_device(device)
+    inp = None
+    if real is None:
+        inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
+        check_not_input(out, [u for u in inp.urls if not is_remote(u)], inp.folders)
+    with OutputLock(out, what="teacher"):
+        t0 = time.time()
+        if real is None:
+            real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=progress)
+        t_read = time.time() - t0
+        name = cfg.model if set_model else tout.auto_model(real.image_shape, bn)
+        cfg = dataclasses.replace(cfg, model=tout.bn_variant(name) if bn else name)
+        spec = RunSpec(ipc=1, device=dev, seed=cfg.seed, cache_dir=default_paths()["cache"], teacher_config=cfg,
+                       progress=progress)
+        rep = tout.train_teacher(real, cfg, out, spec=spec, overwrite=overwrite, log=log)
+    teacher_s = rep.pop("teacher_s", 0.0)
+    return {"status": "ok", "out": str(out), "sidecar": str(tout.sidecar_path(out)), **rep,
+            "config": config_dict(cfg), "image_shape": list(real.image_shape), "classes": real.num_classes,
+            "input_samples": len(real), "timings": {"read_s": round(t_read, 2), "teacher_s": teacher_s}}

@@ -270,6 +270,36 @@ def verify(target: Path = typer.Argument(..., metavar="OUT"), as_json: bool = JS
     run(as_json, lambda p: api_verify(target), _kv)
 
 
+@app.command()
+def teacher(urls: List[str] = typer.Argument(..., metavar="URLS...", help="training shards (URLS as for distill)"),
+            output: Path = typer.Option(..., "-o", "--out", help="the teacher's .pt file (its .json sidecar goes "
+                                                                  "beside it); load it with --teacher"),
+            model: str = typer.Option("auto", "--model", help="network name, or auto: ConvNet-3 w32 up to 64 px a "
+                                                              "side, ResNet-18 above"),
+            bn: bool = typer.Option(False, "--bn", help="the network's BatchNorm variant (needed by sre2l)"),
+            epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs [default: 2]"),
+            seed: Optional[int] = typer.Option(None, "--seed", help="teacher seed [default: 0]"),
+            sets: List[str] = typer.Option([], "--set", help="key=value teacher config (max_samples, lr, "
+                                                             "batch_size, ...; repeatable)"),
+            config: Optional[Path] = typer.Option(None, "--config", help="YAML file of teacher config keys"),
+            device: str = DEVICE,
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing teacher at -o"),
+            max_bad: int = MAX_BAD,
+            max_pixels: int = MAX_PIXELS,
+            allow_manifest_urls: bool = ALLOW_URLS,
+            cache_dir: Optional[Path] = CACHE,
+            as_json: bool = JSON) -> None:
+    """Train a teacher network on the input (no pretrained weights are downloaded) for --teacher."""
+    from .api import teacher as api_teacher
+
+    def work(prog: Reporter) -> dict:
+        _use_cache(cache_dir)
+        return api_teacher(urls, out=output, model=model, bn=bn, epochs=epochs, seed=seed, sets=sets, config=config,
+                           device=device, overwrite=overwrite, max_bad=max_bad, max_pixels=max_pixels,
+                           allow_manifest_urls=allow_manifest_urls, progress=prog, log=prog.event)
+    run(as_json, work, _kv)
+
+
 def main() -> None:
     """Console entry point. An interrupted run exits with 130/143 through `os._exit` after
     flushing: after a Ctrl-C early in a run, CPython was seen to re-kill itself with SIGINT at

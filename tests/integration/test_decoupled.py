@@ -1,0 +1,151 @@
+"""Decoupled pipelines (issue #13): `dcompress teacher`, `--teacher` checks, rded, sre2l, and
+top-k soft labels, end to end from the CLI on the tiny shards."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import dcompress
+from dcompress.cli import app
+
+TEACHER_FAST = ["--epochs", "1"]
+
+
+def cli(*args: str):
+    r = CliRunner().invoke(app, [*map(str, args), "--json"])
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.output
+    return r.exit_code, json.loads(lines[0])
+
+
+def shard_digest(out: Path) -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.glob("data-*.tar")))).hexdigest()
+
+
+def sample_members(out: Path, suffix: str) -> dict[str, bytes]:
+    """{member name: bytes} of every shard member ending in `suffix` (e.g. ".json")."""
+    import tarfile
+
+    found = {}
+    for p in sorted(out.glob("data-*.tar")):
+        with tarfile.open(p) as tar:
+            for m in tar:
+                if m.name.endswith(suffix) and m.name.count(".") == suffix.count("."):
+                    found[m.name] = tar.extractfile(m).read()
+    return found
+
+
+@pytest.fixture(scope="module")
+def teacher_pt(shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher") / "t.pt"
+    code, rep = cli("teacher", shards["train"], "-o", out, *TEACHER_FAST)
+    assert code == 0, rep
+    return out
+
+
+@pytest.fixture(scope="module")
+def bn_teacher_pt(shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher_bn") / "t.pt"
+    code, rep = cli("teacher", shards["train"], "-o", out, "--bn", *TEACHER_FAST)
+    assert code == 0 and rep["model"] == "convnetbn_w32", rep
+    return out
+
+
+# ------------------------------------------------------------------------------------ teacher
+
+def test_teacher_command_writes_pair_with_sidecar_and_reuses_it(teacher_pt, shards):
+    meta = json.loads(teacher_pt.with_suffix(".json").read_text())
+    assert meta["model"] == "convnet_w32" and meta["image_shape"] == [1, 28, 28] and meta["num_classes"] == 3
+    assert meta["weights_sha256"] == hashlib.sha256(teacher_pt.read_bytes()).hexdigest()
+    assert meta["config"]["epochs"] == 1
+    state = torch.load(teacher_pt, weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    before = teacher_pt.read_bytes()
+    code, rep = cli("teacher", shards["train"], "-o", teacher_pt, *TEACHER_FAST)     # same request: nothing to do
+    assert code == 0 and rep["up_to_date"] is True and teacher_pt.read_bytes() == before
+    code, rep = cli("teacher", shards["train"], "-o", teacher_pt, "--epochs", "2")   # other request: refused
+    assert code == 2 and "--overwrite" in rep["error"] and teacher_pt.read_bytes() == before
+
+
+def test_teacher_overwrite_retrains_and_reuses_the_cache(shards, tmp_path):
+    out = tmp_path / "t.pt"
+    code, first = cli("teacher", shards["train"], "-o", out, "--epochs", "2", "--seed", "3")
+    assert code == 0 and first["source"] == "trained"
+    code, again = cli("teacher", shards["train"], "-o", tmp_path / "u.pt", "--epochs", "2", "--seed", "3")
+    assert code == 0 and again["source"] == "cache" and again["weights_sha256"] == first["weights_sha256"]
+    code, rep = cli("teacher", shards["train"], "-o", out, "--epochs", "1", "--overwrite")
+    assert code == 0 and rep["weights_sha256"] != first["weights_sha256"]
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("case", ["not_pt", "folder"])
+def test_teacher_bad_output_locations(shards, tmp_path, case):
+    if case == "not_pt":
+        code, rep = cli("teacher", shards["train"], "-o", tmp_path / "t.bin", *TEACHER_FAST)
+        assert code == 2 and ".pt" in rep["error"]
+    else:
+        (tmp_path / "t.pt").mkdir()
+        code, rep = cli("teacher", shards["train"], "-o", tmp_path / "t.pt", *TEACHER_FAST)
+        assert code == 5
+
+
+@pytest.mark.parametrize("key,value", [("num_classes", 4), ("image_shape", [3, 28, 28]),
+                                       ("class_names", ["x", "y", "z"]), ("weights_sha256", "0" * 64)])
+def test_teacher_that_does_not_fit_the_input_is_exit_4(teacher_pt, shards, tmp_path, key, value):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(teacher_pt.read_bytes())
+    meta = json.loads(teacher_pt.with_suffix(".json").read_text())
+    bad.with_suffix(".json").write_text(json.dumps({**meta, key: value}))
+    code, rep = cli("distill", shards["train"], "-m", "rded", "--ipc", "1", "--teacher", bad, "-o", tmp_path / "o")
+    assert code == 4 and key in json.dumps(rep), rep
+    assert not (tmp_path / "o").exists()
+
+
+def test_teacher_is_used_by_selection_methods(teacher_pt, shards, tmp_path):
+    code, rep = cli("distill", shards["train"], "-m", "herding", "--ipc", "2", "--teacher", teacher_pt,
+                    "-o", tmp_path / "h")
+    assert code == 0 and rep["labels"] == "teacher"
+    labels = json.loads((tmp_path / "h" / "manifest.json").read_text())["dcompress"]["labels"]
+    assert labels["teacher"]["source"] == "user" and labels["teacher"]["path"] == str(teacher_pt)
+
+
+# --------------------------------------------------------------------------------------- rded
+
+def test_rded_end_to_end_deterministic_and_trainable(teacher_pt, shards, tmp_path):
+    args = ["distill", shards["train"], "-m", "rded", "--ipc", "2", "--teacher", teacher_pt, "--seed", "5"]
+    code, rep = cli(*args, "-o", tmp_path / "a")
+    assert code == 0 and rep["samples"] == 6 and rep["labels"] == "teacher", rep
+    code, _ = cli(*args, "-o", tmp_path / "b")
+    assert code == 0 and shard_digest(tmp_path / "a") == shard_digest(tmp_path / "b")
+    code, _ = cli(*args[:-1], "6", "-o", tmp_path / "c")
+    assert code == 0 and shard_digest(tmp_path / "a") != shard_digest(tmp_path / "c")
+    ds = dcompress.load(tmp_path / "a")
+    assert ds.images.shape == (6, 1, 28, 28) and ds.label_kind == "teacher" and ds.protocol.soft_labels
+    assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    # each image is 2x2 crops of real images of its own class, named in its provenance
+    metas = sample_members(tmp_path / "a", ".json")
+    assert len(metas) == 6 and all(len(json.loads(m)["crops"]) == 4 for m in metas.values())
+    assert not sample_members(tmp_path / "a", ".npy")
+    # the stored logits are the teacher's on the stored (PNG) image: no .npy, nothing re-quantised
+    from dcompress.train.teacher import load_teacher_net
+
+    net = load_teacher_net("convnet_w32", teacher_pt, (1, 28, 28), 3, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.allclose(net(ds.images), ds.logits, atol=2e-2)
+    test = dcompress.api.load_real(str(shards["test"]))
+    r = dcompress.evaluate(ds, test, runs=1, epochs=3, random_baseline=False)
+    assert 0 <= r["compressed"]["mean"] <= 100 and r["samples"] == 6
+
+
+def test_rded_bad_config_and_too_few_crops(teacher_pt, shards, tmp_path):
+    code, rep = cli("distill", shards["train"], "-m", "rded", "--ipc", "2", "--teacher", teacher_pt,
+                    "--set", "factor=0", "-o", tmp_path / "a")
+    assert code == 2 and "factor" in rep["error"]
+    code, rep = cli("distill", shards["train"], "-m", "rded", "--ipc", "2", "--teacher", teacher_pt,
+                    "--set", "mipc=1", "--set", "num_crop=2", "-o", tmp_path / "b")
+    assert code == 4 and "crops" in rep["error"]
