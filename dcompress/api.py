@@ -128,8 +128,11 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             shard_size: int = 1000, ckpt_every: int = 50, dry_run: bool = False, flags: dict | None = None,
             experts: str | Path | None = None, teacher_sets: Iterable[str] = (),
             progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None,
-            real: RealData | None = None) -> dict:
+            real: RealData | None = None, label_topk: int | None = None) -> dict:
     """Compresses the dataset at `urls` with `method` into `out`; returns the run report.
+
+    `label_topk` K stores each sample's K largest logits (`.topk.npy`) instead of all of them
+    (docs/format.md); K above the number of classes is a UsageError.
 
     Every argument is checked before the input is read. `out` must not overlap the input; an
     existing output is replaced only with `overwrite`, except that the same run (same request,
@@ -145,7 +148,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     check_size(ipc, ratio)
     check_limits(shard_size=(shard_size, 1), ckpt_every=(ckpt_every, 0), max_bad=(max_bad, 0),
-                 max_pixels=(max_pixels, 1))
+                 max_pixels=(max_pixels, 1), label_topk=(label_topk, 1))
     dev = resolve_device(device)
     out = Path(out).absolute()
     inp = None
@@ -161,7 +164,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     request = {"method": method, "config": config_dict(cfg), "ipc": ipc, "ratio": ratio, "seed": seed,
                "device": dev.type, "labels": labels, "experts": str(experts) if experts else None,
                "teacher_config": config_dict(teacher_cfg),
-               "teacher": str(teacher) if teacher else None, "version": __version__}
+               "teacher": str(teacher) if teacher else None, "version": __version__,
+               **({"label_topk": label_topk} if label_topk is not None else {})}
     with OutputLock(out):
         exists = check_target(out, kind="compressed", overwrite=overwrite)
         prior = _prior_run(out) if exists and not overwrite else None
@@ -171,6 +175,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         if real is None:
             real = load_real(inp, max_bad=max_bad, max_pixels=max_pixels, progress=progress)
         n_ipc = ipc_from(real, ipc, ratio)
+        check_topk(label_topk, real)
         t_read = time.time() - t0
         if log is not None:
             log({"event": "note", "text": f"stage read: {len(real)} samples, {real.num_classes} classes from "
@@ -178,7 +183,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
                                           f"({real.source['bad_samples']['count']} bad)"})
         identity = {"method": method, "config": config_dict(cfg), "ipc": n_ipc, "seed": seed, "device": dev.type,
                     "fingerprint": real.source["fingerprint"], "labels": labels,
-                    "experts": str(experts) if experts else None, "teacher_config": config_dict(teacher_cfg)}
+                    "experts": str(experts) if experts else None, "teacher_config": config_dict(teacher_cfg),
+                    **({"label_topk": label_topk} if label_topk is not None else {})}
         if prior is not None:
             if prior.get("key") != run_key(identity):
                 raise refuse_existing(out)
@@ -193,11 +199,18 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             return _fit_and_write(real, m_cls, cfg, method, out=out, n_ipc=n_ipc, ratio=ratio, seed=seed, dev=dev,
                                   resume=resume, labels=labels, teacher=teacher, shard_size=shard_size,
                                   ckpt=ckpt, experts=experts, teacher_cfg=teacher_cfg, progress=progress, log=log,
-                                  t_read=t_read,
+                                  t_read=t_read, label_topk=label_topk,
                                   run={"key": run_key(identity), "request": request})
         except BaseException as e:
             _after_failure(e, ckpt)
             raise
+
+
+def check_topk(label_topk: int | None, real: RealData) -> None:
+    """UsageError when `--label-topk` asks for more logits than the input has classes."""
+    if label_topk is not None and label_topk > real.num_classes:
+        raise UsageError(f"--label-topk {label_topk} exceeds the input's {real.num_classes} classes "
+                         f"(use at most {real.num_classes}, or omit it to store every logit)", key="label_topk")
 
 
 def _prior_run(out: Path) -> dict | None:
@@ -289,7 +302,7 @@ def _teacher_plan(real: RealData, spec: RunSpec) -> str:
 def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc: int, ratio, seed: int, dev,
                    resume: bool, labels: str, teacher, shard_size: int, ckpt: Checkpointer, experts, teacher_cfg,
                    progress,
-                   log, t_read: float, run: dict) -> dict:
+                   log, t_read: float, run: dict, label_topk: int | None = None) -> dict:
     stages: dict[str, float] = {}
     log = metrics = MetricsLog(ckpt.file(METRICS), forward=_collecting_stages(log, stages))  # survives a resume
     progress = _announcing_resume(progress, ckpt, log)
@@ -326,13 +339,15 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
         learned=LearnedRecord(lr=cset.lr, lrs=cset.lrs),
         eval_protocol=protocol, info=cset.info, run=RunRecord(**run), env=env_versions(), timings=timings)
     manifest = write_output(out, labelled, class_names=real.class_names, mean=real.mean, std=real.std,
-                            method=method, block=block, shard_size=shard_size, metrics=metrics.rows())
+                            method=method, block=block, shard_size=shard_size, metrics=metrics.rows(),
+                            label_topk=label_topk)
     crash_point("distill.written")
     ckpt.clear()
     return {"status": "ok", "out": str(out), "method": method, "ipc": n_ipc, "samples": len(cset),
             "shards": len(manifest["shardlist"]), "labels": mode, "learned_lr": cset.lr,
             "bad_samples": real.source["bad_samples"]["count"], "resumed_from": ckpt.resumed_from,
-            "timings": {**timings, "write_s": round(time.time() - t2, 2)}}
+            "timings": {**timings, "write_s": round(time.time() - t2, 2)},
+            "bytes": manifest["dcompress"].get("bytes"), "label_topk": label_topk}
 
 
 def teacher(urls, *, out: str | Path, model: str | None = "auto", bn: bool = False, epochs: int | None = None,

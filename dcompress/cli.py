@@ -104,6 +104,8 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             from_bins: Optional[Path] = typer.Option(None, "--from-bins", help="dq: re-sample bins saved by --keep-bins"),
             dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, write nothing"),
             cache_dir: Optional[Path] = CACHE,
+            label_topk: Optional[int] = typer.Option(None, "--label-topk", help="store only each sample's K "
+                                                     "largest logits (+ class indices); at most the class count"),
             as_json: bool = JSON) -> None:
     """Compress a dataset with a method (selection or synthesis)."""
     from .api import distill as api_distill
@@ -118,7 +120,8 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
                            sets=sets, resume=resume, overwrite=overwrite, labels=labels, teacher=teacher,
                            max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                            shard_size=shard_size, ckpt_every=ckpt_every, dry_run=dry_run, flags=flags,
-                           experts=experts, teacher_sets=teacher_sets, progress=prog, log=prog.event)
+                           experts=experts, teacher_sets=teacher_sets, progress=prog, log=prog.event,
+                           label_topk=label_topk)
     run(as_json, work, _show_distill)
 
 

@@ -24,6 +24,7 @@ from .safe_write import write_json
 from .metrics import METRICS, jsonl_bytes
 from .codecs import encode_npy, encode_png, json_bytes
 from .writer import write_shards
+from . import topk
 
 PREFIX = "data"
 GRID = "grid.png"
@@ -35,8 +36,15 @@ def sample_key(label: int, slot: int) -> str:
     return f"c{label:04d}-{slot:05d}"
 
 
-def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray):
-    logits = cset.logits.detach().cpu().float().numpy().astype(np.float16)
+IMAGE_MEMBERS, LABEL_MEMBERS = ("png", "npy"), ("logits.npy", topk.MEMBER)
+
+
+def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray,
+                 label_topk: int | None = None, sizes: dict[str, int] | None = None):
+    """The samples to write; `label_topk` stores the K largest logits (`.topk.npy`) instead of
+    `.logits.npy`; `sizes` (when given) sums each member's payload bytes by extension."""
+    full = cset.logits.detach().cpu().float().numpy()
+    logits = full.astype(np.float16)
     exact = cset.images.detach().cpu().float().numpy()
     per_class: dict[int, int] = {}
     for i in range(len(cset)):
@@ -48,14 +56,32 @@ def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: n
         if i < len(cset.sources):
             meta.update(cset.sources[i])
         sample = {"__key__": sample_key(y, slot), "png": encode_png(u8[i]), "cls": str(y).encode(),
-                  "logits.npy": encode_npy(logits[i]), "json": json_bytes(meta)}
+                  "json": json_bytes(meta)}
+        if label_topk is None:
+            sample["logits.npy"] = encode_npy(logits[i])
+        else:
+            sample[topk.MEMBER] = encode_npy(topk.prune(full[i], label_topk))
         if cset.synthetic:
             sample["npy"] = encode_npy(exact[i])
+        if sizes is not None:
+            for ext, data in sample.items():
+                if ext != "__key__":
+                    sizes[ext] = sizes.get(ext, 0) + len(data)
         yield sample
 
 
+def byte_counts(sizes: dict[str, int], shard_bytes: int) -> dict[str, int]:
+    """The manifest's `bytes`: member payloads by role (images: .png + .npy; labels: .logits.npy or
+    .topk.npy; other: .cls + .json) and the shards' size on disk (tar headers and padding included)."""
+    images = sum(v for k, v in sizes.items() if k in IMAGE_MEMBERS)
+    labels = sum(v for k, v in sizes.items() if k in LABEL_MEMBERS)
+    return {"images": images, "labels": labels, "other": sum(sizes.values()) - images - labels,
+            "shards": shard_bytes}
+
+
 def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], mean, std, method: str,
-                 block: CompressedBlock, shard_size: int = 1000, metrics: list[dict] | None = None) -> dict:
+                 block: CompressedBlock, shard_size: int = 1000, metrics: list[dict] | None = None,
+                 label_topk: int | None = None) -> dict:
     """Atomically writes shards, reader descriptions, figures and the manifest into `target`.
 
     Args:
@@ -69,11 +95,15 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
     u8 = denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
     name = f"{method}-{Path(target).name}"
     with AtomicDir(target) as tmp:
-        written = write_shards(tmp, iter_samples(cset, class_names, method, u8),
+        sizes: dict[str, int] = {}
+        written = write_shards(tmp, iter_samples(cset, class_names, method, u8, label_topk, sizes),
                                prefix=PREFIX, shard_size=shard_size)
         shards = [ShardRow.of_file(p, n) for p, n in written]
+        labels = block.labels if label_topk is None else dataclasses.replace(block.labels, soft=topk.MEMBER,
+                                                                             topk=label_topk)
         block = dataclasses.replace(block, num_samples=len(cset), extra_files=sorted(cset.extra_files),
-                                    urls=f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar")
+                                    urls=f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar", labels=labels,
+                                    bytes=byte_counts(sizes, sum(Path(p).stat().st_size for p, _ in written)))
         files = dict(cset.extra_files)
         roles = {"timm_info": TIMM_INFO, "card": CARD, "grid": GRID}
         files[TIMM_INFO] = timm_info_bytes(name, shards, class_names)

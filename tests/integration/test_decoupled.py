@@ -149,3 +149,60 @@ def test_rded_bad_config_and_too_few_crops(teacher_pt, shards, tmp_path):
     code, rep = cli("distill", shards["train"], "-m", "rded", "--ipc", "2", "--teacher", teacher_pt,
                     "--set", "mipc=1", "--set", "num_crop=2", "-o", tmp_path / "b")
     assert code == 4 and "crops" in rep["error"]
+
+
+# ------------------------------------------------------------------------------ top-k labels
+
+def test_label_topk_stores_k_logits_and_loads_renormalised(teacher_pt, shards, tmp_path):
+    base = ["distill", shards["train"], "-m", "herding", "--ipc", "2", "--teacher", teacher_pt]
+    code, full = cli(*base, "-o", tmp_path / "full")
+    assert code == 0
+    code, rep = cli(*base, "--label-topk", "2", "-o", tmp_path / "k2")
+    assert code == 0 and rep["label_topk"] == 2, rep
+    b_full, b_k = full["bytes"], rep["bytes"]
+    assert b_k["images"] == b_full["images"] > 0
+    assert b_k["labels"] == sum(map(len, sample_members(tmp_path / "k2", ".topk.npy").values()))
+    assert b_full["labels"] == sum(map(len, sample_members(tmp_path / "full", ".logits.npy").values()))
+    assert b_k["shards"] == sum(p.stat().st_size for p in (tmp_path / "k2").glob("data-*.tar"))
+    block = json.loads((tmp_path / "k2" / "manifest.json").read_text())["dcompress"]
+    assert block["labels"]["topk"] == 2 and block["labels"]["soft"] == "topk.npy" and block["bytes"] == b_k
+    assert sample_members(tmp_path / "k2", ".topk.npy") and not sample_members(tmp_path / "k2", ".logits.npy")
+    a, k = dcompress.load(tmp_path / "full"), dcompress.load(tmp_path / "k2")
+    assert k.label_topk == 2 and torch.equal(a.images, k.images)
+    kept = torch.isfinite(k.logits)
+    assert kept.sum(1).tolist() == [2] * len(k)
+    top2 = a.logits.topk(2, dim=1)
+    assert torch.equal(kept.nonzero()[:, 1].view(-1, 2).sort(1).values, top2.indices.sort(1).values)
+    assert torch.equal(k.logits[kept].view(-1, 2).sort(1).values, top2.values.sort(1).values)
+    assert torch.allclose(k.soft_labels.sum(1), torch.ones(len(k)))
+    expect = torch.softmax(top2.values, 1)
+    assert torch.allclose(k.soft_labels.gather(1, top2.indices), expect, atol=1e-6)
+    test = dcompress.api.load_real(str(shards["test"]))
+    r = dcompress.evaluate(k, test, runs=1, epochs=2, random_baseline=False)    # trains on -inf-filled logits
+    assert r["compressed"]["runs"] and all(0 <= x <= 100 for x in r["compressed"]["runs"])
+
+
+@pytest.mark.parametrize("k,word", [("4", "exceeds"), ("0", ">= 1")])
+def test_label_topk_out_of_range_is_exit_2(teacher_pt, shards, tmp_path, k, word):
+    code, rep = cli("distill", shards["train"], "-m", "herding", "--ipc", "1", "--teacher", teacher_pt,
+                    "--label-topk", k, "-o", tmp_path / "o")
+    assert code == 2 and word in rep["error"] and not (tmp_path / "o").exists()
+
+
+def test_topk_records_round_trip_and_reject_foreign_arrays():
+    import numpy as np
+
+    from dcompress.io import topk
+
+    row = np.array([0.5, 3.0, -1.0, 3.0, 2.0], dtype=np.float32)
+    rec = topk.prune(row, 3)
+    assert rec["idx"].tolist() == [1, 3, 4] and rec.dtype["idx"] == np.uint16      # ties: lower index first
+    wide = np.random.default_rng(0).normal(size=1000).astype(np.float32)       # where top-k pays: many classes
+    from dcompress.io.codecs import encode_npy
+    assert len(encode_npy(topk.prune(wide, 10))) < len(encode_npy(wide.astype(np.float16))) / 8
+    full = topk.expand(rec, 5, 3)
+    assert full.tolist() == [-np.inf, 3.0, -np.inf, 3.0, 2.0]
+    for bad in (rec[:2], np.array([(1, 0.0), (1, 1.0), (2, 2.0)], dtype=rec.dtype),
+                np.array([(1, 0.0), (9, 1.0), (2, 2.0)], dtype=rec.dtype), np.zeros(3, dtype=np.float32)):
+        with pytest.raises(ValueError):
+            topk.expand(bad, 5, 3)
