@@ -143,6 +143,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         raise UsageError(f"--experts does not apply to --method {method} (only to methods that match expert "
                          "trajectories: mtt, datm)")
     teacher_cfg = resolve_config(TeacherConfig, sets=list(teacher_sets))
+    teacher_cfg = bn_teacher_default(m_cls, teacher_cfg, teacher_sets)
     check_seed(seed)
     if labels not in LABEL_MODES:
         raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
@@ -204,6 +205,18 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         except BaseException as e:
             _after_failure(e, ckpt)
             raise
+
+
+def bn_teacher_default(m_cls, teacher_cfg: TeacherConfig, teacher_sets: Iterable[str]) -> TeacherConfig:
+    """For a method that needs a BatchNorm teacher (sre2l), the default teacher network becomes its
+    BatchNorm variant (convnet_w32 -> convnetbn_w32); a network the user named is kept (and
+    refused by the method when it has no BatchNorm)."""
+    from .config import parse_sets
+    from .train.teacher_out import bn_variant
+
+    if not m_cls.info.needs_bn_teacher or "model" in parse_sets(list(teacher_sets)):
+        return teacher_cfg
+    return dataclasses.replace(teacher_cfg, model=bn_variant(teacher_cfg.model))
 
 
 def check_topk(label_topk: int | None, real: RealData) -> None:

@@ -184,13 +184,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                               "holdout")},
     "decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
     # decoupled methods (rded, sre2l)
-    **{k: (_positive, "> 0") for k in ("factor", "num_crop", "mipc", "r_bn", "first_bn_multiplier",
-                                       "label_topk")},
+    **{k: (_positive, "> 0") for k in ("factor", "num_crop", "mipc")},
     **{k: (lambda v: 0 < v <= 1, "in (0, 1]") for k in ("min_scale_crops", "max_scale_crops", "min_scale",
-                                                          "max_scale", "cda_start_scale")},
-    **{k: (_non_negative, ">= 0") for k in ("jitter", "l2_scale", "tv_l2")},
-    **{k: (_unit_open, "in [0, 1)") for k in ("beta2", "cda_milestone_start")},
-    "cda_milestone_end": (lambda v: 0 < v <= 1, "in (0, 1]"),
+                                                          "max_scale", "cda_milestone")},
+    **{k: (_non_negative, ">= 0") for k in ("jitter", "l2_scale", "tv_l2", "r_bn", "first_bn_multiplier")},
+    "beta2": (_unit_open, "in [0, 1)"),
 }
 
 

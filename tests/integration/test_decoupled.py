@@ -206,3 +206,90 @@ def test_topk_records_round_trip_and_reject_foreign_arrays():
                 np.array([(1, 0.0), (9, 1.0), (2, 2.0)], dtype=rec.dtype), np.zeros(3, dtype=np.float32)):
         with pytest.raises(ValueError):
             topk.expand(bad, 5, 3)
+
+
+# -------------------------------------------------------------------------------------- sre2l
+
+SRE2L_FAST = ["--set", "iterations=20", "--teacher-set", "epochs=1"]
+
+
+def test_sre2l_end_to_end_on_a_bn_teacher_deterministic(shards, tmp_path):
+    args = ["distill", shards["train"], "-m", "sre2l", "--ipc", "2", *SRE2L_FAST, "--set", "cda=true"]
+    code, rep = cli(*args, "-o", tmp_path / "a")
+    assert code == 0 and rep["samples"] == 6 and rep["labels"] == "teacher", rep
+    block = json.loads((tmp_path / "a" / "manifest.json").read_text())["dcompress"]
+    assert block["labels"]["teacher"]["model"] == "convnetbn_w32"            # default teacher swapped for BN
+    assert block["method"]["teacher_config"]["model"] == "convnetbn_w32"
+    assert block["info"]["iterations"] == 20 and block["info"]["cda"] is True
+    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["event"] == "iteration"]
+    assert len(losses) == 20 and sum(losses[-5:]) < sum(losses[:5])         # per-iteration crops: noisy
+    code, _ = cli(*args, "-o", tmp_path / "b")
+    assert code == 0 and shard_digest(tmp_path / "a") == shard_digest(tmp_path / "b")
+    ds = dcompress.load(tmp_path / "a")
+    assert ds.images.shape == (6, 1, 28, 28) and ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    lo = (0 - ds.mean[0]) / ds.std[0]
+    hi = (1 - ds.mean[0]) / ds.std[0]
+    assert float(ds.images.min()) >= lo - 1e-5 and float(ds.images.max()) <= hi + 1e-5     # clipped to [0, 1]
+
+
+def test_sre2l_uses_a_given_bn_teacher(bn_teacher_pt, shards, tmp_path):
+    code, rep = cli("distill", shards["train"], "-m", "sre2l", "--ipc", "1", "--teacher", bn_teacher_pt,
+                    "--set", "iterations=2", "-o", tmp_path / "a")
+    assert code == 0, rep
+    teacher = json.loads((tmp_path / "a" / "manifest.json").read_text())["dcompress"]["labels"]["teacher"]
+    assert teacher["source"] == "user" and teacher["path"] == str(bn_teacher_pt)
+
+
+@pytest.mark.parametrize("how", ["file", "set"])
+def test_sre2l_refuses_a_teacher_without_batchnorm(teacher_pt, shards, tmp_path, how):
+    extra = ["--teacher", teacher_pt] if how == "file" else ["--teacher-set", "model=convnet_w32",
+                                                               "--teacher-set", "epochs=1"]
+    code, rep = cli("distill", shards["train"], "-m", "sre2l", "--ipc", "1", "--set", "iterations=2", *extra,
+                    "-o", tmp_path / "a")
+    assert code == 2 and "BatchNorm" in rep["error"] and not (tmp_path / "a").exists()
+
+
+def test_cda_schedule_lowers_the_crop_bound_from_max_to_min():
+    from dcompress.methods.sre2l import crop_lower_bound
+
+    cos = [crop_lower_bound(it, 100, 0.08, 1.0, True, "cosine", 1.0) for it in (0, 50, 99, 100)]
+    assert cos[0] == 1.0 and abs(cos[1] - 0.54) < 1e-9 and 0.08 < cos[2] < 0.081 and cos[3] == 0.08
+    assert crop_lower_bound(25, 100, 0.08, 1.0, True, "linear", 0.5) == pytest.approx(0.08 + 0.92 * 0.5)
+    assert crop_lower_bound(60, 100, 0.08, 1.0, True, "linear", 0.5) == 0.08      # past the milestone
+    assert crop_lower_bound(10, 100, 0.08, 1.0, True, "step", 0.5) == 1.0
+    assert all(crop_lower_bound(it, 100, 0.08, 1.0, False, "cosine", 1.0) == 0.08 for it in (0, 50))
+
+
+def test_bn_statistics_loss_per_group_equals_separate_batches():
+    from dcompress.methods.sre2l import BNStats
+    from dcompress.nets import build_net
+
+    net = build_net("convnetbn_w8", 1, 3, (28, 28), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():                                  # non-trivial running statistics
+        net.train()
+        net(torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+    net.eval()
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    seen: list[torch.Tensor] = []
+    taps = [m.register_forward_hook(lambda m, i, o: seen.append(i[0])) for m in bns]
+    hooks = BNStats(net, 3)
+    with torch.no_grad():
+        net(x)
+        both = float(hooks.loss(10.0))
+        parts = []
+        for half in (x[:3], x[3:]):
+            seen.clear()
+            net(half)
+            parts.append(float(hooks.loss(10.0)))
+            # the reference's BNFeatureHook, by hand: ||running_var - var|| + ||running_mean - mean||
+            ref = sum((10.0 if i == 0 else 1.0) * (
+                torch.linalg.vector_norm(m.running_var - t.var(dim=(0, 2, 3), unbiased=False))
+                + torch.linalg.vector_norm(m.running_mean - t.mean(dim=(0, 2, 3))))
+                for i, (m, t) in enumerate(zip(bns, seen)))
+            assert parts[-1] == pytest.approx(float(ref), rel=1e-5)
+    hooks.close()
+    for t in taps:
+        t.remove()
+    assert len(bns) == 3 and both == pytest.approx(sum(parts), rel=1e-5)
