@@ -293,3 +293,15 @@ def test_bn_statistics_loss_per_group_equals_separate_batches():
     for t in taps:
         t.remove()
     assert len(bns) == 3 and both == pytest.approx(sum(parts), rel=1e-5)
+
+
+def test_teacher_python_api_and_network_choice(real, tmp_path):
+    from dcompress.train.teacher_out import auto_model, bn_variant
+
+    rep = dcompress.teacher(None, out=tmp_path / "t.pt", model="convnet_w8", bn=True, epochs=1, real=real)
+    assert rep["status"] == "ok" and rep["model"] == "convnetbn_w8" and (tmp_path / "t.json").is_file()
+    assert auto_model((3, 32, 32), False) == "convnet_w32" and auto_model((3, 32, 32), True) == "convnetbn_w32"
+    assert auto_model((3, 224, 224), False) == auto_model((3, 96, 96), True) == "resnet18"
+    assert bn_variant("convnet_d4_w64_in") == "convnetbn_d4_w64" and bn_variant("resnet18") == "resnet18"
+    with pytest.raises(dcompress.errors.UsageError):
+        bn_variant("mlp")
