@@ -292,7 +292,7 @@ def label_stage(cset: CompressedSet, labels: str, kind: str, real: RealData, spe
     if mode == "auto":
         mode = "learned" if cset.logits is not None else ("teacher" if kind == "selection" else "hard")
     if mode == "learned":
-        if cset.logits is None:
+        if cset.logits is None or cset.label_kind == "teacher":
             raise UsageError("--labels learned: this method does not learn labels")
         return dataclasses.replace(cset, label_kind=mode), None
     if mode == "teacher":

@@ -305,3 +305,12 @@ def test_teacher_python_api_and_network_choice(real, tmp_path):
     assert bn_variant("convnet_d4_w64_in") == "convnetbn_d4_w64" and bn_variant("resnet18") == "resnet18"
     with pytest.raises(dcompress.errors.UsageError):
         bn_variant("mlp")
+
+
+def test_rded_label_modes(teacher_pt, shards, tmp_path):
+    base = ["distill", shards["train"], "-m", "rded", "--ipc", "1", "--teacher", teacher_pt]
+    code, rep = cli(*base, "--labels", "learned", "-o", tmp_path / "l")
+    assert code == 2 and "does not learn labels" in rep["error"]
+    code, rep = cli(*base, "--labels", "hard", "-o", tmp_path / "h")
+    assert code == 0 and rep["labels"] == "hard"
+    assert dcompress.load(tmp_path / "h").logits.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
