@@ -184,7 +184,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                               "holdout")},
     "decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
     # decoupled methods (rded, sre2l)
-    **{k: (_positive, "> 0") for k in ("factor", "num_crop", "mipc")},
+    **{k: (_positive, "> 0") for k in ("num_crop", "mipc")},
+    "factor": (_non_negative, ">= 0 (0: by resolution)"),
     **{k: (lambda v: 0 < v <= 1, "in (0, 1]") for k in ("min_scale_crops", "max_scale_crops", "min_scale",
                                                           "max_scale", "cda_milestone")},
     **{k: (_non_negative, ">= 0") for k in ("jitter", "l2_scale", "tv_l2", "r_bn", "first_bn_multiplier")},

@@ -69,6 +69,11 @@ def random_crops(u8: torch.Tensor, n: int, size: tuple[int, int], scale: tuple[f
     return out
 
 
+def auto_factor(h: int, w: int) -> int:
+    """The reference scripts' factor: 1 for CIFAR/Tiny-ImageNet (32, 64 px), 2 for 128/224 px."""
+    return 1 if max(h, w) <= 64 else 2
+
+
 def region_sizes(side: int, factor: int) -> list[int]:
     """The reference's split of a side into `factor` parts: the first `side % factor` get one more."""
     s, rem = divmod(side, factor)
@@ -106,7 +111,8 @@ class RDED:
 
     @dataclass(frozen=True)
     class Config(Validated):
-        factor: int = 2             # factor x factor crops per image (reference --factor 2; its CIFAR scripts 1)
+        factor: int = 0             # factor x factor crops per image; 0: by resolution as the reference's
+                                    # scripts (1 up to 64 px a side: CIFAR, Tiny-ImageNet; 2 above)
         num_crop: int = 5           # candidate crops per drawn image (scripts --num-crop 5)
         mipc: int = 300             # real images drawn per class (scripts --mipc 300; argument.py 600)
         min_scale_crops: float = 0.08   # RandomResizedCrop scale range (--min/max-scale-crops)
@@ -125,13 +131,14 @@ class RDED:
         cfg, ipc = self.config, spec.ipc
         check_ipc(real, ipc)
         _, h, w = real.image_shape
-        if cfg.factor > min(h, w):
-            raise UsageError(f"RDED: factor {cfg.factor} exceeds the image side ({h}x{w})", key="factor")
-        need = ipc * cfg.factor ** 2
+        factor = cfg.factor or auto_factor(h, w)
+        if factor > min(h, w):
+            raise UsageError(f"RDED: factor {factor} exceeds the image side ({h}x{w})", key="factor")
+        need = ipc * factor ** 2
         teacher = get_teacher(real, spec, log=log)
         images, sources, scores = [], [], []
         for c in range(real.num_classes):
-            u8, src, ce = self._class_images(real, c, need, teacher.net, spec, derive(spec.seed, "rded", c))
+            u8, src, ce = self._class_images(real, c, factor, teacher.net, spec, derive(spec.seed, "rded", c))
             images.append(u8)
             sources += [{"slot": i, "crops": src[i::ipc]} for i in range(ipc)]
             scores.append(ce)
@@ -142,25 +149,25 @@ class RDED:
         ce = torch.cat(scores)
         log({"event": "note", "text": f"rded: {len(x)} images from {need} crops per class; mean crop "
                                       f"cross-entropy {float(ce.mean()):.4f}"})
-        info = {"factor": cfg.factor, "num_crop": cfg.num_crop, "mipc": cfg.mipc, "crops_per_image": cfg.factor ** 2,
+        info = {"factor": factor, "num_crop": cfg.num_crop, "mipc": cfg.mipc, "crops_per_image": factor ** 2,
                 "mean_crop_ce": round(float(ce.mean()), 6), "teacher": {k: v for k, v in teacher.info.items()}}
         return CompressedSet(images=x, labels=class_labels(real.num_classes, ipc), logits=logits, label_kind="teacher",
                              synthetic=False, sources=sources, info=info,
                              protocol=EvalProtocol(name="rded", epochs=300, aug=None, soft_labels=True))
 
-    def _class_images(self, real: RealData, c: int, need: int, net: torch.nn.Module, spec: RunSpec,
+    def _class_images(self, real: RealData, c: int, factor: int, net: torch.nn.Module, spec: RunSpec,
                       g: torch.Generator) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         """Class `c`'s stitched uint8 images [ipc, C, H, W], the source key of each used crop (in
         stitch order), and the used crops' cross-entropies."""
-        cfg = self.config
+        cfg, need = self.config, spec.ipc * factor ** 2
         pool = real.class_indices(c)
         idx = pool[torch.randperm(pool.numel(), generator=g)[:cfg.mipc]]
         if idx.numel() * cfg.num_crop < need:
             raise InputDataError(f"RDED: class {c} ({real.class_names[c]!r}) gives {idx.numel()} images x "
                                  f"{cfg.num_crop} crops, fewer than the {need} crops IPC {spec.ipc} x factor "
-                                 f"{cfg.factor}^2 needs")
+                                 f"{factor}^2 needs")
         _, h, w = real.image_shape
-        size = (h // cfg.factor, w // cfg.factor)
+        size = (h // factor, w // factor)
         crops = random_crops(real.get_u8(idx), cfg.num_crop, size, (cfg.min_scale_crops, cfg.max_scale_crops), g)
         m, b = crops.shape[:2]
         flat = normalize(crops.reshape(m * b, *crops.shape[2:]), real.mean, real.std)
@@ -173,7 +180,7 @@ class RDED:
         picked = torch.tensor(order)
         patches = crops.reshape(m * b, *crops.shape[2:])[picked]
         keys = [real.keys[int(idx[k % b])] for k in order]
-        return stitch(patches, cfg.factor, spec.ipc, h, w), keys, ce.view(-1)[picked]
+        return stitch(patches, factor, spec.ipc, h, w), keys, ce.view(-1)[picked]
 
 
 @torch.no_grad()

@@ -117,7 +117,8 @@ def test_teacher_is_used_by_selection_methods(teacher_pt, shards, tmp_path):
 # --------------------------------------------------------------------------------------- rded
 
 def test_rded_end_to_end_deterministic_and_trainable(teacher_pt, shards, tmp_path):
-    args = ["distill", shards["train"], "-m", "rded", "--ipc", "2", "--teacher", teacher_pt, "--seed", "5"]
+    args = ["distill", shards["train"], "-m", "rded", "--ipc", "2", "--teacher", teacher_pt, "--set", "factor=2",
+            "--seed", "5"]
     code, rep = cli(*args, "-o", tmp_path / "a")
     assert code == 0 and rep["samples"] == 6 and rep["labels"] == "teacher", rep
     code, _ = cli(*args, "-o", tmp_path / "b")
@@ -144,10 +145,13 @@ def test_rded_end_to_end_deterministic_and_trainable(teacher_pt, shards, tmp_pat
 
 def test_rded_bad_config_and_too_few_crops(teacher_pt, shards, tmp_path):
     code, rep = cli("distill", shards["train"], "-m", "rded", "--ipc", "2", "--teacher", teacher_pt,
-                    "--set", "factor=0", "-o", tmp_path / "a")
+                    "--set", "factor=-1", "-o", tmp_path / "a")
     assert code == 2 and "factor" in rep["error"]
+    code, rep = cli("distill", shards["train"], "-m", "rded", "--ipc", "1", "--teacher", teacher_pt,
+                    "--set", "factor=29", "-o", tmp_path / "c")
+    assert code == 2 and "exceeds the image side" in rep["error"]
     code, rep = cli("distill", shards["train"], "-m", "rded", "--ipc", "2", "--teacher", teacher_pt,
-                    "--set", "mipc=1", "--set", "num_crop=2", "-o", tmp_path / "b")
+                    "--set", "mipc=1", "--set", "num_crop=2", "--set", "factor=2", "-o", tmp_path / "b")
     assert code == 4 and "crops" in rep["error"]
 
 
@@ -313,4 +317,6 @@ def test_rded_label_modes(teacher_pt, shards, tmp_path):
     assert code == 2 and "does not learn labels" in rep["error"]
     code, rep = cli(*base, "--labels", "hard", "-o", tmp_path / "h")
     assert code == 0 and rep["labels"] == "hard"
+    info = json.loads((tmp_path / "h" / "manifest.json").read_text())["dcompress"]["info"]
+    assert info["factor"] == 1 and info["crops_per_image"] == 1          # 28 px: factor 1, as the CIFAR scripts
     assert dcompress.load(tmp_path / "h").logits.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
