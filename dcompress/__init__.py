@@ -4,15 +4,16 @@ Public API (imported on first use, so `import dcompress` stays light):
     load(path)                  -> CompressedDataset (torch Dataset of image, soft label, hard label)
     distill(urls, method, ...)  -> run report dict (writes shards + manifest.json)
     evaluate(out, test, ...)    -> accuracy report dict
+    teacher(urls, out=...)      -> report dict (writes a teacher .pt + .json sidecar for --teacher)
     list_methods()              -> registered method classes
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load", "distill", "evaluate", "list_methods"]
+__all__ = ["__version__", "load", "distill", "evaluate", "list_methods", "teacher"]
 
 _API = {"load": ("loader", "load"), "distill": ("api", "distill"), "evaluate": ("train.evaluate", "evaluate"),
-        "list_methods": ("registry", "list_methods")}
+        "list_methods": ("registry", "list_methods"), "teacher": ("api", "teacher")}
 
 
 def __getattr__(name: str):

@@ -152,8 +152,11 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None,
             real: RealData | None = None, size: int | None = None, resize_mode: str = "crop",
             label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
-            channels: int | None = None) -> dict:
+            channels: int | None = None, label_topk: int | None = None) -> dict:
     """Compresses the dataset at `urls` with `method` into `out`; returns the run report.
+
+    `label_topk` K stores each sample's K largest logits (`.topk.npy`) instead of all of them
+    (docs/format.md); K above the number of classes is a UsageError.
 
     Every argument is checked before the input is read. `out` must not overlap the input; an
     existing output is replaced only with `overwrite`, except that the same run (same request,
@@ -166,6 +169,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         raise UsageError(f"--experts does not apply to --method {method} (only to methods that match expert "
                          "trajectories: mtt, datm)")
     teacher_cfg = resolve_config(TeacherConfig, sets=list(teacher_sets))
+    teacher_cfg = bn_teacher_default(m_cls, teacher_cfg, teacher_sets)
     if dist.world() > 1 and not getattr(m_cls, "distributed", False):
         raise UsageError(f"--method {method} does not support torchrun yet (WORLD_SIZE={dist.world()}); run it as "
                          "one process")
@@ -174,7 +178,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
         raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     check_size(ipc, ratio)
     check_limits(shard_size=(shard_size, 1), ckpt_every=(ckpt_every, 0), max_bad=(max_bad, 0),
-                 max_pixels=(max_pixels, 1), workers=(workers, 1))
+                 max_pixels=(max_pixels, 1), workers=(workers, 1), label_topk=(label_topk, 1))
     opts = decode_options(max_pixels=max_pixels, size=size, resize_mode=resize_mode, label_key=label_key,
                           class_names=class_names, channels=channels)
     dev = resolve_device(device)
@@ -193,7 +197,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     request = {"method": method, "config": config_dict(cfg), "ipc": ipc, "ratio": ratio, "seed": seed,
                "device": dev.type, "labels": labels, "experts": str(experts) if experts else None,
                "teacher_config": config_dict(teacher_cfg),
-               "teacher": str(teacher) if teacher else None, "version": __version__}
+               "teacher": str(teacher) if teacher else None, "version": __version__,
+               **({"label_topk": label_topk} if label_topk is not None else {})}
     with _main_only(OutputLock, out):      # torchrun: rank 0 owns the output; the others follow its checks
         exists = prior = None
         if dist.is_main():
@@ -207,6 +212,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             real = load_real(inp, max_bad=max_bad, decode=opts, workers=workers, progress=progress,
                              note=(lambda text: log({"event": "note", "text": text})) if log else None)
         n_ipc = ipc_from(real, ipc, ratio)
+        check_topk(label_topk, real)
         t_read = time.time() - t0
         if log is not None:
             log({"event": "note", "text": f"stage read: {len(real)} samples, {real.num_classes} classes from "
@@ -214,7 +220,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
                                           f"({real.source['bad_samples']['count']} bad); {_store_note(real)}"})
         identity = {"method": method, "config": config_dict(cfg), "ipc": n_ipc, "seed": seed, "device": dev.type,
                     "fingerprint": real.source["fingerprint"], "labels": labels, "class_names": real.class_names,
-                    "experts": str(experts) if experts else None, "teacher_config": config_dict(teacher_cfg)}
+                    "experts": str(experts) if experts else None, "teacher_config": config_dict(teacher_cfg),
+                    **({"label_topk": label_topk} if label_topk is not None else {})}
         if prior is not None:
             if prior.get("key") != run_key(identity):
                 raise refuse_existing(out)
@@ -231,7 +238,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             return _fit_and_write(real, m_cls, cfg, method, out=out, n_ipc=n_ipc, ratio=ratio, seed=seed, dev=dev,
                                   resume=resume, labels=labels, teacher=teacher, shard_size=shard_size,
                                   ckpt=ckpt, experts=experts, teacher_cfg=teacher_cfg, progress=progress, log=log,
-                                  t_read=t_read,
+                                  t_read=t_read, label_topk=label_topk,
                                   run={"key": run_key(identity), "request": request})
         except BaseException as e:
             if dist.is_main():
@@ -260,6 +267,25 @@ def _main_first(make):
     made = make() if dist.is_main() else None
     dist.barrier()
     return made if made is not None else make()
+
+
+def bn_teacher_default(m_cls, teacher_cfg: TeacherConfig, teacher_sets: Iterable[str]) -> TeacherConfig:
+    """For a method that needs a BatchNorm teacher (sre2l), the default teacher network becomes its
+    BatchNorm variant (convnet_w32 -> convnetbn_w32); a network the user named is kept (and
+    refused by the method when it has no BatchNorm)."""
+    from .config import parse_sets
+    from .train.teacher_out import bn_variant
+
+    if not m_cls.info.needs_bn_teacher or "model" in parse_sets(list(teacher_sets)):
+        return teacher_cfg
+    return dataclasses.replace(teacher_cfg, model=bn_variant(teacher_cfg.model))
+
+
+def check_topk(label_topk: int | None, real: RealData) -> None:
+    """UsageError when `--label-topk` asks for more logits than the input has classes."""
+    if label_topk is not None and label_topk > real.num_classes:
+        raise UsageError(f"--label-topk {label_topk} exceeds the input's {real.num_classes} classes "
+                         f"(use at most {real.num_classes}, or omit it to store every logit)", key="label_topk")
 
 
 def _prior_run(out: Path) -> dict | None:
@@ -323,10 +349,12 @@ def label_stage(cset: CompressedSet, labels: str, kind: str, real: RealData, spe
     loaded, see get_teacher), `hard` one-hot vectors; `auto` = learned when the method learned
     labels, teacher for selections, hard for other synthesis. Returns (set, teacher info | None)."""
     mode = labels
+    if mode in ("auto", "teacher") and cset.label_kind == "teacher" and cset.logits is not None:
+        return cset, cset.info.get("teacher")      # relabelled by the method's own teacher (rded, sre2l)
     if mode == "auto":
         mode = "learned" if cset.logits is not None else ("teacher" if kind == "selection" else "hard")
     if mode == "learned":
-        if cset.logits is None:
+        if cset.logits is None or cset.label_kind == "teacher":
             raise UsageError("--labels learned: this method does not learn labels")
         return dataclasses.replace(cset, label_kind=mode), None
     if mode == "teacher":
@@ -349,7 +377,7 @@ def _teacher_plan(real: RealData, spec: RunSpec) -> str:
 def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc: int, ratio, seed: int, dev,
                    resume: bool, labels: str, teacher, shard_size: int, ckpt: Checkpointer, experts, teacher_cfg,
                    progress,
-                   log, t_read: float, run: dict) -> dict:
+                   log, t_read: float, run: dict, label_topk: int | None = None) -> dict:
     stages: dict[str, float] = {}
     log = metrics = MetricsLog(ckpt.file(METRICS) if dist.is_main() else None,   # survives a resume
                                forward=_collecting_stages(log, stages))
@@ -367,7 +395,7 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
         label_stage(cset, labels, m_cls.info.kind, real, spec, log)   # gets the teacher beside rank 0, no idle wait
         labelled = dataclasses.replace(cset, logits=dist.broadcast_object(None))
         write_rank_shards(labelled, mean=real.mean, std=real.std, method=method, class_names=real.class_names,
-                          shard_size=shard_size)
+                          shard_size=shard_size, label_topk=label_topk)
         dist.barrier()
         return {"status": "ok", "out": str(out), "method": method, "rank": dist.rank()}
     t_labels = time.time()
@@ -397,7 +425,8 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
         learned=LearnedRecord(lr=cset.lr, lrs=cset.lrs),
         eval_protocol=protocol, info=cset.info, run=RunRecord(**run), env=env_versions(), timings=timings)
     manifest = write_output(out, labelled, class_names=real.class_names, mean=real.mean, std=real.std,
-                            method=method, block=block, shard_size=shard_size, metrics=metrics.rows())
+                            method=method, block=block, shard_size=shard_size, metrics=metrics.rows(),
+                            label_topk=label_topk)
     crash_point("distill.written")
     ckpt.clear()
     dist.barrier()
@@ -405,7 +434,8 @@ def _fit_and_write(real: RealData, m_cls, cfg, method: str, *, out: Path, n_ipc:
             "shards": len(manifest["shardlist"]), "labels": mode, "learned_lr": cset.lr,
             "bad_samples": real.source["bad_samples"]["count"], "resumed_from": ckpt.resumed_from,
             "store": real.source.get("store"),
-            "timings": {**timings, "write_s": round(time.time() - t2, 2)}, **source_decode(real), "nets": nets}
+            "timings": {**timings, "write_s": round(time.time() - t2, 2)}, **source_decode(real), "nets": nets,
+            "bytes": manifest["dcompress"].get("bytes"), "label_topk": label_topk}
 
 
 def source_decode(real: RealData) -> dict:
@@ -432,3 +462,55 @@ def resolved_nets(real: RealData, cfg, protocol, teacher_info: dict | None) -> d
     if teacher_info and isinstance(teacher_info.get("model"), str):
         out["teacher"] = teacher_info.get("arch") or arch_name(teacher_info["model"], size)
     return out
+
+
+def teacher(urls, *, out: str | Path, model: str | None = "auto", bn: bool = False, epochs: int | None = None,
+            seed: int | None = None, sets: Iterable[str] = (), config: str | Path | None = None,
+            device: str = "auto", overwrite: bool = False, max_bad: int = 100, max_pixels: int | None = MAX_PIXELS,
+            allow_manifest_urls: bool = False, workers: int | None = None, progress: ProgressFn | None = None,
+            log: Callable[[dict], None] | None = None, real: RealData | None = None, size: int | None = None,
+            resize_mode: str = "crop", label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
+            channels: int | None = None) -> dict:
+    """Trains a teacher on the dataset at `urls` and writes `out` (a `.pt` state dict) plus its
+    `.json` sidecar, for `--teacher out` of any teacher-using command (docs/teacher.md).
+
+    The network: `model` (a name from `dcompress.nets`), else `--set model=...`, else by
+    resolution (`auto`: ConvNet-3 w32 up to 64 px a side, ResNet-18 above); `bn` picks the
+    BatchNorm variant (SRe2L needs one). The teacher is trained once per input and config and
+    cached (the same cache `distill` uses), so a rerun, or a distill with the same teacher
+    config, reuses it. An existing `out` is replaced only with `overwrite`, unless it already
+    holds this very teacher (reported `up_to_date`).
+    """
+    from .config import load_yaml, parse_sets
+    from .train import teacher_out as tout
+
+    out = Path(out).absolute()
+    tout.check_out(out)
+    check_limits(epochs=(epochs, 1), max_bad=(max_bad, 0), max_pixels=(max_pixels, 1))
+    check_seed(seed if seed is not None else 0)
+    explicit = model not in (None, "auto")
+    cfg = resolve_config(TeacherConfig, file=config, sets=list(sets),
+                         flags={"epochs": epochs, "seed": seed, "model": model if explicit else None})
+    set_model = explicit or "model" in parse_sets(list(sets)) or (config is not None and "model" in load_yaml(config))
+    dev = resolve_device(device)
+    inp = None
+    if real is None:
+        inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
+        check_not_input(out, [u for u in inp.urls if not is_remote(u)], inp.folders)
+    with OutputLock(out, what="teacher"):
+        t0 = time.time()
+        if real is None:
+            real = load_real(inp, max_bad=max_bad, workers=workers, progress=progress,
+                             decode=decode_options(max_pixels=max_pixels, size=size, resize_mode=resize_mode,
+                                                   label_key=label_key, class_names=class_names, channels=channels),
+                             note=(lambda text: log({"event": "note", "text": text})) if log else None)
+        t_read = time.time() - t0
+        name = cfg.model if set_model else tout.auto_model(real.image_shape, bn)
+        cfg = dataclasses.replace(cfg, model=tout.bn_variant(name) if bn else name)
+        spec = RunSpec(ipc=1, device=dev, seed=cfg.seed, cache_dir=default_paths()["cache"], teacher_config=cfg,
+                       progress=progress)
+        rep = tout.train_teacher(real, cfg, out, spec=spec, overwrite=overwrite, log=log)
+    teacher_s = rep.pop("teacher_s", 0.0)
+    return {"status": "ok", "out": str(out), "sidecar": str(tout.sidecar_path(out)), **rep,
+            "config": config_dict(cfg), "image_shape": list(real.image_shape), "classes": real.num_classes,
+            "input_samples": len(real), "timings": {"read_s": round(t_read, 2), "teacher_s": teacher_s}}

@@ -170,6 +170,8 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             label_key: str = LABEL_KEY,
             class_names: Optional[Path] = CLASS_NAMES,
             channels: Optional[int] = CHANNELS,
+            label_topk: Optional[int] = typer.Option(None, "--label-topk", help="store only each sample's K "
+                                                     "largest logits (+ class indices); at most the class count"),
             as_json: bool = JSON,
             nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Compress a dataset with a method (selection or synthesis)."""
@@ -188,7 +190,7 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
                            max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                            shard_size=shard_size, ckpt_every=ckpt_every, dry_run=dry_run, flags=flags,
                            experts=experts, teacher_sets=teacher_sets, workers=workers, progress=prog, log=prog.event,
-                           **_decode_kw(size, resize_mode, label_key, class_names, channels))
+                           **_decode_kw(size, resize_mode, label_key, class_names, channels), label_topk=label_topk)
     run(as_json, work, _show_distill)
 
 
@@ -547,6 +549,45 @@ def cache_prune(older_than: Optional[float] = typer.Option(None, "--older-than",
 
     run(as_json, lambda p: prune(_cache_root(cache_dir), older_than_days=older_than, max_size=max_size,
                                  dry_run=dry_run), _kv)
+
+
+@app.command()
+def teacher(urls: List[str] = typer.Argument(..., metavar="URLS...", help="training shards (URLS as for distill)"),
+            output: Path = typer.Option(..., "-o", "--out", help="the teacher's .pt file (its .json sidecar goes "
+                                                                  "beside it); load it with --teacher"),
+            model: str = typer.Option("auto", "--model", help="network name, or auto: ConvNet-3 w32 up to 64 px a "
+                                                              "side, ResNet-18 above"),
+            bn: bool = typer.Option(False, "--bn", help="the network's BatchNorm variant (needed by sre2l)"),
+            epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs [default: 2]"),
+            seed: Optional[int] = typer.Option(None, "--seed", help="teacher seed [default: 0]"),
+            sets: List[str] = typer.Option([], "--set", help="key=value teacher config (max_samples, lr, "
+                                                             "batch_size, ...; repeatable)"),
+            config: Optional[Path] = typer.Option(None, "--config", help="YAML file of teacher config keys"),
+            device: str = DEVICE,
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing teacher at -o"),
+            max_bad: int = MAX_BAD,
+            max_pixels: int = MAX_PIXELS,
+            allow_manifest_urls: bool = ALLOW_URLS,
+            workers: Optional[int] = WORKERS,
+            cache_dir: Optional[Path] = CACHE,
+            size: Optional[int] = SIZE,
+            resize_mode: str = RESIZE_MODE,
+            label_key: str = LABEL_KEY,
+            class_names: Optional[Path] = CLASS_NAMES,
+            channels: Optional[int] = CHANNELS,
+            as_json: bool = JSON) -> None:
+    """Train a teacher network on the input (no pretrained weights are downloaded) for --teacher."""
+    from . import dist
+    from .api import teacher as api_teacher
+
+    def work(prog: Reporter) -> dict:
+        dist.require_single("dcompress teacher")
+        _use_cache(cache_dir)
+        return api_teacher(urls, out=output, model=model, bn=bn, epochs=epochs, seed=seed, sets=sets, config=config,
+                           device=device, overwrite=overwrite, max_bad=max_bad, max_pixels=max_pixels,
+                           allow_manifest_urls=allow_manifest_urls, workers=workers, progress=prog, log=prog.event,
+                           **_decode_kw(size, resize_mode, label_key, class_names, channels))
+    run(as_json, work, _kv)
 
 
 def main() -> None:

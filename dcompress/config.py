@@ -187,6 +187,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr_grid": (_positive, "> 0"),
     "val_per_class": (_positive, "> 0"),
     **{k: (lambda v: 0 <= v <= 1, "in [0, 1]") for k in ("lrs_weight", "ars_weight")},
+    # decoupled methods (rded, sre2l)
+    **{k: (_positive, "> 0") for k in ("num_crop", "mipc")},
+    "factor": (_non_negative, ">= 0 (0: by resolution)"),
+    **{k: (lambda v: 0 < v <= 1, "in (0, 1]") for k in ("min_scale_crops", "max_scale_crops", "min_scale",
+                                                          "max_scale", "cda_milestone")},
+    **{k: (_non_negative, ">= 0") for k in ("jitter", "l2_scale", "tv_l2", "r_bn", "first_bn_multiplier")},
+    "beta2": (_unit_open, "in [0, 1)"),
 }
 
 

@@ -22,6 +22,7 @@ import webdataset as wds
 from .errors import InputDataError
 from .io.manifest import ShardRow, manifest_path, read_compressed, read_manifest, shard_paths
 from .io.schema import CompressedBlock
+from .io import topk
 from .io.codecs import decode_image, decode_npy, parse_label
 from .limits import MAX_PIXELS
 from .core import normalize
@@ -62,8 +63,10 @@ class CompressedDataset(torch.utils.data.Dataset):
     and key.
 
     Attributes:
-        images: float32 [M, C, H, W] normalised. labels: int64 [M]. logits: float32 [M, C].
-        soft_labels: softmax(logits / temperature) [M, C].
+        images: float32 [M, C, H, W] normalised. labels: int64 [M]. logits: float32 [M, C]
+            (with `--label-topk K` outputs: the K stored logits in place, -inf elsewhere).
+        soft_labels: softmax(logits / temperature) [M, C] (top-K: renormalised over the K, 0 elsewhere).
+        label_topk: K, or None when full logits are stored.
         lr / lrs: learned learning rate(s) or None. mean/std: normalisation. classes: names.
         manifest: the parsed manifest.json. block: its validated `dcompress` block (CompressedBlock).
         manifest_path: its path. protocol: the method's EvalProtocol.
@@ -81,6 +84,11 @@ class CompressedDataset(torch.utils.data.Dataset):
         self.lrs: list[float] | None = block.learned.lrs
         self.temperature = float(block.labels.temperature)
         self.label_kind: str = block.labels.kind
+        self.label_topk: int | None = block.labels.topk     # K: soft labels stored as top-K (`.topk.npy`)
+        if self.label_topk is not None and self.label_topk > len(self.classes):
+            raise InputDataError(f"labels.topk {self.label_topk} exceeds the {len(self.classes)} classes",
+                                 path=str(mpath), key="dcompress.labels.topk")
+        self.soft_member = "logits.npy" if self.label_topk is None else topk.MEMBER
         self.protocol = block.eval_protocol
         shape = tuple(block.image_shape)
         images, labels, logits, self.keys, self.meta = [], [], [], [], []
@@ -104,7 +112,7 @@ class CompressedDataset(torch.utils.data.Dataset):
 
     def _sample(self, s: dict, url: str, shape: tuple) -> tuple[torch.Tensor, int, torch.Tensor]:
         key, c = s["__key__"], len(self.classes)
-        for member in ("cls", "logits.npy"):
+        for member in ("cls", self.soft_member):
             if member not in s:
                 raise InputDataError(f"sample has no .{member}", path=url, key=key)
         try:
@@ -126,16 +134,19 @@ class CompressedDataset(torch.utils.data.Dataset):
                 if u8.shape != shape:
                     raise ValueError(f"expected {list(shape)}, found {list(u8.shape)}")
                 img = normalize(torch.from_numpy(u8).unsqueeze(0), self.mean, self.std)[0]
-            member = "logits.npy"
-            lg = decode_npy(s["logits.npy"])
-            if lg.shape != (c,) or lg.dtype.kind != "f":
+            member = self.soft_member
+            lg = decode_npy(s[member])
+            if self.label_topk is not None:
+                lg = topk.expand(lg, c, self.label_topk)       # -inf outside the top K (validated)
+            elif lg.shape != (c,) or lg.dtype.kind != "f":
                 raise ValueError(f"expected float [{c}], found {lg.dtype} {list(lg.shape)}")
         except KeyError:
             raise InputDataError("sample has neither .npy nor .png", path=url, key=key) from None
         except Exception as e:  # noqa: BLE001 - any decoding failure of a member names it
             raise InputDataError(f".{member} is not valid ({type(e).__name__}: {e})", path=url, key=key) from None
         lg = torch.from_numpy(lg.astype(np.float32))
-        if not (torch.isfinite(img).all() and torch.isfinite(lg).all()):
+        # top-K logits are -inf outside the K by design (their K values were checked by expand)
+        if not (torch.isfinite(img).all() and (self.label_topk is not None or torch.isfinite(lg).all())):
             raise InputDataError("sample holds non-finite values", path=url, key=key)
         return img, y, lg
 
@@ -152,7 +163,12 @@ def load(path: str | Path) -> CompressedDataset:
 
 
 def webdataset_pipeline(path: str | Path) -> wds.WebDataset:
-    """The output as a `webdataset.WebDataset` yielding (uint8 HWC image array, class, logits)."""
+    """The output as a `webdataset.WebDataset` yielding (uint8 HWC image array, class, logits); for a
+    `--label-topk` output the third item is the sample's `(idx, val)` record array (`.topk.npy`;
+    `dcompress.io.topk.expand` makes the full-width logits)."""
     mpath = manifest_path(path)
-    urls = shard_paths(mpath, read_manifest(mpath))
-    return wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "cls", "logits.npy")
+    manifest = read_manifest(mpath)
+    urls = shard_paths(mpath, manifest)
+    soft = ((manifest.get("dcompress") or {}).get("labels") or {}).get("soft", "logits.npy")
+    soft = soft if soft in ("logits.npy", topk.MEMBER) else "logits.npy"
+    return wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "cls", soft)

@@ -26,6 +26,7 @@ class MethodInfo:
         needs_teacher: True when the method itself needs a trained teacher network.
         extras: method-specific CLI inputs beyond its Config (`experts`: an expert buffer);
             giving one to another method is a usage error.
+        needs_bn_teacher: the method matches the teacher's BatchNorm statistics (sre2l).
     """
 
     name: str
@@ -34,6 +35,8 @@ class MethodInfo:
     needs_experts: bool = False
     needs_teacher: bool = False
     extras: tuple[str, ...] = ()
+    needs_bn_teacher: bool = False      # the teacher must have BatchNorm layers (sre2l): the default
+                                        # teacher network is swapped for its BatchNorm variant
 
 
 _METHODS: dict[str, type] = {}

@@ -25,6 +25,7 @@ from .safe_write import write_json
 from .metrics import METRICS, jsonl_bytes
 from .codecs import encode_npy, encode_png, json_bytes
 from .writer import write_shards
+from . import topk
 
 PREFIX = "data"
 SHARD_MAX_BYTES = 3e9                # the writer's size limit of one shard (io/writer.write_shards)
@@ -37,10 +38,16 @@ def sample_key(label: int, slot: int) -> str:
     return f"c{label:04d}-{slot:05d}"
 
 
+IMAGE_MEMBERS, LABEL_MEMBERS = ("png", "npy"), ("logits.npy", topk.MEMBER)
+
+
 def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray,
-                 rows: range | None = None):
-    """The sample dicts of `rows` (default all) of the set, in order."""
-    logits = cset.logits.detach().cpu().float().numpy().astype(np.float16)
+                 label_topk: int | None = None, sizes: dict[str, int] | None = None, rows: range | None = None):
+    """The samples of `rows` (default all) of the set, in order; `label_topk` stores the K largest
+    logits (`.topk.npy`) instead of `.logits.npy`; `sizes` (when given) sums each member's payload
+    bytes by extension."""
+    full = cset.logits.detach().cpu().float().numpy()
+    logits = full.astype(np.float16)
     exact = cset.images.detach().cpu().float().numpy()
     per_class: dict[int, int] = {}
     slots = []
@@ -55,14 +62,32 @@ def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: n
         if i < len(cset.sources):
             meta.update(cset.sources[i])
         sample = {"__key__": sample_key(y, slot), "png": encode_png(u8[i]), "cls": str(y).encode(),
-                  "logits.npy": encode_npy(logits[i]), "json": json_bytes(meta)}
+                  "json": json_bytes(meta)}
+        if label_topk is None:
+            sample["logits.npy"] = encode_npy(logits[i])
+        else:
+            sample[topk.MEMBER] = encode_npy(topk.prune(full[i], label_topk))
         if cset.synthetic:
             sample["npy"] = encode_npy(exact[i])
+        if sizes is not None:
+            for ext, data in sample.items():
+                if ext != "__key__":
+                    sizes[ext] = sizes.get(ext, 0) + len(data)
         yield sample
 
 
+def byte_counts(sizes: dict[str, int], shard_bytes: int) -> dict[str, int]:
+    """The manifest's `bytes`: member payloads by role (images: .png + .npy; labels: .logits.npy or
+    .topk.npy; other: .cls + .json) and the shards' size on disk (tar headers and padding included)."""
+    images = sum(v for k, v in sizes.items() if k in IMAGE_MEMBERS)
+    labels = sum(v for k, v in sizes.items() if k in LABEL_MEMBERS)
+    return {"images": images, "labels": labels, "other": sum(sizes.values()) - images - labels,
+            "shards": shard_bytes}
+
+
 def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], mean, std, method: str,
-                 block: CompressedBlock, shard_size: int = 1000, metrics: list[dict] | None = None) -> dict:
+                 block: CompressedBlock, shard_size: int = 1000, metrics: list[dict] | None = None,
+                 label_topk: int | None = None) -> dict:
     """Atomically writes shards, reader descriptions, figures and the manifest into `target`.
 
     Args:
@@ -77,13 +102,17 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
     name = f"{method}-{Path(target).name}"
     with AtomicDir(target) as tmp:
         dist.broadcast_object(tmp)                  # torchrun: the other ranks write their shards there
-        written = rank_shards(tmp, cset, class_names, method, u8, shard_size)
-        shards = [ShardRow.of_file(p, n) for p, n in written]
-        shards = [row for rows in dist.all_gather_object(shards) for row in rows]
-        shards.sort(key=lambda row: row.url)
+        sizes: dict[str, int] = {}
+        written = rank_shards(tmp, cset, class_names, method, u8, shard_size, label_topk, sizes)
+        parts = dist.all_gather_object(([ShardRow.of_file(p, n) for p, n in written], sizes))
+        shards = sorted((row for rows, _ in parts for row in rows), key=lambda row: row.url)
+        sizes = {k: sum(part.get(k, 0) for _, part in parts) for k in sorted({k for _, part in parts for k in part})}
         written = [(tmp / row.url, row.nsamples) for row in shards]
+        labels = block.labels if label_topk is None else dataclasses.replace(block.labels, soft=topk.MEMBER,
+                                                                             topk=label_topk)
         block = dataclasses.replace(block, num_samples=len(cset), extra_files=sorted(cset.extra_files),
-                                    urls=f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar")
+                                    urls=f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar", labels=labels,
+                                    bytes=byte_counts(sizes, sum(Path(p).stat().st_size for p, _ in written)))
         files = dict(cset.extra_files)
         roles = {"timm_info": TIMM_INFO, "card": CARD, "grid": GRID}
         files[TIMM_INFO] = timm_info_bytes(name, shards, class_names)
@@ -106,7 +135,8 @@ def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], m
 
 
 def rank_shards(tmp: Path, cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray,
-                shard_size: int) -> list[tuple[Path, int]]:
+                shard_size: int, label_topk: int | None = None,
+                sizes: dict[str, int] | None = None) -> list[tuple[Path, int]]:
     """The shards this rank writes: all in one process; under torchrun shard k (samples
     [k * shard_size, (k + 1) * shard_size)) on rank k mod W, numbered as one process numbers
     them, so the folder is the one-process folder. When a shard could reach the writer's size
@@ -115,24 +145,26 @@ def rank_shards(tmp: Path, cset: CompressedSet, class_names: list[str], method: 
     per_sample = 2 * cset.images[0].numel() * 4 + 8 * cset.logits.shape[1] + 8192 if n else 0
     if not dist.active() or shard_size * per_sample > SHARD_MAX_BYTES:
         rows = range(n) if dist.is_main() else range(0)
-        return write_shards(tmp, iter_samples(cset, class_names, method, u8, rows), prefix=PREFIX,
-                            shard_size=shard_size, max_bytes=SHARD_MAX_BYTES) if rows else []
+        return write_shards(tmp, iter_samples(cset, class_names, method, u8, label_topk, sizes, rows),
+                            prefix=PREFIX, shard_size=shard_size, max_bytes=SHARD_MAX_BYTES) if rows else []
     written = []
     for k in dist.spread(-(-n // shard_size)):
         rows = range(k * shard_size, min(n, (k + 1) * shard_size))
-        written += write_shards(tmp, iter_samples(cset, class_names, method, u8, rows), prefix=PREFIX,
-                                shard_size=shard_size, max_bytes=SHARD_MAX_BYTES, start=k)
+        written += write_shards(tmp, iter_samples(cset, class_names, method, u8, label_topk, sizes, rows),
+                                prefix=PREFIX, shard_size=shard_size, max_bytes=SHARD_MAX_BYTES, start=k)
     return written
 
 
 def write_rank_shards(cset: CompressedSet, *, mean, std, method: str, class_names: list[str],
-                      shard_size: int) -> None:
+                      shard_size: int, label_topk: int | None = None) -> None:
     """A torchrun rank other than 0: writes its shards into rank 0's temp output (see
-    `rank_shards`) and sends their rows; rank 0 (`write_output`) writes the rest and swaps."""
+    `rank_shards`) and sends their rows and member sizes; rank 0 (`write_output`) writes the
+    rest and swaps."""
     tmp = dist.broadcast_object(None)
     u8 = denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
-    written = rank_shards(Path(tmp), cset, class_names, method, u8, shard_size)
-    dist.all_gather_object([ShardRow.of_file(p, n) for p, n in written])
+    sizes: dict[str, int] = {}
+    written = rank_shards(Path(tmp), cset, class_names, method, u8, shard_size, label_topk, sizes)
+    dist.all_gather_object(([ShardRow.of_file(p, n) for p, n in written], sizes))
 
 
 def figure_title(block: CompressedBlock) -> str:

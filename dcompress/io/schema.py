@@ -187,10 +187,12 @@ class LabelsRecord:
     dtype: str = "float16"
     temperature: float = 1.0
     teacher: dict | None = None
+    topk: int | None = None          # `--label-topk K`: soft = "topk.npy" (K largest logits + indices)
 
     def to_dict(self) -> dict:
-        return {"hard": self.hard, "soft": self.soft, "kind": self.kind, "dtype": self.dtype,
-                "temperature": self.temperature, "teacher": self.teacher}
+        d = {"hard": self.hard, "soft": self.soft, "kind": self.kind, "dtype": self.dtype,
+             "temperature": self.temperature, "teacher": self.teacher}
+        return d if self.topk is None else {**d, "topk": self.topk}
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ class RunRecord:
 
 
 _OPTIONAL = ("version", "method", "source", "bad_samples", "info", "run", "env", "timings", "num_samples",
-             "extra_files", "urls", "files")
+             "extra_files", "urls", "files", "bytes")
 _REQUIRED = {"class_names": list, "normalization": dict, "labels": dict, "eval_protocol": dict,
              "image_shape": list}
 
@@ -258,6 +260,7 @@ class CompressedBlock:
     extra_files: list[str] | None = None
     urls: str | None = None
     files: dict[str, str] | None = None
+    bytes: dict[str, int] | None = None     # member payload bytes: images, labels (+ shards on disk)
     format_version: int = FORMAT_VERSION
     version: str | None = None
     kind: str = "compressed"
@@ -271,7 +274,7 @@ class CompressedBlock:
              "exact_tensor": self.exact_tensor, "learned": self.learned.to_dict(),
              "eval_protocol": dataclasses.asdict(self.eval_protocol), "info": self.info, "run": sub(self.run),
              "env": self.env, "timings": self.timings, "num_samples": self.num_samples,
-             "extra_files": self.extra_files, "urls": self.urls, "files": self.files}
+             "extra_files": self.extra_files, "urls": self.urls, "files": self.files, "bytes": self.bytes}
         return _drop_none(d, _OPTIONAL)
 
     @classmethod
@@ -298,7 +301,7 @@ class CompressedBlock:
         if lrs is not None and (not isinstance(lrs, list) or not all(_is_num(x) for x in lrs)):
             raise InputDataError("must be a list of numbers", path=str(path), key="dcompress.learned.lrs")
         for key, tp in (("extra_files", list), ("urls", str), ("files", dict), ("timings", dict), ("info", dict),
-                        ("env", dict)):
+                        ("env", dict), ("bytes", dict)):
             if block.get(key) is not None and not isinstance(block[key], tp):
                 raise InputDataError(f"must be a {tp.__name__}, found {type(block[key]).__name__}", path=str(path),
                                      key=f"dcompress.{key}")
@@ -315,7 +318,8 @@ class CompressedBlock:
             exact_tensor=block.get("exact_tensor"), learned=LearnedRecord(lr=learned.get("lr"), lrs=lrs),
             eval_protocol=EvalProtocol(**block["eval_protocol"]), info=block.get("info"),
             run=_pick(_section(block, "run", path), RunRecord), env=block.get("env"), timings=block.get("timings"),
-            num_samples=n, extra_files=block.get("extra_files"), urls=block.get("urls"), files=block.get("files"))
+            num_samples=n, extra_files=block.get("extra_files"), urls=block.get("urls"), files=block.get("files"),
+            bytes=block.get("bytes"))
 
 
 def _normalization(block: dict, path) -> Normalization:
@@ -346,6 +350,13 @@ def _labels(labels: dict, path) -> LabelsRecord:
     teacher = labels.get("teacher")
     if teacher is not None and not isinstance(teacher, dict):
         raise InputDataError("must be an object", path=str(path), key="dcompress.labels.teacher")
+    topk = labels.get("topk")
+    if topk is not None and not (_is_int(topk) and topk >= 1):
+        raise InputDataError(f"must be a positive integer, found {topk!r}", path=str(path), key="dcompress.labels.topk")
+    soft = labels.get("soft", "logits.npy")
+    if soft != ("logits.npy" if topk is None else "topk.npy"):
+        raise InputDataError(f"must be 'logits.npy' (or 'topk.npy' with labels.topk), found {soft!r}",
+                             path=str(path), key="dcompress.labels.soft")
     return _pick(labels, LabelsRecord)
 
 

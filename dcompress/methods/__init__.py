@@ -6,3 +6,5 @@ from . import mtt  # noqa: F401
 from . import datm  # noqa: F401
 from . import dd  # noqa: F401
 from . import dq  # noqa: F401
+from . import rded  # noqa: F401
+from . import sre2l  # noqa: F401

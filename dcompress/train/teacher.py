@@ -152,6 +152,7 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
             raise InputDataError("teacher checkpoint not found (--teacher needs the .pt file and its .json "
                                  "sidecar)", path=str(path))
         meta = read_sidecar(path.with_suffix(".json"))
+        check_teacher_fits(meta, path, real)
         net = load_teacher_net(meta["model"], path, real.image_shape, real.num_classes, spec.device)
         return Teacher(net, {**meta, "path": str(path), "source": "user"})
     path = teacher_cache_path(real, cfg, spec.cache_dir)
@@ -182,7 +183,8 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
     train_acc = float((predict(net, x, device=spec.device).argmax(1) == y.cpu()).float().mean())
     meta = {"model": cfg.model, "arch": net.arch, "config": dataclasses.asdict(cfg), "train_samples": int(idx.numel()),
             "train_accuracy": round(train_acc, 4), "train_seconds": round(time.time() - t0, 1),
-            "input_fingerprint": real.source.get("fingerprint")}
+            "input_fingerprint": real.source.get("fingerprint"), "image_shape": list(real.image_shape),
+            "num_classes": real.num_classes, "class_names": list(real.class_names)}
     ensure_dir(path.parent)
     remove_dead_temps(path.parent)
     # sidecar first, checkpoint last, both by rename: a reader that sees the .pt sees a whole .json
@@ -190,6 +192,42 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
     crash_point("teacher.save")
     torch_save(path, net.state_dict())
     return Teacher(net, {**meta, "path": str(path), "source": "trained"})
+
+
+def check_teacher_fits(meta: dict, path: Path, real: RealData) -> None:
+    """InputDataError (exit 4) naming the sidecar key when a teacher's recorded input (image shape,
+    number of classes, class names) differs from `real`, or when the sidecar records a weights
+    digest (`dcompress teacher` writes one) that the .pt file does not match. Sidecars of older
+    teachers lack these keys: their state dict is still checked against the network's shapes."""
+    side = str(path.with_suffix(".json"))
+    shape = meta.get("image_shape")
+    if shape is not None and list(shape) != list(real.image_shape):
+        raise InputDataError(f"teacher was trained on {'x'.join(map(str, shape))} images, the input's are "
+                             f"{'x'.join(map(str, real.image_shape))} (CxHxW)", path=side, key="image_shape")
+    n = meta.get("num_classes")
+    if n is not None and n != real.num_classes:
+        raise InputDataError(f"teacher has {n} classes, the input has {real.num_classes}", path=side,
+                             key="num_classes")
+    names = meta.get("class_names")
+    if names is not None and list(names) != list(real.class_names):
+        raise InputDataError(f"teacher's class names {_short_list(names)} differ from the input's "
+                             f"{_short_list(real.class_names)} (same classes, other order or names)", path=side,
+                             key="class_names")
+    digest = meta.get("weights_sha256")
+    if digest is not None:
+        try:
+            have = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as e:
+            raise InputDataError(f"cannot read teacher checkpoint: {e.strerror or e}", path=str(path)) from None
+        if have != digest:
+            raise InputDataError("teacher checkpoint does not match its sidecar's weights_sha256 (the .pt and "
+                                 ".json come from different teachers, or the .pt is damaged)", path=str(path),
+                                 key="weights_sha256")
+
+
+def _short_list(items) -> str:
+    items = list(items)
+    return repr(items[:5])[:-1] + (", ...]" if len(items) > 5 else "]")
 
 
 def _discard_cache_entry(path: Path, err: InputDataError, log) -> None:

@@ -44,6 +44,7 @@ SUCCESS = {
                            "--model", "convnet_w8"],
     "inspect": lambda m: ["inspect", m["out"]],
     "verify": lambda m: ["verify", m["out"]],
+    "teacher": lambda m: ["teacher", m["train"], "-o", m["base"] / "t.pt", "--epochs", "1"],
 }
 FAILURE = {
     "shard": (lambda m: ["shard", m["base"] / "nope", m["base"] / "s2"], 4),
@@ -55,6 +56,7 @@ FAILURE = {
     "inspect": (lambda m: ["inspect", m["base"] / "nope"], 4),
     "verify": (lambda m: ["verify", m["base"] / "nope"], 4),
     "unknown-command": (lambda m: ["frobnicate"], 2),
+    "teacher": (lambda m: ["teacher", m["train"], "-o", m["base"] / "t.txt"], 2),
 }
 
 
