@@ -206,7 +206,10 @@ def test_signal_keeps_checkpoint_and_says_how_to_resume(shards, tmp_path, sig, c
     cmd = [sys.executable, "-m", "dcompress.cli", "distill", str(shards["train"]), "--method", "dm", "--ipc", "1",
            "--set", "iterations=100000", "--set", "batch_real=4", "--ckpt-every", "1", "-o", str(out), "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # default SIGINT in the child: a suite started as a background job of a non-interactive shell
+    # (`bash .ci/run &`) passes SIGINT on as ignored, and Python then leaves it ignored
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = tmp_path / ".o.dcompress-work" / "state.pt"
     deadline = time.time() + 60
     while not state.exists() and time.time() < deadline and proc.poll() is None:
