@@ -131,6 +131,7 @@ def _remove(entry: Entry, cache: Path) -> None:
             p.unlink()
         if held is not None:
             held[1].unlink(missing_ok=True)
+            held[1].with_name(held[1].name.replace(".lock", ".build.lock")).unlink(missing_ok=True)
     except OSError as e:
         raise os_error(e, entry.path, "remove the cache entry") from None
     finally:

@@ -517,33 +517,34 @@ _OPEN: "weakref.WeakValueDictionary[str, DecodedStore]" = weakref.WeakValueDicti
 
 def _locked_build(inp, opts, folder: Path, lock_path: Path, root: Path, key: str, *, cache: Path, max_bad: int,
                   workers: int, progress, note) -> tuple[int, dict, bool]:
-    """(lock fd holding a shared lock, meta, reused): opens or builds the store under its lock.
-    The lock is released if anything fails (a later command must not wait on a dead attempt)."""
+    """(fd holding a shared lock on `<key>.lock`, meta, reused): opens or builds the store.
+
+    Two locks: `<key>.build.lock` (exclusive, held only while checking and building: a second
+    command waits for a build in progress, then opens the result) and `<key>.lock` (shared, held
+    for as long as the store is open: `cache rm` takes it exclusively). Holding the shared lock
+    never blocks a builder, so processes that open the same input together (torchrun ranks) do
+    not wait on one another. Both are released if anything fails."""
+    build_fd = lock_fd = None
     try:
-        lock_fd = _lock(lock_path, fcntl.LOCK_SH, note, "building this input's decoded store")
-    except OSError as e:
-        raise os_error(e, folder, "open the decoded store") from None
-    try:
+        build_fd = _lock(root / f"{key}.build.lock", fcntl.LOCK_EX, note, "building this input's decoded store")
+        lock_fd = _lock(lock_path, fcntl.LOCK_SH, note, "removing this decoded store")
         meta = _valid_meta(folder)
-        if meta is not None:
-            return lock_fd, meta, True
-        fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        _lock_fd(lock_fd, fcntl.LOCK_EX, note, lock_path)   # wait for builders and readers of a damaged one
-        meta = _valid_meta(folder)
-        reused = meta is not None                      # another process built it while we waited
+        reused = meta is not None
         if meta is None:
             if folder.exists():
-                _quarantine(folder, cache, note)
+                _quarantine(folder, cache, note)        # its readers keep their open file
             _clean_dead_builds(root, key)
             meta = build_store(inp, opts, folder, max_bad=max_bad, workers=workers, progress=progress)
-        fcntl.flock(lock_fd, fcntl.LOCK_SH)
         return lock_fd, meta, reused
-    except OSError as e:
-        os.close(lock_fd)
-        raise os_error(e, folder, "open the decoded store") from None
-    except BaseException:
-        os.close(lock_fd)
+    except BaseException as e:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        if isinstance(e, OSError):
+            raise os_error(e, folder, "open the decoded store") from None
         raise
+    finally:
+        if build_fd is not None:
+            os.close(build_fd)
 
 
 def _quarantine(folder: Path, cache: Path, note) -> None:
