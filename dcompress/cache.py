@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import BusyError, UsageError, os_error
+from .io.safe_write import pid_alive
 
 KINDS = ("stores", "teachers", "experts", "quarantine")
 
@@ -231,16 +232,6 @@ def _dead_leftovers(cache: Path) -> list[Path]:
                 pid = p.name.rsplit(".tmp-", 1)[1]
             elif p.name.startswith("ephemeral-"):
                 pid = p.name.split("-")[1]
-            if pid is not None and pid.isdigit() and not _alive(int(pid)):
+            if pid is not None and pid.isdigit() and not pid_alive(int(pid)):
                 dead.append(p)
     return dead
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -5,7 +5,6 @@ Nothing is ever unpickled: only image bytes, text labels and `.npy` via `np.load
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +12,7 @@ import torch
 
 from ..core import RealData, default_paths
 from .decode import BadSamples, DecodeOptions, describe_stream_error, shard_samples, tar_truncation  # noqa: F401
-from .store import KeyList, open_store, stats_from_sums
+from .store import KeyList, fingerprint, open_store, stats_from_sums
 from .urls import ResolvedInput
 
 
@@ -54,11 +53,6 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
 
 
 def fingerprint_of(keys, labels: torch.Tensor, images: torch.Tensor) -> str:
-    """sha256 over keys, labels and pixels: identifies the decoded content, not the bytes."""
-    h = hashlib.sha256()
-    h.update("\n".join(keys).encode())
-    h.update(labels.numpy().tobytes())
+    """sha256 over keys, labels and pixels of in-memory images (the store's `fingerprint`)."""
     flat = images.contiguous().numpy()
-    for start in range(0, flat.shape[0], 4096):            # the pixel bytes, hashed without a copy
-        h.update(flat[start:start + 4096])
-    return "sha256:" + h.hexdigest()
+    return fingerprint(keys, labels, (flat[s:s + 4096] for s in range(0, flat.shape[0], 4096)))

@@ -340,7 +340,7 @@ def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, jobs: _ShardJo
     mean, std = stats_from_sums(s1, s2, n * shape[1] * shape[2])
     return {"version": STORE_VERSION, "shape": [n, *shape], "class_names": list(class_names),
             "mean": list(mean), "std": list(std),
-            "fingerprint": _fingerprint(keys, labels, tmp / "images.u8"),
+            "fingerprint": fingerprint(keys, labels, _file_chunks(tmp / "images.u8")),
             "urls": [u if is_remote(u) else str(Path(u).resolve()) for u in inp.urls],
             "description": inp.description, "decode": opts.to_dict(), "class_source": class_source,
             "bad_samples": bad.as_dict(),
@@ -393,16 +393,22 @@ def stats_from_sums(s1, s2, count: int) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean), tuple(std)
 
 
-def _fingerprint(keys: list[str], labels: torch.Tensor, images: Path) -> str:
-    """sha256 over keys, labels and pixels (the same as `reader.fingerprint_of`), the pixels
-    streamed from the file (no mapping: they would count towards RSS)."""
+def fingerprint(keys, labels: torch.Tensor, pixel_chunks) -> str:
+    """sha256 over keys, labels and the pixel bytes (given in order, in chunks): names the
+    decoded content, not the shard bytes. `reader.fingerprint_of` feeds it a tensor."""
     h = hashlib.sha256()
     h.update("\n".join(keys).encode())
     h.update(labels.numpy().tobytes())
-    with open(images, "rb") as f:
-        while chunk := f.read(16 * _MB):
-            h.update(chunk)
+    for chunk in pixel_chunks:
+        h.update(chunk)
     return "sha256:" + h.hexdigest()
+
+
+def _file_chunks(path: Path):
+    """The file's bytes in 16 MiB reads (no mapping: mapped pages would count towards RSS)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(16 * _MB):
+            yield chunk
 
 
 def _expected_samples(inp: ResolvedInput) -> int:
