@@ -116,7 +116,8 @@ def load_real(urls: str | Iterable[str] | ResolvedInput, *, max_bad: int = 100, 
 
 
 def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int, *, labels: str = "auto",
-         teacher: str | Path | None = None, experts: str | Path | None = None, teacher_cfg=None) -> dict:
+         teacher: str | Path | None = None, experts: str | Path | None = None, teacher_cfg=None,
+         label_topk: int | None = None) -> dict:
     c, h, w = real.image_shape
     m_cls = get_method(method)
     cache = default_paths()["cache"]
@@ -134,12 +135,19 @@ def plan(real: RealData, method: str, ipc: int, cfg, shard_size: int, *, labels:
     n_out = ipc * real.num_classes
     def member(nbytes: float) -> float:  # tar: 512-byte header + data padded to 512
         return 512 + 512 * math.ceil(nbytes / 512)
-    per_sample = (member(0.7 * c * h * w + 70) + member(2) + member(128 + 2 * real.num_classes) + member(120)
-                  + (member(128 + 4 * c * h * w) if m_cls.info.kind == "synthesis" else 0))
+    from .io import topk
+
+    # soft labels: float16 logits (.logits.npy), or K (idx, val) records (.topk.npy, io/topk.py)
+    label_b = member(128 + (topk.record_dtype(real.num_classes).itemsize * label_topk if label_topk
+                            else 2 * real.num_classes))
+    image_b = member(0.7 * c * h * w + 70) + (member(128 + 4 * c * h * w) if m_cls.info.kind == "synthesis" else 0)
+    per_sample = image_b + label_b + member(2) + member(120)
     return {"method": method, "kind": m_cls.info.kind, "classes": real.num_classes, "class_names": real.class_names,
             "class_counts": real.class_counts(), "input_samples": len(real), "image_shape": [c, h, w],
             "ipc": ipc, "output_samples": n_out, "shards": max(1, math.ceil(n_out / shard_size)),
-            "estimated_output_bytes": int(n_out * per_sample + 10240), "config": config_dict(cfg),
+            "estimated_output_bytes": int(n_out * per_sample + 10240),
+            "estimated_bytes": {"images": int(n_out * image_b), "labels": int(n_out * label_b)},
+            **({"label_topk": label_topk} if label_topk else {}), "config": config_dict(cfg),
             "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real)}
 
 
@@ -193,7 +201,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
                                  note=(lambda text: log({"event": "note", "text": text})) if log else None)
         return {"status": "dry-run", "read_s": round(time.time() - t0, 2),
                 "plan": plan(real, method, ipc_from(real, ipc, ratio), cfg, shard_size, labels=labels, teacher=teacher,
-                             experts=experts, teacher_cfg=teacher_cfg)}
+                             experts=experts, teacher_cfg=teacher_cfg, label_topk=check_topk(label_topk, real))}
     request = {"method": method, "config": config_dict(cfg), "ipc": ipc, "ratio": ratio, "seed": seed,
                "device": dev.type, "labels": labels, "experts": str(experts) if experts else None,
                "teacher_config": config_dict(teacher_cfg),
@@ -281,11 +289,12 @@ def bn_teacher_default(m_cls, teacher_cfg: TeacherConfig, teacher_sets: Iterable
     return dataclasses.replace(teacher_cfg, model=bn_variant(teacher_cfg.model))
 
 
-def check_topk(label_topk: int | None, real: RealData) -> None:
-    """UsageError when `--label-topk` asks for more logits than the input has classes."""
+def check_topk(label_topk: int | None, real: RealData) -> int | None:
+    """`label_topk`; UsageError when it asks for more logits than the input has classes."""
     if label_topk is not None and label_topk > real.num_classes:
         raise UsageError(f"--label-topk {label_topk} exceeds the input's {real.num_classes} classes "
                          f"(use at most {real.num_classes}, or omit it to store every logit)", key="label_topk")
+    return label_topk
 
 
 def _prior_run(out: Path) -> dict | None:
@@ -497,7 +506,7 @@ def teacher(urls, *, out: str | Path, model: str | None = "auto", bn: bool = Fal
     if real is None:
         inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
         check_not_input(out, [u for u in inp.urls if not is_remote(u)], inp.folders)
-    with OutputLock(out, what="teacher"):
+    with _main_only(OutputLock, out, "teacher"):   # torchrun: rank 0 owns the output; every rank trains
         t0 = time.time()
         if real is None:
             real = load_real(inp, max_bad=max_bad, workers=workers, progress=progress,

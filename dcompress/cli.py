@@ -229,13 +229,16 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
             label_key: str = LABEL_KEY,
             class_names: Optional[Path] = CLASS_NAMES,
             channels: Optional[int] = CHANNELS,
-            as_json: bool = JSON) -> None:
+            as_json: bool = JSON,
+            nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Train expert trajectories (MTT/DATM) into a memory-mappable buffer."""
     from .api import check_limits, check_seed, decode_options, load_real, resolve_device
     from .config import resolve_config
     from .io.atomic import check_not_input
     from .io.urls import is_remote, resolve_urls
     from .train.experts import ExpertConfig, train_experts
+
+    _maybe_launch(nproc, max_restarts, as_json)
 
     flags = {"epochs": epochs, "optimizer": optimizer, "holdout": holdout, "seed": seed}   # beat --set / --config
 
@@ -317,7 +320,8 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
                                                             "full-data network on a seeded subset of this size"),
              teacher: Optional[Path] = typer.Option(None, "--teacher", help="fair: the teacher that relabels the "
                                                     "random subsets (needed when the set used a user's --teacher)"),
-             as_json: bool = JSON) -> None:
+             as_json: bool = JSON,
+             nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Train fresh networks on a compressed set and report test accuracy (vs random).
 
     The test and training shards are decoded as the set's input was (its manifest's
@@ -328,6 +332,8 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
     from .io.urls import recorded_urls, resolve_urls
     from .loader import load
     from .train.evaluate import check_models, evaluate as api_evaluate
+
+    _maybe_launch(nproc, max_restarts, as_json)
 
     def work(prog: Reporter) -> dict:
         check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
@@ -575,13 +581,14 @@ def teacher(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
             label_key: str = LABEL_KEY,
             class_names: Optional[Path] = CLASS_NAMES,
             channels: Optional[int] = CHANNELS,
-            as_json: bool = JSON) -> None:
+            as_json: bool = JSON,
+            nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Train a teacher network on the input (no pretrained weights are downloaded) for --teacher."""
-    from . import dist
     from .api import teacher as api_teacher
 
+    _maybe_launch(nproc, max_restarts, as_json)
+
     def work(prog: Reporter) -> dict:
-        dist.require_single("dcompress teacher")
         _use_cache(cache_dir)
         return api_teacher(urls, out=output, model=model, bn=bn, epochs=epochs, seed=seed, sets=sets, config=config,
                            device=device, overwrite=overwrite, max_bad=max_bad, max_pixels=max_pixels,

@@ -342,6 +342,102 @@ def gather_runs(results: dict[int, Any], n: int) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------------------
+# Data parallelism over the batch of an unrolled inner training (MTT, DATM, DD)
+
+class BatchParallel:
+    """Splits each inner batch of an unrolled training over the ranks (docs/distributed.md).
+
+    Every rank holds the whole synthetic set and the same θ trajectory; at inner step i rank r
+    computes the loss and gradient of its share of the batch (`part`: a contiguous block of the
+    batch's positions; its loss weighted by the block's share of the batch). Each rank's outer
+    loss is its *share* of the outer loss (the shares add up to it: the replicated loss / W, or
+    a slice of a real batch). `train.unroll` sums the inner gradients, the Hessian-vector
+    products of its adjoint pass and finally the leaf gradients over ranks (`total`,
+    `sum_grads`): rank r's share of a leaf gradient holds the terms of the images it saw, and
+    the lr's terms are split. Equal to one process up to the order of float additions
+    (tests/integration/test_distributed.py).
+    Without torchrun every method is the identity and `part` the whole batch."""
+
+    def __init__(self) -> None:
+        self.rank, self.world = rank(), world()
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def part(self, k: int) -> slice:
+        """This rank's positions [lo, hi) of a batch of k (may be empty when k < world)."""
+        s = Split(k, self.rank, self.world)
+        return slice(s.lo, s.hi)
+
+    @staticmethod
+    def no_share(theta: torch.Tensor) -> torch.Tensor:
+        """The loss of an empty share (a batch smaller than the world): 0 as a function of θ (a
+        zero gradient), so that this rank still takes part in the step's sums."""
+        return (theta * 0).sum()
+
+    def total(self, t: torch.Tensor) -> torch.Tensor:
+        """Σ over ranks of a detached tensor (loss values), the same bits on every rank."""
+        return all_reduce_sum(t.detach().clone()) if self.active else t
+
+    def most(self, x: float) -> float:
+        """max over ranks of a float."""
+        import torch.distributed as td
+
+        if not self.active:
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        td.all_reduce(t, op=td.ReduceOp.MAX)
+        return float(t)
+
+    def sum_grads(self, grads: list, leaves: list[torch.Tensor]) -> list:
+        """Each leaf's gradient summed over ranks (None where it is None on every rank), in one
+        collective over the concatenated gradients."""
+        if not self.active:
+            return grads
+        present = torch.tensor([g is not None for g in grads], dtype=torch.int32)
+        all_reduce_sum(present)
+        flat = torch.cat([(g if g is not None else torch.zeros_like(x)).reshape(-1)
+                          for g, x, p in zip(grads, leaves, present) if p])
+        if flat.numel():
+            all_reduce_sum(flat)
+        out, at = [], 0
+        for x, p in zip(leaves, present):
+            if p:
+                out.append(flat[at:at + x.numel()].view_as(x))
+                at += x.numel()
+            else:
+                out.append(None)
+        return out
+
+
+    def sum_param_grads(self, net: torch.nn.Module) -> None:
+        """Every parameter's gradient summed over ranks in place (one collective; a parameter
+        without a gradient on this rank counts as zero): data-parallel SGD, as DDP does it,
+        but exact for shares of unequal size (each share's loss carries its weight)."""
+        if not self.active:
+            return
+        params = [p for p in net.parameters() if p.requires_grad]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        all_reduce_sum(flat)
+        at = 0
+        for p in params:
+            p.grad = flat[at:at + p.numel()].view_as(p).clone()
+            at += p.numel()
+
+
+def batch_parallel(method: str, has_batchnorm: bool) -> BatchParallel:
+    """The batch split of an unrolled method; UsageError under torchrun for a BatchNorm network
+    (its batch statistics would be per share instead of per batch)."""
+    bp = BatchParallel()
+    if bp.active and has_batchnorm:
+        raise UsageError(f"--method {method} splits each inner batch over processes, and this network has "
+                         "BatchNorm layers (their statistics would be per share, not per batch); use a network "
+                         "without BatchNorm or one process")
+    return bp
+
+
+# ------------------------------------------------------------------------------------------------
 # `--nproc N`: torchrun's elastic agent on this machine, without typing torchrun
 
 def strip_option(argv: list[str], name: str) -> list[str]:

@@ -105,6 +105,14 @@ class AugParams:
         ops = tuple(AugOp(op.name, op.value.to(device)) for op in self.ops)
         return AugParams(self.families, ops, self.batch, self.image_shape, self.siamese)
 
+    def rows(self, part: slice) -> "AugParams":
+        """The parameters of samples `part` of the batch (a torchrun rank's share, dist.BatchParallel);
+        siamese parameters serve any batch and come back unchanged."""
+        if self.siamese:
+            return self
+        ops = tuple(AugOp(op.name, op.value[part]) for op in self.ops)
+        return AugParams(self.families, ops, len(range(self.batch)[part]), self.image_shape, self.siamese)
+
 
 def parse_strategy(s: str | None) -> list[str]:
     """Family names of a strategy string, in order. None, '' and 'none' give [].

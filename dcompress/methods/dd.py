@@ -26,12 +26,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..config import Validated
 from ..errors import NonFiniteLoss, UsageError
 from ..registry import MethodInfo, register_method
 from ..train.unroll import unroll
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec, normalize
-from .base import check_ipc, class_labels, noise_init, real_init
+from .base import check_ipc, class_labels, has_batchnorm, noise_init, real_init
 from ..seeds import derive
 from .loop import SynthesisLoop
 from .mtt import pick_memory_mode
@@ -81,6 +82,7 @@ def softplus_inv(y: float) -> float:
 @register_method
 class DD:
     info = MethodInfo("dd", "synthesis", "dataset distillation: unrolled steps with learned per-step lrs")
+    distributed = True      # torchrun: each step's synthetic batch and the real batch split over ranks
 
     @dataclass(frozen=True)
     class Config(Validated):
@@ -117,8 +119,15 @@ class DD:
         T = steps * cfg.distill_epochs
         shape, K = real.image_shape, real.num_classes
         net = build_net(cfg.model, shape[0], K, shape[1:], generator=torch.Generator().manual_seed(0)).to(dev)
+        # torchrun: every rank holds all images and the same θ trajectory, and computes the gradient
+        # of its block of each step's batch (summed over ranks) and the outer loss of its block of
+        # the real batch (its share; the shares add up to the loss): dist.BatchParallel
+        parallel = dist.batch_parallel("dd", has_batchnorm(net))
         labels = class_labels(K, spec.ipc).to(dev)
         batches = [b.to(dev) for b in step_batches(K, spec.ipc, steps)]
+        if parallel.active:
+            batches = [b[parallel.part(b.numel())] for b in batches]
+            weights = [b.numel() / full.numel() for b, full in zip(batches, step_batches(K, spec.ipc, steps))]
         per_epoch = math.ceil(len(real) / cfg.batch_real)
         total = cfg.epochs * per_epoch if cfg.iterations is None else min(cfg.iterations, cfg.epochs * per_epoch)
         init = noise_init if cfg.pix_init == "noise" else real_init
@@ -131,7 +140,11 @@ class DD:
 
         def inner(theta: torch.Tensor, i: int) -> torch.Tensor:
             b = batches[i % steps]
-            return F.cross_entropy(forward_flat(net, theta, images[b]), labels[b])
+            if not parallel.active:
+                return F.cross_entropy(forward_flat(net, theta, images[b]), labels[b])
+            if b.numel() == 0:                     # a step batch smaller than the world: no share here
+                return parallel.no_share(theta)
+            return F.cross_entropy(forward_flat(net, theta, images[b]), labels[b]) * weights[i % steps]
 
         def lr_fn(i: int) -> torch.Tensor:
             return F.softplus(raw[i])
@@ -143,18 +156,27 @@ class DD:
             for group in opt.param_groups:   # StepLR(decay_epochs, decay_factor) over real-data epochs
                 group["lr"] = cfg.lr * cfg.decay_factor ** (epoch // cfg.decay_epochs)
             ridx = perm[pos * cfg.batch_real:(pos + 1) * cfg.batch_real]
-            x_real, y_real = real.get(ridx, dev), real.labels[ridx].to(dev)
+            share = 1.0
+            if parallel.active:                        # this rank reads and scores its block of the batch
+                n_real = ridx.numel()
+                ridx = ridx[parallel.part(n_real)]
+                share = ridx.numel() / n_real
+            x_real = real.get(ridx, dev) if ridx.numel() else None
+            y_real = real.labels[ridx].to(dev)
             grads, loss = [torch.zeros_like(images), torch.zeros_like(raw)], 0.0
             for _ in range(cfg.n_nets):
                 theta0 = fresh_params(cfg.model, shape, K, cfg.net_init, g).to(dev)
 
                 def outer(theta: torch.Tensor) -> torch.Tensor:
-                    return F.cross_entropy(forward_flat(net, theta, x_real), y_real)
+                    if ridx.numel() == 0:
+                        return parallel.no_share(theta)
+                    loss = F.cross_entropy(forward_flat(net, theta, x_real), y_real)
+                    return loss * share if parallel.active else loss
 
                 if ex["mode"] is None:
                     ex["mode"], mem_info = pick_memory_mode(cfg.memory, inner, lr_fn, theta0, T, dev, log)
                     ex["info"].update(mem_info)
-                res = unroll(inner, lr_fn, theta0, T, outer, [images, raw], mode=ex["mode"])
+                res = unroll(inner, lr_fn, theta0, T, outer, [images, raw], mode=ex["mode"], parallel=parallel)
                 for k, grad in enumerate(res.grads):
                     if grad is not None:
                         grads[k] += grad / cfg.n_nets

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..augment import dsa
 from ..augment.dsa import DEFAULT_STRATEGY
 from ..config import Validated
@@ -31,7 +32,7 @@ from ..train.experts import ExpertConfig, default_buffer_dir, train_experts
 from ..train.unroll import (UnrollResult, available_memory_bytes, choose_mode, full_graph_bytes_estimate,
                             step_graph_bytes, unroll)
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
-from .base import check_ipc, class_labels, noise_init, real_init
+from .base import check_ipc, class_labels, has_batchnorm, noise_init, real_init
 from ..seeds import derive
 from .loop import SynthesisLoop
 
@@ -85,37 +86,53 @@ def draw_plan(n: int, batch_syn: int, steps: int, strategy: str | None, image_sh
 
 
 def trajectory_loss_fns(net: torch.nn.Module, theta0: torch.Tensor, target: torch.Tensor, images: torch.Tensor,
-                        targets: torch.Tensor, plan, soft: bool):
+                        targets: torch.Tensor, plan, soft: bool, parallel: "dist.BatchParallel | None" = None):
     """(inner_loss(θ, i), outer_loss(θ_N)) of one matching iteration.
 
     inner: CE (or SoftCE against `targets` logits) of the student on step i's augmented batch.
     outer: ‖θ_N − θ*‖² / ‖θ0 − θ*‖² (the reference's per-parameter means cancel).
+    Under torchrun (`parallel` active) both are this rank's share: the CE of its block of the
+    batch weighted by the block's share of the batch, and the outer loss / W.
     """
     from ..nets.functional import forward_flat
     from ..train.loop import soft_cross_entropy
 
+    split = parallel is not None and parallel.active
+
     def inner(theta: torch.Tensor, i: int) -> torch.Tensor:
         idx, params = plan[i]
+        weight = 1.0
+        if split:
+            part, b = parallel.part(idx.numel()), idx.numel()
+            idx, params = idx[part], params.rows(part) if params is not None else None
+            if idx.numel() == 0:                  # a batch smaller than the world: no share here
+                return parallel.no_share(theta)
+            weight = idx.numel() / b
         x = images[idx]
         if params is not None:
             x = dsa.apply(x, params)
         out = forward_flat(net, theta, x)
-        return soft_cross_entropy(out, targets[idx]) if soft else F.cross_entropy(out, targets[idx])
+        loss = soft_cross_entropy(out, targets[idx]) if soft else F.cross_entropy(out, targets[idx])
+        return loss * weight if split else loss
 
     denom = (theta0 - target).pow(2).sum()
+    share = parallel.world if split else 1
 
     def outer(theta_n: torch.Tensor) -> torch.Tensor:
-        return (theta_n - target).pow(2).sum() / denom
+        loss = (theta_n - target).pow(2).sum() / denom
+        return loss / share if split else loss
 
     return inner, outer
 
 
 def pick_memory_mode(setting: str, inner, lr_fn, theta0: torch.Tensor, steps: int, device: torch.device,
                      log: LogFn) -> tuple[str, dict]:
-    """`setting` unless "auto"; then "full" when steps × (measured bytes of one unrolled step), with
+    """`setting` unless "auto"; then ("constant" under torchrun, else) "full" when steps × (measured bytes of one unrolled step), with
     the engine's headroom, fits the free memory (CUDA free memory, or MemAvailable), else "constant"."""
     if setting != "auto":
         return setting, {"memory": setting, "memory_choice": "configured"}
+    if dist.active():      # torchrun: unroll computes "full" by the exact adjoint anyway (train.unroll)
+        return "constant", {"memory": "constant", "memory_choice": "torchrun"}
     step_b = step_graph_bytes(inner, lr_fn, theta0)
     est = full_graph_bytes_estimate(step_b, steps)
     avail = available_memory_bytes(device)
@@ -167,6 +184,7 @@ def expert_buffer(real: RealData, spec: RunSpec, cfg, log: LogFn) -> tuple[Exper
 class MTT:
     info = MethodInfo("mtt", "synthesis", "matching training trajectories of expert networks (learned lr)",
                       needs_experts=True, extras=("experts",))
+    distributed = True      # torchrun: each inner batch split over ranks, gradients summed (dist.BatchParallel)
 
     @dataclass(frozen=True)
     class Config(Validated):
@@ -243,6 +261,7 @@ class MTT:
         c, h, w = real.image_shape
         net = build_net(buf.network["name"], c, real.num_classes, (h, w),
                         generator=torch.Generator().manual_seed(0)).to(dev)   # structure only
+        parallel = dist.batch_parallel(self.info.name, has_batchnorm(net))
         labels = class_labels(real.num_classes, spec.ipc).to(dev)
         n = labels.numel()
         batch_syn = cfg.batch_syn or n
@@ -275,12 +294,12 @@ class MTT:
             theta0 = buf.snapshot(e, t).to(dev)
             target = buf.snapshot(e, t + cfg.expert_epochs).to(dev)
             plan = draw_plan(n, batch_syn, cfg.syn_steps, strategy, (c, h, w), g, dev)
-            inner, outer = trajectory_loss_fns(net, theta0, target, images, targets, plan, soft is not None)
+            inner, outer = trajectory_loss_fns(net, theta0, target, images, targets, plan, soft is not None, parallel)
             if ex["mode"] is None:
                 ex["mode"], ex["mem_info"] = pick_memory_mode(cfg.memory, inner, lambda i: lr.value(), theta0,
                                                               cfg.syn_steps, dev, log)
             res: UnrollResult = unroll(inner, lambda i: lr.value(), theta0, cfg.syn_steps, outer, leaves,
-                                       mode=ex["mode"])
+                                       mode=ex["mode"], parallel=parallel)
             if self.accept(res.loss):
                 for leaf, grad in zip(leaves, res.grads):
                     leaf.grad = grad

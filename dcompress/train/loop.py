@@ -28,28 +28,51 @@ def loss_fn(out: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor | None, te
 
 def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: "torch.Tensor | RealView",
                 labels: torch.Tensor, soft: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
-                aug: str | None = None, temperature: float = 1.0) -> float:
+                aug: str | None = None, temperature: float = 1.0, parallel=None) -> float:
     """One shuffled pass over (images, labels[, soft]): images a float tensor or a RealView (read
-    batch by batch); labels and soft on the net's device."""
+    batch by batch); labels and soft on the net's device.
+
+    `parallel` (a `dcompress.dist.BatchParallel` under torchrun): every rank draws the same order
+    and augmentation parameters, reads and trains on its block of each batch (its loss weighted by
+    the block's share), and the gradients are summed over ranks before the step: the one-process
+    SGD up to float rounding, on every rank. The returned mean loss is over all ranks."""
     net.train()
     n = images.shape[0]
     order = torch.randperm(n, generator=generator).to(labels.device)
     device = labels.device
+    split = parallel is not None and parallel.active
     total, seen = 0.0, 0
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        x = batch_of(images, idx, device)
-        if aug:
+        b = idx.numel()
+        part = parallel.part(b) if split else slice(None)
+        idx = idx[part]
+        opt.zero_grad(set_to_none=True)
+        if idx.numel():
+            x = batch_of(images, idx, device)
+            if aug and split:             # the whole batch's draws, this block's rows
+                from ..augment import dsa
+
+                x = dsa.apply(x, dsa.make_params(aug, b, tuple(x.shape[1:]), generator=generator,
+                                                 device=x.device).rows(part))
+            elif aug:
+                from ..augment import dsa
+
+                x = dsa.augment(x, aug, generator=generator)
+            out = net(x)
+            loss = loss_fn(out, labels[idx], None if soft is None else soft[idx], temperature)
+            (loss * (idx.numel() / b) if split else loss).backward()
+            total += loss.item() * idx.numel()
+            seen += idx.numel()
+        elif aug:                          # keep the generator in step with the other ranks
             from ..augment import dsa
 
-            x = dsa.augment(x, aug, generator=generator)
-        out = net(x)
-        loss = loss_fn(out, labels[idx], None if soft is None else soft[idx], temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+            dsa.make_params(aug, b, tuple(images.shape[1:]), generator=generator, device=device)
+        if split:
+            parallel.sum_param_grads(net)
         opt.step()
-        total += loss.item() * idx.numel()
-        seen += idx.numel()
+    if split:
+        total, seen = (float(v) for v in parallel.total(torch.tensor([total, float(seen)], dtype=torch.float64)))
     return total / max(seen, 1)
 
 

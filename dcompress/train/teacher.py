@@ -22,7 +22,8 @@ import torch
 
 from ..checkpoint import warn_via
 from ..config import Validated
-from ..errors import DcompressError, InputDataError
+from .. import dist
+from ..errors import DcompressError, InputDataError, UsageError
 from ..faults import crash_point
 from ..seeds import derive
 from ..io.safe_write import ensure_dir, move_aside, np_save, remove_dead_temps, torch_save, write_json
@@ -166,13 +167,14 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
     t0 = time.time()
     g = derive(cfg.seed, "teacher")
     net = build_net(cfg.model, c, real.num_classes, (h, w), generator=g).to(spec.device)
+    parallel = teacher_parallel(net, cfg)
     n = len(real)
     idx = torch.randperm(n, generator=g)[:min(cfg.max_samples, n)]
     x = RealView(real, idx)                       # batches are read and normalised as they are trained
     y = real.labels[idx].to(spec.device)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     for ep in range(cfg.epochs):
-        loss = train_epoch(net, opt, x, y, None, batch_size=cfg.batch_size, generator=g)
+        loss = train_epoch(net, opt, x, y, None, batch_size=cfg.batch_size, generator=g, parallel=parallel)
         if spec.progress:
             spec.progress(ep + 1, cfg.epochs, "teacher")
         if log:
@@ -185,13 +187,30 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
             "train_accuracy": round(train_acc, 4), "train_seconds": round(time.time() - t0, 1),
             "input_fingerprint": real.source.get("fingerprint"), "image_shape": list(real.image_shape),
             "num_classes": real.num_classes, "class_names": list(real.class_names)}
-    ensure_dir(path.parent)
-    remove_dead_temps(path.parent)
-    # sidecar first, checkpoint last, both by rename: a reader that sees the .pt sees a whole .json
-    write_json(path.with_suffix(".json"), meta)
-    crash_point("teacher.save")
-    torch_save(path, net.state_dict())
+    if dist.is_main():                 # torchrun: every rank holds the same network; rank 0 caches it
+        ensure_dir(path.parent)
+        remove_dead_temps(path.parent)
+        # sidecar first, checkpoint last, both by rename: a reader that sees the .pt sees a whole .json
+        write_json(path.with_suffix(".json"), meta)
+        crash_point("teacher.save")
+        torch_save(path, net.state_dict())
+    dist.barrier()
     return Teacher(net, {**meta, "path": str(path), "source": "trained"})
+
+
+def teacher_parallel(net: torch.nn.Module, cfg: TeacherConfig) -> "dist.BatchParallel":
+    """Under torchrun the teacher trains data-parallel: each batch split over the ranks, the
+    gradients summed (`train_epoch`); the one-process network up to float rounding. A BatchNorm
+    teacher would normalise each rank's block by its own statistics (torch's SyncBatchNorm runs
+    on GPUs only): refused, so train it as one process and pass it with --teacher."""
+    from ..methods.base import has_batchnorm
+
+    bp = dist.BatchParallel()
+    if bp.active and has_batchnorm(net):
+        raise UsageError(f"the teacher {cfg.model} has BatchNorm layers, which cannot be trained split over "
+                         "processes here (their statistics would be per process); train it as one process "
+                         "(`dcompress teacher ... --bn`) and pass it with --teacher", key="model")
+    return bp
 
 
 def check_teacher_fits(meta: dict, path: Path, real: RealData) -> None:
@@ -283,8 +302,6 @@ def _teacher_features(teacher: Teacher, real: RealData, device: torch.device, ba
                 return torch.from_numpy(arr.astype(np.float32))
         except (OSError, ValueError, EOFError):
             pass  # truncated or foreign: recomputed and overwritten below
-    from .. import dist
-
     starts = list(range(0, len(real), batch_size))
     block = dist.Split(len(starts), dist.rank(), dist.world())
     split = dist.active() and len(starts) >= block.world     # torchrun: whole batches per rank, all-gathered

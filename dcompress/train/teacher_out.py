@@ -19,6 +19,7 @@ from pathlib import Path
 from ..core import RealData, RunSpec
 from ..errors import InputDataError, OutputError, UsageError
 from ..io.safe_write import ensure_dir, remove_dead_temps, write_bytes, write_json
+from .. import dist
 from .teacher import Teacher, TeacherConfig, get_teacher
 
 SMALL_SIDE = 64     # up to this many pixels a side: ConvNet-3; above: ResNet-18 (see auto_model)
@@ -109,15 +110,20 @@ def train_teacher(real: RealData, cfg: TeacherConfig, out: Path, *, spec: RunSpe
                   log=None) -> dict:
     """Trains (or takes from the cache) the teacher `cfg` on `real` and writes it to `out`.
     The caller holds the output lock and has checked `out` (check_out)."""
-    meta = existing_sidecar(out)
-    if meta is not None and not overwrite:
-        if up_to_date(out, meta, real, cfg):
-            return {"up_to_date": True, "source": "existing", **_summary(meta)}
+    verdict = None                      # torchrun: rank 0 checks `out`, every rank trains, rank 0 writes
+    if dist.is_main():
+        meta = existing_sidecar(out)
+        if meta is not None and not overwrite:
+            verdict = "existing" if up_to_date(out, meta, real, cfg) else "refuse"
+    verdict, meta = dist.broadcast_object((verdict, meta if verdict else None))
+    if verdict == "existing":
+        return {"up_to_date": True, "source": "existing", **_summary(meta)}
+    if verdict == "refuse":
         raise UsageError(f"{out} already exists; pass --overwrite to replace it", path=str(out))
     t0 = time.time()
     teacher = get_teacher(real, spec, cfg, log=log)
     t_teacher = time.time() - t0
-    meta = write_teacher(out, teacher, real)
+    meta = dist.broadcast_object(write_teacher(out, teacher, real) if dist.is_main() else None)
     return {"up_to_date": False, "source": teacher.info.get("source"), "cache": teacher.info.get("path"),
             "teacher_s": round(t_teacher, 2), **_summary(meta)}
 

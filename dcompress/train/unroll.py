@@ -17,6 +17,15 @@ Contract for callers: ``inner_loss(theta, i)`` must be a deterministic function 
 ``(theta, i, leaves)``: draw batch indices and augmentation parameters before calling
 `unroll`, so that ``"constant"``/``"tesla"`` recompute exactly the loss the forward pass saw
 (checked: a mismatch raises ValueError). θ_0 is a constant (its gradient is never formed).
+
+Under torchrun, ``parallel`` (`dcompress.dist.BatchParallel`) splits each inner batch over the
+ranks: ``inner_loss`` and ``outer_loss`` return this rank's share. The adjoint loop then needs
+two plain sums over ranks per step — the inner gradient in pass 1 and the Hessian-vector
+product H_i λ in pass 2 — and the leaf gradients, the losses and the finiteness checks are summed
+over ranks at the end (the same on every rank, so every rank takes the same branch). ``"full"``
+is computed by that exact adjoint (``"constant"``) under torchrun: back-propagating through
+collectives would make every rank's autograd graph run the same sums in the same order, which
+autograd does not promise (it prunes branches a rank does not need). docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -66,9 +75,22 @@ def _lr(lr_fn: Callable[[int], Tensor], i: int, like: Tensor) -> Tensor:
     return a.reshape(())
 
 
+class _Alone:
+    """`parallel` of one process: every reduction is the identity."""
+
+    def total(self, t: Tensor) -> Tensor:
+        return t
+
+    def most(self, x: float) -> float:
+        return x
+
+    def sum_grads(self, grads: list, leaves: list) -> list:
+        return grads
+
+
 def _inner_grad(inner_loss: Callable[[Tensor, int], Tensor], theta: Tensor, i: int,
                 create_graph: bool) -> tuple[Tensor, Tensor]:
-    """(ℓ_i(θ), ∇_θ ℓ_i(θ)); θ must require grad."""
+    """(ℓ_i(θ), ∇_θ ℓ_i(θ)) (this rank's shares under torchrun); θ must require grad."""
     loss = inner_loss(theta, i)
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise ValueError(f"inner_loss(theta, {i}) must return a scalar tensor")
@@ -109,7 +131,7 @@ def _add(acc: list[Tensor | None], new: Sequence[Tensor | None]) -> None:
 
 def unroll(inner_loss: Callable[[Tensor, int], Tensor], lr_fn: Callable[[int], Tensor], theta0: Tensor,
            steps: int, outer_loss: Callable[[Tensor], Tensor], leaves: Sequence[Tensor],
-           mode: str = "full") -> UnrollResult:
+           mode: str = "full", parallel=None) -> UnrollResult:
     """dL(θ_N)/d leaves through ``steps`` inner SGD steps from θ_0.
 
     Args:
@@ -120,6 +142,8 @@ def unroll(inner_loss: Callable[[Tensor, int], Tensor], lr_fn: Callable[[int], T
         outer_loss: ``outer_loss(theta_N)`` → scalar L. It may also use leaves directly.
         leaves: tensors with ``requires_grad=True`` to differentiate.
         mode: "full" | "constant" | "tesla" (see module docstring).
+        parallel: a `dcompress.dist.BatchParallel` under torchrun (see module docstring); None
+            in one process.
 
     Raises:
         NonFiniteLoss: an inner loss, the outer loss or a gradient is NaN/inf.
@@ -133,34 +157,47 @@ def unroll(inner_loss: Callable[[Tensor, int], Tensor], lr_fn: Callable[[int], T
     for k, t in enumerate(leaves):
         if not (isinstance(t, Tensor) and t.requires_grad):
             raise ValueError(f"leaves[{k}] must be a tensor with requires_grad=True")
+    par = parallel if parallel is not None and parallel.active else _Alone()
+    requested = mode
+    if mode == "full" and not isinstance(par, _Alone):
+        mode = "constant"                   # the exact adjoint; see the module docstring
     start = time.perf_counter()
     with torch.enable_grad():
         if mode == "full":
-            loss, grads, theta_n, info = _full(inner_loss, lr_fn, theta0, steps, outer_loss, leaves)
+            loss, grads, theta_n, info = _full(inner_loss, lr_fn, theta0, steps, outer_loss, leaves, par)
         else:
             loss, grads, theta_n, info = _adjoint(inner_loss, lr_fn, theta0, steps, outer_loss, leaves,
-                                                  exact=(mode == "constant"))
+                                                  exact=(mode == "constant"), par=par)
+    grads = par.sum_grads(grads, leaves)
     _check_grads(grads)
-    info.update(mode=mode, steps=steps, seconds=time.perf_counter() - start)
+    info.update(mode=mode, steps=steps, seconds=time.perf_counter() - start,
+                **({"requested_mode": requested} if requested != mode else {}))
     return UnrollResult(loss=loss, grads=grads, theta_final=theta_n, info=info)
 
 
-def _full(inner_loss, lr_fn, theta0, steps, outer_loss, leaves):
+def _full(inner_loss, lr_fn, theta0, steps, outer_loss, leaves, par):
     theta = theta0.detach().clone().requires_grad_(True)
     losses = []
     for i in range(steps):
         li, g = _inner_grad(inner_loss, theta, i, create_graph=True)
         losses.append(li.detach())
         theta = theta - _lr(lr_fn, i, theta) * g
-    _check_finite(losses, "inner loss")
     outer = outer_loss(theta)
-    _check_finite([outer], "outer loss")
+    losses, total = _totals(par, losses, outer)
     grads = list(torch.autograd.grad(outer, leaves, allow_unused=True))
-    info = {"inner_losses": torch.stack(losses).tolist()}
-    return float(outer.detach()), grads, theta.detach(), info
+    info = {"inner_losses": losses.tolist()}
+    return float(total), grads, theta.detach(), info
 
 
-def _adjoint(inner_loss, lr_fn, theta0, steps, outer_loss, leaves, exact: bool):
+def _totals(par, losses: list[Tensor], outer: Tensor) -> tuple[Tensor, Tensor]:
+    """The inner losses and the outer loss summed over ranks (one collective), checked finite."""
+    both = par.total(torch.cat([torch.stack(losses), outer.detach().reshape(1)]))
+    _check_finite(list(both[:-1]), "inner loss")
+    _check_finite([both[-1]], "outer loss")
+    return both[:-1], both[-1]
+
+
+def _adjoint(inner_loss, lr_fn, theta0, steps, outer_loss, leaves, exact: bool, par):
     # Pass 1: plain SGD, keeping only the iterates θ_0..θ_{N-1} (no graph survives a step).
     thetas, losses = [], []
     theta = theta0.detach()
@@ -169,14 +206,13 @@ def _adjoint(inner_loss, lr_fn, theta0, steps, outer_loss, leaves, exact: bool):
         li, g = _inner_grad(inner_loss, theta, i, create_graph=False)
         thetas.append(theta.detach())
         losses.append(li.detach())
-        theta = (theta - _lr(lr_fn, i, theta).detach() * g).detach()
-    _check_finite(losses, "inner loss")
+        theta = (theta - _lr(lr_fn, i, theta).detach() * par.total(g)).detach()
     theta_n = theta.requires_grad_(True)
     outer = outer_loss(theta_n)
-    _check_finite([outer], "outer loss")
+    totals, total = _totals(par, losses, outer)
     lam, *grads = torch.autograd.grad(outer, [theta_n] + leaves, allow_unused=True)
     grads = list(grads)  # direct dependence of L on leaves, usually all None
-    lam = torch.zeros_like(theta_n) if lam is None else lam.detach()
+    lam = par.total(torch.zeros_like(theta_n) if lam is None else lam.detach())   # λ_N = Σ_r ∂(share_r)/∂θ_N
 
     # Pass 2: i = N-1..0. With s = <θ_i − α_i g_i(θ_i), λ_{i+1}> (λ constant), one backward gives
     # ∂s/∂θ_i = λ_{i+1} − α_i H_i λ_{i+1} = λ_i and ∂s/∂leaf = this step's term of dL/d leaf.
@@ -186,7 +222,12 @@ def _adjoint(inner_loss, lr_fn, theta0, steps, outer_loss, leaves, exact: bool):
         li, g = _inner_grad(inner_loss, theta_i, i, create_graph=True)
         recomputed.append(li.detach())
         alpha = _lr(lr_fn, i, theta_i)
-        if exact:
+        if exact and not isinstance(par, _Alone):
+            # λ_i = λ_{i+1} − α_i Σ_r H_i^r λ_{i+1}: each rank's product from its share, then summed
+            s = -alpha * (g * lam).sum()
+            hvp, *step_grads = torch.autograd.grad(s, [theta_i] + leaves, allow_unused=True)
+            lam = lam + par.total(torch.zeros_like(lam) if hvp is None else hvp)
+        elif exact:
             s = (theta_i * lam).sum() - alpha * (g * lam).sum()
             new_lam, *step_grads = torch.autograd.grad(s, [theta_i] + leaves, allow_unused=True)
             lam = new_lam.detach()
@@ -197,14 +238,14 @@ def _adjoint(inner_loss, lr_fn, theta0, steps, outer_loss, leaves, exact: bool):
         thetas[i] = None  # free the iterate as soon as it is used
 
     recomputed.reverse()
-    rel = _max_rel_diff(torch.stack(losses), torch.stack(recomputed))
+    rel = par.most(_max_rel_diff(torch.stack(losses), torch.stack(recomputed)))   # every rank raises, or none
     tol = 1e-4 if theta0.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
     if rel > tol:
         raise ValueError(f"inner_loss recomputed to a different value (max relative diff {rel:.3g} > {tol:g}): "
                          "it must be deterministic in (theta, i, leaves); draw batch indices and augmentation "
                          "parameters before calling unroll, and avoid dropout")
-    info = {"inner_losses": torch.stack(losses).tolist(), "recompute_max_rel_diff": rel}
-    return float(outer.detach()), grads, theta_n.detach(), info
+    info = {"inner_losses": totals.tolist(), "recompute_max_rel_diff": rel}
+    return float(total), grads, theta_n.detach(), info
 
 
 def _max_rel_diff(a: Tensor, b: Tensor) -> float:

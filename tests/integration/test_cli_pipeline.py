@@ -91,6 +91,20 @@ def test_dry_run_writes_nothing(shards, tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_dry_run_estimates_label_bytes_with_topk(shards, tmp_path):
+    """The plan splits its estimate into images and soft labels; `--label-topk` is counted (here 3
+    classes: 6 bytes of float16 logits or one 4-byte record, each one 512-byte tar block after
+    its header block) and checked against the class count before anything is written."""
+    full = json.loads(distill(shards, tmp_path / "D", "--dry-run").stdout)["plan"]
+    top = json.loads(distill(shards, tmp_path / "D", "--dry-run", "--label-topk", "1").stdout)["plan"]
+    assert full["estimated_bytes"]["labels"] == top["estimated_bytes"]["labels"] == 6 * 1024
+    assert full["estimated_bytes"]["images"] == top["estimated_bytes"]["images"] > 0
+    assert top["label_topk"] == 1 and "label_topk" not in full
+    bad = distill(shards, tmp_path / "D", "--dry-run", "--label-topk", "4")
+    assert bad.exit_code == 2 and "exceeds the input's 3 classes" in bad.stdout
+    assert not (tmp_path / "D").exists()
+
+
 def test_teacher_labels_are_default_for_selection_and_cached(shards, tmp_path):
     r = distill(shards, tmp_path / "D")
     assert r.exit_code == 0, r.output

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_images, write_idx
 
@@ -189,6 +190,154 @@ def test_dq_features_and_bins_split_same_selection(four_classes, tmp_path):
     two = dcompress(tmp_path, *args, "-o", tmp_path / "two", nproc=2)
     assert two.returncode == 0, two.stderr
     assert_same_output(tmp_path / "one", tmp_path / "two", metrics=False)
+
+
+def assert_close_output(a: Path, b: Path, logits: bool = False) -> None:
+    """Unrolled methods (data-parallel, sums over ranks): the same set up to float rounding — stored
+    pixels at most one 8-bit step apart and rarely that, the learned lr, the losses and (DATM) the learned logits to
+    ~1e-5 relative; same names, classes and keys."""
+    from dcompress.loader import load
+
+    x, y = load(a), load(b)
+    assert x.keys == y.keys and torch.equal(x.labels, y.labels)
+    step = torch.tensor(x.std).view(1, -1, 1, 1) / 255
+    assert ((x.images - y.images).abs() <= step * 1.01).all()
+    assert (x.images - y.images).abs().mean() < step.min() / 10    # rare rounding flips, not another set
+    if x.lr is not None or y.lr is not None:
+        assert x.lr == pytest.approx(y.lr, rel=1e-4)
+    if logits:
+        assert torch.allclose(x.logits, y.logits, rtol=1e-4, atol=1e-5)
+    curves = [[json.loads(ln)["loss"] for ln in (d / "metrics.jsonl").open() if json.loads(ln)["event"] == "iteration"]
+              for d in (a, b)]
+    assert curves[0] and curves[0] == pytest.approx(curves[1], rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def experts4(four_classes, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("experts4")
+    r = dcompress(tmp, "experts", four_classes, "--num-experts", "1", "--epochs", "3", "--set", "model=convnet_w16",
+                  "--device", "cpu", "-o", tmp / "buf", "--json")
+    assert r.returncode == 0, r.stderr
+    return tmp / "buf"
+
+
+@pytest.mark.parametrize("method", ["mtt", "datm"])
+def test_trajectory_matching_batch_split_equals_one_process(method, four_classes, experts4, tmp_path):
+    """MTT/DATM: each inner batch split over ranks (5 of 8 images a step: shares of 2 and 3, then
+    of 1 and 2), gradients summed: the one-process result up to rounding."""
+    args = ["distill", four_classes, "--method", method, "--ipc", "2", "--experts", experts4, "--set", "iterations=3",
+            "--set", "syn_steps=3", "--set", "expert_epochs=1", "--set", "max_start_epoch=1", "--set", "batch_syn=5",
+            "--set", "lr_img=100", "--shard-size", "3", "--device", "cpu", "--json"]
+    if method == "datm":
+        args += ["--set", "current_max_start_epoch=1", "--set", "min_start_epoch=0"]
+    one = dcompress(tmp_path, *args, "-o", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = dcompress(tmp_path, *args, "-o", tmp_path / "two", nproc=2)
+    assert two.returncode == 0, two.stderr
+    report = one_json(two.stdout)
+    assert report["status"] == "ok", report
+    info = json.loads((tmp_path / "two" / "manifest.json").read_text())["dcompress"]["info"]
+    assert info["memory"] == "constant" and info["memory_choice"] == "torchrun", info
+    assert_close_output(tmp_path / "one", tmp_path / "two", logits=method == "datm")
+
+
+def test_dd_steps_and_real_batch_split_equals_one_process(four_classes, tmp_path):
+    """DD: each step's synthetic batch (4 images) and the real batch (9) split over ranks."""
+    args = ["distill", four_classes, "--method", "dd", "--ipc", "2", "--set", "iterations=3", "--set", "batch_real=9",
+            "--set", "distill_epochs=2", "--shard-size", "3", "--device", "cpu", "--json"]
+    one = dcompress(tmp_path, *args, "-o", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = dcompress(tmp_path, *args, "-o", tmp_path / "two", nproc=2)
+    assert two.returncode == 0, two.stderr
+    assert_close_output(tmp_path / "one", tmp_path / "two")
+    from dcompress.loader import load
+
+    lrs = [load(tmp_path / d).lrs for d in ("one", "two")]
+    assert lrs[0] and lrs[0] == pytest.approx(lrs[1], rel=1e-4)
+
+
+def test_unrolled_methods_refuse_batchnorm_networks_under_torchrun(four_classes, tmp_path):
+    r = dcompress(tmp_path, "distill", four_classes, "--method", "dd", "--ipc", "2", "--set", "model=convnetbn_w16",
+                  "--set", "iterations=1", "--device", "cpu", "-o", tmp_path / "o", "--json", "--nproc", "2")
+    assert r.returncode == 2, r.stderr
+    assert "BatchNorm" in one_json(r.stdout)["error"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_teacher_trains_data_parallel_equal_to_one_process(four_classes, tmp_path):
+    """`dcompress teacher --nproc 2`: each batch (10, last 8) split over the ranks, gradients
+    summed; the one-process weights up to rounding; rank 0 writes; a BN teacher is refused."""
+    args = ["teacher", four_classes, "--model", "convnet_w16", "--epochs", "2", "--set", "batch_size=10",
+            "--device", "cpu", "--json"]
+    one = dcompress(tmp_path, *args, "-o", tmp_path / "one.pt", "--cache-dir", tmp_path / "c1")
+    assert one.returncode == 0, one.stderr
+    two = dcompress(tmp_path, *args, "-o", tmp_path / "two.pt", "--cache-dir", tmp_path / "c2", "--nproc", "2")
+    assert two.returncode == 0, two.stderr
+    report = one_json(two.stdout)
+    assert report["status"] == "ok" and report["source"] == "trained", report
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("one", "two"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    again = dcompress(tmp_path, *args, "-o", tmp_path / "two.pt", "--cache-dir", tmp_path / "c2", "--nproc", "2")
+    assert again.returncode == 0 and one_json(again.stdout)["up_to_date"] is True, again.stderr
+    bn = dcompress(tmp_path, *args[:-1], "--bn", "--json", "-o", tmp_path / "bn.pt", "--cache-dir", tmp_path / "c3",
+                   "--nproc", "2")
+    assert bn.returncode == 2 and "BatchNorm" in one_json(bn.stdout)["error"], bn.stderr
+    assert not (tmp_path / "bn.pt").exists()
+
+
+UNROLL = r"""
+import json, sys
+import torch
+from dcompress import dist
+from dcompress.methods.mtt import draw_plan, trajectory_loss_fns
+from dcompress.nets import build_net
+from dcompress.nets.functional import flat_params
+from dcompress.train.unroll import unroll
+
+dist.init()
+bp = dist.BatchParallel()
+net = build_net("convnet_w16", 1, 4, (12, 12), generator=torch.Generator().manual_seed(0))
+theta0 = flat_params(net).detach()
+target = theta0 + 0.01 * torch.randn(theta0.shape, generator=torch.Generator().manual_seed(1))
+images = torch.randn(8, 1, 12, 12, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+labels = torch.arange(4).repeat_interleave(2)
+u = torch.zeros((), requires_grad=True)
+out = {}
+for mode in ("full", "constant", "tesla"):
+    # minibatches of 3, 3, 2 images: with 3 ranks one block of the last is empty
+    plan = draw_plan(8, 3, 4, "color_crop_cutout_flip_scale_rotate", (1, 12, 12), torch.Generator().manual_seed(3),
+                     torch.device("cpu"))
+    inner, outer = trajectory_loss_fns(net, theta0, target, images, labels, plan, False, bp)
+    r = unroll(inner, lambda i: 0.01 * torch.exp(u), theta0, 4, outer, [images, u], mode=mode, parallel=bp)
+    out[mode] = {"loss": r.loss, "images": r.grads[0].flatten().tolist(), "lr": float(r.grads[1]),
+                 "inner": r.info["inner_losses"], "mode": r.info["mode"]}
+if dist.is_main():
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_unroll_batch_split_gradients_equal_one_process(nproc, tmp_path):
+    """`train.unroll` with each minibatch split over ranks: loss, inner losses and the gradients of
+    images and lr equal one process to float rounding, in all three memory modes."""
+    script = tmp_path / "unroll.py"
+    script.write_text(UNROLL)
+    one = subprocess.run([sys.executable, str(script)], env=env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), str(script)]
+    many = subprocess.run(launch, env=env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert many.returncode == 0, many.stderr
+    a, b = json.loads(one.stdout), one_json(many.stdout)
+    for mode in ("full", "constant", "tesla"):
+        x, y = a[mode], b[mode]
+        assert y["mode"] == ("constant" if mode == "full" else mode)
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6)
+        assert y["inner"] == pytest.approx(x["inner"], rel=1e-6)
+        assert y["lr"] == pytest.approx(x["lr"], rel=1e-5) and x["lr"] != 0
+        gx, gy = np.array(x["images"]), np.array(y["images"])
+        assert np.abs(gx - gy).max() <= 1e-5 * np.abs(gx).max() and np.abs(gx).max() > 0
 
 
 HELPERS = r"""
