@@ -1,4 +1,5 @@
-"""Bytes <-> arrays for shard members: images (Pillow), `.npy` (never pickled), `.cls` labels, JSON.
+"""Bytes <-> arrays for shard members: images (Pillow; JPEG by simplejpeg when installed), `.npy`
+(never pickled), `.cls` labels, JSON.
 
 Torch-free: the loader, the reader and the writer share these.
 """
@@ -21,15 +22,58 @@ class ImageTooLarge(ValueError):
     """The header declares more pixels than --max-pixels (checked before decoding)."""
 
 
+try:
+    import simplejpeg as _simplejpeg
+except ImportError:     # optional: Pillow decodes JPEG too, ~6x slower per small image
+    _simplejpeg = None
+
+# JPEG colour spaces simplejpeg decodes here, and to what (Pillow's "L" and "RGB"); others
+# (CMYK, YCCK) go to Pillow, as does anything simplejpeg refuses.
+_SIMPLEJPEG_SPACES = {"Gray": "GRAY", "YCbCr": "RGB", "RGB": "RGB"}
+
+
+def jpeg_decoder() -> str:
+    """Which decoder reads JPEG members: "simplejpeg" or "pillow" (recorded in the store key)."""
+    return "simplejpeg" if _simplejpeg is not None else "pillow"
+
+
+def _decode_jpeg_fast(data: bytes, max_pixels: int | None) -> np.ndarray | None:
+    """simplejpeg (libjpeg-turbo, no Python objects per image) for baseline/progressive Gray and
+    YCbCr JPEGs: the same pixels as Pillow's decoder (both libjpeg-turbo's default integer DCT and
+    fancy upsampling; tests/unit/test_codecs.py), ~6x faster on 32 px images. None hands the
+    image to Pillow (not installed, another colour space, or bytes simplejpeg will not decode:
+    Pillow then decides what is wrong with them)."""
+    if _simplejpeg is None:
+        return None
+    try:
+        h, w, space, _ = _simplejpeg.decode_jpeg_header(data)
+        target = _SIMPLEJPEG_SPACES.get(space)
+        if target is None or h < 1 or w < 1:
+            return None
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels, above --max-pixels {max_pixels}")
+        arr = _simplejpeg.decode_jpeg(data, colorspace=target)
+    except ValueError as e:
+        if isinstance(e, ImageTooLarge):
+            raise
+        return None
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
 def decode_image(data: bytes, ext: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Image bytes -> uint8 array [C, H, W] (C = 1 or 3; alpha and palettes resolved).
 
-    Pillow decodes every format here (torchvision 0.29 deprecates its own image codecs). The
-    size is read from the header first: more than `max_pixels` pixels raises ImageTooLarge
-    before any pixel is decoded (decompression bombs).
+    Pillow decodes every format here (torchvision 0.29 deprecates its own image codecs), and
+    JPEG goes to simplejpeg first when it is installed (`_decode_jpeg_fast`: same pixels,
+    ~6x faster). The size is read from the header first: more than `max_pixels` pixels raises
+    ImageTooLarge before any pixel is decoded (decompression bombs).
     """
     from PIL import Image
 
+    if ext in ("jpg", "jpeg"):
+        fast = _decode_jpeg_fast(data, max_pixels)
+        if fast is not None:
+            return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # our own limit decides below
