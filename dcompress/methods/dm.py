@@ -154,9 +154,13 @@ class DM:
 
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
         check_ipc(real, spec.ipc)
-        part = dist.split(real.num_classes, "classes", "dm")      # all classes in one process
-        shard = dist.RowShard(part.lo * spec.ipc, part.hi * spec.ipc, real.num_classes * spec.ipc)
-        images, init_keys, info = self.synthesize(real, spec, log, part.items, shard=shard)
+        if dist.world() > real.num_classes:       # more ranks than classes: split the image slots
+            rows = dist.split(real.num_classes * spec.ipc, "image slots", "dm")
+            images, init_keys, info = self.synthesize_slots(real, spec, log, rows)
+        else:
+            part = dist.split(real.num_classes, "classes", "dm")      # all classes in one process
+            shard = dist.RowShard(part.lo * spec.ipc, part.hi * spec.ipc, real.num_classes * spec.ipc)
+            images, init_keys, info = self.synthesize(real, spec, log, part.items, shard=shard)
         if dist.active():
             images = dist.all_gather_cat(images.detach())
             init_keys = [k for keys in dist.all_gather_object(init_keys) for k in keys]
@@ -205,3 +209,68 @@ class DM:
             opt.step()
             loop.done(loss)
         return images, init_keys, {"pix_init": cfg.pix_init, "batched": batched, **loop.summary()}
+
+    def synthesize_slots(self, real: RealData, spec: RunSpec, log: LogFn, rows: "dist.Split"
+                         ) -> tuple[torch.Tensor, list[str | None], dict]:
+        """Rows [rows.lo, rows.hi) of the one-process images (class-major: class c's slots are rows
+        c·ipc … c·ipc + ipc − 1), for torchrun jobs with more ranks than classes.
+
+        A class's loss needs the mean embedding of all its slots and of its whole real batch, so
+        the ranks sharing class c each embed their slots and their block of the real batch (the
+        class's draws are the same on every rank: `derive(seed, it, c)`), and one all-reduce of
+        the per-class embedding sums ([classes, 2, D] floats) gives every rank both means. Each rank
+        then back-propagates ∂L/∂(slot sum of c) = −2 (mean_real − mean_syn) / ipc into its
+        own slots. Same loss and gradients as one process up to the order of float additions
+        (not the same bytes; docs/distributed.md).
+        """
+        cfg, ipc, device = self.config, spec.ipc, torch.device(spec.device)
+        n_cls = real.num_classes
+        classes = list(range(rows.lo // ipc, (rows.hi - 1) // ipc + 1))
+        full, keys = init_images_by_class(real, classes, ipc, cfg.pix_init, spec.seed, device)
+        at = rows.lo - classes[0] * ipc
+        images = full[at:at + rows.hi - rows.lo].clone().requires_grad_(True)
+        init_keys = keys[at:at + rows.hi - rows.lo]
+        del full
+        opt = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
+        loop = SynthesisLoop("dm", cfg.iterations, spec, log, state={"images": images, "optimizer": opt},
+                             shard=dist.RowShard(rows.lo, rows.hi, n_cls * ipc))
+        bounds = [dist.Split(rows.n, r, rows.world) for r in range(rows.world)]
+
+        def sharers(c: int) -> list[int]:      # the ranks holding slots of class c, in rank order
+            return [r for r, b in enumerate(bounds) if b.lo < (c + 1) * ipc and b.hi > c * ipc]
+
+        for it in loop:
+            net = frozen_net(cfg.model, real, derive(spec.seed, it, "net"), device)
+            if has_batchnorm(net):
+                raise UsageError("dm: a BatchNorm model mixes the statistics of all classes, so it does not "
+                                 "split over processes; run it as one process (or use a model without BN)")
+            opt.zero_grad(set_to_none=True)
+            sums, mine, counts = None, {}, torch.zeros(n_cls, dtype=torch.float64)
+            for c in classes:
+                d = draw_class(real, c, cfg.batch_real, self.strategy, derive(spec.seed, it, c), device)
+                who = sharers(c)
+                block = dist.Split(d.real_idx.numel(), who.index(rows.rank), len(who))
+                lo, hi = max(rows.lo, c * ipc) - rows.lo, min(rows.hi, (c + 1) * ipc) - rows.lo
+                fs = embed(net, _aug(images[lo:hi], d.aug)).sum(0)
+                with torch.no_grad():
+                    idx = d.real_idx[block.lo:block.hi]
+                    fr = embed(net, _aug(real.get(idx, device), d.aug)).sum(0) if idx.numel() else torch.zeros_like(fs)
+                if sums is None:
+                    sums = torch.zeros(n_cls, 2, fs.shape[-1], device=device)
+                sums[c, 0] += fr
+                sums[c, 1] += fs.detach()
+                if who[0] == rows.rank:            # each class's real batch size, counted once
+                    counts[c] = d.real_idx.numel()
+                mine[c] = fs
+            dist.all_reduce_sum(sums)
+            dist.all_reduce_sum(counts)
+            mean_real = sums[:, 0] / counts.to(sums.dtype)[:, None]
+            mean_syn = sums[:, 1] / ipc
+            diff = mean_real - mean_syn
+            loss = float((diff ** 2).sum())
+            local = sum((-2 / ipc * diff[c]).detach().mul(fs).sum() for c, fs in mine.items())
+            local.backward()
+            opt.step()
+            loop.done(loss)
+        return images, init_keys, {"pix_init": cfg.pix_init, "batched": False, "split": "image slots",
+                                   **loop.summary()}

@@ -192,6 +192,27 @@ def test_dq_features_and_bins_split_same_selection(four_classes, tmp_path):
     assert_same_output(tmp_path / "one", tmp_path / "two", metrics=False)
 
 
+def test_dm_more_ranks_than_classes_splits_image_slots(tmp_path):
+    """3 ranks, 2 classes x 3 slots: rank 1 holds one slot of each class; the class means come
+    from an all-reduce of embedding sums (slots and real-batch blocks). The one-process set up
+    to rounding, with the rows gathered for a checkpoint every 2 iterations."""
+    from dcompress.io.sources import make_shards
+
+    x, y = make_images(12, classes=2)
+    write_idx(tmp_path / "idx", "train", x, y)
+    make_shards(tmp_path / "idx", tmp_path / "train", fmt="idx", split="train", shard_size=10)
+    args = ["distill", tmp_path / "train", "--method", "dm", "--ipc", "3", "--set", "iterations=4", "--set",
+            "model=convnet_w16", "--set", "batch_real=8", "--shard-size", "4", "--ckpt-every", "2", "--device", "cpu",
+            "--json"]
+    one = dcompress(tmp_path, *args, "-o", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    three = dcompress(tmp_path, *args, "-o", tmp_path / "three", nproc=3)
+    assert three.returncode == 0, three.stderr
+    info = json.loads((tmp_path / "three" / "manifest.json").read_text())["dcompress"]["info"]
+    assert info["split"] == "image slots", info
+    assert_close_output(tmp_path / "one", tmp_path / "three")
+
+
 def assert_close_output(a: Path, b: Path, logits: bool = False) -> None:
     """Unrolled methods (data-parallel, sums over ranks): the same set up to float rounding — stored
     pixels at most one 8-bit step apart and rarely that, the learned lr, the losses and (DATM) the learned logits to
