@@ -48,3 +48,21 @@ def expand(rec: np.ndarray, num_classes: int, k: int) -> np.ndarray:
     out = np.full(num_classes, -np.inf, dtype=np.float32)
     out[idx] = val
     return out
+
+
+def stored_form(logits, k: int | None):
+    """What a set's soft labels look like after writing and reading them back, for [N, C] logits
+    (a torch tensor or an array, same type back): float16-rounded, and with `k` only each row's K
+    largest kept (ties: lower index) and -inf elsewhere, as `prune` then `expand` do. The fair
+    baselines give their random subsets' teacher logits this form, so both sides train on labels
+    of the same precision and pruning."""
+    import torch
+
+    as_tensor = isinstance(logits, torch.Tensor)
+    arr = (logits.detach().cpu().numpy() if as_tensor else np.asarray(logits)).astype(np.float32)
+    out = arr.astype(np.float16).astype(np.float32)
+    if k is not None and k < arr.shape[1]:
+        drop = np.argsort(-arr, axis=1, kind="stable")[:, k:]
+        np.put_along_axis(out, drop, -np.inf, axis=1)
+    return torch.from_numpy(out).to(logits.device) if as_tensor else out
+

@@ -12,6 +12,7 @@ import torch
 
 from .. import dist
 from ..errors import InputDataError, UsageError
+from ..io import topk
 from ..loader import CompressedDataset, load
 from ..seeds import derive
 from ..core import EvalProtocol, RealData, normalize
@@ -159,7 +160,8 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
         idx = torch.cat([train.sample_class(c, n, g) for c, n in enumerate(counts) if n > 0])
         x = normalize(train.get_u8(idx), ds.mean, ds.std)
         y = train.labels[idx]
-        soft = soft_teacher.logits(x, device) if soft_teacher is not None else None
+        # the teacher's logits in the form the set stores its own: float16, top-K when pruned
+        soft = topk.stored_form(soft_teacher.logits(x, device), ds.label_topk) if soft_teacher is not None else None
         net = train_on_set(x, y, num_classes=len(ds.classes), protocol=base_proto, generator=g, device=device,
                            soft=soft, lr=proto.lr,
                            progress=(lambda a, b, r=r: progress(a, b, f"random run {r + 1}/{runs}")) if progress else None)

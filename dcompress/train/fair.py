@@ -36,6 +36,7 @@ from ..augment.dsa import DEFAULT_STRATEGY
 from ..config import Validated
 from ..core import EvalProtocol, RealData, RealView, RunSpec, default_paths, normalize
 from ..errors import InputDataError, UsageError
+from ..io import topk
 from ..io.safe_write import ensure_dir, remove_dead_temps, write_json
 from ..loader import CompressedDataset, load
 from ..seeds import derive
@@ -161,7 +162,9 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
         if r not in subsets:
             idx = _draw(pools, counts, derive(seed, "fair-random", r))
             x = normalize(train.get_u8(idx), ds.mean, ds.std)
-            subsets[r] = {"x": x, "y": train.labels[idx], "soft": teach.logits(x, device) if teach else None}
+            # the teacher's logits in the set's stored form (float16, top-K when pruned): same labels
+            soft = topk.stored_form(teach.logits(x, device), ds.label_topk) if teach else None
+            subsets[r] = {"x": x, "y": train.labels[idx], "soft": soft}
         return subsets[r]
 
     set_data = {"x": ds.images, "y": ds.labels, "soft": ds.logits}

@@ -212,6 +212,26 @@ def test_topk_records_round_trip_and_reject_foreign_arrays():
             topk.expand(bad, 5, 3)
 
 
+def test_stored_form_is_what_a_written_set_reads_back():
+    """The fair baselines' teacher logits go through `stored_form`: row by row the same values as
+    prune then expand (top-K) or the float16 round trip (full), for arrays and tensors."""
+    import numpy as np
+
+    from dcompress.io import topk
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(6, 7)).astype(np.float32) * 5
+    logits[0, :3] = 1.25                                                      # ties
+    for k in (1, 3, 7):
+        got = topk.stored_form(logits, k)
+        want = np.stack([topk.expand(topk.prune(row, k), 7, k) for row in logits])
+        assert np.array_equal(got, want), k
+        assert ((got != -np.inf).sum(1) == k).all()
+    full = topk.stored_form(torch.from_numpy(logits), None)
+    assert isinstance(full, torch.Tensor) and full.dtype == torch.float32
+    assert torch.equal(full, torch.from_numpy(logits).half().float())
+
+
 # -------------------------------------------------------------------------------------- sre2l
 
 SRE2L_FAST = ["--set", "iterations=20", "--teacher-set", "epochs=1"]
