@@ -25,8 +25,8 @@ from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc
 from ..seeds import derive
 from .loop import SynthesisLoop
-from .base import (eval_model_for, has_batchnorm, init_images_by_class, parse_strategy_or_usage,
-                       synthesis_result)
+from .base import (eval_model_for, has_batchnorm, init_image_rows, init_images_by_class, parse_strategy_or_usage,
+                   slot_sharers, synthesis_result)
 
 
 @dataclass
@@ -225,20 +225,11 @@ class DM:
         """
         cfg, ipc, device = self.config, spec.ipc, torch.device(spec.device)
         n_cls = real.num_classes
-        classes = list(range(rows.lo // ipc, (rows.hi - 1) // ipc + 1))
-        full, keys = init_images_by_class(real, classes, ipc, cfg.pix_init, spec.seed, device)
-        at = rows.lo - classes[0] * ipc
-        images = full[at:at + rows.hi - rows.lo].clone().requires_grad_(True)
-        init_keys = keys[at:at + rows.hi - rows.lo]
-        del full
+        images, init_keys, classes = init_image_rows(real, rows.lo, rows.hi, ipc, cfg.pix_init, spec.seed, device)
+        images.requires_grad_(True)
         opt = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
         loop = SynthesisLoop("dm", cfg.iterations, spec, log, state={"images": images, "optimizer": opt},
                              shard=dist.RowShard(rows.lo, rows.hi, n_cls * ipc))
-        bounds = [dist.Split(rows.n, r, rows.world) for r in range(rows.world)]
-
-        def sharers(c: int) -> list[int]:      # the ranks holding slots of class c, in rank order
-            return [r for r, b in enumerate(bounds) if b.lo < (c + 1) * ipc and b.hi > c * ipc]
-
         for it in loop:
             net = frozen_net(cfg.model, real, derive(spec.seed, it, "net"), device)
             if has_batchnorm(net):
@@ -248,7 +239,7 @@ class DM:
             sums, mine, counts = None, {}, torch.zeros(n_cls, dtype=torch.float64)
             for c in classes:
                 d = draw_class(real, c, cfg.batch_real, self.strategy, derive(spec.seed, it, c), device)
-                who = sharers(c)
+                who = slot_sharers(c, ipc, rows)
                 block = dist.Split(d.real_idx.numel(), who.index(rows.rank), len(who))
                 lo, hi = max(rows.lo, c * ipc) - rows.lo, min(rows.hi, (c + 1) * ipc) - rows.lo
                 fs = embed(net, _aug(images[lo:hi], d.aug)).sum(0)

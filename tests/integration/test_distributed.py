@@ -192,18 +192,23 @@ def test_dq_features_and_bins_split_same_selection(four_classes, tmp_path):
     assert_same_output(tmp_path / "one", tmp_path / "two", metrics=False)
 
 
-def test_dm_more_ranks_than_classes_splits_image_slots(tmp_path):
-    """3 ranks, 2 classes x 3 slots: rank 1 holds one slot of each class; the class means come
-    from an all-reduce of embedding sums (slots and real-batch blocks). The one-process set up
-    to rounding, with the rows gathered for a checkpoint every 2 iterations."""
+@pytest.mark.parametrize("method", ["dm", "dsa"])
+def test_more_ranks_than_classes_split_image_slots(method, tmp_path):
+    """3 ranks, 2 classes x 3 slots: rank 1 holds one slot of each class. DM: the class means
+    come from an all-reduce of embedding sums; DSA: the class gradients (synthetic and real)
+    from an all-reduce of their parts (slots and real-batch blocks). The one-process set up to
+    rounding, with the rows gathered for a checkpoint every 2 iterations (DSA: and all-gathered
+    for the inner loop)."""
     from dcompress.io.sources import make_shards
 
     x, y = make_images(12, classes=2)
     write_idx(tmp_path / "idx", "train", x, y)
     make_shards(tmp_path / "idx", tmp_path / "train", fmt="idx", split="train", shard_size=10)
-    args = ["distill", tmp_path / "train", "--method", "dm", "--ipc", "3", "--set", "iterations=4", "--set",
+    args = ["distill", tmp_path / "train", "--method", method, "--ipc", "3", "--set", "iterations=4", "--set",
             "model=convnet_w16", "--set", "batch_real=8", "--shard-size", "4", "--ckpt-every", "2", "--device", "cpu",
             "--json"]
+    if method == "dsa":
+        args += ["--set", "outer_loop=2", "--set", "inner_loop=1", "--set", "batch_train=4"]
     one = dcompress(tmp_path, *args, "-o", tmp_path / "one")
     assert one.returncode == 0, one.stderr
     three = dcompress(tmp_path, *args, "-o", tmp_path / "three", nproc=3)
