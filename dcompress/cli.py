@@ -602,17 +602,25 @@ def main() -> None:
     flushing: after a Ctrl-C early in a run, CPython was seen to re-kill itself with SIGINT at
     shutdown although the KeyboardInterrupt had been handled and reported (the caller saw a
     death by signal, -2, instead of 130); CPython does this when it believes a KeyboardInterrupt
-    went unhandled (`unhandled_keyboard_interrupt` in its runtime state)."""
+    went unhandled (`unhandled_keyboard_interrupt` in its runtime state).
+
+    A torchrun rank also leaves through `os._exit` once its work is done, reported and flushed
+    (outputs are complete on disk by then: every file is written by rename after fsync): once
+    in CI a rank whose job had finished died with SIGABRT ("terminate called without an active
+    exception") during interpreter teardown, where gloo's threads can still hold objects that
+    need the GIL, and torchrun then failed the whole job (exit 1)."""
+    from . import dist
     from .alloc import tune_malloc
 
     tune_malloc()   # keep freed activations in the heap: no page faults per iteration (docs/performance.md)
     try:
         app()
     except SystemExit as e:
-        if e.code in (130, 143):
+        if e.code in (130, 143) or dist.joined():
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(e.code)
+            os._exit(code)
         raise
 
 

@@ -92,7 +92,17 @@ def init() -> bool:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     td.init_process_group(backend, store=_attempt_store(), rank=int(os.environ["RANK"]), world_size=env_world(),
                           timeout=_timeout())
+    global _joined
+    _joined = True
     return True
+
+
+_joined = False
+
+
+def joined() -> bool:
+    """Whether this process joined a process group (it stays True after `shutdown`)."""
+    return _joined
 
 
 def _attempt_store():
