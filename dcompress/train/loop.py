@@ -32,15 +32,18 @@ def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: "torch
     """One shuffled pass over (images, labels[, soft]): images a float tensor or a RealView (read
     batch by batch); labels and soft on the net's device.
 
-    `parallel` (a `dcompress.dist.BatchParallel` under torchrun): every rank draws the same order
-    and augmentation parameters, reads and trains on its block of each batch (its loss weighted by
-    the block's share), and the gradients are summed over ranks before the step: the one-process
-    SGD up to float rounding, on every rank. The returned mean loss is over all ranks."""
+    `parallel` (a `dcompress.dist.BatchParallel` under torchrun; teacher training): every rank
+    draws the same order, reads and trains on its block of each batch (its loss weighted by the
+    block's share), and the gradients are summed over ranks before the step: the one-process SGD
+    up to float rounding, on every rank. The returned mean loss is over all ranks. Not with `aug`
+    (nothing trains augmented and split; the draws would have to be the whole batch's)."""
     net.train()
     n = images.shape[0]
     order = torch.randperm(n, generator=generator).to(labels.device)
     device = labels.device
     split = parallel is not None and parallel.active
+    if split and aug:
+        raise ValueError("train_epoch: a split batch with augmentation is not supported")
     total, seen = 0.0, 0
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
@@ -50,12 +53,7 @@ def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: "torch
         opt.zero_grad(set_to_none=True)
         if idx.numel():
             x = batch_of(images, idx, device)
-            if aug and split:             # the whole batch's draws, this block's rows
-                from ..augment import dsa
-
-                x = dsa.apply(x, dsa.make_params(aug, b, tuple(x.shape[1:]), generator=generator,
-                                                 device=x.device).rows(part))
-            elif aug:
+            if aug:
                 from ..augment import dsa
 
                 x = dsa.augment(x, aug, generator=generator)
@@ -64,10 +62,6 @@ def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: "torch
             (loss * (idx.numel() / b) if split else loss).backward()
             total += loss.item() * idx.numel()
             seen += idx.numel()
-        elif aug:                          # keep the generator in step with the other ranks
-            from ..augment import dsa
-
-            dsa.make_params(aug, b, tuple(images.shape[1:]), generator=generator, device=device)
         if split:
             parallel.sum_param_grads(net)
         opt.step()
