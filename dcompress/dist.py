@@ -338,6 +338,18 @@ def gather_sum(terms: list[torch.Tensor]) -> float:
     return float(total)
 
 
+def map_batches(n: int, batch_size: int, fn) -> torch.Tensor:
+    """`torch.cat([fn(start, stop) for each batch of range(n)])`, under torchrun with whole batches
+    split over the ranks (contiguous blocks) and the outputs all-gathered in batch order: every
+    rank gets the same rows, each batch computed once. Fewer batches than ranks: every rank
+    computes all of them. `fn` returns a CPU tensor [stop - start, ...]."""
+    starts = list(range(0, n, batch_size))
+    block = Split(len(starts), rank(), world())
+    split = active() and len(starts) >= block.world
+    outs = [fn(s, min(s + batch_size, n)) for s in (starts[block.lo:block.hi] if split else starts)]
+    return all_gather_cat(torch.cat(outs)) if split else torch.cat(outs)
+
+
 def spread(n: int) -> range:
     """This rank's share of `n` independent jobs (evaluation runs, experts): n, n + W, ..."""
     return range(rank(), n, world())

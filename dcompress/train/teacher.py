@@ -182,7 +182,10 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
     net.eval()
     from .loop import predict
 
-    train_acc = float((predict(net, x, device=spec.device).argmax(1) == y.cpu()).float().mean())
+    # torchrun: each rank predicts whole batches of the training samples (dist.map_batches)
+    pred = dist.map_batches(len(idx), 1024, lambda lo, hi: predict(net, RealView(real, idx[lo:hi]),
+                                                                    device=spec.device).argmax(1))
+    train_acc = float((pred == y.cpu()).float().mean())
     meta = {"model": cfg.model, "arch": net.arch, "config": dataclasses.asdict(cfg), "train_samples": int(idx.numel()),
             "train_accuracy": round(train_acc, 4), "train_seconds": round(time.time() - t0, 1),
             "input_fingerprint": real.source.get("fingerprint"), "image_shape": list(real.image_shape),
@@ -302,12 +305,9 @@ def _teacher_features(teacher: Teacher, real: RealData, device: torch.device, ba
                 return torch.from_numpy(arr.astype(np.float32))
         except (OSError, ValueError, EOFError):
             pass  # truncated or foreign: recomputed and overwritten below
-    starts = list(range(0, len(real), batch_size))
-    block = dist.Split(len(starts), dist.rank(), dist.world())
-    split = dist.active() and len(starts) >= block.world     # torchrun: whole batches per rank, all-gathered
-    outs = [teacher.features(real.get(torch.arange(s, min(s + batch_size, len(real))), device), device)
-            for s in (starts[block.lo:block.hi] if split else starts)]
-    feats = dist.all_gather_cat(torch.cat(outs)) if split else torch.cat(outs)
+    # torchrun: whole batches per rank, all-gathered
+    feats = dist.map_batches(len(real), batch_size,
+                             lambda lo, hi: teacher.features(real.get(torch.arange(lo, hi), device), device))
     if cache is not None and dist.is_main():
         crash_point("teacher.features")
         np_save(cache, feats.numpy())
