@@ -88,20 +88,25 @@ def _last_used(kind: str, path: Path) -> float:
         return 0.0
 
 
+def _children(cache: Path):
+    """(kind, path) of everything directly inside each kind's folder, in name order."""
+    for kind in KINDS:
+        folder = Path(cache) / kind
+        if folder.is_dir():
+            for p in sorted(folder.iterdir()):
+                yield kind, p
+
+
 def entries(cache: Path) -> list[Entry]:
     """Every entry of the cache, oldest use first (temp leftovers and lock files excluded)."""
     found = []
-    for kind in KINDS:
-        folder = Path(cache) / kind
-        if not folder.is_dir():
+    for kind, p in _children(cache):
+        if ".tmp-" in p.name or p.name.endswith(".lock") or (kind == "teachers" and p.suffix != ".pt"):
             continue
-        for p in sorted(folder.iterdir()):
-            if ".tmp-" in p.name or p.name.endswith(".lock") or (kind == "teachers" and p.suffix != ".pt"):
-                continue
-            if kind == "stores" and (not p.is_dir() or p.name.startswith("ephemeral-")):
-                continue
-            size = _size(p) + sum(_size(q) for q in _companions(kind, p))
-            found.append(Entry(f"{kind}/{p.name}", kind, str(p), size, _last_used(kind, p), _describe(kind, p)))
+        if kind == "stores" and (not p.is_dir() or p.name.startswith("ephemeral-")):
+            continue
+        size = _size(p) + sum(_size(q) for q in _companions(kind, p))
+        found.append(Entry(f"{kind}/{p.name}", kind, str(p), size, _last_used(kind, p), _describe(kind, p)))
     return sorted(found, key=lambda e: e.last_used)
 
 
@@ -222,16 +227,12 @@ def prune(cache: Path, *, older_than_days: float | None = None, max_size: str | 
 def _dead_leftovers(cache: Path) -> list[Path]:
     """Temp files/folders (`*.tmp-<pid>`, `ephemeral-<pid>-*`) whose writer is no longer alive."""
     dead = []
-    for kind in KINDS:
-        folder = Path(cache) / kind
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            pid = None
-            if ".tmp-" in p.name:
-                pid = p.name.rsplit(".tmp-", 1)[1]
-            elif p.name.startswith("ephemeral-"):
-                pid = p.name.split("-")[1]
-            if pid is not None and pid.isdigit() and not pid_alive(int(pid)):
-                dead.append(p)
+    for _, p in _children(cache):
+        pid = None
+        if ".tmp-" in p.name:
+            pid = p.name.rsplit(".tmp-", 1)[1]
+        elif p.name.startswith("ephemeral-"):
+            pid = p.name.split("-")[1]
+        if pid is not None and pid.isdigit() and not pid_alive(int(pid)):
+            dead.append(p)
     return dead

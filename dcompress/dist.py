@@ -380,8 +380,9 @@ class BatchParallel:
     (tests/integration/test_distributed.py).
     Without torchrun every method is the identity and `part` the whole batch."""
 
-    def __init__(self) -> None:
-        self.rank, self.world = rank(), world()
+    def __init__(self, alone: bool = False) -> None:
+        """`alone`: this process by itself (every sum the identity), even under torchrun."""
+        self.rank, self.world = (0, 1) if alone else (rank(), world())
 
     @property
     def active(self) -> bool:
@@ -434,18 +435,15 @@ class BatchParallel:
 
 
     def sum_param_grads(self, net: torch.nn.Module) -> None:
-        """Every parameter's gradient summed over ranks in place (one collective; a parameter
-        without a gradient on this rank counts as zero): data-parallel SGD, as DDP does it,
-        but exact for shares of unequal size (each share's loss carries its weight)."""
+        """Every parameter's gradient summed over ranks in place (`sum_grads`: one collective; a
+        parameter without a gradient on this rank counts as zero, and keeps none when no rank has
+        one, as in one process): data-parallel SGD, as DDP does it, but exact for shares of
+        unequal size (each share's loss carries its weight)."""
         if not self.active:
             return
         params = [p for p in net.parameters() if p.requires_grad]
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        all_reduce_sum(flat)
-        at = 0
-        for p in params:
-            p.grad = flat[at:at + p.numel()].view_as(p).clone()
-            at += p.numel()
+        for p, g in zip(params, self.sum_grads([p.grad for p in params], params)):
+            p.grad = None if g is None else g.clone()
 
 
 def batch_parallel(method: str, has_batchnorm: bool) -> BatchParallel:

@@ -47,15 +47,16 @@ def _decode_jpeg_fast(data: bytes, max_pixels: int | None) -> np.ndarray | None:
         return None
     try:
         h, w, space, _ = _simplejpeg.decode_jpeg_header(data)
-        target = _SIMPLEJPEG_SPACES.get(space)
-        if target is None or h < 1 or w < 1:
-            return None
-        if max_pixels is not None and w * h > max_pixels:
-            raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels, above --max-pixels {max_pixels}")
+    except ValueError:
+        return None
+    target = _SIMPLEJPEG_SPACES.get(space)
+    if target is None or h < 1 or w < 1:
+        return None
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels, above --max-pixels {max_pixels}")
+    try:
         arr = _simplejpeg.decode_jpeg(data, colorspace=target)
-    except ValueError as e:
-        if isinstance(e, ImageTooLarge):
-            raise
+    except ValueError:
         return None
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

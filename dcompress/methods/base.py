@@ -2,10 +2,12 @@
 the synthesis methods share (per-class initial images from derived seeds, results, BN checks)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from ..augment import dsa as _dsa
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from ..errors import InputDataError, UsageError
 
@@ -116,6 +118,26 @@ def init_images_by_class(real: RealData, classes, ipc: int, init: str, seed: int
         else:
             raise UsageError(f"init must be 'real' or 'noise', got {init!r}")
     return torch.cat(parts), keys
+
+
+@dataclass
+class ClassDraw:
+    """One class's random draws for an iteration: real sample indices and Siamese aug params."""
+
+    real_idx: torch.Tensor
+    aug: object | None
+
+
+def draw_class(real: RealData, c: int, batch_real: int, strategy: str | None, generator: torch.Generator,
+               device: torch.device) -> ClassDraw:
+    """Class c's draws for one iteration: `batch_real` real indices, then one Siamese DSA draw
+    (DM; DC/DSA's image-slot split, whose whole batches draw the same way)."""
+    idx = real.sample_class(c, batch_real, generator)
+    params = None
+    if strategy is not None:
+        params = _dsa.make_params(strategy, idx.numel(), real.image_shape, generator=generator,
+                                 siamese=True, device=device)
+    return ClassDraw(idx, params)
 
 
 def init_image_rows(real: RealData, lo: int, hi: int, ipc: int, init: str, seed: int,

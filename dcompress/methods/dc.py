@@ -33,8 +33,8 @@ from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc, class_labels
 from ..seeds import derive
 from .loop import SynthesisLoop
-from .base import (eval_model_for, has_batchnorm, init_image_rows, init_images_by_class, parse_strategy_or_usage,
-                   slot_sharers, synthesis_result)
+from .base import (draw_class, eval_model_for, has_batchnorm, init_image_rows, init_images_by_class,
+                   parse_strategy_or_usage, slot_sharers, synthesis_result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,10 +245,8 @@ class DC:
         buf = torch.zeros(n_cls, 2, sum(sizes), device=device)
         parts = {}
         for c in classes:
-            gen = generator(c)
-            idx = real.sample_class(c, self.config.batch_real, gen)
-            params = (dsa.make_params(self.strategy, idx.numel(), real.image_shape, generator=gen, siamese=True,
-                                      device=device) if self.strategy is not None else None)
+            d = draw_class(real, c, self.config.batch_real, self.strategy, generator(c), device)
+            idx, params = d.real_idx, d.aug
             who = slot_sharers(c, ipc, rows)
             block = dist.Split(idx.numel(), who.index(rows.rank), len(who))
             lo, hi = max(rows.lo, c * ipc) - rows.lo, min(rows.hi, (c + 1) * ipc) - rows.lo

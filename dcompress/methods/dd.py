@@ -126,8 +126,9 @@ class DD:
         labels = class_labels(K, spec.ipc).to(dev)
         batches = [b.to(dev) for b in step_batches(K, spec.ipc, steps)]
         if parallel.active:
-            batches = [b[parallel.part(b.numel())] for b in batches]
-            weights = [b.numel() / full.numel() for b, full in zip(batches, step_batches(K, spec.ipc, steps))]
+            parts = [b[parallel.part(b.numel())] for b in batches]
+            weights = [p.numel() / b.numel() for p, b in zip(parts, batches)]
+            batches = parts
         per_epoch = math.ceil(len(real) / cfg.batch_real)
         total = cfg.epochs * per_epoch if cfg.iterations is None else min(cfg.iterations, cfg.epochs * per_epoch)
         init = noise_init if cfg.pix_init == "noise" else real_init

@@ -25,27 +25,8 @@ from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from .base import check_ipc
 from ..seeds import derive
 from .loop import SynthesisLoop
-from .base import (eval_model_for, has_batchnorm, init_image_rows, init_images_by_class, parse_strategy_or_usage,
-                   slot_sharers, synthesis_result)
-
-
-@dataclass
-class ClassDraw:
-    """One class's random draws for an iteration: real sample indices and Siamese aug params."""
-
-    real_idx: torch.Tensor
-    aug: object | None
-
-
-def draw_class(real: RealData, c: int, batch_real: int, strategy: str | None, generator: torch.Generator,
-               device: torch.device) -> ClassDraw:
-    """Class c's draws for one iteration: `batch_real` real indices, then one Siamese DSA draw."""
-    idx = real.sample_class(c, batch_real, generator)
-    params = None
-    if strategy is not None:
-        params = dsa.make_params(strategy, idx.numel(), real.image_shape, generator=generator,
-                                 siamese=True, device=device)
-    return ClassDraw(idx, params)
+from .base import (ClassDraw, draw_class, eval_model_for, has_batchnorm, init_image_rows,  # noqa: F401
+                   init_images_by_class, parse_strategy_or_usage, slot_sharers, synthesis_result)
 
 
 def _aug(x: torch.Tensor, params) -> torch.Tensor:

@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..dist import BatchParallel
 from ..errors import NonFiniteLoss
 
 __all__ = ["MODES", "UnrollResult", "unroll", "step_graph_bytes", "full_graph_bytes_estimate",
@@ -73,19 +74,6 @@ def _lr(lr_fn: Callable[[int], Tensor], i: int, like: Tensor) -> Tensor:
     if a.numel() != 1:
         raise ValueError(f"lr_fn({i}) must be a scalar (0-dim tensor), got shape {tuple(a.shape)}")
     return a.reshape(())
-
-
-class _Alone:
-    """`parallel` of one process: every reduction is the identity."""
-
-    def total(self, t: Tensor) -> Tensor:
-        return t
-
-    def most(self, x: float) -> float:
-        return x
-
-    def sum_grads(self, grads: list, leaves: list) -> list:
-        return grads
 
 
 def _inner_grad(inner_loss: Callable[[Tensor, int], Tensor], theta: Tensor, i: int,
@@ -157,9 +145,9 @@ def unroll(inner_loss: Callable[[Tensor, int], Tensor], lr_fn: Callable[[int], T
     for k, t in enumerate(leaves):
         if not (isinstance(t, Tensor) and t.requires_grad):
             raise ValueError(f"leaves[{k}] must be a tensor with requires_grad=True")
-    par = parallel if parallel is not None and parallel.active else _Alone()
+    par = parallel if parallel is not None and parallel.active else BatchParallel(alone=True)
     requested = mode
-    if mode == "full" and not isinstance(par, _Alone):
+    if mode == "full" and par.active:
         mode = "constant"                   # the exact adjoint; see the module docstring
     start = time.perf_counter()
     with torch.enable_grad():
@@ -222,7 +210,7 @@ def _adjoint(inner_loss, lr_fn, theta0, steps, outer_loss, leaves, exact: bool, 
         li, g = _inner_grad(inner_loss, theta_i, i, create_graph=True)
         recomputed.append(li.detach())
         alpha = _lr(lr_fn, i, theta_i)
-        if exact and not isinstance(par, _Alone):
+        if exact and par.active:
             # λ_i = λ_{i+1} − α_i Σ_r H_i^r λ_{i+1}: each rank's product from its share, then summed
             s = -alpha * (g * lam).sum()
             hvp, *step_grads = torch.autograd.grad(s, [theta_i] + leaves, allow_unused=True)
