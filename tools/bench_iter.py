@@ -262,17 +262,22 @@ def bench(args) -> int:
 # ---------------------------------------------------------------------------------------------- decode
 
 def bench_decode(args) -> int:
-    """Samples/s of one reader process: the raw tar walk, and the walk plus each PNG decoder.
-
-    Also the decoders alone on bytes already in memory, so the walk and the codec separate.
+    """Samples/s of one reader process, by component, interleaved: webdataset's raw tar walk (the
+    issue's baseline), dcompress's shard reader (`read_shard`: the header scan where it applies),
+    each PNG decoder alone on bytes in memory, the reader plus decode_image, and the decode
+    worker's whole unit of work (`store._ShardJobs`: read, decode, checks, write, pixel sums).
+    `tools/bench_store.py decode` measures the same build end to end in fresh processes.
     """
     sys.path.insert(0, str(ROOT))
+    import tempfile
+
     import numpy as np
     import torch
-    import torchvision
     import webdataset as wds
 
-    from dcompress.io.shards import decode_image
+    from dcompress.io import codecs
+    from dcompress.io.decode import BadSamples, DecodeOptions, read_shard
+    from dcompress.io.store import _ShardJobs
 
     torch.set_num_threads(1)
     shards = sorted(str(p) for p in ensure_shards(args.train).glob("*.tar"))[:args.shards]
@@ -280,40 +285,53 @@ def bench_decode(args) -> int:
     def walk():
         return wds.DataPipeline(wds.SimpleShardList(shards), wds.tarfile_to_samples())
 
-    def tv_decode(data: bytes) -> np.ndarray:
-        return torchvision.io.decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8)).numpy()
+    def reader():
+        for u in shards:
+            yield from read_shard(u, BadSamples(max_bad=10 ** 9))[0]
 
-    decoders = {"pil (io.shards.decode_image)": lambda b: decode_image(b, "png"),
-                "torchvision.io.decode_png": tv_decode}
+    def pillow(data: bytes) -> np.ndarray:
+        saved, codecs._pyspng = codecs._pyspng, None
+        try:
+            return codecs.decode_image(data, "png")
+        finally:
+            codecs._pyspng = saved
+
+    decoders = {"Pillow": pillow, "decode_image (pyspng + checks)": lambda b: codecs.decode_image(b, "png")}
     pngs = [s["png"] for _, s in zip(range(2000), walk())]
     for name, fn in decoders.items():   # same pixels from every decoder
-        if not all(np.array_equal(fn(b), decode_image(b, "png")) for b in pngs[:200]):
-            raise SystemExit(f"{name} decodes differently from PIL")
-    rows, times = [], {}
-    for _ in range(args.rounds):      # interleaved
-        t = time.perf_counter()
-        n = sum(1 for _ in walk())
-        times.setdefault("raw tar walk", []).append(n / (time.perf_counter() - t))
-        for name, fn in decoders.items():
-            t = time.perf_counter()
-            n = sum(1 for s in walk() if fn(s["png"]) is not None)
-            times.setdefault(f"walk + {name}", []).append(n / (time.perf_counter() - t))
-            t = time.perf_counter()
-            for b in pngs:
-                fn(b)
-            times.setdefault(f"{name} alone (in-memory bytes)", []).append(len(pngs) / (time.perf_counter() - t))
-    from dcompress.api import load_real   # the whole reader as dcompress runs it, every shard once
+        if not all(np.array_equal(fn(b), pillow(b)) for b in pngs[:500]):
+            raise SystemExit(f"{name} decodes differently from Pillow")
 
-    t = time.perf_counter()
-    n = len(load_real(str(args.train)).labels)
-    times["dcompress load_real (all shards: walk, PIL, checks, stack)"] = [n / (time.perf_counter() - t)]
-    walk_rate = statistics.median(times["raw tar walk"])
-    rows.append("| reader (1 process, 1 thread) | samples/s (median) | runs | time vs raw tar walk |")
-    rows.append("|---|---|---|---|")
+    def store_worker() -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            jobs = _ShardJobs(shards, Path(tmp), DecodeOptions(label_key=args.label_key), max_bad=10 ** 9)
+            return sum(jobs[i]["n"] for i in range(len(shards)))
+
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, fn) -> None:
+        t = time.perf_counter()
+        n = fn()
+        times.setdefault(name, []).append(n / (time.perf_counter() - t))
+
+    for _ in range(args.rounds):      # interleaved
+        timed("raw tar walk (webdataset)", lambda: sum(1 for _ in walk()))
+        timed("dcompress reader (read_shard)", lambda: sum(1 for _ in reader()))
+        timed("dcompress reader + decode_image", lambda: sum(codecs.decode_image(s["png"], "png") is not None
+                                                            for s in reader()))
+        timed("store worker (read, decode, checks, write, sums)", store_worker)
+        for name, fn in decoders.items():
+            timed(f"{name} alone (in-memory bytes)", lambda: sum(fn(b) is not None for b in pngs))
+    walk_rate = statistics.median(times["raw tar walk (webdataset)"])
+    rows = ["| component (1 process, 1 thread) | samples/s per round | median | time vs raw tar walk |",
+            "|---|---|---|---|"]
     for name, rates in times.items():
         rate = statistics.median(rates)
-        rows.append(f"| {name} | {rate:,.0f} | {len(rates)} | {walk_rate / rate:.2f} |")
+        rows.append(f"| {name} | {', '.join(f'{r:,.0f}' for r in rates)} | {rate:,.0f} | {walk_rate / rate:.2f} |")
     print("\n".join(rows + ["", f"{len(shards)} shard(s) of {args.train}; load {os.getloadavg()}"]))
+    if args.json:
+        args.json.write_text(json.dumps({"samples_per_s": times, "shards": shards,
+                                         "load": os.getloadavg()}, indent=1) + "\n")
     return 0
 
 
@@ -334,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", type=Path, default=None, help="a folder holding the 'before' dcompress/ package")
     ap.add_argument("--before-rev", default=BEFORE_REV, help="git revision extracted when --before is absent")
     ap.add_argument("--shards", type=int, default=1, help="decode: shards read per pass (10k samples each)")
+    ap.add_argument("--label-key", default="cls", help="decode: the shards' label (the store worker parses it)")
     ap.add_argument("--json", type=Path, default=None, help="write the raw figures here (after every round)")
     args = ap.parse_args(argv)
     return bench_decode(args) if args.what == "decode" else bench(args)

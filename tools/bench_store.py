@@ -2,12 +2,14 @@
 
     python tools/make_dataset.py -o /work/big/rgb32 --n 1000000 --unique 60000 --size 32
     python tools/bench_store.py decode /work/big/rgb32 --shards 6 --rounds 3     # walk vs 1 vs 2 workers
+    python tools/bench_store.py decode /tmp/fm-train --shards 6 --label-key cls  # Fashion-MNIST's 28 px PNGs
     python tools/bench_store.py scale /work/big/rgb32 --json docs/bench/store-1m.json
 
 `decode` interleaves, per round, three fresh processes on the same `--shards` shards: the raw tar
-walk (webdataset yields every sample's bytes, nothing decoded), the store build with
-`--workers 1`, and with `--workers 2` (each into an empty cache); it prints samples/s per cell and
-ratios of medians (this machine's speed drifts ~2x from minute to minute: only ratios of
+walk (webdataset's `tarfile_to_samples` yields every sample's bytes, nothing decoded: the issue's
+baseline), the store build with
+`--workers 1`, and with `--workers 2` (each into an empty cache), and with `--before DIR` the
+1-worker build of another checkout; it prints samples/s per cell and ratios of medians (this machine's speed drifts ~2x from minute to minute: only ratios of
 interleaved runs mean anything).
 
 `scale` runs the commands of issue #11 on the whole input, one after another, each as a child
@@ -45,16 +47,16 @@ BUILD = """
 import sys, time
 from dcompress.api import load_real
 t = time.perf_counter()
-r = load_real(sys.argv[2:], workers=int(sys.argv[1]), label_key="json:label")
+r = load_real(sys.argv[3:], workers=int(sys.argv[1]), label_key=sys.argv[2])
 print(len(r), time.perf_counter() - t)
 """
 
 
-def run_child(cmd: list[str], env: dict | None = None) -> tuple[int, float, int, str]:
+def run_child(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> tuple[int, float, int, str]:
     """(exit code, wall seconds, peak RSS in MiB of the process tree it waited for, stdout)."""
     t = time.perf_counter()
     with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}, cwd=ROOT)
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}, cwd=cwd)
         _, status, usage = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t
         out.seek(0)
@@ -65,25 +67,32 @@ def run_child(cmd: list[str], env: dict | None = None) -> tuple[int, float, int,
 def decode(args) -> dict:
     shards = sorted(str(p) for p in Path(args.input).glob("*.tar"))[:args.shards]
     cells = {"tar walk": [], "store, 1 worker": [], "store, 2 workers": []}
+    if args.before:
+        cells["before: store, 1 worker"] = []
     for r in range(args.rounds):
         for name in cells:
             with tempfile.TemporaryDirectory(dir=args.tmp) as cache:
                 if name == "tar walk":
                     cmd = [PY, "-c", WALK, *shards]
                 else:
-                    cmd = [PY, "-c", BUILD, "1" if "1 worker" in name else "2", *shards]
-                rc, wall, rss, text = run_child(cmd, {"DCOMPRESS_CACHE": cache})
+                    cmd = [PY, "-c", BUILD, "1" if "1 worker" in name else "2", args.label_key, *shards]
+                cwd = args.before if name.startswith("before") else ROOT
+                rc, wall, rss, text = run_child(cmd, {"DCOMPRESS_CACHE": cache}, cwd=cwd)
                 if rc:
                     raise SystemExit(f"{name} failed ({rc})")
                 n, secs = text.split()[-2:]
                 cells[name].append(int(n) / float(secs))
                 print(f"round {r}: {name}: {int(n) / float(secs):,.0f} samples/s (peak RSS {rss} MiB)", flush=True)
     med = {k: statistics.median(v) for k, v in cells.items()}
-    return {"shards": len(shards), "samples": int(n), "rounds": args.rounds,
-            "samples_per_s": {k: [round(x) for x in v] for k, v in cells.items()},
-            "median": {k: round(v) for k, v in med.items()},
-            "ratio_2_workers_to_1": round(med["store, 2 workers"] / med["store, 1 worker"], 2),
-            "ratio_walk_to_1_worker": round(med["tar walk"] / med["store, 1 worker"], 2)}
+    out = {"input": args.input, "label_key": args.label_key, "shards": len(shards), "samples": int(n),
+           "rounds": args.rounds, "samples_per_s": {k: [round(x) for x in v] for k, v in cells.items()},
+           "median": {k: round(v) for k, v in med.items()},
+           "ratio_2_workers_to_1": round(med["store, 2 workers"] / med["store, 1 worker"], 2),
+           "ratio_walk_to_1_worker": round(med["tar walk"] / med["store, 1 worker"], 2)}
+    if args.before:
+        out["before"] = str(args.before)
+        out["ratio_walk_to_1_worker_before"] = round(med["tar walk"] / med["before: store, 1 worker"], 2)
+    return out
 
 
 def make_features(cache: str, src: str, out: Path) -> None:
@@ -137,6 +146,10 @@ def main() -> None:
     d.add_argument("input")
     d.add_argument("--shards", type=int, default=6)
     d.add_argument("--rounds", type=int, default=3)
+    d.add_argument("--label-key", default="json:label", help="the input's label (cls for Fashion-MNIST shards)")
+    d.add_argument("--before", type=Path, default=None,
+                   help="a checkout of an older dcompress (e.g. `git worktree add DIR REV`): its 1-worker build "
+                        "is interleaved as a fourth cell")
     s = sub.add_parser("scale")
     s.add_argument("input")
     s.add_argument("--workers", type=int, default=2)

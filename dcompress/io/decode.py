@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import InputDataError, TooManyBadSamples, UsageError
 from ..limits import MAX_LABEL, MAX_PIXELS
+from . import tarscan
 from .codecs import IMAGE_EXTS, decode_image, parse_label
 from .urls import is_remote, opener_url
 
@@ -337,9 +338,11 @@ def describe_stream_error(exn: Exception) -> str:
     urls) instead of an object repr: `pipe:aws s3 cp ...` exited with status 1."""
     from webdataset.gopen import Pipe
 
-    pipe = next((a for a in getattr(exn, "args", ()) if isinstance(a, Pipe)), None)
-    if pipe is None:
-        return str(exn)
+    args = [a._stream if isinstance(a, EndGuard) else a for a in getattr(exn, "args", ())]
+    pipe = next((a for a in args if isinstance(a, Pipe)), None)
+    if pipe is None:     # webdataset appends " @ <stream repr>" and (stream, url) to the message: drop them
+        first = exn.args[0] if exn.args and isinstance(exn.args[0], str) else str(exn)
+        return first.split(" @ <", 1)[0]
     try:
         status = pipe.proc.wait(timeout=10)
     except Exception:  # noqa: BLE001 - still running or gone: report what we know
@@ -353,15 +356,19 @@ def describe_stream_error(exn: Exception) -> str:
     return f"command `{cmd}` exited with status {status}{meaning}"
 
 
-def shard_samples(url: str, bad: BadSamples):
-    """The samples of one shard (webdataset walks the tar), each with `__url__`.
+def read_shard(url: str, bad: BadSamples):
+    """(the samples of one shard, each with `__url__`; True when the shard is known to be a
+    complete tar, so `tar_truncation` need not look again).
 
-    A shard that cannot be opened at all (a `pipe:` command or curl failing) is unusable input
-    (InputDataError, like a missing file); unreadable data inside a shard and member names that
-    are not `key.ext` relative paths are counted bad samples; a member twice in one sample is a
-    duplicate key (InputDataError).
+    A local uncompressed tar that passes `tarscan.scan` (well-formed, ended by the end-of-archive
+    marker) is read by that header scan, ~5x faster than tarfile; everything else (remote,
+    compressed, truncated or unusual shards) is walked by webdataset, as the scan yields the
+    same samples where it applies. A shard that cannot be opened at all (a `pipe:` command or
+    curl failing) is unusable input (InputDataError, like a missing file); unreadable data inside
+    a shard and member names that are not `key.ext` relative paths are counted bad samples; a
+    member twice in one sample is a duplicate key (InputDataError).
     """
-    import webdataset as wds
+    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
     def handler(exn: Exception) -> bool:
         if describe_stream_error(exn).startswith("command"):
@@ -379,11 +386,54 @@ def shard_samples(url: str, bad: BadSamples):
             return False
         return True
 
-    pipeline = wds.DataPipeline(wds.SimpleShardList([opener_url(url)]),
-                                wds.tarfile_to_samples(handler=handler, select_files=select))
-    for sample in pipeline:
-        sample["__url__"] = url
-        yield sample
+    index = None if is_remote(url) else tarscan.scan(url)
+    if index is not None:
+        pipeline = group_by_keys(tarscan.files(index, url, select, handler), handler=handler)
+    else:                                    # webdataset's tarfile_to_samples, its stream guarded
+        def opened(src):
+            for source in url_opener(src, handler=handler):
+                source["stream"] = EndGuard(source["stream"])
+                yield source
+
+        pipeline = group_by_keys(tar_file_expander(opened([{"url": opener_url(url)}]), handler=handler,
+                                                   select_files=select), handler=handler)
+
+    def samples():
+        for sample in pipeline:
+            sample["__url__"] = url
+            yield sample
+
+    return samples(), index is not None
+
+
+class EndGuard:
+    """A shard's byte stream that refuses to be read at its end for ever.
+
+    tarfile's stream mode (webdataset's reader) skips a member by reading it block after block,
+    also past the end of the stream, where every read returns nothing. A header declaring a huge
+    size (a base-256 size field reaches 2^88 bytes) made that loop run for ever on a 10 KB
+    shard. After `limit` consecutive reads at the end (16 KiB blocks: 4 GiB past the end, well
+    under a second) the next one raises tarfile.ReadError, which the reader counts as unreadable
+    shard data."""
+
+    def __init__(self, stream, limit: int = 1 << 18):
+        self._stream, self._limit, self._empty = stream, limit, 0
+
+    def read(self, *args) -> bytes:
+        data = self._stream.read(*args)
+        if data:
+            self._empty = 0
+        else:
+            self._empty += 1
+            if self._empty > self._limit:
+                raise tarfile.ReadError("a member's declared size runs far past the end of the shard")
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def __repr__(self) -> str:
+        return repr(self._stream)
 
 
 def tar_truncation(url: str) -> str | None:
@@ -391,7 +441,7 @@ def tar_truncation(url: str) -> str | None:
 
     Stream readers stop silently when a tar is cut at a member boundary; a complete tar ends
     with two zero blocks after its last member, which is what this checks. Plain tars are
-    checked by hopping from header to header (`_tar_end`: one 512-byte read per member, the
+    checked by hopping from header to header (`tarscan.tar_end`: one 512-byte read per member, the
     member data skipped); gzip-compressed tars (`.tar.gz`) with tarfile on their decompressed
     stream.
     """
@@ -408,58 +458,16 @@ def tar_truncation(url: str) -> str | None:
                     end = m.offset_data + 512 * ((m.size + 511) // 512)
         else:
             with opener() as f:
-                end = _tar_end(f)
+                end = tarscan.tar_end(f)
         with opener() as f:
             f.seek(end)
             tail = f.read(1024)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         return f"unreadable {'gzip ' if gz else ''}tar ({e})"
+    except (ValueError, OverflowError):                     # seeking to a huge declared member end
+        return "truncated tar: a member's declared size runs past the end of the file"
     if len(tail) < 1024:
         return f"truncated tar: data runs to byte {end} and the end-of-archive marker is missing"
     if tail != bytes(1024):
         return f"truncated tar: no end-of-archive marker after byte {end}"
     return None
-
-
-def _tar_end(f) -> int:
-    """Where the data of the last member of a plain tar ends (padded to 512), walking the headers
-    as `tarfile` does: it stops at a zero block, a short block or an invalid header, and raises
-    ReadError when the very first header is short or invalid. Extended headers (pax, GNU long names) are
-    members whose data is the next header's metadata: skipping them lands on that header."""
-    pos = end = 0
-    while True:
-        f.seek(pos)
-        block = f.read(512)
-        if len(block) == 512 and block.count(0) == 512:     # end-of-archive marker (also as the first block)
-            return end
-        if len(block) < 512 or not _valid_header(block):
-            if pos == 0:
-                raise tarfile.ReadError("empty file" if not block else "invalid header" if len(block) == 512
-                                        else "truncated header")
-            return end
-        size = _header_size(block)
-        end = pos = pos + 512 + 512 * ((size + 511) // 512)
-        if block[156:157] in (b"x", b"g", b"L", b"K"):      # extended header: the member follows
-            end = pos
-
-
-def _header_size(block: bytes) -> int:
-    field = block[124:136]
-    if field[0] & 0x80:                                      # GNU base-256 for sizes >= 8 GiB
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def _valid_header(block: bytes) -> bool:
-    """tarfile's checks: numeric size and checksum fields, checksum matching (unsigned or signed)."""
-    try:
-        _header_size(block)
-        text = block[148:156].split(b"\0", 1)[0].strip()
-        chksum = int(text, 8)
-    except ValueError:
-        return False
-    if chksum == 256 + sum(block[:148]) + sum(block[156:]):
-        return True
-    signed = np.frombuffer(block[:148] + block[156:], dtype=np.int8).sum(dtype=np.int64)
-    return chksum == 256 + int(signed)

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from ..core import RealData, default_paths
-from .decode import BadSamples, DecodeOptions, describe_stream_error, shard_samples, tar_truncation  # noqa: F401
+from .decode import BadSamples, DecodeOptions, describe_stream_error, read_shard, tar_truncation  # noqa: F401
 from .store import KeyList, fingerprint, open_store, stats_from_sums
 from .urls import ResolvedInput
 

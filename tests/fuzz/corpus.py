@@ -445,13 +445,13 @@ add("tar/gzip-of-garbage", (3, 4), _bytes_as("gzgarbage.tar.gz", gzip.compress(_
     ["gzgarbage.tar.gz"])
 
 
-def _header_damage(fn):
+def _header_damage(fn, *extra: str):
     def build(tmp: Path, res: Resources) -> Built:
         data = good_tar_bytes()
         ms, end = tar_layout(data)
         p = tmp / "hdr.tar"
         p.write_bytes(fn(data, ms))
-        return Built(distill(p, tmp / "out"), out=tmp / "out")
+        return Built(distill(p, tmp / "out", *extra), out=tmp / "out")
     return build
 
 
@@ -461,6 +461,15 @@ add("tar/non-octal-size-field", 3, _header_damage(
     lambda d, ms: set_header_field(d, ms[2].offset, 124, b"zzzzzzzzzzz\0")), ["hdr.tar"])
 add("tar/size-beyond-eof", 3, _header_damage(
     lambda d, ms: set_header_field(d, ms[-2].offset, 124, b"%011o\0" % (1 << 30))), ["hdr.tar"])
+# a size field declaring far more than the file holds: tarfile's stream mode skipped it block by
+# block past the end, for ever with a base-256 size (2^80 bytes); now bounded (io.decode.EndGuard).
+# --max-bad 100 (the last --max-bad wins) so the reader goes on past the first bad member.
+add("tar/base256-size-2^80", 0, _header_damage(
+    lambda d, ms: set_header_field(d, ms[-2].offset, 124, b"\x80" + (1 << 80).to_bytes(11, "big")),
+    "--max-bad", "100"), proc=True, timeout=60)
+add("tar/octal-size-8GiB", 0, _header_damage(
+    lambda d, ms: set_header_field(d, ms[-2].offset, 124, b"77777777777\0"), "--max-bad", "100"),
+    proc=True, timeout=60)
 # bytes after a complete end-of-archive marker are ignored (like GNU tar)
 add("tar/trailing-garbage-after-end", 0, _header_damage(lambda d, ms: d + _garbage))
 

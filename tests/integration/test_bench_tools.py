@@ -51,3 +51,26 @@ def test_bench_fmnist_fair_protocol_tables(shards, tmp_path, capsys):
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert rows[0]["labels"] == "teacher" and rows[0]["fair"]["teacher"]["same_as_set"] is True
     assert {"hlr", "ior", "lrs", "ars"} <= set(rows[0]["scores"])
+
+
+def _load(name: str):
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod                     # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_iter_decode_smoke(shards, tmp_path, capsys):
+    """The reader benchmark (issue #15's decode figures) runs on tiny shards and checks its decoders
+    give Pillow's pixels before it times them."""
+    rc = _load("bench_iter").main(["decode", "--train", str(shards["train"]), "--shards", "2", "--rounds", "1",
+                                   "--json", str(tmp_path / "d.json")])
+    assert rc == 0
+    rates = json.loads((tmp_path / "d.json").read_text())["samples_per_s"]
+    assert {"raw tar walk (webdataset)", "dcompress reader (read_shard)",
+            "store worker (read, decode, checks, write, sums)"} <= set(rates)
+    assert all(len(v) == 1 and v[0] > 0 for v in rates.values())
+    assert "time vs raw tar walk" in capsys.readouterr().out
