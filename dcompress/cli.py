@@ -604,11 +604,10 @@ def main() -> None:
     death by signal, -2, instead of 130); CPython does this when it believes a KeyboardInterrupt
     went unhandled (`unhandled_keyboard_interrupt` in its runtime state).
 
-    A torchrun rank also leaves through `os._exit` once its work is done, reported and flushed
-    (outputs are complete on disk by then: every file is written by rename after fsync): once
-    in CI a rank whose job had finished died with SIGABRT ("terminate called without an active
-    exception") during interpreter teardown, where gloo's threads can still hold objects that
-    need the GIL, and torchrun then failed the whole job (exit 1)."""
+    A torchrun rank also leaves through `dist.finish` once its work is done, reported and flushed
+    (outputs are complete on disk by then: every file is written by rename after fsync): a rank
+    whose job had finished was seen to die with SIGABRT in interpreter teardown, and torchrun
+    then failed the whole job (exit 1)."""
     from . import dist
     from .alloc import tune_malloc
 
@@ -617,10 +616,7 @@ def main() -> None:
         app()
     except SystemExit as e:
         if e.code in (130, 143) or dist.joined():
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            dist.finish(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
         raise
 
 

@@ -125,6 +125,21 @@ def shutdown() -> None:
         td.destroy_process_group()
 
 
+def finish(code: int = 0) -> None:
+    """Ends a torchrun rank whose work is done: flushes stdout/stderr, leaves the process group and
+    exits through `os._exit(code)`, skipping interpreter teardown. There, gloo's threads can still
+    hold objects that need the GIL: a finished rank was seen to die with SIGABRT ("terminate
+    called without an active exception"), in CI, from the CLI and from a plain script, and
+    torchrun then fails the whole job. Call it last in a script run under torchrun; files must be
+    complete (closed) before, as no `finally` or atexit handler runs after it."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    shutdown()
+    os._exit(code)
+
+
 def device(name: str) -> torch.device | None:
     """`auto`/`cuda` under torchrun: this rank's GPU, cuda:LOCAL_RANK (None outside torchrun or
     without CUDA: the caller's own rule applies). An explicit `cuda:N` is kept as given."""

@@ -341,6 +341,7 @@ for mode in ("full", "constant", "tesla"):
                  "inner": r.info["inner_losses"], "mode": r.info["mode"]}
 if dist.is_main():
     print(json.dumps(out))
+dist.finish()
 """
 
 
@@ -398,6 +399,7 @@ feats = _teacher_features(t, real, torch.device("cpu"), batch_size=8)
 torch.save(feats, sys.argv[2] + f".{w}.pt")
 if dist.is_main():
     print(json.dumps(out))
+dist.finish()
 """
 
 
