@@ -6,11 +6,11 @@
     python tools/bench_store.py scale /work/big/rgb32 --json docs/bench/store-1m.json
 
 `decode` interleaves, per round, three fresh processes on the same `--shards` shards: the raw tar
-walk (webdataset's `tarfile_to_samples` yields every sample's bytes, nothing decoded: the issue's
-baseline), the store build with
-`--workers 1`, and with `--workers 2` (each into an empty cache), and with `--before DIR` the
-1-worker build of another checkout; it prints samples/s per cell and ratios of medians (this machine's speed drifts ~2x from minute to minute: only ratios of
-interleaved runs mean anything).
+walk (webdataset's `tarfile_to_samples` yields every sample's bytes, nothing decoded: issue #15's
+baseline), the store build with `--workers 1`, and with `--workers 2` (each into an empty cache),
+and with `--before DIR` the 1-worker build of another checkout as a fourth; it prints samples/s
+per cell and ratios of medians (this machine's speed drifts ~2x from minute to minute: only ratios
+of interleaved runs mean anything).
 
 `scale` runs the commands of issue #11 on the whole input, one after another, each as a child
 process whose peak RSS is read from `wait4` (the largest resident set of the command's process

@@ -126,23 +126,24 @@ def _decode_png_fast(data: bytes, max_pixels: int | None) -> np.ndarray | None:
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def decode_image(data: bytes, ext: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+_FAST_DECODERS = {"jpg": _decode_jpeg_fast, "jpeg": _decode_jpeg_fast, "png": _decode_png_fast}
+
+
+def decode_image(data: bytes, ext: str, max_pixels: int | None = MAX_PIXELS, *, fast: bool = True) -> np.ndarray:
     """Image bytes -> uint8 array [C, H, W] (C = 1 or 3; alpha and palettes resolved).
 
     Pillow decodes every format here (torchvision 0.29 deprecates its own image codecs); JPEG
     goes to simplejpeg first and plain 8-bit PNG to pyspng when they are installed
-    (`_decode_jpeg_fast`, `_decode_png_fast`: same pixels, 2-6x faster). The size is read from
-    the header first: more than `max_pixels` pixels raises ImageTooLarge before any pixel is
+    (`_decode_jpeg_fast`, `_decode_png_fast`: same pixels, 2-6x faster; `fast=False`: Pillow
+    only, the reference they are tested and benchmarked against). The size is read from the
+    header first: more than `max_pixels` pixels raises ImageTooLarge before any pixel is
     decoded (decompression bombs).
     """
-    if ext in ("jpg", "jpeg"):
-        fast = _decode_jpeg_fast(data, max_pixels)
-        if fast is not None:
-            return fast
-    elif ext == "png":
-        fast = _decode_png_fast(data, max_pixels)
-        if fast is not None:
-            return fast
+    decoder = _FAST_DECODERS.get(ext) if fast else None
+    if decoder is not None:
+        arr = decoder(data, max_pixels)
+        if arr is not None:
+            return arr
     from PIL import Image
     try:
         with warnings.catch_warnings():

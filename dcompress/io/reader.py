@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..core import RealData, default_paths
 from .decode import BadSamples, DecodeOptions, describe_stream_error, read_shard, tar_truncation  # noqa: F401
-from .store import KeyList, fingerprint, open_store, stats_from_sums
+from .store import KeyList, add_pixel_sums, fingerprint, open_store, stats_from_sums
 from .urls import ResolvedInput
 
 
@@ -44,12 +45,10 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
     """Per-channel mean/std (unbiased) of uint8 images [N, C, H, W], in [0, 1] units, from exact
     integer sums over chunks of `chunk` images (the store's formula: `store.stats_from_sums`)."""
     n, c = x.shape[0], x.shape[1]
-    s1, s2 = [0] * c, [0] * c
+    s1, s2 = np.zeros(c, dtype=np.int64), np.zeros(c, dtype=np.int64)
     for s in range(0, n, chunk):
-        part = x[s:s + chunk].transpose(0, 1).reshape(c, -1).to(torch.int64)
-        s1 = [a + int(b) for a, b in zip(s1, part.sum(1))]
-        s2 = [a + int(b) for a, b in zip(s2, (part * part).sum(1))]
-    return stats_from_sums(s1, s2, n * x.shape[2] * x.shape[3])
+        add_pixel_sums(x[s:s + chunk].numpy(), s1, s2)
+    return stats_from_sums(s1.tolist(), s2.tolist(), n * x.shape[2] * x.shape[3])
 
 
 def fingerprint_of(keys, labels: torch.Tensor, images: torch.Tensor) -> str:

@@ -181,7 +181,17 @@ class _ShardJobs(torch.utils.data.Dataset):
         labels, keys, seen = [], [], set()
         shape, first_key = None, None
         s1 = s2 = None
-        pending, chunk = 0, []
+        chunk: list[np.ndarray] = []               # images since the last pixel-sum and progress update
+
+        def flush() -> None:
+            if not chunk:
+                return
+            add_pixel_sums(np.stack(chunk), s1, s2)
+            if self.counter is not None:
+                with self.counter.get_lock():
+                    self.counter.value += len(chunk)
+            chunk.clear()
+
         samples, complete = read_shard(url, bad)
         with open(self.tmp / f"part-{i:06d}.u8", "wb", buffering=4 * _MB) as f:
             for sample in samples:
@@ -204,18 +214,9 @@ class _ShardJobs(torch.utils.data.Dataset):
                 chunk.append(arr)
                 labels.append(label)
                 keys.append(key)
-                pending += 1
-                if pending == 256:
-                    _add_sums(chunk, s1, s2)
-                    chunk.clear()
-                    if self.counter is not None:
-                        with self.counter.get_lock():
-                            self.counter.value += pending
-                    pending = 0
-        _add_sums(chunk, s1, s2)
-        if pending and self.counter is not None:
-            with self.counter.get_lock():
-                self.counter.value += pending
+                if len(chunk) == 256:
+                    flush()
+        flush()
         problem = None if complete else tar_truncation(url)
         if problem:
             bad.add(f"{url}: {problem}")
@@ -224,16 +225,13 @@ class _ShardJobs(torch.utils.data.Dataset):
                 "bad": bad.as_dict()}
 
 
-def _add_sums(chunk: list[np.ndarray], s1: np.ndarray, s2: np.ndarray) -> None:
-    """Adds the per-channel pixel sums and sums of squares of `chunk` (same-shape uint8 [C, H, W]
-    images) to s1, s2 (int64, exact): one vectorised pass per 256 images instead of per image.
-    Squares are taken in uint16 (255^2 < 2^16) and accumulated in int64 by the reduction itself:
-    no int64 copy of the chunk (that copy and its page faults cost 6x the sums)."""
-    if not chunk:
-        return
-    flat = np.stack(chunk)                                # [B, C, H, W] uint8
-    s1 += flat.sum(axis=(0, 2, 3), dtype=np.int64)
-    sq = flat.astype(np.uint16)
+def add_pixel_sums(images: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> None:
+    """Adds the per-channel pixel sums and sums of squares of uint8 `images` [B, C, H, W] to s1, s2
+    (int64 [C], exact): one vectorised pass per chunk of images. Squares are taken in uint16
+    (255^2 < 2^16) and accumulated in int64 by the reduction itself: no int64 copy of the chunk
+    (in the decode worker that copy and its page faults cost 6x the sums)."""
+    s1 += images.sum(axis=(0, 2, 3), dtype=np.int64)
+    sq = images.astype(np.uint16)
     np.multiply(sq, sq, out=sq)
     s2 += sq.sum(axis=(0, 2, 3), dtype=np.int64)
 

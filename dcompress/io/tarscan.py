@@ -54,7 +54,6 @@ class TarIndex:
 
     path: str
     members: list[tuple[str, int, int]]
-    end: int                                           # where the end-of-archive marker starts
 
 
 def _number(field: bytes) -> int | None:
@@ -68,6 +67,11 @@ def _number(field: bytes) -> int | None:
     if not text.isdigit() or b"8" in text or b"9" in text:
         return None
     return int(text, 8)
+
+
+def _padded(size: int) -> int:
+    """A member's data size rounded up to whole blocks: where its next header starts."""
+    return (size + BLOCK - 1) // BLOCK * BLOCK
 
 
 def _unsigned_checksum(block: bytes) -> int:
@@ -113,7 +117,7 @@ class _Window:
     """Sequential reads of a file through a window of `size` bytes (os.pread: a file that
     shrinks while it is read gives short reads, never a crash as an mmap would)."""
 
-    def __init__(self, fd: int, size: int = 1 << 20):
+    def __init__(self, fd: int, size: int):
         self.fd, self.size = fd, size
         self.start, self.data = 0, b""
 
@@ -169,7 +173,7 @@ def _scan(path: str, buf: _Window, n: int) -> TarIndex | None:
         if block == _ZERO_BLOCK:
             if long_name is not None or pax is not None or buf.get(pos + BLOCK, pos + 2 * BLOCK) != _ZERO_BLOCK:
                 return None                             # an extended header with no member, or one zero block
-            return TarIndex(path, members, pos)
+            return TarIndex(path, members)
         chksum = _number(block[148:156])
         if chksum is None or chksum != _unsigned_checksum(block):
             return None                                 # bad (or only signed) checksum: tarfile decides
@@ -180,7 +184,7 @@ def _scan(path: str, buf: _Window, n: int) -> TarIndex | None:
         start = pos + BLOCK
         if start + size > n:
             return None                                 # member data past the end of the file
-        pos = start + (size + BLOCK - 1) // BLOCK * BLOCK
+        pos = start + _padded(size)
         if kind in (0x4C, 0x78) and size > _MAX_EXTENDED:
             return None                                 # a giant long name or pax header: tarfile's business
         if kind == 0x4C:                                # 'L': GNU long name of the next member
@@ -218,7 +222,7 @@ def _scan(path: str, buf: _Window, n: int) -> TarIndex | None:
                 size = int(pax["size"])
                 if start + size > n:
                     return None
-                pos = start + (size + BLOCK - 1) // BLOCK * BLOCK
+                pos = start + _padded(size)
             if "path" in pax:
                 name = pax["path"].rstrip("/")
             pax = None
@@ -282,7 +286,7 @@ def tar_end(f) -> int:
                                         else "truncated header")
             return end
         size = _header_size(block)
-        end = pos = pos + 512 + 512 * ((size + 511) // 512)
+        end = pos = pos + BLOCK + _padded(size)
         if block[156:157] in (b"x", b"g", b"L", b"K"):      # extended header: the member follows
             end = pos
 
