@@ -3,17 +3,18 @@
 Public API (imported on first use, so `import dcompress` stays light):
     load(path)                  -> CompressedDataset (torch Dataset of image, soft label, hard label)
     distill(urls, method, ...)  -> run report dict (writes shards + manifest.json)
-    evaluate(out, test, ...)    -> accuracy report dict
+    evaluate(out, test, ...)    -> accuracy report dict (test: urls, decoded as the set's input was)
     teacher(urls, out=...)      -> report dict (writes a teacher .pt + .json sidecar for --teacher)
+    experts(urls, out=..., num_experts=N) -> buffer report (expert trajectories for mtt, datm)
     list_methods()              -> registered method classes
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load", "distill", "evaluate", "list_methods", "teacher"]
+__all__ = ["__version__", "load", "distill", "evaluate", "experts", "list_methods", "teacher"]
 
-_API = {"load": ("loader", "load"), "distill": ("api", "distill"), "evaluate": ("train.evaluate", "evaluate"),
-        "list_methods": ("registry", "list_methods"), "teacher": ("api", "teacher")}
+_API = {"load": ("loader", "load"), "distill": ("api", "distill"), "evaluate": ("api", "evaluate"),
+        "experts": ("api", "experts"), "list_methods": ("registry", "list_methods"), "teacher": ("api", "teacher")}
 
 
 def __getattr__(name: str):

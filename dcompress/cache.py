@@ -27,6 +27,11 @@ from .io.safe_write import pid_alive
 KINDS = ("stores", "teachers", "experts", "quarantine")
 
 
+def cache_root() -> Path:
+    """The cache folder: DCOMPRESS_CACHE (which `--cache-dir` sets), else ~/.cache/dcompress."""
+    return Path(os.environ.get("DCOMPRESS_CACHE", Path.home() / ".cache" / "dcompress"))
+
+
 @dataclass
 class Entry:
     name: str              # "<kind>/<name>"

@@ -74,10 +74,14 @@ CLASS_NAMES = typer.Option(None, "--class-names", help="class list file, one nam
 CHANNELS = typer.Option(None, "--channels", help="convert every image to 1 (grayscale) or 3 (RGB) channels")
 
 
-def _decode_kw(size, resize_mode, label_key, class_names, channels) -> dict:
-    """The input-decoding keywords of the API (`api.decode_options`) from the CLI options."""
-    return {"size": size, "resize_mode": resize_mode, "label_key": label_key, "channels": channels,
-            "class_names": str(class_names) if class_names is not None else None}
+def _input(urls, *, max_bad, max_pixels, allow_manifest_urls, workers, size, resize_mode, label_key, class_names,
+           channels):
+    """The input of the reading options every command that reads shards takes."""
+    from .api.inputs import InputSpec
+
+    return InputSpec.of(urls, max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
+                        workers=workers, size=size, resize_mode=resize_mode, label_key=label_key,
+                        class_names=str(class_names) if class_names is not None else None, channels=channels)
 
 
 NPROC = typer.Option(1, "--nproc", help="run as N processes on this machine (torchrun's elastic agent; "
@@ -175,22 +179,24 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             as_json: bool = JSON,
             nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Compress a dataset with a method (selection or synthesis)."""
-    from .api import distill as api_distill
-
     _maybe_launch(nproc, max_restarts, as_json)
 
-    # method config flags: an explicit flag beats --set and --config (None = not given)
-    flags = {"bins": bins, "features": features, "keep_bins": keep_bins or None,
-             "from_bins": str(from_bins) if from_bins else None}
-
     def work(prog: Reporter) -> dict:
+        from .api.distill import distill_request
+        from .api.request import DistillRequest
+
         _use_cache(cache_dir)
-        return api_distill(urls, method, out=output, ipc=ipc, ratio=ratio, seed=seed, device=device, config=config,
-                           sets=sets, resume=resume, overwrite=overwrite, labels=labels, teacher=teacher,
-                           max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
-                           shard_size=shard_size, ckpt_every=ckpt_every, dry_run=dry_run, flags=flags,
-                           experts=experts, teacher_sets=teacher_sets, workers=workers, progress=prog, log=prog.event,
-                           **_decode_kw(size, resize_mode, label_key, class_names, channels), label_topk=label_topk)
+        req = DistillRequest.make(method, config=config, sets=sets, teacher_sets=teacher_sets, teacher=teacher,
+                                  experts=experts, ipc=ipc, ratio=ratio, seed=seed, device=device, labels=labels,
+                                  label_topk=label_topk, shard_size=shard_size, ckpt_every=ckpt_every,
+                                  resume=resume, overwrite=overwrite,
+                                  # method config flags: an explicit flag beats --set and --config (None = not given)
+                                  flags={"bins": bins, "features": features, "keep_bins": keep_bins or None,
+                                         "from_bins": str(from_bins) if from_bins else None})
+        inputs = _input(urls, max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
+                        workers=workers, size=size, resize_mode=resize_mode, label_key=label_key,
+                        class_names=class_names, channels=channels)
+        return distill_request(req, inputs, out=output, dry_run=dry_run, progress=prog, log=prog.event)
     run(as_json, work, _show_distill)
 
 
@@ -232,32 +238,17 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
             as_json: bool = JSON,
             nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Train expert trajectories (MTT/DATM) into a memory-mappable buffer."""
-    from .api import check_limits, check_seed, decode_options, load_real, resolve_device
-    from .config import resolve_config
-    from .io.atomic import check_not_input
-    from .io.urls import is_remote, resolve_urls
-    from .train.experts import ExpertConfig, train_experts
-
     _maybe_launch(nproc, max_restarts, as_json)
 
-    flags = {"epochs": epochs, "optimizer": optimizer, "holdout": holdout, "seed": seed}   # beat --set / --config
-
     def work(prog: Reporter) -> dict:
-        check_limits(num_experts=(num_experts, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
-                     max_pixels=(max_pixels, 1))
-        check_seed(seed if seed is not None else 0)
-        cfg = resolve_config(ExpertConfig, file=config, sets=sets, flags=flags)
-        opts = decode_options(max_pixels=max_pixels, **_decode_kw(size, resize_mode, label_key, class_names, channels))
-        dev = resolve_device(device)
-        inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
-        check_not_input(output, [u for u in inp.urls if not is_remote(u)], inp.folders)
-        tinp = resolve_urls(test, allow_manifest_urls=allow_manifest_urls) if test else None
-        real = load_real(inp, max_bad=max_bad, decode=opts, workers=workers, progress=prog, note=prog.note)
-        # the test set maps its labels with the training input's classes
-        test_opts = dataclasses.replace(opts, class_names=tuple(real.class_names))
-        test_data = load_real(tinp, max_bad=max_bad, decode=test_opts, workers=workers, note=prog.note) if tinp else None
-        return train_experts(real, output, num_experts=num_experts, config=cfg, test=test_data, device=dev,
-                             stale_after=stale_after, progress=prog)
+        from .api.experts import experts as api_experts
+
+        inputs = _input(urls, max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
+                        workers=workers, size=size, resize_mode=resize_mode, label_key=label_key,
+                        class_names=class_names, channels=channels)
+        return api_experts(inputs, out=output, num_experts=num_experts, epochs=epochs, optimizer=optimizer,
+                           test=test, holdout=holdout, seed=seed, device=device, config=config, sets=sets,
+                           stale_after=stale_after, progress=prog, log=prog.event)
     run(as_json, work, _kv)
 
 
@@ -327,92 +318,20 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
     The test and training shards are decoded as the set's input was (its manifest's
     `source.decode`: size, resize mode, label key, channels) and their labels mapped with the
     set's class names, unless options say otherwise."""
-    from .api import check_limits, check_seed, decode_options, load_real, resolve_device
-    from .errors import InputDataError, UsageError
-    from .io.urls import recorded_urls, resolve_urls
-    from .loader import load
-    from .train.evaluate import check_models, evaluate as api_evaluate
-
     _maybe_launch(nproc, max_restarts, as_json)
 
     def work(prog: Reporter) -> dict:
-        check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
-                     max_pixels=(max_pixels, 1))
-        check_seed(seed)
-        fair_cfg, full_cfg = _fair_configs(protocol, lr_grid, val_per_class, ars, full_epochs, full_max_samples,
-                                           teacher)
-        names = check_models(models.split(","), model) if models is not None else None
-        if model is not None:
-            check_models([model])
+        from .api.evaluate import evaluate as api_evaluate
+
         _use_cache(cache_dir)
-        dev = resolve_device(device)
-        ds = load(target)                        # checks the output (structure, checksums) before any reading
-        recorded = ds.block.source.decode if ds.block.source is not None else None
-        recorded = recorded if isinstance(recorded, dict) else {}
-        given = {"size": size, "resize_mode": resize_mode, "label_key": label_key, "channels": channels}
-        kw = {k: v if v is not None else recorded.get(k) for k, v in given.items()}
-        kw = {k: v for k, v in kw.items() if v is not None}
-        set_classes = str(class_names) if class_names is not None else list(ds.block.class_names)
-        try:
-            opts = decode_options(max_pixels=max_pixels, class_names=set_classes, **kw)
-        except UsageError as e:                  # the user's options, or the values the manifest recorded?
-            try:
-                decode_options(max_pixels=max_pixels, **{k: v for k, v in given.items() if v is not None})
-            except UsageError:
-                raise e from None
-            raise InputDataError(f"cannot decode as recorded: {e.detail}", path=str(ds.manifest_path),
-                                 key="dcompress.source.decode") from None
-        test_inp = resolve_urls(test, allow_manifest_urls=allow_manifest_urls)
-        train_inp = None
-        if random_baseline:
-            urls = train or _recorded_train(ds, protocol)
-            train_inp = resolve_urls(urls, allow_manifest_urls=allow_manifest_urls)
-        test_data = load_real(test_inp, max_bad=max_bad, decode=opts, workers=workers, note=prog.note)
-        train_data = load_real(train_inp, max_bad=max_bad, decode=opts, workers=workers,
-                               note=prog.note) if train_inp else None
-        return api_evaluate(ds, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
-                            device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=prog,
-                            protocol=protocol, models=names, fair=fair_cfg, full_data=full_cfg, teacher=teacher,
-                            log=prog.event)
+        return api_evaluate(target, test, train=train, runs=runs, model=model, epochs=epochs, seed=seed,
+                            device=device, random_baseline=random_baseline, test_limit=test_limit, protocol=protocol,
+                            models=models, lr_grid=lr_grid, val_per_class=val_per_class, ars=ars,
+                            full_epochs=full_epochs, full_max_samples=full_max_samples, teacher=teacher,
+                            max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
+                            workers=workers, size=size, resize_mode=resize_mode, label_key=label_key,
+                            class_names=class_names, channels=channels, progress=prog, log=prog.event)
     run(as_json, work, _show_eval)
-
-
-def _fair_configs(protocol: str, lr_grid, val_per_class, ars: bool, full_epochs, full_max_samples, teacher):
-    """FairConfig and FullDataConfig from the fair-only flags (UsageError when given without
-    --protocol fair, or out of range); (None, None) for the own protocol."""
-    from .errors import UsageError
-    from .train.evaluate import PROTOCOLS
-
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    fair_only = {"--lr-grid": lr_grid, "--val-per-class": val_per_class, "--full-epochs": full_epochs,
-                 "--full-max-samples": full_max_samples, "--teacher": teacher, "--no-ars": None if ars else True}
-    if protocol != "fair":
-        given = [k for k, v in fair_only.items() if v is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to --protocol fair")
-        return None, None
-    from .config import resolve_config
-    from .train.fair import FairConfig, FullDataConfig, parse_grid
-
-    fair = resolve_config(FairConfig, flags={"lr_grid": parse_grid(lr_grid) if lr_grid is not None else None,
-                                             "val_per_class": val_per_class, "ars": ars})
-    return fair, resolve_config(FullDataConfig, flags={"epochs": full_epochs, "max_samples": full_max_samples})
-
-
-def _recorded_train(ds, protocol: str) -> list[str]:
-    """The set's recorded source shards; under --protocol fair a missing one says what fair needs."""
-    from .errors import InputDataError
-    from .io.urls import recorded_urls
-
-    try:
-        return recorded_urls(ds.manifest["dcompress"].get("source", {}).get("urls"), manifest=ds.manifest_path)
-    except InputDataError as e:
-        if protocol != "fair":
-            raise
-        raise InputDataError(f"--protocol fair needs the training input (random subsets, validation split, "
-                             f"full-data accuracy): {e.detail.replace('; pass --train URLS or --no-random', '')}; "
-                             "pass --train URLS", path=e.path, key=e.key) from None
 
 
 def _show_eval(r: dict) -> None:
@@ -501,10 +420,10 @@ KIND = typer.Option(None, "--kind", help="stores | teachers | experts | quaranti
 
 
 def _cache_root(cache_dir: Optional[Path]) -> Path:
-    from .core import default_paths
+    from .cache import cache_root
 
     _use_cache(cache_dir)
-    return default_paths()["cache"]
+    return cache_root()
 
 
 def _show_cache(r: dict) -> None:
@@ -584,16 +503,17 @@ def teacher(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
             as_json: bool = JSON,
             nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Train a teacher network on the input (no pretrained weights are downloaded) for --teacher."""
-    from .api import teacher as api_teacher
-
     _maybe_launch(nproc, max_restarts, as_json)
 
     def work(prog: Reporter) -> dict:
+        from .api.teacher import teacher as api_teacher
+
         _use_cache(cache_dir)
-        return api_teacher(urls, out=output, model=model, bn=bn, epochs=epochs, seed=seed, sets=sets, config=config,
-                           device=device, overwrite=overwrite, max_bad=max_bad, max_pixels=max_pixels,
-                           allow_manifest_urls=allow_manifest_urls, workers=workers, progress=prog, log=prog.event,
-                           **_decode_kw(size, resize_mode, label_key, class_names, channels))
+        inputs = _input(urls, max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
+                        workers=workers, size=size, resize_mode=resize_mode, label_key=label_key,
+                        class_names=class_names, channels=channels)
+        return api_teacher(inputs, out=output, model=model, bn=bn, epochs=epochs, seed=seed, sets=sets,
+                           config=config, device=device, overwrite=overwrite, progress=prog, log=prog.event)
     run(as_json, work, _kv)
 
 
@@ -608,15 +528,20 @@ def main() -> None:
     (outputs are complete on disk by then: every file is written by rename after fsync): a rank
     whose job had finished was seen to die with SIGABRT in interpreter teardown, and torchrun
     then failed the whole job (exit 1)."""
-    from . import dist
     from .alloc import tune_malloc
 
     tune_malloc()   # keep freed activations in the heap: no page faults per iteration (docs/performance.md)
     try:
         app()
     except SystemExit as e:
-        if e.code in (130, 143) or dist.joined():
-            dist.finish(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        dist = sys.modules.get(f"{__package__}.dist")   # loaded (with torch) only by commands that train
+        if dist is not None and dist.joined():
+            dist.finish(code)
+        if code in (130, 143):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         raise
 
 

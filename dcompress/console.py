@@ -146,30 +146,42 @@ def failure(e: BaseException) -> DcompressError:
                           "(set DCOMPRESS_DEBUG=1 for the traceback)")
 
 
+def _ranks():
+    """`dcompress.dist` when it can matter: under torchrun (WORLD_SIZE > 1) or once the command
+    loaded it (it imports torch, ~2 s). None otherwise: one process with no process group, where
+    every rank helper is the identity, and a command that needs no torch (verify, inspect,
+    cache, methods) must not pay for importing it."""
+    if f"{__package__}.dist" in sys.modules or os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        from . import dist
+
+        return dist
+    return None
+
+
 def run(as_json: bool, fn: Callable[[Reporter], dict], show: Callable[[dict], None]) -> None:
     """Runs `fn`, prints its report, maps every exception to an exit code (one place)."""
-    from . import dist
-
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        dist.init()
+        if _ranks() is not None:
+            _ranks().init()
         with Reporter() as prog:
-            prog.quiet = not dist.is_main()
+            prog.quiet = _ranks() is not None and not _ranks().is_main()
             report = fn(prog)
     except _EXIT:
         raise
     except BaseException as raw:  # noqa: BLE001 - the one place exceptions become exit codes
         if os.environ.get("DCOMPRESS_DEBUG") == "1":
             raise
-        e = failure(dist.explain(raw))
-        if dist.active() and dist.will_restart():   # torchrun restarts the job: not its final word
+        dist = _ranks()
+        e = failure(dist.explain(raw) if dist else raw)
+        if dist and dist.active() and dist.will_restart():   # torchrun restarts the job: not its final word
             err.print(f"rank {dist.rank()}: stopped ({e}); torchrun restarts the job", highlight=False,
                       markup=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
-        first, code = dist.claim_failure(e.exit_code)
+        first, code = dist.claim_failure(e.exit_code) if dist else (True, e.exit_code)
         if not first:                        # another rank failed first and said why
             raise typer.Exit(code) from None
-        where = {"rank": dist.rank(), "world_size": dist.world()} if dist.active() else {}
+        where = {"rank": dist.rank(), "world_size": dist.world()} if dist and dist.active() else {}
         prefix = f"rank {dist.rank()} of {dist.world()}: " if where else ""
         hint = getattr(raw, "dcompress_hint", None)
         status = "interrupted" if isinstance(e, Interrupted) else "error"
@@ -183,8 +195,10 @@ def run(as_json: bool, fn: Callable[[Reporter], dict], show: Callable[[dict], No
     finally:
         signal.signal(signal.SIGTERM, old)
     report = {"status": "ok", **report}
-    main = dist.is_main()
-    dist.shutdown()
+    dist = _ranks()
+    main = dist is None or dist.is_main()
+    if dist is not None:
+        dist.shutdown()
     if not main:
         return
     if as_json:

@@ -257,9 +257,3 @@ class Method(Protocol):
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator,
             log: LogFn) -> CompressedSet: ...
 
-
-def default_paths() -> dict[str, Path]:
-    import os
-
-    cache = Path(os.environ.get("DCOMPRESS_CACHE", Path.home() / ".cache" / "dcompress"))
-    return {"cache": cache}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -245,6 +245,14 @@ def require_single(what: str) -> None:
     silently running the same job once per rank)."""
     if env_world() > 1:
         raise UsageError(f"{what} does not support torchrun yet (WORLD_SIZE={env_world()}); run it as one process")
+
+
+def main_first(make: Callable[[], Any]) -> Any:
+    """`make()` on rank 0, then (after a barrier) on the other ranks: rank 0 prepares shared
+    files (a work folder) before the others look at them. In one process: `make()`."""
+    made = make() if is_main() else None
+    barrier()
+    return made if made is not None else make()
 
 
 # ------------------------------------------------------------------------------------------------

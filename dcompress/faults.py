@@ -15,7 +15,7 @@ The points (where they sit):
 | `iter`            | a synthesis iteration, after the update and before its checkpoint (methods/*) |
 | `ckpt.saved`      | `Checkpointer.save`, after `state.pt` was renamed into place                  |
 | `output.sample`   | `io/output.iter_samples`, before each sample is handed to the shard writer    |
-| `output.manifest` | `io/output.write_output`, after the shards, before `manifest.json`            |
+| `output.manifest` | `io/output.finish_output`, after the shards, before `manifest.json`           |
 | `distill.written` | `api.distill`, after the output was swapped in, before the work folder is removed |
 | `atomic.swap`     | `io/atomic.AtomicDir`, between moving the old output aside and the new in     |
 | `teacher.save`    | teacher cache: after the `.json` sidecar, before the `.pt` is renamed in      |

@@ -42,7 +42,7 @@ def dataset_card(name: str, block: CompressedBlock, shard_glob: str, *, files: l
 
     Args:
         name: the manifest's `name`.
-        block: the manifest's `dcompress` block (written by `write_output`: urls and num_samples set).
+        block: the manifest's `dcompress` block (filled in by `io.output.finish_output`: urls and num_samples set).
         shard_glob: pattern matching the shards and nothing else, e.g. `data-*.tar`.
         files: the other files of the folder (listed in the card).
     """

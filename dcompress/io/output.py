@@ -4,6 +4,10 @@ Per sample: `.png` (8-bit, de-normalised), `.cls`, `.logits.npy` (float16 [C]), 
 (provenance), and for synthetic images the exact normalised float32 tensor `.npy` [C, H, W].
 Beside the shards, in the same atomic write: `_info.json` (timm) and `README.md` (Hugging
 Face dataset card), `grid.png`, and with a run's metrics `metrics.jsonl` + `loss.png`.
+
+Two steps, so that several writers (torchrun ranks, api/write.py) can share one folder:
+`write_rows` writes the shards of a range of samples, `finish_output` completes the folder.
+Nothing here knows of ranks or of the atomic swap around the folder.
 """
 from __future__ import annotations
 
@@ -13,10 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import dist
 from ..faults import crash_point
 from ..core import CompressedSet, denormalize_to_u8
-from .atomic import AtomicDir
 from .cards import CARD, TIMM_INFO, dataset_card, timm_info_bytes
 from .figures import class_grid, loss_curve, png_bytes
 from .manifest import MANIFEST, ShardRow, build_manifest
@@ -85,86 +87,66 @@ def byte_counts(sizes: dict[str, int], shard_bytes: int) -> dict[str, int]:
             "shards": shard_bytes}
 
 
-def write_output(target: Path, cset: CompressedSet, *, class_names: list[str], mean, std, method: str,
-                 block: CompressedBlock, shard_size: int = 1000, metrics: list[dict] | None = None,
-                 label_topk: int | None = None) -> dict:
-    """Atomically writes shards, reader descriptions, figures and the manifest into `target`.
+def image_bytes(cset: CompressedSet, mean, std) -> np.ndarray:
+    """The set's images as the 8-bit pixels its `.png` members hold, uint8 [N, C, H, W]."""
+    return denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
 
-    Args:
-        block: the run's manifest block; `num_samples`, `extra_files`, `urls` and `files` are
-            filled in here.
-        metrics: the run's `MetricsLog.rows()`; written as `metrics.jsonl` (+ `loss.png`
-            when it has iteration rows). None writes neither.
-    Returns:
-        the manifest dict.
-    """
-    u8 = denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
-    name = f"{method}-{Path(target).name}"
-    with AtomicDir(target) as tmp:
-        dist.broadcast_object(tmp)                  # torchrun: the other ranks write their shards there
-        sizes: dict[str, int] = {}
-        written = rank_shards(tmp, cset, class_names, method, u8, shard_size, label_topk, sizes)
-        parts = dist.all_gather_object(([ShardRow.of_file(p, n) for p, n in written], sizes))
-        shards = sorted((row for rows, _ in parts for row in rows), key=lambda row: row.url)
-        sizes = {k: sum(part.get(k, 0) for _, part in parts) for k in sorted({k for _, part in parts for k in part})}
-        written = [(tmp / row.url, row.nsamples) for row in shards]
-        labels = block.labels if label_topk is None else dataclasses.replace(block.labels, soft=topk.MEMBER,
-                                                                             topk=label_topk)
-        block = dataclasses.replace(block, num_samples=len(cset), extra_files=sorted(cset.extra_files),
-                                    urls=f"{PREFIX}-{{000000..{len(written) - 1:06d}}}.tar", labels=labels,
-                                    bytes=byte_counts(sizes, sum(Path(p).stat().st_size for p, _ in written)))
-        files = dict(cset.extra_files)
-        roles = {"timm_info": TIMM_INFO, "card": CARD, "grid": GRID}
-        files[TIMM_INFO] = timm_info_bytes(name, shards, class_names)
-        files[GRID] = png_bytes(class_grid(u8, cset.labels.cpu().numpy(), class_names, figure_title(block)))
-        if metrics is not None:
-            files[METRICS] = jsonl_bytes(metrics)
-            roles["metrics"] = METRICS
-            curve = loss_curve(metrics, f"{figure_title(block)}: loss")
-            if curve is not None:
-                files[LOSS] = png_bytes(curve)
-                roles["loss_curve"] = LOSS
-        block = dataclasses.replace(block, files=roles)
-        files[CARD] = dataset_card(name, block, f"{PREFIX}-*.tar", files=sorted(files)).encode()
-        for fname, data in files.items():
-            (tmp / fname).write_bytes(data)
-        manifest = build_manifest(name, shards, block)
-        crash_point("output.manifest")
-        write_json(tmp / MANIFEST, manifest, indent=2)
+
+def one_writer(cset: CompressedSet, shard_size: int) -> bool:
+    """Whether one process must write every shard: when a shard could reach the writer's size
+    limit, the writer cuts it early and renumbers the rest, which only a single writer sees."""
+    if not len(cset):
+        return True
+    per_sample = 2 * cset.images[0].numel() * 4 + 8 * cset.logits.shape[1] + 8192
+    return shard_size * per_sample > SHARD_MAX_BYTES
+
+
+def write_rows(tmp: Path, cset: CompressedSet, rows: range, *, start: int, class_names: list[str], method: str,
+               u8: np.ndarray, shard_size: int, label_topk: int | None = None,
+               sizes: dict[str, int] | None = None) -> list[ShardRow]:
+    """Writes the samples of `rows` into shards `PREFIX-<start>.tar`, `PREFIX-<start + 1>.tar`, ...
+    of `tmp` (`shard_size` samples each; numbered from `start`, so that shard k of a set holds
+    rows [k * shard_size, (k + 1) * shard_size) whoever writes it). `sizes` (when given) sums each
+    member's payload bytes by extension. Returns the shards' manifest rows."""
+    written = write_shards(tmp, iter_samples(cset, class_names, method, u8, label_topk, sizes, rows),
+                           prefix=PREFIX, shard_size=shard_size, max_bytes=SHARD_MAX_BYTES, start=start)
+    return [ShardRow.of_file(p, n) for p, n in written]
+
+
+def finish_output(tmp: Path, cset: CompressedSet, shards: list[ShardRow], sizes: dict[str, int], *, name: str,
+                  class_names: list[str], u8: np.ndarray, block: CompressedBlock,
+                  label_topk: int | None = None, metrics: list[dict] | None = None) -> dict:
+    """Completes the output folder `tmp` whose shards are written (`shards`, any order; `sizes`:
+    their member payload bytes by extension): reader descriptions, figures and, last, the
+    manifest, under the dataset name `name`. `block` is the run's manifest block; `num_samples`, `extra_files`, `urls`,
+    `files` and `bytes` are filled in here. `metrics`: the run's `MetricsLog.rows()`, written as
+    `metrics.jsonl` (+ `loss.png` when it has iteration rows); None writes neither.
+    Returns the manifest dict."""
+    shards = sorted(shards, key=lambda row: row.url)
+    labels = block.labels if label_topk is None else dataclasses.replace(block.labels, soft=topk.MEMBER,
+                                                                         topk=label_topk)
+    block = dataclasses.replace(block, num_samples=len(cset), extra_files=sorted(cset.extra_files),
+                                urls=f"{PREFIX}-{{000000..{len(shards) - 1:06d}}}.tar", labels=labels,
+                                bytes=byte_counts(sizes, sum((tmp / row.url).stat().st_size for row in shards)))
+    files = dict(cset.extra_files)
+    roles = {"timm_info": TIMM_INFO, "card": CARD, "grid": GRID}
+    files[TIMM_INFO] = timm_info_bytes(name, shards, class_names)
+    files[GRID] = png_bytes(class_grid(u8, cset.labels.cpu().numpy(), class_names, figure_title(block)))
+    if metrics is not None:
+        files[METRICS] = jsonl_bytes(metrics)
+        roles["metrics"] = METRICS
+        curve = loss_curve(metrics, f"{figure_title(block)}: loss")
+        if curve is not None:
+            files[LOSS] = png_bytes(curve)
+            roles["loss_curve"] = LOSS
+    block = dataclasses.replace(block, files=roles)
+    files[CARD] = dataset_card(name, block, f"{PREFIX}-*.tar", files=sorted(files)).encode()
+    for fname, data in files.items():
+        (tmp / fname).write_bytes(data)
+    manifest = build_manifest(name, shards, block)
+    crash_point("output.manifest")
+    write_json(tmp / MANIFEST, manifest, indent=2)
     return manifest
-
-
-def rank_shards(tmp: Path, cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray,
-                shard_size: int, label_topk: int | None = None,
-                sizes: dict[str, int] | None = None) -> list[tuple[Path, int]]:
-    """The shards this rank writes: all in one process; under torchrun shard k (samples
-    [k * shard_size, (k + 1) * shard_size)) on rank k mod W, numbered as one process numbers
-    them, so the folder is the one-process folder. When a shard could reach the writer's size
-    limit (where one process would cut it early and renumber the rest) rank 0 writes them all."""
-    n = len(cset)
-    per_sample = 2 * cset.images[0].numel() * 4 + 8 * cset.logits.shape[1] + 8192 if n else 0
-    if not dist.active() or shard_size * per_sample > SHARD_MAX_BYTES:
-        rows = range(n) if dist.is_main() else range(0)
-        return write_shards(tmp, iter_samples(cset, class_names, method, u8, label_topk, sizes, rows),
-                            prefix=PREFIX, shard_size=shard_size, max_bytes=SHARD_MAX_BYTES) if rows else []
-    written = []
-    for k in dist.spread(-(-n // shard_size)):
-        rows = range(k * shard_size, min(n, (k + 1) * shard_size))
-        written += write_shards(tmp, iter_samples(cset, class_names, method, u8, label_topk, sizes, rows),
-                                prefix=PREFIX, shard_size=shard_size, max_bytes=SHARD_MAX_BYTES, start=k)
-    return written
-
-
-def write_rank_shards(cset: CompressedSet, *, mean, std, method: str, class_names: list[str],
-                      shard_size: int, label_topk: int | None = None) -> None:
-    """A torchrun rank other than 0: writes its shards into rank 0's temp output (see
-    `rank_shards`) and sends their rows and member sizes; rank 0 (`write_output`) writes the
-    rest and swaps."""
-    tmp = dist.broadcast_object(None)
-    u8 = denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
-    sizes: dict[str, int] = {}
-    written = rank_shards(Path(tmp), cset, class_names, method, u8, shard_size, label_topk, sizes)
-    dist.all_gather_object(([ShardRow.of_file(p, n) for p, n in written], sizes))
 
 
 def figure_title(block: CompressedBlock) -> str:

@@ -11,7 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..core import RealData, default_paths
+from ..cache import cache_root
+from ..core import RealData
 from .decode import BadSamples, DecodeOptions, describe_stream_error, read_shard, tar_truncation  # noqa: F401
 from .store import KeyList, add_pixel_sums, fingerprint, open_store, stats_from_sums
 from .urls import ResolvedInput
@@ -30,7 +31,7 @@ def read_real(inp: ResolvedInput, opts: DecodeOptions = DecodeOptions(), *, max_
     keys, negative labels or labels >= MAX_LABEL, labels outside the class list) raise
     InputDataError (exit 4) naming the shard and key.
     """
-    store, arrays, info = open_store(inp, opts, cache=cache or default_paths()["cache"], max_bad=max_bad,
+    store, arrays, info = open_store(inp, opts, cache=cache or cache_root(), max_bad=max_bad,
                                      workers=workers, progress=progress, note=note)
     meta = store.meta
     labels = torch.from_numpy(arrays["labels"])

@@ -238,7 +238,7 @@ _REQUIRED = {"class_names": list, "normalization": dict, "labels": dict, "eval_p
 class CompressedBlock:
     """The `dcompress` block of a compressed set (docs/format.md, "The dcompress block").
 
-    `num_samples`, `extra_files`, `urls` and `files` are filled in by `io.output.write_output`.
+    `num_samples`, `extra_files`, `urls` and `files` are filled in by `io.output.finish_output`.
     Optional keys (`_OPTIONAL`) are None when an older manifest lacks them.
     """
 

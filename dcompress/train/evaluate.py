@@ -176,14 +176,14 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
 def _teacher_from_manifest(ds, train: RealData, device: torch.device):
     from .teacher import Teacher, load_teacher_net
 
-    from ..core import default_paths
+    from ..cache import cache_root
 
     info = ds.block.labels.teacher or {}
     path, model = info.get("path"), info.get("model")
     if not isinstance(path, str) or not isinstance(model, str):
         return None
     # a path read from a manifest is data: only a teacher inside our own cache is ever loaded
-    cache = default_paths()["cache"].resolve()
+    cache = cache_root().resolve()
     path = Path(path).resolve()
     if cache not in path.parents or not path.is_file():
         return None

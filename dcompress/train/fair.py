@@ -34,7 +34,8 @@ import torch
 from .. import __version__
 from ..augment.dsa import DEFAULT_STRATEGY
 from ..config import Validated
-from ..core import EvalProtocol, RealData, RealView, RunSpec, default_paths, normalize
+from ..cache import cache_root
+from ..core import EvalProtocol, RealData, RealView, RunSpec, normalize
 from ..errors import InputDataError, UsageError
 from ..io import topk
 from ..io.safe_write import ensure_dir, remove_dead_temps, write_json
@@ -279,7 +280,7 @@ def _teacher(ds: CompressedDataset, train: RealData, device: torch.device, teach
             cfg = TeacherConfig(**info["config"])
         except (TypeError, UsageError) as e:
             raise InputDataError(f"recorded teacher config is not usable ({e})", path=where, key=key) from None
-    spec = RunSpec(ipc=1, device=device, cache_dir=default_paths()["cache"], teacher=Path(teacher) if teacher else None)
+    spec = RunSpec(ipc=1, device=device, cache_dir=cache_root(), teacher=Path(teacher) if teacher else None)
     t = get_teacher(train, spec, cfg, log=log)
     same = bool(info.get("path")) and Path(str(info.get("path"))).resolve() == Path(str(t.info.get("path"))).resolve()
     return t, {"model": t.info.get("model"), "source": t.info.get("source"), "path": t.info.get("path"),
@@ -296,7 +297,7 @@ def full_data_accuracy(train: RealData, pools: list[torch.Tensor], test: tuple[t
     key = {"input": train.source.get("fingerprint"), "test": test_key, "model": model,
            "recipe": dataclasses.asdict(cfg), "val_per_class": val_per_class, "seed": seed, "kind": "full-data-v1"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = default_paths()["cache"] / "full-data" / f"{digest}.json"
+    path = cache_root() / "full-data" / f"{digest}.json"
     try:
         rec = json.loads(path.read_text())
         if rec.get("key") == key and 0.0 <= float(rec["accuracy"]) <= 1.0:

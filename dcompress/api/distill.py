@@ -1,0 +1,247 @@
+"""`distill`: own the output → read the input → fit the method → label → write, one function
+per stage over a `DistillRequest` and an `InputSpec`.
+
+Under torchrun rank 0 owns the output (its lock, its checks, the work folder) and the other
+ranks follow its decisions; every rank reads, fits and writes its share (api/write.py)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .. import dist
+from ..cache import cache_root
+from ..checkpoint import Checkpointer, run_key
+from ..core import CompressedSet, RealData, RunSpec
+from ..errors import DcompressError, Interrupted
+from ..faults import crash_point
+from ..io.atomic import OutputLock, check_target, refuse_existing, work_dir_for
+from ..io.manifest import read_compressed
+from ..io.metrics import METRICS, MetricsLog
+from ..limits import MAX_PIXELS
+from ..seeds import derive
+from .checks import check_topk, ipc_from, resolve_device
+from .inputs import InputSpec, ProgressFn, as_input
+from .labels import label_stage
+from .plan import plan
+from .record import set_block, source_decode
+from .request import DistillRequest
+from .write import write_set
+
+LogFn = Callable[[dict], None]
+
+
+def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio: float | None = None,
+            seed: int = 0, device: str = "auto", config: str | Path | None = None, sets: Iterable[str] = (),
+            resume: bool = True, overwrite: bool = False, labels: str = "auto", teacher: str | Path | None = None,
+            max_bad: int = 100, max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False,
+            shard_size: int = 1000, ckpt_every: int = 50, dry_run: bool = False, flags: dict | None = None,
+            experts: str | Path | None = None, teacher_sets: Iterable[str] = (), workers: int | None = None,
+            progress: ProgressFn | None = None, log: LogFn | None = None,
+            real: RealData | None = None, size: int | None = None, resize_mode: str = "crop",
+            label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
+            channels: int | None = None, label_topk: int | None = None) -> dict:
+    """Compresses the dataset at `urls` (or the already read `real`) with `method` into `out`;
+    returns the run report.
+
+    `label_topk` K stores each sample's K largest logits (`.topk.npy`) instead of all of them
+    (docs/format.md); K above the number of classes is a UsageError.
+
+    Every argument is checked before the input is read. `out` must not overlap the input; an
+    existing output is replaced only with `overwrite`, except that the same run (same request,
+    input content and dcompress version) with `resume` finds it up to date and returns at once.
+    `size`, `resize_mode`, `label_key`, `class_names`, `channels`, `max_pixels`, `max_bad`,
+    `workers`, `allow_manifest_urls`: how the input is read (`InputSpec.of`; unused when `urls`
+    is an InputSpec).
+    """
+    req = DistillRequest.make(method, config=config, sets=sets, flags=flags, teacher_sets=teacher_sets,
+                              teacher=teacher, experts=experts, ipc=ipc, ratio=ratio, seed=seed, device=device,
+                              labels=labels, label_topk=label_topk, shard_size=shard_size, ckpt_every=ckpt_every,
+                              resume=resume, overwrite=overwrite)
+    inputs = as_input(urls if real is None else None, max_bad=max_bad, max_pixels=max_pixels,
+                          allow_manifest_urls=allow_manifest_urls, workers=workers, size=size,
+                          resize_mode=resize_mode, label_key=label_key, class_names=class_names, channels=channels)
+    return distill_request(req, inputs, out=out, real=real, dry_run=dry_run, progress=progress, log=log)
+
+
+def distill_request(req: DistillRequest, inputs: InputSpec, *, out: str | Path, real: RealData | None = None,
+                    dry_run: bool = False, progress: ProgressFn | None = None, log: LogFn | None = None) -> dict:
+    """Runs `req` on `inputs` (or on the already read `real`) into `out`: the stages own output,
+    read, fit, label, write. `dry_run` reads the input and returns the plan."""
+    dev = resolve_device(req.device)
+    out = Path(out).absolute()
+    log = log or (lambda ev: None)
+    if real is None:
+        inputs.check_output(out)
+    if dry_run:
+        real, t_read = read_stage(inputs, real, progress, log)
+        check_topk(req.label_topk, real)
+        return {"status": "dry-run", "read_s": round(t_read, 2), "plan": plan(real, req)}
+    with (OutputLock(out) if dist.is_main() else contextlib.nullcontext()):
+        prior = own_output(out, req, dev)
+        real, t_read = read_stage(inputs, real, progress, log)
+        ipc = ipc_from(real, req.ipc, req.ratio)
+        check_topk(req.label_topk, real)
+        log({"event": "note", "text": f"stage read: {len(real)} samples, {real.num_classes} classes from "
+                                      f"{len(real.source['urls'])} shard(s) in {t_read:.1f} s "
+                                      f"({real.source['bad_samples']['count']} bad); {_store_note(real)}"})
+        identity = req.identity(real, ipc, dev)
+        if prior is not None:
+            if prior.get("key") != run_key(identity):
+                raise refuse_existing(out)
+            if dist.is_main():
+                shutil.rmtree(work_dir_for(out), ignore_errors=True)
+            return {"status": "ok", "up_to_date": True, "out": str(out), "method": req.method, "ipc": ipc,
+                    "samples": prior["num_samples"], "shards": prior["shards"], "labels": prior["labels"],
+                    "learned_lr": prior["learned_lr"], "bad_samples": real.source["bad_samples"]["count"],
+                    "resumed_from": None, "timings": {"read_s": round(t_read, 2)}, **source_decode(real)}
+        ckpt = dist.main_first(lambda: Checkpointer(work_dir_for(out), identity, every=req.ckpt_every,
+                                                    resume=req.resume, log=log, quarantine=cache_root() / "quarantine",
+                                                    readonly=not dist.is_main()))
+        try:
+            return _fit_label_write(req, real, out=out, ipc=ipc, dev=dev, ckpt=ckpt, progress=progress, log=log,
+                                    timings={"read_s": round(t_read, 2)},
+                                    run={"key": run_key(identity), "request": req.recorded(dev)})
+        except BaseException as e:
+            if dist.is_main():
+                _after_failure(e, ckpt)
+            raise
+
+
+def own_output(out: Path, req: DistillRequest, dev) -> dict | None:
+    """Stage 1, under the output's lock: the prior run recorded in an existing `out` that this
+    request may resume or find up to date (None: no output yet, or `overwrite`); refuses an
+    existing output otherwise. Rank 0 decides, the other ranks follow."""
+    prior = None
+    if dist.is_main():
+        exists = check_target(out, kind="compressed", overwrite=req.overwrite)
+        prior = _prior_run(out) if exists and not req.overwrite else None
+        if exists and not req.overwrite and (not req.resume or prior is None
+                                             or prior.get("request") != req.recorded(dev)):
+            raise refuse_existing(out)
+    return dist.broadcast_object(prior)
+
+
+def read_stage(inputs: InputSpec, real: RealData | None, progress: ProgressFn | None,
+               log: LogFn) -> tuple[RealData, float]:
+    """Stage 2: the input as RealData (decoded or reopened) and the seconds it took."""
+    t0 = time.time()
+    if real is None:
+        real = inputs.read(progress=progress, note=lambda text: log({"event": "note", "text": text}))
+    return real, time.time() - t0
+
+
+def _fit_label_write(req: DistillRequest, real: RealData, *, out: Path, ipc: int, dev, ckpt: Checkpointer,
+                     progress: ProgressFn | None, log: LogFn, timings: dict, run: dict) -> dict:
+    stages: dict[str, float] = {}
+    log = metrics = MetricsLog(ckpt.file(METRICS) if dist.is_main() else None,   # survives a resume
+                               forward=_collecting_stages(log, stages))
+    spec = RunSpec(ipc=ipc, device=dev, seed=req.seed, work_dir=ckpt.dir, resume=req.resume,
+                   ckpt_every=ckpt.every, cache_dir=cache_root(), teacher=req.teacher, ratio=req.ratio,
+                   experts=req.experts, teacher_config=req.teacher_config,
+                   progress=_announcing_resume(progress, ckpt, log), ckpt=ckpt)
+    t0 = time.time()
+    fitted = fit_stage(req, real, spec, log)
+    t1 = time.time()
+    labelled, teacher_info = labels_stage(req, fitted, real, spec, log)
+    t2 = time.time()
+    timings = {**timings, "fit_s": round(t1 - t0, 2), "labels_s": round(t2 - t1, 2),
+               **{f"{k}_s": round(v, 2) for k, v in stages.items()}}
+    block = set_block(req, real, fitted, labelled, ipc=ipc, device=dev.type, teacher_info=teacher_info, run=run,
+                      timings=timings) if dist.is_main() else None
+    log({"event": "note", "text": f"stage write: {len(fitted)} samples into {out}"})
+    manifest = write_set(out, labelled, real, method=req.method, block=block, shard_size=req.shard_size,
+                         label_topk=req.label_topk, metrics=metrics.rows() if dist.is_main() else None)
+    if not dist.is_main():
+        dist.barrier()
+        return {"status": "ok", "out": str(out), "method": req.method, "rank": dist.rank()}
+    crash_point("distill.written")
+    ckpt.clear()
+    dist.barrier()
+    return {"status": "ok", "out": str(out), "method": req.method, "ipc": ipc, "samples": len(fitted),
+            "shards": len(manifest["shardlist"]), "labels": labelled.label_kind, "learned_lr": fitted.lr,
+            "bad_samples": real.source["bad_samples"]["count"], "resumed_from": ckpt.resumed_from,
+            "store": real.source.get("store"), "timings": {**timings, "write_s": round(time.time() - t2, 2)},
+            **source_decode(real), "nets": block.method.nets, "bytes": manifest["dcompress"].get("bytes"),
+            "label_topk": req.label_topk}
+
+
+def fit_stage(req: DistillRequest, real: RealData, spec: RunSpec, log: LogFn) -> CompressedSet:
+    """Stage 3: the method's compressed set (checkpointed and resumable through `spec.ckpt`)."""
+    log({"event": "note", "text": f"stage fit: {req.method} (IPC {spec.ipc})"})
+    generator = derive(req.seed, "fit")          # for methods drawing outside the loop (selections)
+    return req.method_class(req.config).fit(real, spec, generator=generator, log=log)
+
+
+def labels_stage(req: DistillRequest, fitted: CompressedSet, real: RealData, spec: RunSpec,
+                 log: LogFn) -> tuple[CompressedSet, dict | None]:
+    """Stage 4: the set with the labels it is written with (`--labels`), and the teacher's info.
+    Under torchrun rank 0's labels are sent to every rank; the others get the teacher beside
+    rank 0 (no idle wait) and keep rank 0's logits."""
+    labelled, teacher_info = label_stage(fitted, req.labels, req.method_class.info.kind, real, spec, log)
+    logits = dist.broadcast_object(labelled.logits if dist.is_main() else None)
+    return (labelled, teacher_info) if dist.is_main() else (dataclasses.replace(labelled, logits=logits), None)
+
+
+def _store_note(real: RealData) -> str:
+    info = real.source.get("store") or {}
+    if info.get("reused"):
+        return f"decoded store reused: {info['path']}"
+    where = info.get("path") or "a temporary store (remote shards without md5 are not cached)"
+    return f"decoded with {info.get('workers')} worker(s) in {info.get('build_s')} s into {where}"
+
+
+def _prior_run(out: Path) -> dict | None:
+    """The `run` record (key + request) of an existing output, with its sample count."""
+    try:
+        _, rows, block = read_compressed(out)
+    except DcompressError:
+        return None
+    if block.run is None:
+        return None
+    return {**block.run.to_dict(), "num_samples": block.num_samples, "shards": len(rows),
+            "labels": block.labels.kind, "learned_lr": block.learned.lr}
+
+
+def _after_failure(e: BaseException, ckpt: Checkpointer) -> None:
+    """Keeps the work folder when it holds a checkpoint worth resuming (and says so), else removes it."""
+    kept = ckpt.dir.is_dir() and any(p.name != "run.json" for p in ckpt.dir.iterdir())
+    if not kept:
+        ckpt.clear()
+        return
+    hint = f"checkpoint kept in {ckpt.dir}: run the same command again to resume"
+    if isinstance(e, KeyboardInterrupt):
+        raise Interrupted(f"interrupted; {hint}", signum=2) from None
+    if isinstance(e, Interrupted):
+        raise Interrupted(f"{e.detail}; {hint}", signum=e.exit_code - 128) from None
+    e.dcompress_hint = hint
+
+
+def _collecting_stages(log: LogFn, stages: dict[str, float]) -> LogFn:
+    """Forwards `log` events, summing `{"event": "stage"}` times into `stages` (teacher, features:
+    they run inside fit or labels and are reported apart) and announcing each as a note."""
+    def collect(ev: dict) -> None:
+        if ev.get("event") == "stage":
+            stages[ev["stage"]] = stages.get(ev["stage"], 0.0) + float(ev.get("seconds", 0.0))
+            detail = f" ({ev['source']}: {ev['path']})" if ev.get("source") else ""
+            ev = {"event": "note", "text": f"stage {ev['stage']}: {ev.get('seconds')} s{detail}"}
+        log(ev)
+    return collect
+
+
+def _announcing_resume(progress: ProgressFn | None, ckpt: Checkpointer, log: LogFn) -> ProgressFn | None:
+    """Wraps `progress` so that the first report after a checkpoint load says where the run resumes."""
+    if progress is None:
+        return None
+    said = [False]
+
+    def wrapped(done: int, total: int, desc: str) -> None:
+        if not said[0] and ckpt.resumed_from is not None:
+            said[0] = True
+            log({"event": "note", "text": f"resuming from iteration {ckpt.resumed_from} of {total or '?'} "
+                                          f"(checkpoint {ckpt.path})"})
+        progress(done, total, desc)
+    return wrapped

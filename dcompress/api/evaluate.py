@@ -1,0 +1,140 @@
+"""`evaluate`: fresh networks trained on a compressed set, tested on shards decoded as the set's
+input was, next to random real subsets (own protocol) or under the fair protocol."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+from ..errors import InputDataError, UsageError
+from ..limits import MAX_PIXELS
+from .checks import check_limits, check_seed, resolve_device
+from .inputs import InputSpec, ProgressFn, decode_options
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..core import RealData
+    from ..loader import CompressedDataset
+
+
+def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | RealData, *,
+             train: str | Iterable[str] | RealData | None = None, runs: int = 3, model: str | None = None,
+             epochs: int | None = None, seed: int = 0, device: str | torch.device = "auto",
+             random_baseline: bool = True, test_limit: int | None = None, protocol: str = "own",
+             models: str | Sequence[str] | None = None, lr_grid: str | Sequence[float] | None = None,
+             val_per_class: int | None = None, ars: bool = True, full_epochs: int | None = None,
+             full_max_samples: int | None = None, teacher: str | Path | None = None, max_bad: int = 100,
+             max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False, workers: int | None = None,
+             size: int | None = None, resize_mode: str | None = None, label_key: str | None = None,
+             class_names: str | Path | Iterable[str] | None = None, channels: int | None = None,
+             progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None) -> dict:
+    """Trains `runs` fresh networks on the compressed set `out` and reports their accuracy on
+    `test` (urls, or already read RealData), next to random real subsets of the same size drawn
+    from `train` (default: the set's recorded source shards) unless `random_baseline` is off.
+
+    The test and training shards are decoded as the set's input was (its manifest's
+    `source.decode`: size, resize mode, label key, channels) and their labels mapped with the
+    set's class names; `size`, `resize_mode`, `label_key`, `channels`, `class_names` given here
+    win. `protocol="fair"`: same recipe and labels for set and random subsets, lr picked on a
+    validation split (`lr_grid`, `val_per_class`), DD-Ranking's scores (`ars`: also the
+    augmentation-robust one; `full_epochs`/`full_max_samples`: the full-data network;
+    `teacher`: the teacher that relabels the random subsets). `models`: a cross-architecture
+    table. docs/evaluation.md.
+    """
+    from ..loader import CompressedDataset, load
+    from ..train.evaluate import check_models, evaluate as train_and_test
+
+    check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
+                 max_pixels=(max_pixels, 1), workers=(workers, 1))
+    check_seed(seed)
+    fair_cfg, full_cfg = fair_configs(protocol, lr_grid, val_per_class, ars, full_epochs, full_max_samples, teacher)
+    if isinstance(models, str):
+        models = models.split(",")
+    names = check_models(models, model) if models is not None else None
+    if model is not None:
+        check_models([model])
+    dev = resolve_device(device) if isinstance(device, str) else device
+    ds = out if isinstance(out, CompressedDataset) else load(out)   # checks the output before any reading
+    given = {"size": size, "resize_mode": resize_mode, "label_key": label_key, "channels": channels}
+    opts = recorded_decode(ds, given, max_pixels=max_pixels,
+                           class_names=class_names if class_names is not None else list(ds.block.class_names))
+
+    def spec(urls) -> InputSpec:
+        return InputSpec.of(urls, max_bad=max_bad, workers=workers, allow_manifest_urls=allow_manifest_urls,
+                            decode=opts)
+
+    note = (lambda text: log({"event": "note", "text": text})) if log else None
+    test_in = spec(test) if not _is_real(test) else None
+    train_in = None
+    if random_baseline and not _is_real(train):
+        train_in = spec(train or recorded_train(ds, protocol))
+        train_in.resolved                                 # a bad --train fails before the test set is read
+    test_data = test_in.read(note=note) if test_in else test
+    train_data = train_in.read(note=note) if train_in else (train if _is_real(train) else None)
+    return train_and_test(ds, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
+                          device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=progress,
+                          protocol=protocol, models=names, fair=fair_cfg, full_data=full_cfg, teacher=teacher, log=log)
+
+
+def _is_real(x) -> bool:
+    from ..core import RealData
+
+    return isinstance(x, RealData)
+
+
+def recorded_decode(ds: CompressedDataset, given: dict, *, max_pixels: int | None, class_names):
+    """The DecodeOptions that read shards as the set's input was read: the manifest's
+    `source.decode`, with the options in `given` that are not None winning. A value the manifest
+    recorded that this version refuses is an InputDataError naming the manifest key (the user's
+    own bad value stays a UsageError)."""
+    recorded = ds.block.source.decode if ds.block.source is not None else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    kw = {k: v if v is not None else recorded.get(k) for k, v in given.items()}
+    try:
+        return decode_options(max_pixels=max_pixels, class_names=class_names,
+                              **{k: v for k, v in kw.items() if v is not None})
+    except UsageError as e:                  # the user's options, or the values the manifest recorded?
+        try:
+            decode_options(max_pixels=max_pixels, **{k: v for k, v in given.items() if v is not None})
+        except UsageError:
+            raise e from None
+        raise InputDataError(f"cannot decode as recorded: {e.detail}", path=str(ds.manifest_path),
+                             key="dcompress.source.decode") from None
+
+
+def fair_configs(protocol: str, lr_grid, val_per_class, ars: bool, full_epochs, full_max_samples, teacher):
+    """FairConfig and FullDataConfig from the fair-only options (UsageError when given without
+    protocol fair, or out of range); (None, None) for the own protocol."""
+    from ..train.evaluate import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    fair_only = {"--lr-grid": lr_grid, "--val-per-class": val_per_class, "--full-epochs": full_epochs,
+                 "--full-max-samples": full_max_samples, "--teacher": teacher, "--no-ars": None if ars else True}
+    if protocol != "fair":
+        given = [k for k, v in fair_only.items() if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to --protocol fair")
+        return None, None
+    from ..config import resolve_config
+    from ..train.fair import FairConfig, FullDataConfig, parse_grid
+
+    if lr_grid is not None:
+        lr_grid = parse_grid(lr_grid if isinstance(lr_grid, str) else ",".join(map(str, lr_grid)))
+    fair = resolve_config(FairConfig, flags={"lr_grid": lr_grid,
+                                             "val_per_class": val_per_class, "ars": ars})
+    return fair, resolve_config(FullDataConfig, flags={"epochs": full_epochs, "max_samples": full_max_samples})
+
+
+def recorded_train(ds: CompressedDataset, protocol: str) -> list[str]:
+    """The set's recorded source shards; under protocol fair a missing one says what fair needs."""
+    from ..io.urls import recorded_urls
+
+    try:
+        return recorded_urls(ds.manifest["dcompress"].get("source", {}).get("urls"), manifest=ds.manifest_path)
+    except InputDataError as e:
+        if protocol != "fair":
+            raise
+        raise InputDataError(f"--protocol fair needs the training input (random subsets, validation split, "
+                             f"full-data accuracy): {e.detail.replace('; pass --train URLS or --no-random', '')}; "
+                             "pass --train URLS", path=e.path, key=e.key) from None

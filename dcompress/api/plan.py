@@ -1,0 +1,50 @@
+"""`distill --dry-run`: what a run would do, which cache entries it would use or create, and
+what it would write, from the decoded input alone."""
+from __future__ import annotations
+
+import math
+
+from ..cache import cache_root
+from ..config import config_dict
+from ..core import RealData, RunSpec
+from .checks import ipc_from
+from .labels import teacher_plan
+from .record import source_decode
+from .request import DistillRequest
+
+
+def plan(real: RealData, req: DistillRequest) -> dict:
+    """The stages of `req` on `real` and the estimated output size (images and labels)."""
+    from ..io import topk
+
+    c, h, w = real.image_shape
+    ipc = ipc_from(real, req.ipc, req.ratio)
+    info = req.method_class.info
+    cache = cache_root()
+    spec = RunSpec(ipc=ipc, cache_dir=cache, teacher=req.teacher, teacher_config=req.teacher_config)
+    mode = req.labels if req.labels != "auto" else ("teacher" if info.kind == "selection" else
+                                                     "learned if the method learns labels, else hard")
+    stages = {"read": f"{len(real)} samples decoded", "fit": f"{req.method} ({info.kind})"}
+    if info.needs_teacher:
+        stages["teacher (features)"] = teacher_plan(real, spec)
+    if info.needs_experts:
+        stages["experts"] = str(req.experts or f"default buffer under {cache / 'experts'} (trained when missing)")
+    stages["labels"] = mode + (f": {teacher_plan(real, spec)}" if mode == "teacher" else "")
+    stages["write"] = f"{ipc * real.num_classes} samples"
+    n_out = ipc * real.num_classes
+
+    def member(nbytes: float) -> float:  # tar: 512-byte header + data padded to 512
+        return 512 + 512 * math.ceil(nbytes / 512)
+
+    # soft labels: float16 logits (.logits.npy), or K (idx, val) records (.topk.npy, io/topk.py)
+    k = req.label_topk
+    label_b = member(128 + (topk.record_dtype(real.num_classes).itemsize * k if k else 2 * real.num_classes))
+    image_b = member(0.7 * c * h * w + 70) + (member(128 + 4 * c * h * w) if info.kind == "synthesis" else 0)
+    per_sample = image_b + label_b + member(2) + member(120)
+    return {"method": req.method, "kind": info.kind, "classes": real.num_classes, "class_names": real.class_names,
+            "class_counts": real.class_counts(), "input_samples": len(real), "image_shape": [c, h, w],
+            "ipc": ipc, "output_samples": n_out, "shards": max(1, math.ceil(n_out / req.shard_size)),
+            "estimated_output_bytes": int(n_out * per_sample + 10240),
+            "estimated_bytes": {"images": int(n_out * image_b), "labels": int(n_out * label_b)},
+            **({"label_topk": k} if k else {}), "config": config_dict(req.config),
+            "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real)}

@@ -1,0 +1,62 @@
+"""What a run records: the manifest's `dcompress` block of a written set, and the parts of it
+that reports repeat (how the input was decoded, the networks by role)."""
+from __future__ import annotations
+
+import dataclasses
+
+from .. import __version__
+from ..config import config_dict
+from ..core import CompressedSet, RealData
+from ..io.schema import (BadSamplesRecord, CompressedBlock, LabelsRecord, LearnedRecord, MethodRecord, Normalization,
+                         RunRecord, SourceRecord)
+from ..io.writer import env_versions
+from .request import DistillRequest
+
+
+def source_decode(real: RealData) -> dict:
+    """`decode` (the DecodeOptions, class names left to `class_names`) and `class_source` of
+    the input, for the manifest's `source` block and the report (empty for data read otherwise)."""
+    decode = real.source.get("decode")
+    rec = {"decode": {k: v for k, v in decode.items() if k != "class_names"}} if decode else {}
+    if real.source.get("class_source"):
+        rec["class_source"] = real.source["class_source"]
+    return rec
+
+
+def resolved_nets(real: RealData, cfg, protocol, teacher_info: dict | None) -> dict:
+    """The networks of a run by role, resolved for the image size (`nets.arch_name`): `model` (the
+    method's `model` config), `eval` (the evaluation protocol's), `teacher` (when one labelled)."""
+    from ..nets import arch_name
+
+    size = real.image_shape[1:]
+    out = {}
+    if isinstance(getattr(cfg, "model", None), str):
+        out["model"] = arch_name(cfg.model, size)
+    if protocol.model:
+        out["eval"] = arch_name(protocol.model, size)
+    if teacher_info and isinstance(teacher_info.get("model"), str):
+        out["teacher"] = teacher_info.get("arch") or arch_name(teacher_info["model"], size)
+    return out
+
+
+def set_block(req: DistillRequest, real: RealData, fitted: CompressedSet, labelled: CompressedSet, *, ipc: int,
+              device: str, teacher_info: dict | None, run: dict, timings: dict) -> CompressedBlock:
+    """The manifest block of `labelled` (the method's result `fitted` with its written labels)."""
+    kind = req.method_class.info.kind
+    protocol = dataclasses.replace(fitted.protocol, soft_labels=labelled.label_kind != "hard")
+    return CompressedBlock(
+        version=__version__,
+        method=MethodRecord(name=req.method, kind=kind, ipc=ipc, ratio=req.ratio, seed=req.seed, device=device,
+                            config=config_dict(req.config), experts=str(req.experts) if req.experts else None,
+                            teacher_config=config_dict(req.teacher_config),
+                            nets=resolved_nets(real, req.config, protocol, teacher_info)),
+        source=SourceRecord(**{k: real.source[k] for k in ("urls", "num_samples", "fingerprint", "class_counts")},
+                            store=(real.source.get("store") or {}).get("path"), **source_decode(real)),
+        bad_samples=BadSamplesRecord(**real.source["bad_samples"]),
+        class_names=tuple(real.class_names),
+        labels=LabelsRecord(kind=labelled.label_kind, teacher=teacher_info),
+        normalization=Normalization(mean=tuple(real.mean), std=tuple(real.std)),
+        image_shape=tuple(real.image_shape),
+        exact_tensor="npy" if fitted.synthetic else None,
+        learned=LearnedRecord(lr=fitted.lr, lrs=fitted.lrs),
+        eval_protocol=protocol, info=fitted.info, run=RunRecord(**run), env=env_versions(), timings=timings)

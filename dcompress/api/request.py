@@ -1,0 +1,109 @@
+"""`DistillRequest`: everything a `distill` run was asked for, resolved and checked before any
+input is read, and the two records made from it: `recorded` (what the user asked, kept in the
+manifest; a rerun that asks the same resumes) and `identity` (what decides the output's bytes,
+the checkpoints' key)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from .. import __version__
+from ..config import config_dict, parse_sets, resolve_config
+from ..errors import UsageError
+from ..registry import create_method
+from .checks import check_limits, check_seed, check_size
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..core import RealData
+
+LABEL_MODES = ("auto", "hard", "teacher", "learned")
+
+
+@dataclass(frozen=True)
+class DistillRequest:
+    """One `distill` run: the method with its resolved Config, the size (`ipc` or `ratio`), the
+    labels and where they come from, and how the output is written. Build it with `make`."""
+
+    method: str
+    config: Any                           # the method's frozen Config
+    teacher_config: Any                   # train.teacher.TeacherConfig of a teacher trained here
+    ipc: int | None = None
+    ratio: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    labels: str = "auto"
+    teacher: Path | None = None           # a user's teacher file
+    experts: Path | None = None           # a user's expert buffer (mtt, datm)
+    label_topk: int | None = None
+    shard_size: int = 1000
+    ckpt_every: int = 50
+    resume: bool = True
+    overwrite: bool = False
+
+    @classmethod
+    def make(cls, method: str, *, config: str | Path | None = None, sets: Iterable[str] = (),
+             flags: dict | None = None, teacher_sets: Iterable[str] = (), teacher: str | Path | None = None,
+             experts: str | Path | None = None, **fields) -> DistillRequest:
+        """The request of `distill`'s keywords, every value checked (UsageError naming the option).
+        The method's Config: explicit `flags` > `sets` > the `config` file > defaults;
+        `teacher_sets` configure a teacher trained here (a BatchNorm one for sre2l)."""
+        from ..train.teacher import TeacherConfig
+
+        m_cls, cfg = create_method(method, config_file=config, sets=sets, **(flags or {}))
+        if experts is not None and "experts" not in m_cls.info.extras:
+            raise UsageError(f"--experts does not apply to --method {method} (only to methods that match expert "
+                             "trajectories: mtt, datm)")
+        teacher_cfg = resolve_config(TeacherConfig, sets=list(teacher_sets))
+        if m_cls.info.needs_bn_teacher and "model" not in parse_sets(list(teacher_sets)):
+            from ..train.teacher_out import bn_variant
+
+            teacher_cfg = dataclasses.replace(teacher_cfg, model=bn_variant(teacher_cfg.model))
+        req = cls(method=method, config=cfg, teacher_config=teacher_cfg, teacher=Path(teacher) if teacher else None,
+                  experts=Path(experts) if experts else None, **fields)
+        req.check()
+        return req
+
+    def check(self) -> None:
+        """UsageError for a value out of range (what `make` checks; also for a request built directly)."""
+        from .. import dist
+
+        if dist.env_world() > 1 and not self.method_class.info.distributed:
+            raise UsageError(f"--method {self.method} does not support torchrun yet (WORLD_SIZE={dist.env_world()}); "
+                             "run it as one process")
+        check_seed(self.seed)
+        if self.labels not in LABEL_MODES:
+            raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {self.labels!r}")
+        check_size(self.ipc, self.ratio)
+        check_limits(shard_size=(self.shard_size, 1), ckpt_every=(self.ckpt_every, 0),
+                     label_topk=(self.label_topk, 1))
+
+    @property
+    def method_class(self) -> type:
+        from ..registry import get_method
+
+        return get_method(self.method)
+
+    def recorded(self, device: torch.device) -> dict:
+        """What was asked, as the manifest's `run.request`: an existing output with the same
+        request (and identity) is up to date, or resumes."""
+        return {"method": self.method, "config": config_dict(self.config), "ipc": self.ipc, "ratio": self.ratio,
+                "seed": self.seed, "device": device.type, "labels": self.labels,
+                "experts": str(self.experts) if self.experts else None,
+                "teacher_config": config_dict(self.teacher_config),
+                "teacher": str(self.teacher) if self.teacher else None, "version": __version__,
+                **self._topk()}
+
+    def identity(self, real: RealData, ipc: int, device: torch.device) -> dict:
+        """What decides the output's bytes for this input (`checkpoint.run_key` of it names the
+        checkpoints and the manifest's `run.key`)."""
+        return {"method": self.method, "config": config_dict(self.config), "ipc": ipc, "seed": self.seed,
+                "device": device.type, "fingerprint": real.source["fingerprint"], "labels": self.labels,
+                "class_names": real.class_names, "experts": str(self.experts) if self.experts else None,
+                "teacher_config": config_dict(self.teacher_config), **self._topk()}
+
+    def _topk(self) -> dict:
+        return {"label_topk": self.label_topk} if self.label_topk is not None else {}
