@@ -140,25 +140,6 @@ def draw_class(real: RealData, c: int, batch_real: int, strategy: str | None, ge
     return ClassDraw(idx, params)
 
 
-def init_image_rows(real: RealData, lo: int, hi: int, ipc: int, init: str, seed: int,
-                    device: torch.device) -> tuple[torch.Tensor, list[str | None], list[int]]:
-    """Rows [lo, hi) of the one-process initial images (class-major: class c's slots are rows
-    c·ipc … c·ipc + ipc − 1), their keys, and the classes they touch (torchrun: image slots
-    split over more ranks than classes)."""
-    classes = list(range(lo // ipc, (hi - 1) // ipc + 1))
-    full, keys = init_images_by_class(real, classes, ipc, init, seed, device)
-    at = lo - classes[0] * ipc
-    return full[at:at + hi - lo].clone(), keys[at:at + hi - lo], classes
-
-
-def slot_sharers(c: int, ipc: int, rows: "Split") -> list[int]:
-    """The ranks whose row blocks (`dist.Split` of the class-major rows) hold slots of class c."""
-    from ..dist import Split
-
-    blocks = [Split(rows.n, r, rows.world) for r in range(rows.world)]
-    return [r for r, b in enumerate(blocks) if b.lo < (c + 1) * ipc and b.hi > c * ipc]
-
-
 def synthesis_result(images: torch.Tensor, real: RealData, ipc: int, init_keys: list[str | None],
                      protocol: EvalProtocol, info: dict) -> CompressedSet:
     """CompressedSet of optimised images; `slot` is the image's position within its class."""
