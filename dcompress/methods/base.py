@@ -66,10 +66,6 @@ def select_on_teacher_features(real: RealData, spec: RunSpec, log: LogFn,
 # ---------------------------------------------------------------------------------------------
 # Shared by the synthesis methods
 
-def has_batchnorm(net: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
 def eval_model_for(model: str) -> str:
     """The evaluation network of a distillation network: ConvNet BN variants are evaluated
     without BN (reference `get_eval_pool('S')`: 'ConvNetBN' -> 'ConvNet')."""

@@ -26,12 +26,12 @@ from .. import dist
 from ..augment import dsa
 from ..config import Validated
 from ..errors import UsageError
-from ..nets import build_net
+from ..nets import build_net, has_batchnorm
 from ..registry import MethodInfo, register_method
 from ..train.loop import train_epoch
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from ..seeds import derive
-from .base import (check_ipc, class_labels, draw_class, eval_model_for, has_batchnorm, init_images_by_class,
+from .base import (check_ipc, class_labels, draw_class, eval_model_for, init_images_by_class,
                    parse_strategy_or_usage, synthesis_result)
 from .loop import SynthesisLoop
 

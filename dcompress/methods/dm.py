@@ -19,11 +19,11 @@ from .. import dist
 from ..augment import dsa
 from ..config import Validated
 from ..errors import UsageError
-from ..nets import build_net, embed
+from ..nets import build_net, embed, has_batchnorm
 from ..registry import MethodInfo, register_method
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from ..seeds import derive
-from .base import (ClassDraw, check_ipc, draw_class, eval_model_for, has_batchnorm, init_images_by_class,
+from .base import (ClassDraw, check_ipc, draw_class, eval_model_for, init_images_by_class,
                    parse_strategy_or_usage, synthesis_result)
 from .loop import SynthesisLoop
 
