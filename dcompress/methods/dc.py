@@ -151,8 +151,8 @@ def freeze_bn_stats(net: torch.nn.Module, x_real: torch.Tensor) -> None:
 
 @register_method
 class DC:
-    distributed = True      # torchrun: classes split over ranks, images all-gathered for the inner loop
-    info = MethodInfo("dc", "synthesis", "gradient matching per class on fresh random nets (Zhao et al. 2021)")
+    info = MethodInfo("dc", "synthesis", "gradient matching per class on fresh random nets (Zhao et al. 2021)",
+                      distributed=True)        # classes (or image slots) over the ranks: dist.ClassSplit
 
     @dataclass(frozen=True)
     class Config(Validated):
@@ -334,7 +334,8 @@ class DC:
 
 @register_method
 class DSA(DC):
-    info = MethodInfo("dsa", "synthesis", "DC gradient matching with Siamese differentiable augmentation (Zhao & Bilen 2021)")
+    info = MethodInfo("dsa", "synthesis", "DC gradient matching with Siamese differentiable augmentation (Zhao & Bilen 2021)",
+                      distributed=True)
 
     @dataclass(frozen=True)
     class Config(DC.Config):

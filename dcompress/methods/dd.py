@@ -60,8 +60,8 @@ def softplus_inv(y: float) -> float:
 
 @register_method
 class DD:
-    info = MethodInfo("dd", "synthesis", "dataset distillation: unrolled steps with learned per-step lrs")
-    distributed = True      # torchrun: each step's synthetic batch and the real batch split over ranks
+    info = MethodInfo("dd", "synthesis", "dataset distillation: unrolled steps with learned per-step lrs",
+                      distributed=True)        # each step's batch and the real batch over the ranks: dist.BatchParallel
 
     @dataclass(frozen=True)
     class Config(Validated):

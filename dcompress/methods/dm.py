@@ -139,8 +139,8 @@ def frozen_net(model: str, real: RealData, generator: torch.Generator, device: t
 
 @register_method
 class DM:
-    distributed = True      # torchrun: classes split over ranks (dcompress.dist, docs/distributed.md)
-    info = MethodInfo("dm", "synthesis", "distribution matching: class-mean embeddings of random nets (Zhao & Bilen 2023)")
+    info = MethodInfo("dm", "synthesis", "distribution matching: class-mean embeddings of random nets (Zhao & Bilen 2023)",
+                      distributed=True)        # classes (or image slots) over the ranks: dist.ClassSplit
 
     @dataclass(frozen=True)
     class Config(Validated):

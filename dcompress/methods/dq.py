@@ -106,9 +106,8 @@ def spread_bins(feats, labels: np.ndarray, n_bins: int, num_classes: int, **opti
 
 @register_method
 class DQ:
-    distributed = True      # torchrun: feature extraction and per-class GraphCut bins split over ranks
     info = MethodInfo("dq", "selection", "Dataset Quantization: GraphCut bins on a kNN graph, uniform per-bin sampling",
-                      needs_teacher=True)
+                      needs_teacher=True, distributed=True)   # features and per-class bins over the ranks
 
     @dataclass(frozen=True)
     class Config(Validated):

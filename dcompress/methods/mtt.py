@@ -165,8 +165,7 @@ def expert_buffer(real: RealData, spec: RunSpec, cfg, log: LogFn) -> tuple[Exper
 @register_method
 class MTT:
     info = MethodInfo("mtt", "synthesis", "matching training trajectories of expert networks (learned lr)",
-                      needs_experts=True, extras=("experts",))
-    distributed = True      # torchrun: each inner batch split over ranks, gradients summed (dist.BatchParallel)
+                      needs_experts=True, extras=("experts",), distributed=True)   # inner batches: dist.BatchParallel
 
     @dataclass(frozen=True)
     class Config(Validated):
