@@ -230,16 +230,6 @@ class Split:
         return list(range(self.lo, self.hi))
 
 
-def split(n: int, what: str = "classes", method: str = "") -> Split:
-    """This rank's block of `n` items; UsageError when there are fewer items than ranks."""
-    s = Split(n, rank(), world())
-    if s.world > n:
-        who = f"--method {method} " if method else ""
-        raise UsageError(f"{who}splits {what} over processes: {n} {what} for {s.world} processes; "
-                         f"use at most {n} processes")
-    return s
-
-
 def require_single(what: str) -> None:
     """UsageError under torchrun for work that does not split over ranks yet (instead of
     silently running the same job once per rank)."""
@@ -384,6 +374,97 @@ def gather_runs(results: dict[int, Any], n: int) -> list[Any]:
     for part in all_gather_object(results):
         merged.update(part)
     return [merged[i] for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-class methods (DM, DC/DSA, DQ): classes, or image slots, split over the ranks
+
+class ClassSplit:
+    """This rank's part of a per-class method's synthetic set: class-major rows (class c's slots
+    are rows c·ipc … c·ipc + ipc − 1), split over the ranks (docs/distributed.md).
+
+    Classes (world <= classes): each rank holds the rows of a contiguous block of classes; a
+    class's result depends on (seed, class) only, so the gathered set is the one-process set,
+    byte for byte. Image slots (world > classes, `slots=True`): each rank holds a contiguous
+    block of rows, i.e. slots of one or two classes; the method sums each class's parts over the
+    ranks sharing it (`real_part`, `counts`, `all_reduce_sum`): the one-process set up to the
+    order of float additions. One process: one block of every class, and every collective here
+    the identity.
+
+    Args:
+        num_classes, ipc: the set's shape (num_classes · ipc rows).
+        method: named in the UsageError for more ranks than the work splits into.
+        slots: whether the method can split image slots (else more ranks than classes is an error).
+        at: (rank, world) to simulate one rank of a job (tests); every collective stays the
+            identity outside torchrun. Default: this process's rank and world.
+    """
+
+    def __init__(self, num_classes: int, ipc: int, method: str = "", *, slots: bool = True,
+                 at: tuple[int, int] | None = None) -> None:
+        self.rank, self.world = at if at is not None else (rank(), world())
+        self.num_classes, self.ipc = num_classes, ipc
+        self.slots = slots and self.world > num_classes
+        n, what = (num_classes * ipc, "image slots") if self.slots else (num_classes, "classes")
+        if self.world > n:
+            who = f"--method {method} " if method else ""
+            raise UsageError(f"{who}splits {what} over processes: {n} {what} for {self.world} processes; "
+                             f"use at most {n} processes")
+        block = Split(n, self.rank, self.world)
+        self.lo, self.hi = (block.lo, block.hi) if self.slots else (block.lo * ipc, block.hi * ipc)
+        # the classes whose rows this rank holds, in order
+        self.classes = list(range(self.lo // ipc, (self.hi - 1) // ipc + 1)) if self.hi > self.lo else []
+        self.shard = RowShard(self.lo, self.hi, num_classes * ipc)
+
+    def initial(self, by_class) -> tuple[torch.Tensor, list]:
+        """This rank's rows of the initial set and their keys; `by_class(classes)` gives the
+        class-major rows [len(classes)·ipc, ...] of `classes` and their keys, each class drawn
+        on its own (methods.base.init_images_by_class)."""
+        images, keys = by_class(self.classes)
+        at, n = self.lo - self.classes[0] * self.ipc, self.hi - self.lo
+        if at == 0 and n == images.shape[0]:
+            return images, keys
+        return images[at:at + n].clone(), keys[at:at + n]
+
+    def rows_of(self, c: int) -> slice:
+        """Class c's rows within this rank's rows (all ipc of them unless slots are split)."""
+        return slice(max(self.lo, c * self.ipc) - self.lo, min(self.hi, (c + 1) * self.ipc) - self.lo)
+
+    def _sharers(self, c: int) -> list[int]:
+        blocks = [Split(self.num_classes * self.ipc, r, self.world) for r in range(self.world)]
+        return [r for r, b in enumerate(blocks) if b.lo < (c + 1) * self.ipc and b.hi > c * self.ipc]
+
+    def real_part(self, c: int, n: int) -> slice:
+        """This rank's block of class c's real batch of n (split over the ranks sharing c)."""
+        if not self.slots:
+            return slice(0, n)
+        who = self._sharers(c)
+        block = Split(n, who.index(self.rank), len(who))
+        return slice(block.lo, block.hi)
+
+    def counts(self, c: int) -> bool:
+        """Whether this rank counts class c's once-per-class terms (the first rank sharing it)."""
+        return not self.slots or self._sharers(c)[0] == self.rank
+
+    def loss(self, local: float, terms: "list[torch.Tensor] | torch.Tensor") -> float:
+        """The one-process loss from this rank's class terms, as one process adds them: scalar
+        terms (one per class) one by one in class order (`gather_sum`), or one [classes, ...]
+        tensor in one `.sum()`. One process: `local`, the loss it computed itself."""
+        if not active():
+            return local
+        if isinstance(terms, torch.Tensor):
+            return float(all_gather_cat(terms).sum())
+        return gather_sum(terms)
+
+    def gather(self, images: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows, in row order (detached; a copy in one process)."""
+        return all_gather_cat(images.detach()) if active() else images.detach().clone()
+
+    def gather_keys(self, keys: list) -> list:
+        return [k for part in all_gather_object(keys) for k in part] if active() else keys
+
+    def info(self) -> dict:
+        """For the manifest's info: how the set was split (nothing for classes or one process)."""
+        return {"split": "image slots"} if self.slots else {}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from .errors import UsageError
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """What `dcompress methods` prints about a method.
+    """Every fact about a method besides its Config (printed by `dcompress methods`, kept in the
+    catalog, read by the API before a run).
 
     Attributes:
         name: registry name used on the command line (`--method NAME`).
@@ -26,7 +27,10 @@ class MethodInfo:
         needs_teacher: True when the method itself needs a trained teacher network.
         extras: method-specific CLI inputs beyond its Config (`experts`: an expert buffer);
             giving one to another method is a usage error.
-        needs_bn_teacher: the method matches the teacher's BatchNorm statistics (sre2l).
+        needs_bn_teacher: the method matches the teacher's BatchNorm statistics (sre2l): the default
+            teacher network is swapped for its BatchNorm variant.
+        distributed: the method splits its work over torchrun's ranks (docs/distributed.md);
+            any other method refuses to run under torchrun.
     """
 
     name: str
@@ -35,8 +39,8 @@ class MethodInfo:
     needs_experts: bool = False
     needs_teacher: bool = False
     extras: tuple[str, ...] = ()
-    needs_bn_teacher: bool = False      # the teacher must have BatchNorm layers (sre2l): the default
-                                        # teacher network is swapped for its BatchNorm variant
+    needs_bn_teacher: bool = False
+    distributed: bool = False
 
 
 _METHODS: dict[str, type] = {}
@@ -80,15 +84,13 @@ CATALOG = Path(__file__).with_name("methods") / "catalog.json"
 
 
 def build_catalog() -> list[dict]:
-    """Every registered method's metadata and options (config key -> default), from the classes
+    """Every registered method's MethodInfo and options (config key -> default), from the classes
     themselves (imports the methods, hence torch). `tools/gen_method_catalog.py` writes it to
     CATALOG; `tests/unit/test_registry.py` fails when the file and the classes disagree."""
     rows = []
     for cls in list_methods():
-        i = cls.info
-        rows.append({"name": i.name, "kind": i.kind, "description": i.description, "needs_experts": i.needs_experts,
-                     "needs_teacher": i.needs_teacher, "extras": list(i.extras),
-                     "options": {f.name: _jsonable(f.default) for f in dataclasses.fields(cls.Config)}})
+        facts = {k: _jsonable(v) for k, v in dataclasses.asdict(cls.info).items()}
+        rows.append({**facts, "options": {f.name: _jsonable(f.default) for f in dataclasses.fields(cls.Config)}})
     return rows
 
 

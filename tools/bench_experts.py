@@ -162,7 +162,8 @@ def _evaluate(cset, real: RealData, test: RealData, args, dev, soft: bool) -> di
 
 def bench_matching(args) -> dict:
     from dcompress.methods.datm import DATM
-    from dcompress.methods.dd import DD, replay
+    from dcompress.methods.dd import DD
+    from dcompress.train.replay import replay
     from dcompress.methods.mtt import MTT
     from dcompress.core import RunSpec
 

@@ -66,10 +66,6 @@ def select_on_teacher_features(real: RealData, spec: RunSpec, log: LogFn,
 # ---------------------------------------------------------------------------------------------
 # Shared by the synthesis methods
 
-def has_batchnorm(net: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
 def eval_model_for(model: str) -> str:
     """The evaluation network of a distillation network: ConvNet BN variants are evaluated
     without BN (reference `get_eval_pool('S')`: 'ConvNetBN' -> 'ConvNet')."""
@@ -138,25 +134,6 @@ def draw_class(real: RealData, c: int, batch_real: int, strategy: str | None, ge
         params = _dsa.make_params(strategy, idx.numel(), real.image_shape, generator=generator,
                                  siamese=True, device=device)
     return ClassDraw(idx, params)
-
-
-def init_image_rows(real: RealData, lo: int, hi: int, ipc: int, init: str, seed: int,
-                    device: torch.device) -> tuple[torch.Tensor, list[str | None], list[int]]:
-    """Rows [lo, hi) of the one-process initial images (class-major: class c's slots are rows
-    c·ipc … c·ipc + ipc − 1), their keys, and the classes they touch (torchrun: image slots
-    split over more ranks than classes)."""
-    classes = list(range(lo // ipc, (hi - 1) // ipc + 1))
-    full, keys = init_images_by_class(real, classes, ipc, init, seed, device)
-    at = lo - classes[0] * ipc
-    return full[at:at + hi - lo].clone(), keys[at:at + hi - lo], classes
-
-
-def slot_sharers(c: int, ipc: int, rows: "Split") -> list[int]:
-    """The ranks whose row blocks (`dist.Split` of the class-major rows) hold slots of class c."""
-    from ..dist import Split
-
-    blocks = [Split(rows.n, r, rows.world) for r in range(rows.world)]
-    return [r for r, b in enumerate(blocks) if b.lo < (c + 1) * ipc and b.hi > c * ipc]
 
 
 def synthesis_result(images: torch.Tensor, real: RealData, ipc: int, init_keys: list[str | None],

@@ -26,15 +26,14 @@ from .. import dist
 from ..augment import dsa
 from ..config import Validated
 from ..errors import UsageError
-from ..nets import build_net
+from ..nets import build_net, has_batchnorm
 from ..registry import MethodInfo, register_method
 from ..train.loop import train_epoch
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
-from .base import check_ipc, class_labels
 from ..seeds import derive
+from .base import (check_ipc, class_labels, draw_class, eval_model_for, init_images_by_class,
+                   parse_strategy_or_usage, synthesis_result)
 from .loop import SynthesisLoop
-from .base import (draw_class, eval_model_for, has_batchnorm, init_image_rows, init_images_by_class,
-                   parse_strategy_or_usage, slot_sharers, synthesis_result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,8 +151,8 @@ def freeze_bn_stats(net: torch.nn.Module, x_real: torch.Tensor) -> None:
 
 @register_method
 class DC:
-    distributed = True      # torchrun: classes split over ranks, images all-gathered for the inner loop
-    info = MethodInfo("dc", "synthesis", "gradient matching per class on fresh random nets (Zhao et al. 2021)")
+    info = MethodInfo("dc", "synthesis", "gradient matching per class on fresh random nets (Zhao et al. 2021)",
+                      distributed=True)        # classes (or image slots) over the ranks: dist.ClassSplit
 
     @dataclass(frozen=True)
     class Config(Validated):
@@ -227,10 +226,10 @@ class DC:
             total += loss_c.detach()
         return float(total)          # one device sync per outer step
 
-    def match_step_slots(self, net: torch.nn.Module, real: RealData, images: torch.Tensor, ipc: int, generator,
-                         rows: "dist.Split", classes: list[int]) -> float:
-        """`match_step` for torchrun jobs with more ranks than classes: this rank holds the rows
-        [rows.lo, rows.hi) of the class-major set, i.e. slots of `classes`.
+    def match_step_slots(self, net: torch.nn.Module, real: RealData, images: torch.Tensor, generator,
+                         split: dist.ClassSplit) -> float:
+        """`match_step` with image slots split over the ranks (`split.slots`: more ranks than
+        classes): this rank holds slots of `split.classes`.
 
         A class's term needs its whole synthetic-batch gradient g_syn = Σ_slots ∇CE / ipc and
         its whole real-batch gradient. Each rank sharing class c computes the parts of both from
@@ -238,72 +237,72 @@ class DC:
         one all-reduce of a [classes, 2, P] buffer (P: the matched parameters) sums them, and
         each rank back-propagates ⟨∂D/∂g_syn, its own part⟩ into its slots: the one-process
         gradient up to the order of float additions. Returns the one-process loss."""
-        device = images.device
+        device, ipc = images.device, split.ipc
         matched = matched_params(net, self.config.dis_metric)
         sizes = [p.numel() for p in matched]
-        n_cls = real.num_classes
-        buf = torch.zeros(n_cls, 2, sum(sizes), device=device)
+        buf = torch.zeros(split.num_classes, 2, sum(sizes), device=device)
         parts = {}
-        for c in classes:
+        for c in split.classes:
             d = draw_class(real, c, self.config.batch_real, self.strategy, generator(c), device)
             idx, params = d.real_idx, d.aug
-            who = slot_sharers(c, ipc, rows)
-            block = dist.Split(idx.numel(), who.index(rows.rank), len(who))
-            lo, hi = max(rows.lo, c * ipc) - rows.lo, min(rows.hi, (c + 1) * ipc) - rows.lo
-            xs = images[lo:hi] if params is None else dsa.apply(images[lo:hi], params)
+            xs = images[split.rows_of(c)]
+            xs = xs if params is None else dsa.apply(xs, params)
             g_syn = _summed_class_gradients(net, xs, c, matched, scale=1 / ipc, create_graph=True)
-            if block.hi > block.lo:
-                xr = real.get(idx[block.lo:block.hi], device)
+            mine = idx[split.real_part(c, idx.numel())]
+            if mine.numel():
+                xr = real.get(mine, device)
                 xr = xr if params is None else dsa.apply(xr, params)
                 g_real = _summed_class_gradients(net, xr, c, matched, scale=1 / idx.numel(), create_graph=False)
                 buf[c, 0] = torch.cat([g.reshape(-1) for g in g_real])
             buf[c, 1] = torch.cat([g.detach().reshape(-1) for g in g_syn])
-            parts[c] = (g_syn, who[0] == rows.rank)
+            parts[c] = g_syn
         dist.all_reduce_sum(buf)
-        terms = torch.zeros(n_cls, dtype=torch.float64)
+        terms = torch.zeros(split.num_classes, dtype=torch.float64)
         surrogate = images.new_zeros(())
-        for c, (g_syn, first) in parts.items():
+        for c, g_syn in parts.items():
             tot_syn = [t.view_as(p).requires_grad_(True) for t, p in zip(buf[c, 1].split(sizes), matched)]
             tot_real = [t.view_as(p) for t, p in zip(buf[c, 0].split(sizes), matched)]
             loss_c = match_loss(tot_syn, tot_real, self.config.dis_metric)
             d_syn = torch.autograd.grad(loss_c, tot_syn)
             surrogate = surrogate + sum((d * g).sum() for d, g in zip(d_syn, g_syn))
-            if first:                          # each class's term counted once over the ranks
+            if split.counts(c):                # each class's term counted once over the ranks
                 terms[c] = float(loss_c.detach())
         surrogate.backward(inputs=[images])
         dist.all_reduce_sum(terms)
         return float(terms.sum())
+
+    def match(self, net: torch.nn.Module, real: RealData, images: torch.Tensor, generator,
+              split: dist.ClassSplit) -> float:
+        """Σ_c D(g_real,c, g_syn,c) over this rank's classes, back-propagated into `images.grad`;
+        returns the one-process loss (classes split: gathered from every rank's class terms,
+        added as one process adds them)."""
+        if split.slots:
+            return self.match_step_slots(net, real, images, generator, split)
+        terms: list[torch.Tensor] = []
+        local = self.match_step(net, real, images, split.ipc, generator, classes=split.classes, terms=terms)
+        return split.loss(local, terms)
 
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
         """Algorithm 1 of the paper. Iteration `it` draws the network init, BN batches and
         inner-loop shuffles from `derive(seed, it)` and class c's real batch and DSA parameters of
         outer step `ol` from `derive(seed, it, ol, c)`: a resumed run needs no RNG state.
 
-        Under torchrun each rank matches its block of classes (its rows of the synthetic set) and
-        the inner loop, which trains on all synthetic images, gets them all-gathered after each
-        outer step: every rank trains the same network on the same bytes, and the result is that
-        of one process. With more ranks than classes each rank holds a block of image slots instead
-        (`match_step_slots`): the same maths, the bytes up to rounding."""
+        Under torchrun each rank matches its classes' rows of the synthetic set (or, with more ranks
+        than classes, its image slots; `dist.ClassSplit`), and the inner loop, which trains on all
+        synthetic images, gets them all-gathered after each outer step: every rank trains the same
+        network on the same rows."""
         cfg, ipc, device, name = self.config, spec.ipc, torch.device(spec.device), self.info.name
         check_ipc(real, ipc)
         outer, inner = dc_loops(ipc, cfg.outer_loop, cfg.inner_loop)
         ch, h, w = real.image_shape
-        slots = dist.world() > real.num_classes
-        if slots:
-            rows = dist.split(real.num_classes * ipc, "image slots", name)
-            images, init_keys, part_classes = init_image_rows(real, rows.lo, rows.hi, ipc, cfg.pix_init, spec.seed,
-                                                              device)
-            shard = dist.RowShard(rows.lo, rows.hi, real.num_classes * ipc)
-        else:
-            part = dist.split(real.num_classes, "classes", name)
-            part_classes = part.items
-            images, init_keys = init_images_by_class(real, part.items, ipc, cfg.pix_init, spec.seed, device)
-            shard = dist.RowShard(part.lo * ipc, part.hi * ipc, real.num_classes * ipc)
+        split = dist.ClassSplit(real.num_classes, ipc, name)
+        images, init_keys = split.initial(
+            lambda classes: init_images_by_class(real, classes, ipc, cfg.pix_init, spec.seed, device))
         images.requires_grad_(True)
         labels = class_labels(real.num_classes, ipc).to(device)
         opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
         loop = SynthesisLoop(name, cfg.iterations, spec, log, state={"images": images, "optimizer": opt_img},
-                             shard=shard)
+                             shard=split.shard)
         for it in loop:
             g = derive(spec.seed, it)
             net = build_net(cfg.model, ch, real.num_classes, (h, w), generator=g).to(device)
@@ -316,36 +315,27 @@ class DC:
                     idx = torch.cat([real.sample_class(c, BN_IMAGES_PER_CLASS, g) for c in range(real.num_classes)])
                     freeze_bn_stats(net, real.get(idx, device))
                 opt_img.zero_grad(set_to_none=True)
-                draws = lambda c, it=it, ol=ol: derive(spec.seed, it, ol, c)    # noqa: E731
-                terms: list | None = [] if dist.active() and not slots else None
-                if slots:
-                    loss = self.match_step_slots(net, real, images, ipc, draws, rows, part_classes)
-                else:
-                    loss = self.match_step(net, real, images, ipc, draws, classes=part_classes, terms=terms)
-                if terms is not None:
-                    loss = dist.gather_sum(terms)        # the one-process sum (logs, non-finite guard)
+                loss = self.match(net, real, images, lambda c, it=it, ol=ol: derive(spec.seed, it, ol, c), split)
                 if not math.isfinite(loss):
                     loop.done(loss)                      # raises NonFiniteLoss naming the iteration
                 opt_img.step()
                 loss_sum += loss
                 if ol == outer - 1:
                     break
-                syn = dist.all_gather_cat(images.detach()) if dist.active() else images.detach().clone()
+                syn = split.gather(images)
                 for _ in range(inner):
                     train_epoch(net, opt_net, syn, labels, None, batch_size=cfg.batch_train, generator=g,
                                 aug=self.strategy)
             loop.done(loss_sum / (outer * real.num_classes))   # the reference's logged loss_avg
-        if dist.active():
-            images = dist.all_gather_cat(images.detach())
-            init_keys = [k for keys in dist.all_gather_object(init_keys) for k in keys]
         info = {"pix_init": cfg.pix_init, "outer_loop": outer, "inner_loop": inner, "dis_metric": cfg.dis_metric,
-                **({"split": "image slots"} if slots else {}), **loop.summary()}
-        return synthesis_result(images, real, ipc, init_keys, self.protocol(), info)
+                **split.info(), **loop.summary()}
+        return synthesis_result(split.gather(images), real, ipc, split.gather_keys(init_keys), self.protocol(), info)
 
 
 @register_method
 class DSA(DC):
-    info = MethodInfo("dsa", "synthesis", "DC gradient matching with Siamese differentiable augmentation (Zhao & Bilen 2021)")
+    info = MethodInfo("dsa", "synthesis", "DC gradient matching with Siamese differentiable augmentation (Zhao & Bilen 2021)",
+                      distributed=True)
 
     @dataclass(frozen=True)
     class Config(DC.Config):

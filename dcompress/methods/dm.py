@@ -19,14 +19,13 @@ from .. import dist
 from ..augment import dsa
 from ..config import Validated
 from ..errors import UsageError
-from ..nets import build_net, embed
+from ..nets import build_net, embed, has_batchnorm
 from ..registry import MethodInfo, register_method
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
-from .base import check_ipc
 from ..seeds import derive
+from .base import (ClassDraw, check_ipc, draw_class, eval_model_for, init_images_by_class,
+                   parse_strategy_or_usage, synthesis_result)
 from .loop import SynthesisLoop
-from .base import (ClassDraw, draw_class, eval_model_for, has_batchnorm, init_image_rows,  # noqa: F401
-                   init_images_by_class, parse_strategy_or_usage, slot_sharers, synthesis_result)
 
 
 def _aug(x: torch.Tensor, params) -> torch.Tensor:
@@ -39,7 +38,7 @@ def dm_loss_per_class(net: torch.nn.Module, real: RealData, images: torch.Tensor
 
     With `backward`, each class's term is back-propagated at once (gradients add up in
     `images.grad`), so only one class's graph is alive at a time. Returns the total loss;
-    `terms` (a list) receives each class's term (see `global_loss`).
+    `terms` (a list) receives each class's term (see `dm_loss`).
     """
     device = images.device
     total = torch.zeros((), device=device)
@@ -62,7 +61,7 @@ def dm_loss_batched(net: torch.nn.Module, real: RealData, images: torch.Tensor, 
 
     Same loss and gradient as `dm_loss_per_class` for nets without batch statistics; for BN nets
     it is the reference's behaviour (statistics mixed across classes). `terms` (a list) receives
-    the per-class squared differences [classes, D] (see `global_loss`).
+    the per-class squared differences [classes, D] (see `dm_loss`).
     """
     device = images.device
     num_classes = len(draws)
@@ -81,13 +80,51 @@ def dm_loss_batched(net: torch.nn.Module, real: RealData, images: torch.Tensor, 
     return float(loss.detach())
 
 
-def global_loss(terms: list[torch.Tensor], batched: bool) -> float:
-    """The one-process loss from every rank's per-class terms (torchrun), summed as one process
-    sums them: per-class form, scalar terms added one by one in class order; batched form, the
-    [classes, D] squared differences of all classes in one `.sum()`. Same bits as one process."""
-    if batched:
-        return float(dist.all_gather_cat(terms[0]).sum())
-    return dist.gather_sum(terms)
+def dm_loss_slots(net: torch.nn.Module, real: RealData, images: torch.Tensor, draws: dict[int, ClassDraw],
+                  split: dist.ClassSplit) -> float:
+    """DM's loss with image slots split over the ranks (`split.slots`: more ranks than classes);
+    back-propagated into this rank's rows; returns the one-process loss.
+
+    A class's loss needs the mean embedding of all its slots and of its whole real batch, so
+    the ranks sharing class c each embed their slots and their block of the real batch (the
+    class's draws are the same on every rank: `derive(seed, it, c)`), and one all-reduce of
+    the per-class embedding sums ([classes, 2, D] floats) gives every rank both means. Each rank
+    then back-propagates ∂L/∂(slot sum of c) = −2 (mean_real − mean_syn) / ipc into its
+    own slots. Same loss and gradients as one process up to the order of float additions.
+    """
+    device, ipc = images.device, split.ipc
+    sums, mine, counts = None, {}, torch.zeros(split.num_classes, dtype=torch.float64)
+    for c, d in draws.items():
+        fs = embed(net, _aug(images[split.rows_of(c)], d.aug)).sum(0)
+        with torch.no_grad():
+            idx = d.real_idx[split.real_part(c, d.real_idx.numel())]
+            fr = embed(net, _aug(real.get(idx, device), d.aug)).sum(0) if idx.numel() else torch.zeros_like(fs)
+        if sums is None:
+            sums = torch.zeros(split.num_classes, 2, fs.shape[-1], device=device)
+        sums[c, 0] += fr
+        sums[c, 1] += fs.detach()
+        if split.counts(c):                    # each class's real batch size, counted once
+            counts[c] = d.real_idx.numel()
+        mine[c] = fs
+    dist.all_reduce_sum(sums)
+    dist.all_reduce_sum(counts)
+    diff = sums[:, 0] / counts.to(sums.dtype)[:, None] - sums[:, 1] / ipc
+    local = sum((-2 / ipc * diff[c]).detach().mul(fs).sum() for c, fs in mine.items())
+    local.backward()
+    return float((diff ** 2).sum())
+
+
+def dm_loss(net: torch.nn.Module, real: RealData, images: torch.Tensor, draws: dict[int, ClassDraw],
+            split: dist.ClassSplit, batched: bool) -> float:
+    """Σ_c ‖mean f(A_c(real_c)) − mean f(A_c(S_c))‖² over this rank's classes `draws` (class ->
+    its draws), back-propagated into `images.grad`; returns the one-process loss (under torchrun,
+    summed from every rank's class terms as one process sums them: the same bits)."""
+    if split.slots:
+        return dm_loss_slots(net, real, images, draws, split)
+    terms: list[torch.Tensor] = []
+    form = dm_loss_batched if batched else dm_loss_per_class
+    local = form(net, real, images, split.ipc, list(draws.values()), terms=terms)
+    return split.loss(local, terms[0] if batched else terms)
 
 
 def frozen_net(model: str, real: RealData, generator: torch.Generator, device: torch.device) -> torch.nn.Module:
@@ -102,8 +139,8 @@ def frozen_net(model: str, real: RealData, generator: torch.Generator, device: t
 
 @register_method
 class DM:
-    distributed = True      # torchrun: classes split over ranks (dcompress.dist, docs/distributed.md)
-    info = MethodInfo("dm", "synthesis", "distribution matching: class-mean embeddings of random nets (Zhao & Bilen 2023)")
+    info = MethodInfo("dm", "synthesis", "distribution matching: class-mean embeddings of random nets (Zhao & Bilen 2023)",
+                      distributed=True)        # classes (or image slots) over the ranks: dist.ClassSplit
 
     @dataclass(frozen=True)
     class Config(Validated):
@@ -134,115 +171,43 @@ class DM:
         self.strategy = parse_strategy_or_usage(config.dsa_strategy)
 
     def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
-        check_ipc(real, spec.ipc)
-        if dist.world() > real.num_classes:       # more ranks than classes: split the image slots
-            rows = dist.split(real.num_classes * spec.ipc, "image slots", "dm")
-            images, init_keys, info = self.synthesize_slots(real, spec, log, rows)
-        else:
-            part = dist.split(real.num_classes, "classes", "dm")      # all classes in one process
-            shard = dist.RowShard(part.lo * spec.ipc, part.hi * spec.ipc, real.num_classes * spec.ipc)
-            images, init_keys, info = self.synthesize(real, spec, log, part.items, shard=shard)
-        if dist.active():
-            images = dist.all_gather_cat(images.detach())
-            init_keys = [k for keys in dist.all_gather_object(init_keys) for k in keys]
-        protocol = EvalProtocol(name="dm", model=eval_model_for(self.config.model), epochs=1000, aug=self.strategy)
-        return synthesis_result(images, real, spec.ipc, init_keys, protocol, info)
-
-    def synthesize(self, real: RealData, spec: RunSpec, log: LogFn,
-                   classes: list[int], shard: dist.RowShard | None = None
-                   ) -> tuple[torch.Tensor, list[str | None], dict]:
-        """The synthetic images of `classes` (in that order), their init keys and the run info.
-
-        Every draw is derived from (seed, iteration[, class]): the network of iteration `it` from
+        """Every draw is derived from (seed, iteration[, class]): the network of iteration `it` from
         `derive(seed, it, "net")`, class c's real batch and Siamese DSA draw from
         `derive(seed, it, c)`. DM's loss is a sum of per-class terms and its SGD step is
-        element-wise, so a class's images do not depend on which other classes run beside it
-        (per-class form; the batched form does the same maths in one forward).
-
-        Under torchrun each rank passes its block of classes and `shard` (its rows of the
-        one-process images): the loss is gathered from every rank's per-class terms so that
-        logs and checkpoints are those of one process (`global_loss`).
-        """
+        element-wise, so a class's images do not depend on which other classes run beside it:
+        under torchrun each rank optimises its classes' rows (or, with more ranks than classes,
+        its image slots; `dist.ClassSplit`) and the rows are gathered at the end."""
         cfg, ipc, device = self.config, spec.ipc, torch.device(spec.device)
-        images, init_keys = init_images_by_class(real, classes, ipc, cfg.pix_init, spec.seed, device)
+        check_ipc(real, ipc)
+        split = dist.ClassSplit(real.num_classes, ipc, "dm")
+        images, init_keys = split.initial(
+            lambda classes: init_images_by_class(real, classes, ipc, cfg.pix_init, spec.seed, device))
         images.requires_grad_(True)
         opt = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
         loop = SynthesisLoop("dm", cfg.iterations, spec, log, state={"images": images, "optimizer": opt},
-                             shard=shard)
-        batched = cfg.batched if cfg.batched is not None else device.type == "cuda"
+                             shard=split.shard)
+        batched = not split.slots and (cfg.batched if cfg.batched is not None else device.type == "cuda")
         for it in loop:
             net = frozen_net(cfg.model, real, derive(spec.seed, it, "net"), device)
             if has_batchnorm(net):
-                if dist.active():
-                    raise UsageError("dm: a BatchNorm model mixes the statistics of all classes, so it does not "
-                                     "split over processes; run it as one process (or use a model without BN)")
-                if cfg.batched is False:
-                    raise UsageError("dm: batched=false is not possible with a BatchNorm model; the reference "
-                                     "concatenates all classes for BN nets (leave batched unset)")
-                batched = True
-            draws = [draw_class(real, c, cfg.batch_real, self.strategy, derive(spec.seed, it, c), device)
-                     for c in classes]
+                batched = self.batchnorm_form(split)
+            draws = {c: draw_class(real, c, cfg.batch_real, self.strategy, derive(spec.seed, it, c), device)
+                     for c in split.classes}
             opt.zero_grad(set_to_none=True)
-            terms: list | None = [] if dist.active() else None
-            loss = (dm_loss_batched if batched else dm_loss_per_class)(net, real, images, ipc, draws, terms=terms)
-            if terms is not None:
-                loss = global_loss(terms, batched)
+            loss = dm_loss(net, real, images, draws, split, batched)
             opt.step()
             loop.done(loss)
-        return images, init_keys, {"pix_init": cfg.pix_init, "batched": batched, **loop.summary()}
+        info = {"pix_init": cfg.pix_init, "batched": batched, **split.info(), **loop.summary()}
+        protocol = EvalProtocol(name="dm", model=eval_model_for(self.config.model), epochs=1000, aug=self.strategy)
+        return synthesis_result(split.gather(images), real, ipc, split.gather_keys(init_keys), protocol, info)
 
-    def synthesize_slots(self, real: RealData, spec: RunSpec, log: LogFn, rows: "dist.Split"
-                         ) -> tuple[torch.Tensor, list[str | None], dict]:
-        """Rows [rows.lo, rows.hi) of the one-process images (class-major: class c's slots are rows
-        c·ipc … c·ipc + ipc − 1), for torchrun jobs with more ranks than classes.
-
-        A class's loss needs the mean embedding of all its slots and of its whole real batch, so
-        the ranks sharing class c each embed their slots and their block of the real batch (the
-        class's draws are the same on every rank: `derive(seed, it, c)`), and one all-reduce of
-        the per-class embedding sums ([classes, 2, D] floats) gives every rank both means. Each rank
-        then back-propagates ∂L/∂(slot sum of c) = −2 (mean_real − mean_syn) / ipc into its
-        own slots. Same loss and gradients as one process up to the order of float additions
-        (not the same bytes; docs/distributed.md).
-        """
-        cfg, ipc, device = self.config, spec.ipc, torch.device(spec.device)
-        n_cls = real.num_classes
-        images, init_keys, classes = init_image_rows(real, rows.lo, rows.hi, ipc, cfg.pix_init, spec.seed, device)
-        images.requires_grad_(True)
-        opt = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum)
-        loop = SynthesisLoop("dm", cfg.iterations, spec, log, state={"images": images, "optimizer": opt},
-                             shard=dist.RowShard(rows.lo, rows.hi, n_cls * ipc))
-        for it in loop:
-            net = frozen_net(cfg.model, real, derive(spec.seed, it, "net"), device)
-            if has_batchnorm(net):
-                raise UsageError("dm: a BatchNorm model mixes the statistics of all classes, so it does not "
-                                 "split over processes; run it as one process (or use a model without BN)")
-            opt.zero_grad(set_to_none=True)
-            sums, mine, counts = None, {}, torch.zeros(n_cls, dtype=torch.float64)
-            for c in classes:
-                d = draw_class(real, c, cfg.batch_real, self.strategy, derive(spec.seed, it, c), device)
-                who = slot_sharers(c, ipc, rows)
-                block = dist.Split(d.real_idx.numel(), who.index(rows.rank), len(who))
-                lo, hi = max(rows.lo, c * ipc) - rows.lo, min(rows.hi, (c + 1) * ipc) - rows.lo
-                fs = embed(net, _aug(images[lo:hi], d.aug)).sum(0)
-                with torch.no_grad():
-                    idx = d.real_idx[block.lo:block.hi]
-                    fr = embed(net, _aug(real.get(idx, device), d.aug)).sum(0) if idx.numel() else torch.zeros_like(fs)
-                if sums is None:
-                    sums = torch.zeros(n_cls, 2, fs.shape[-1], device=device)
-                sums[c, 0] += fr
-                sums[c, 1] += fs.detach()
-                if who[0] == rows.rank:            # each class's real batch size, counted once
-                    counts[c] = d.real_idx.numel()
-                mine[c] = fs
-            dist.all_reduce_sum(sums)
-            dist.all_reduce_sum(counts)
-            mean_real = sums[:, 0] / counts.to(sums.dtype)[:, None]
-            mean_syn = sums[:, 1] / ipc
-            diff = mean_real - mean_syn
-            loss = float((diff ** 2).sum())
-            local = sum((-2 / ipc * diff[c]).detach().mul(fs).sum() for c, fs in mine.items())
-            local.backward()
-            opt.step()
-            loop.done(loss)
-        return images, init_keys, {"pix_init": cfg.pix_init, "batched": False, "split": "image slots",
-                                   **loop.summary()}
+    def batchnorm_form(self, split: dist.ClassSplit) -> bool:
+        """The loss form of a BatchNorm network (batched: the reference mixes the statistics of
+        all classes in one forward); UsageError where that is impossible."""
+        if split.world > 1:
+            raise UsageError("dm: a BatchNorm model mixes the statistics of all classes, so it does not "
+                             "split over processes; run it as one process (or use a model without BN)")
+        if self.config.batched is False:
+            raise UsageError("dm: batched=false is not possible with a BatchNorm model; the reference "
+                             "concatenates all classes for BN nets (leave batched unset)")
+        return True

@@ -84,12 +84,12 @@ def load_features(path: str, real: RealData) -> np.ndarray:
 
 
 def spread_bins(feats, labels: np.ndarray, n_bins: int, num_classes: int, **options) -> tuple[np.ndarray, dict]:
-    """`make_bins`, its classes split over torchrun's ranks (contiguous blocks) and merged: a
+    """`make_bins`, its classes split over torchrun's ranks (`dist.ClassSplit`) and merged: a
     class's bins depend on its own samples only, so the merged bins are those of one process;
     the info lists every class in order (timings summed). One process: `make_bins` itself."""
     if not dist.active():
         return make_bins(feats, labels, n_bins, **options)
-    part = dist.split(num_classes, "classes", "dq")
+    part = dist.ClassSplit(num_classes, 1, "dq", slots=False)
     mine = np.flatnonzero((labels >= part.lo) & (labels < part.hi))
     local = tuple(f[mine] for f in feats) if isinstance(feats, tuple) else feats[mine]
     b, info = make_bins(local, labels[mine], n_bins, **options) if mine.size else (np.zeros(0, np.int32), None)
@@ -106,9 +106,8 @@ def spread_bins(feats, labels: np.ndarray, n_bins: int, num_classes: int, **opti
 
 @register_method
 class DQ:
-    distributed = True      # torchrun: feature extraction and per-class GraphCut bins split over ranks
     info = MethodInfo("dq", "selection", "Dataset Quantization: GraphCut bins on a kNN graph, uniform per-bin sampling",
-                      needs_teacher=True)
+                      needs_teacher=True, distributed=True)   # features and per-class bins over the ranks
 
     @dataclass(frozen=True)
     class Config(Validated):

@@ -29,10 +29,10 @@ from ..errors import InputDataError, NonFiniteLoss, UsageError
 from ..registry import MethodInfo, register_method
 from ..train.buffer import ExpertBuffer
 from ..train.experts import ExpertConfig, default_buffer_dir, train_experts
-from ..train.unroll import (UnrollResult, available_memory_bytes, choose_mode, full_graph_bytes_estimate,
-                            step_graph_bytes, unroll)
+from ..train.unroll import UnrollResult, pick_memory_mode, unroll
 from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
-from .base import check_ipc, class_labels, has_batchnorm, noise_init, real_init
+from ..nets import has_batchnorm
+from .base import check_ipc, class_labels, noise_init, real_init
 from ..seeds import derive
 from .loop import SynthesisLoop
 
@@ -125,24 +125,6 @@ def trajectory_loss_fns(net: torch.nn.Module, theta0: torch.Tensor, target: torc
     return inner, outer
 
 
-def pick_memory_mode(setting: str, inner, lr_fn, theta0: torch.Tensor, steps: int, device: torch.device,
-                     log: LogFn) -> tuple[str, dict]:
-    """`setting` unless "auto"; then ("constant" under torchrun, else) "full" when steps × (measured bytes of one unrolled step), with
-    the engine's headroom, fits the free memory (CUDA free memory, or MemAvailable), else "constant"."""
-    if setting != "auto":
-        return setting, {"memory": setting, "memory_choice": "configured"}
-    if dist.active():      # torchrun: unroll computes "full" by the exact adjoint anyway (train.unroll)
-        return "constant", {"memory": "constant", "memory_choice": "torchrun"}
-    step_b = step_graph_bytes(inner, lr_fn, theta0)
-    est = full_graph_bytes_estimate(step_b, steps)
-    avail = available_memory_bytes(device)
-    mode = choose_mode(est, avail)
-    info = {"memory": mode, "memory_choice": "auto", "full_graph_estimate_bytes": est,
-            "step_graph_bytes": step_b, "available_bytes": avail}
-    log({"event": "memory_mode", **info})
-    return mode, info
-
-
 def expert_buffer(real: RealData, spec: RunSpec, cfg, log: LogFn) -> tuple[ExpertBuffer, dict]:
     """The buffer of `--experts`, or the default one in the cache (trained now if missing)."""
     path = spec.experts
@@ -183,8 +165,7 @@ def expert_buffer(real: RealData, spec: RunSpec, cfg, log: LogFn) -> tuple[Exper
 @register_method
 class MTT:
     info = MethodInfo("mtt", "synthesis", "matching training trajectories of expert networks (learned lr)",
-                      needs_experts=True, extras=("experts",))
-    distributed = True      # torchrun: each inner batch split over ranks, gradients summed (dist.BatchParallel)
+                      needs_experts=True, extras=("experts",), distributed=True)   # inner batches: dist.BatchParallel
 
     @dataclass(frozen=True)
     class Config(Validated):

@@ -32,9 +32,10 @@ from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
 from ..errors import UsageError
 from ..registry import MethodInfo, register_method
 from ..seeds import derive
-from .base import check_ipc, has_batchnorm, init_images_by_class
+from ..augment.crop import crop_box
+from ..nets import has_batchnorm
+from .base import check_ipc, init_images_by_class
 from .loop import SynthesisLoop
-from .rded import crop_box
 
 
 def crop_lower_bound(it: int, total: int, min_scale: float, max_scale: float, cda: bool, mode: str,

@@ -1,4 +1,4 @@
-"""Networks by name: `build_net`, `list_nets`, `embed`, `feature_dim`.
+"""Networks by name: `build_net`, `list_nets`, `embed`, `feature_dim`, `has_batchnorm`.
 
 Names (case-insensitive):
 
@@ -41,11 +41,9 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 from .convnet import ConvNet, LeNet, MLP
-from .functional import flat_params, forward_flat, load_flat_, param_shapes, unflatten
 
 __all__ = ["build_net", "arch_name", "auto_depth", "auto_stem", "check_name", "list_nets", "embed", "feature_dim",
-           "NetConfigError",
-           "flat_params", "forward_flat", "load_flat_", "param_shapes", "unflatten"]
+           "has_batchnorm", "NetConfigError"]
 
 
 class NetConfigError(UsageError, ValueError):
@@ -234,3 +232,8 @@ def feature_dim(net: nn.Module) -> int:
     if dim is None:
         dim = net.classifier.in_features
     return int(dim)
+
+
+def has_batchnorm(net: nn.Module) -> bool:
+    """Whether `net` has a BatchNorm layer (batch statistics: a batch split over ranks changes them)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())

@@ -206,7 +206,7 @@ def teacher_parallel(net: torch.nn.Module, cfg: TeacherConfig) -> "dist.BatchPar
     gradients summed (`train_epoch`); the one-process network up to float rounding. A BatchNorm
     teacher would normalise each rank's block by its own statistics (torch's SyncBatchNorm runs
     on GPUs only): refused, so train it as one process and pass it with --teacher."""
-    from ..methods.base import has_batchnorm
+    from ..nets import has_batchnorm
 
     bp = dist.BatchParallel()
     if bp.active and has_batchnorm(net):

@@ -36,11 +36,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..dist import BatchParallel
+from ..dist import BatchParallel, active
 from ..errors import NonFiniteLoss
 
 __all__ = ["MODES", "UnrollResult", "unroll", "step_graph_bytes", "full_graph_bytes_estimate",
-           "constant_bytes_estimate", "choose_mode", "available_memory_bytes"]
+           "constant_bytes_estimate", "choose_mode", "available_memory_bytes", "pick_memory_mode"]
 
 MODES = ("full", "constant", "tesla")
 
@@ -297,3 +297,23 @@ def available_memory_bytes(device: torch.device | str) -> int:
     except OSError:
         pass
     raise RuntimeError(f"cannot read the free memory of {device}; pass available_bytes explicitly")
+
+
+def pick_memory_mode(setting: str, inner, lr_fn, theta0: torch.Tensor, steps: int, device: torch.device,
+                     log: Callable[[dict], None]) -> tuple[str, dict]:
+    """The memory mode of an unrolled method (MTT, DATM, DD) and what decided it, for the manifest:
+    `setting` unless "auto"; then "constant" under torchrun, else "full" when `steps` × the
+    measured bytes of one unrolled step, with FULL_MODE_HEADROOM, fits the free memory (CUDA
+    free memory, or MemAvailable), else "constant". `log` receives the measured figures."""
+    if setting != "auto":
+        return setting, {"memory": setting, "memory_choice": "configured"}
+    if active():      # torchrun: unroll computes "full" by the exact adjoint anyway (train.unroll)
+        return "constant", {"memory": "constant", "memory_choice": "torchrun"}
+    step_b = step_graph_bytes(inner, lr_fn, theta0)
+    est = full_graph_bytes_estimate(step_b, steps)
+    avail = available_memory_bytes(device)
+    mode = choose_mode(est, avail)
+    info = {"memory": mode, "memory_choice": "auto", "full_graph_estimate_bytes": est,
+            "step_graph_bytes": step_b, "available_bytes": avail}
+    log({"event": "memory_mode", **info})
+    return mode, info

@@ -85,7 +85,7 @@ def test_dd_distill_and_replay(shards, tmp_path):
     assert len(m["learned"]["lrs"]) == 2 and all(v > 0 for v in m["learned"]["lrs"]) and rep["learned_lr"] is None
     assert m["eval_protocol"]["name"] == "dd" and m["info"]["replay"]["distill_steps"] == 1
     from dcompress.api import load_real
-    from dcompress.methods.dd import replay_accuracy
+    from dcompress.train.replay import replay_accuracy
 
     acc = replay_accuracy(out, load_real(str(shards["test"])), runs=2)
     assert len(acc["runs"]) == 2 and 0 <= acc["mean"] <= 100

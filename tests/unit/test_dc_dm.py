@@ -243,14 +243,76 @@ def test_nan_init_raises_at_the_first_iteration(real, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("batched", [False, True])
-def test_dm_classes_in_any_order_or_subset_give_identical_per_class_images(real, batched):
+def test_dm_classes_in_any_subset_give_identical_per_class_images(real, batched, monkeypatch):
     """Derived seeds: a class's DM images depend on (seed, class) only, not on which classes run
-    beside it or in what order: the basis of splitting classes over processes."""
-    dm = dm_mod.DM(dm_mod.DM.Config(iterations=3, **{**DM_TINY, "batched": batched}))
+    beside it: the basis of splitting classes over processes. Each simulated rank of 2 and of 3
+    (`dist.ClassSplit` of its block of classes) gives the one-process rows of its classes."""
+    from dcompress import dist
+
+    cfg = dm_mod.DM.Config(iterations=3, **{**DM_TINY, "batched": batched})
     spec = RunSpec(ipc=2, seed=4)
-    full, keys, _ = dm.synthesize(real, spec, lambda e: None, [0, 1, 2])
-    part, part_keys, _ = dm.synthesize(real, spec, lambda e: None, [2, 0])
-    assert torch.equal(part[0:2], full[4:6]) and torch.equal(part[2:4], full[0:2])
-    assert part_keys == keys[4:6] + keys[0:2]
-    other = dm_mod.DM(dm_mod.DM.Config(iterations=3, **{**DM_TINY, "batched": batched}))
-    assert not torch.equal(other.synthesize(real, RunSpec(ipc=2, seed=5), lambda e: None, [0])[0], full[0:2])
+    full = fit(dm_mod.DM, real, spec, **{**DM_TINY, "iterations": 3, "batched": batched})
+    for world in (2, 3):
+        for rank in range(world):
+            monkeypatch.setattr(dist, "rank", lambda: rank)
+            monkeypatch.setattr(dist, "world", lambda: world)
+            split = dist.ClassSplit(real.num_classes, 2)
+            part = dm_mod.DM(cfg).fit(real, spec, generator=torch.Generator(), log=lambda e: None)
+            assert torch.equal(part.images, full.images[split.lo:split.hi])
+            assert [s["init_source_key"] for s in part.sources] == \
+                [s["init_source_key"] for s in full.sources][split.lo:split.hi]
+    monkeypatch.undo()
+    other = fit(dm_mod.DM, real, RunSpec(ipc=2, seed=5), **{**DM_TINY, "iterations": 3, "batched": batched})
+    assert not torch.equal(other.images[0:2], full.images[0:2])
+
+# ---------------------------------------------------------------------------------------------- class split
+
+def test_class_split_in_one_process_is_the_identity(real):
+    from dcompress import dist
+
+    split = dist.ClassSplit(real.num_classes, 2, "dm")
+    assert (split.classes, split.lo, split.hi, split.slots) == ([0, 1, 2], 0, 6, False)
+    x, keys = torch.randn(6, 1, 2, 2), list("abcdef")
+    made = []
+    got, got_keys = split.initial(lambda classes: made.append(classes) or (x, keys))
+    assert made == [[0, 1, 2]] and got is x and got_keys is keys
+    assert [split.rows_of(c) for c in range(3)] == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    assert split.real_part(1, 7) == slice(0, 7) and all(split.counts(c) for c in range(3))
+    assert split.loss(1.5, [torch.tensor(1.0)]) == 1.5 and split.info() == {}
+    assert torch.equal(split.gather(x), x) and split.gather_keys(keys) == keys
+
+
+@pytest.mark.parametrize("world,ipc", [(2, 2), (3, 2), (4, 3), (5, 3), (6, 3)])
+def test_class_split_ranks_cover_every_row_and_real_image_once(real, world, ipc):
+    """Simulated ranks: the row blocks tile the one-process rows in rank order, their initial
+    rows are the one-process initial rows (byte for byte), every class's real batch is split
+    over the ranks sharing it, and one of them counts the class."""
+    from dcompress import dist
+    from dcompress.methods.base import init_images_by_class
+
+    n_cls = 2 if world > 3 else real.num_classes
+    by_class = lambda classes: init_images_by_class(real, classes, ipc, "real", 7, torch.device("cpu"))  # noqa: E731
+    full, full_keys = by_class(range(n_cls))
+    splits = [dist.ClassSplit(n_cls, ipc, "dm", at=(r, world)) for r in range(world)]
+    assert all(s.slots == (world > n_cls) for s in splits)
+    assert [(s.lo, s.hi) for s in splits] == list(zip([0] + [s.hi for s in splits[:-1]], [s.hi for s in splits]))
+    assert splits[-1].hi == n_cls * ipc
+    real_seen = {c: [] for c in range(n_cls)}
+    for s in splits:
+        rows, keys = s.initial(by_class)
+        assert torch.equal(rows, full[s.lo:s.hi]) and keys == full_keys[s.lo:s.hi]
+        for c in s.classes:
+            at = s.rows_of(c)
+            assert torch.equal(rows[at], full[max(s.lo, c * ipc):min(s.hi, (c + 1) * ipc)])
+            real_seen[c] += list(range(13))[s.real_part(c, 13)]
+    assert all(sorted(v) == list(range(13)) for v in real_seen.values())
+    assert all(sum(s.counts(c) for s in splits if c in s.classes) == 1 for c in range(n_cls))
+
+
+def test_class_split_refuses_more_ranks_than_work():
+    from dcompress import dist
+
+    with pytest.raises(UsageError, match="--method dm splits image slots over processes: 4 image slots"):
+        dist.ClassSplit(2, 2, "dm", at=(0, 5))
+    with pytest.raises(UsageError, match="--method dq splits classes over processes: 2 classes"):
+        dist.ClassSplit(2, 1, "dq", slots=False, at=(0, 3))

@@ -26,7 +26,8 @@ from dcompress import alloc
 from dcompress.augment import dsa
 from dcompress.methods import dc as dc_mod
 from dcompress.methods import dm as dm_mod
-from dcompress.nets import build_net, forward_flat, flat_params, unflatten
+from dcompress.nets import build_net
+from dcompress.nets.functional import flat_params, forward_flat, unflatten
 from dcompress.nets.convnet import AvgPool2x2
 from dcompress.core import RealData
 from tests.conftest import tiny_real
