@@ -12,7 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 __all__ = ["__version__", "load", "distill", "evaluate", "list_methods", "teacher"]
 
-_API = {"load": ("loader", "load"), "distill": ("api", "distill"), "evaluate": ("train.evaluate", "evaluate"),
+_API = {"load": ("io.loader", "load"), "distill": ("api", "distill"), "evaluate": ("train.evaluate", "evaluate"),
         "list_methods": ("registry", "list_methods"), "teacher": ("api", "teacher")}
 
 
