@@ -144,7 +144,7 @@ def build_store(inp: ResolvedInput, opts: DecodeOptions, folder: Path, *, max_ba
         tmp.mkdir(parents=True)
         counter = mp.Value("q", 0)
         jobs = _ShardJobs(inp.urls, tmp, opts, max_bad, counter)
-        meta = _assemble(inp, opts, tmp, jobs, _decoded_parts(jobs, min(workers, len(inp.urls))),
+        meta = _assemble(inp, opts, tmp, _decoded_parts(jobs, min(workers, len(inp.urls))),
                          max_bad=max_bad, progress=progress, counter=counter)
         meta["build_s"] = round(time.time() - t0, 2)
         meta["workers"] = min(workers, len(inp.urls))
@@ -160,14 +160,14 @@ def build_store(inp: ResolvedInput, opts: DecodeOptions, folder: Path, *, max_ba
     return meta
 
 
-def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, jobs: _ShardJobs, parts, *, max_bad: int,
-              progress, counter) -> dict:
+def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, parts, *, max_bad: int, progress,
+              counter) -> dict:
     bad = BadSamples(max_bad=max_bad)
     expected = _expected_samples(inp)
     raw_labels: list = []
     keys: list[str] = []
     shard_of: list[int] = []
-    shape = first = None
+    shape = None
     s1 = s2 = None
     done = [0]
     stop = threading.Event()
@@ -188,7 +188,7 @@ def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, jobs: _ShardJo
                 part = tmp / f"part-{i:06d}.u8"
                 if res["n"]:
                     if shape is None:
-                        shape, first = tuple(res["shape"]), (url, res["first_key"])
+                        shape = tuple(res["shape"])
                         s1, s2 = [0] * shape[0], [0] * shape[0]
                     elif tuple(res["shape"]) != shape:
                         raise shape_mismatch(url, res["first_key"], tuple(res["shape"]), shape)
