@@ -13,7 +13,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 __all__ = ["__version__", "load", "distill", "evaluate", "experts", "list_methods", "teacher"]
 
-_API = {"load": ("loader", "load"), "distill": ("api", "distill"), "evaluate": ("api", "evaluate"),
+_API = {"load": ("io.loader", "load"), "distill": ("api", "distill"), "evaluate": ("api", "evaluate"),
         "experts": ("api", "experts"), "list_methods": ("registry", "list_methods"), "teacher": ("api", "teacher")}
 
 

@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import os_error
 from .faults import crash_point
-from .io.safe_write import ensure_dir, move_aside, os_error, remove_dead_temps, torch_save, write_json
+from .io.safe_write import ensure_dir, move_aside, remove_dead_temps, torch_save, write_json
 
 STATE = "state.pt"
 RUN = "run.json"

@@ -14,8 +14,9 @@ LogFn = Callable[[dict], None]
 
 
 class Store(Protocol):
-    """Where RealData's decoded uint8 pixels live: in memory (TensorStore) or, later, a
-    memory-mapped decoded store. Readers ask for rows, never for the whole array."""
+    """Where RealData's decoded uint8 pixels live: an input's decoded store on disk
+    (`io.store.DecodedStore`, rows read with `pread`) or in memory (TensorStore). Readers ask
+    for rows, never for the whole array."""
 
     shape: tuple[int, int, int, int]                 # [N, C, H, W]
 
@@ -44,7 +45,7 @@ class RealData:
     `RealView`), never the whole array, so the store can be larger than memory.
 
     Attributes:
-        store: the uint8 pixels [N, C, H, W] (`TensorStore` in memory).
+        store: the uint8 pixels [N, C, H, W] (`io.store.DecodedStore`, or `TensorStore` in memory).
         labels: int64 tensor [N], values in [0, num_classes).
         keys: sample keys as read from the shards (unique), length N.
         class_names: one name per class index.

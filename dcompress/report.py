@@ -17,7 +17,7 @@ from .io.figures import class_grid, loss_curve, png_bytes
 from .io.metrics import METRICS, read_metrics
 from .io.output import GRID, LOSS, figure_title
 from .io.safe_write import ensure_dir, write_bytes
-from .loader import load
+from .io.loader import load
 from .core import denormalize_to_u8
 
 

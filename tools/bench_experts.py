@@ -53,7 +53,7 @@ def idx_real(folder: Path, split: str, samples: int | None = None, seed: int = 0
         x, y = x[keep], y[keep]
     images = torch.from_numpy(x.copy()).unsqueeze(1)
     labels = torch.from_numpy(y.astype(np.int64))
-    f = images.double() / 255  # float64 and rounded, as io.reader.channel_stats: thread-count independent
+    f = images.double() / 255  # float64 and rounded, as io.stats.channel_stats: thread-count independent
     fp = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
     return RealData(store=TensorStore(images), labels=labels, keys=[f"{split}-{i:06d}" for i in range(len(y))],
                     class_names=[str(c) for c in range(int(labels.max()) + 1)], mean=(round(float(f.mean()), 6),),

@@ -265,7 +265,7 @@ def bench_decode(args) -> int:
     """Samples/s of one reader process, by component, interleaved: webdataset's raw tar walk (the
     issue's baseline), dcompress's shard reader (`read_shard`: the header scan where it applies),
     each PNG decoder alone on bytes in memory, the reader plus decode_image, and the decode
-    worker's whole unit of work (`store._ShardJobs`: read, decode, checks, write, pixel sums).
+    worker's whole unit of work (`store_build._ShardJobs`: read, decode, checks, write, pixel sums).
     `tools/bench_store.py decode` measures the same build end to end in fresh processes.
     """
     sys.path.insert(0, str(ROOT))
@@ -276,8 +276,9 @@ def bench_decode(args) -> int:
     import webdataset as wds
 
     from dcompress.io import codecs
-    from dcompress.io.decode import BadSamples, DecodeOptions, read_shard
-    from dcompress.io.store import _ShardJobs
+    from dcompress.io.decode import DecodeOptions
+    from dcompress.io.store_build import _ShardJobs
+    from dcompress.io.stream import BadSamples, read_shard
 
     torch.set_num_threads(1)
     shards = sorted(str(p) for p in ensure_shards(args.train).glob("*.tar"))[:args.shards]

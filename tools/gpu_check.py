@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from dcompress.api import distill
-from dcompress.io.reader import channel_stats, fingerprint_of
+from dcompress.io.stats import channel_stats, fingerprint_of
 from dcompress.io.sources import FASHION_MNIST_CLASSES, read_idx
 from dcompress.train.evaluate import evaluate
 from dcompress.core import RealData, TensorStore

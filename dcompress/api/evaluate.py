@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..core import RealData
-    from ..loader import CompressedDataset
+    from ..io.loader import CompressedDataset
 
 
 def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | RealData, *,
@@ -41,7 +41,7 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
     `teacher`: the teacher that relabels the random subsets). `models`: a cross-architecture
     table. docs/evaluation.md.
     """
-    from ..loader import CompressedDataset, load
+    from ..io.loader import CompressedDataset, load
     from ..train.evaluate import check_models, evaluate as train_and_test
 
     check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import InputDataError
-from ..io.decode import DecodeOptions, read_class_names
+from ..io.decode import DecodeOptions
+from ..io.labels import read_class_names
 from ..io.urls import ResolvedInput, is_remote, resolve_urls
 from ..limits import MAX_PIXELS
 from .checks import check_limits

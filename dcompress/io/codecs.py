@@ -1,7 +1,8 @@
 """Bytes <-> arrays for shard members: images (Pillow; JPEG by simplejpeg and plain 8-bit PNG by
 pyspng when installed), `.npy` (never pickled), `.cls` labels, JSON.
 
-Torch-free: the loader, the reader and the writer share these.
+Torch-free: the input decoder (`decode`), `dcompress shard` (`sources`), the output writer
+(`output`) and the loader share these.
 """
 from __future__ import annotations
 

@@ -1,11 +1,14 @@
-"""Raw labels (ints and class names) -> class indices, class names and where the names came from.
+"""Labels: a sample's label member -> a raw label; the input's raw labels -> class indices and names.
 
-The class list, first found wins (`ClassAssignment.source` records which):
+Per sample (in the decode workers), `sample_label` reads the raw label under `--label-key`
+(`label_key_parts`): an int, or a class name (a string). Once the whole input is read,
+`assign_classes` maps the raw labels to class indices with the class list, first found wins
+(`ClassAssignment.source` records which):
 
 1. `option`: `DecodeOptions.class_names` (`--class-names FILE`);
 2. `manifest`: the input manifest's `dcompress.class_names` (written by `dcompress shard`);
 3. `classes.txt`: a `classes.txt` beside the shards, read automatically when every shard is a
-   local file in one folder (one name per line, `decode.read_class_names`);
+   local file in one folder (one name per line, `read_class_names`);
 4. `labels`: string labels without a list: their sorted unique values (Python string order, so
    the mapping depends only on the set of names, not on the order the samples come in);
 5. `indices`: integer labels without a list: "0".."C-1".
@@ -13,19 +16,152 @@ The class list, first found wins (`ClassAssignment.source` records which):
 With a list, a string label maps to its position (not in the list: InputDataError, exit 4,
 naming the sample key and the label) and an integer label indexes it (outside: exit 4).
 Without a list, integer and string labels in one input are an InputDataError.
+
+Torch is imported by `assign_classes` only, so the decode options and per-sample parsing stay
+torch-free to import.
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-import torch
-
-from ..errors import InputDataError
-from .decode import DecodeOptions, read_class_names
+from ..errors import InputDataError, UsageError
+from .codecs import parse_label
+from .schema import _is_int
+from .stream import BadSample
 from .urls import ResolvedInput, is_remote
 
+if TYPE_CHECKING:
+    import torch
+
+    from .decode import DecodeOptions
+
+MAX_LABEL_CHARS = 256      # a longer string label is not a class name (a caption in the wrong key)
+_MEMBER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 CLASSES_TXT = "classes.txt"
+
+
+def label_key_parts(key: str) -> tuple[str, tuple[str, ...] | None]:
+    """`--label-key` -> (member, JSON field path or None); UsageError when malformed."""
+    if not isinstance(key, str) or not key:
+        raise UsageError(f"--label-key must be a member name or json:<field>, got {key!r}")
+    member, sep, path = key.partition(":")
+    if not _MEMBER.match(member):
+        raise UsageError(f"--label-key {key!r}: {member!r} is not a member name (letters, digits, '_', '-', '.')")
+    if not sep:
+        return member, None
+    if not (member == "json" or member.endswith(".json")):
+        raise UsageError(f"--label-key {key!r}: fields ('member:field') are read from a JSON member "
+                         f"(json:<field>), not from .{member}")
+    parts = tuple(path.split("."))
+    if not path or not all(parts):
+        raise UsageError(f"--label-key {key!r}: the field path must be <field> or <field>.<sub> (no empty parts)")
+    return member, parts
+
+
+def sample_label(sample: dict, key: str) -> int | str:
+    """The raw label of `sample` under `key` (`DecodeOptions.label_key`): an int, or a class
+    name (a stripped string) to be mapped to an index later. BadSample when the member or the
+    field is missing or the value is no label.
+
+    `cls`: an ASCII integer (nothing else). Another member (`txt`, ...): UTF-8 text, an integer
+    when it reads as one, else a class name. `json:<field>[.<sub>]`: the member parsed with
+    `json.loads` (never unpickled), the field walked through objects (and lists by index); an
+    integer stays an int, a string is a class name (even "3": JSON says what it is).
+    """
+    member, path = label_key_parts(key)
+    raw = sample.get(member)
+    if raw is None:
+        members = ", ".join(sorted(k for k in sample if not k.startswith("__")))
+        raise BadSample(f"missing .{member} label (has: {members}; pick the label with --label-key)")
+    if path is None and member == "cls":
+        try:
+            return parse_label(raw)
+        except ValueError as e:
+            raise BadSample(f".{key} is {e} ({raw[:24]!r})") from None
+    if path is None:
+        try:
+            text = raw.decode("utf-8").strip() if isinstance(raw, bytes) else str(raw).strip()
+        except UnicodeDecodeError:
+            raise BadSample(f".{member} is not UTF-8 text ({raw[:24]!r})") from None
+        return _label_value(text, f".{member}", numeric_text=True)
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, UnicodeDecodeError, deep nesting
+        raise BadSample(f".{member} is not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    for i, part in enumerate(path):
+        where = ".".join(path[:i + 1])
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            full = ".".join(path)
+            raise BadSample(f"missing label field {full!r} in .{member}"
+                            + (f" (no {where!r})" if where != full else ""))
+    return _label_value(value, f".{member} field {'.'.join(path)!r}", numeric_text=False)
+
+
+def _label_value(value, where: str, *, numeric_text: bool) -> int | str:
+    """A parsed label value -> int or class name; BadSample for anything else."""
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise BadSample(f"{where} is empty")
+        if numeric_text:
+            try:
+                return parse_label(value)
+            except ValueError as e:
+                if str(e) != "not an integer":
+                    raise BadSample(f"{where} is {e} ({value[:24]!r})") from None
+        if len(value) > MAX_LABEL_CHARS:
+            raise BadSample(f"{where} is {len(value)} characters long, not a class name ({value[:24]!r}...)")
+        return value
+    if _is_int(value):
+        if not -(2 ** 63) <= value < 2 ** 63:
+            raise BadSample(f"{where} is outside the int64 range")
+        return value
+    kind = "a boolean" if isinstance(value, bool) else "null" if value is None else f"a {type(value).__name__}"
+    raise BadSample(f"{where} is {kind} ({str(value)[:24]!r}), not an integer class index or a class name")
+
+
+def class_names_problem(names) -> str | None:
+    """Why `names` is no usable class list (empty, an empty or non-string name, a repeated
+    name), or None."""
+    if not names:
+        return "the class list is empty"
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or not n.strip():
+            return f"class {i} has an empty or non-string name ({n!r})"
+        if n in seen:
+            return f"class name {n!r} appears twice (classes {seen[n]} and {i})"
+        seen[n] = i
+    return None
+
+
+def read_class_names(path, *, error=UsageError) -> tuple[str, ...]:
+    """A class-names file (classes.txt): one name per line, in class-index order; surrounding
+    whitespace is stripped, trailing empty lines ignored. An empty line in between, a repeated
+    name, an empty or unreadable file raise `error` naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error("class-names file is not UTF-8 text", path=str(path)) from None
+    except OSError as e:
+        raise error(f"cannot read class-names file: {e.strerror or e}", path=str(path)) from None
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    for i, line in enumerate(lines):
+        if not line:
+            raise error(f"line {i + 1} is empty (one class name per line, in class-index order)", path=str(path))
+    problem = class_names_problem(lines)
+    if problem:
+        raise error(problem, path=str(path))
+    return tuple(lines)
 
 
 class ClassAssignment(NamedTuple):
@@ -46,6 +182,8 @@ def assign_classes(raw: Sequence[int | str], keys: Sequence[str], inp: ResolvedI
     label outside the list, a negative label, integer labels implying more classes than there
     are samples, or integer and string labels mixed without a class list.
     """
+    import torch
+
     names, source = _given_names(inp, opts)
     where = inp.urls[0] if len(inp.urls) == 1 else (inp.description or None)
     strings = [i for i, v in enumerate(raw) if isinstance(v, str)]
@@ -102,6 +240,8 @@ def classes_txt_for(inp: ResolvedInput) -> Path | None:
 
 def _check_indices(labels: torch.Tensor, keys: Sequence[str], names: list[str] | None, source: str | None,
                    where: str | None) -> None:
+    import torch
+
     if labels.min() < 0:
         i = int(torch.argmin(labels))
         raise InputDataError(f"negative label {int(labels[i])}", path=where, key=keys[i])

@@ -1,5 +1,6 @@
-"""Reading WebDataset shards into RealData: through the decoded store (`io.store`), which decodes
-an input once with parallel workers and is reopened in milliseconds by every later command.
+"""Reading WebDataset shards into RealData: through the decoded store (`store.open_store`), which
+decodes an input once with parallel workers (`store_build`) and is reopened in milliseconds by
+every later command.
 
 Nothing is ever unpickled: only image bytes, text labels and `.npy` via `np.load(allow_pickle=False)`.
 """
@@ -8,13 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from ..cache import cache_root
 from ..core import RealData
-from .decode import BadSamples, DecodeOptions, describe_stream_error, read_shard, tar_truncation  # noqa: F401
-from .store import KeyList, add_pixel_sums, fingerprint, open_store, stats_from_sums
+from .decode import DecodeOptions
+from .store import KeyList, open_store
 from .urls import ResolvedInput
 
 
@@ -40,19 +40,3 @@ def read_real(inp: ResolvedInput, opts: DecodeOptions = DecodeOptions(), *, max_
               "class_source": meta["class_source"], "store": info}
     return RealData(store=store, labels=labels, keys=KeyList(arrays["keys"]), class_names=list(meta["class_names"]),
                     mean=tuple(meta["mean"]), std=tuple(meta["std"]), source=source)
-
-
-def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std (unbiased) of uint8 images [N, C, H, W], in [0, 1] units, from exact
-    integer sums over chunks of `chunk` images (the store's formula: `store.stats_from_sums`)."""
-    n, c = x.shape[0], x.shape[1]
-    s1, s2 = np.zeros(c, dtype=np.int64), np.zeros(c, dtype=np.int64)
-    for s in range(0, n, chunk):
-        add_pixel_sums(x[s:s + chunk].numpy(), s1, s2)
-    return stats_from_sums(s1.tolist(), s2.tolist(), n * x.shape[2] * x.shape[3])
-
-
-def fingerprint_of(keys, labels: torch.Tensor, images: torch.Tensor) -> str:
-    """sha256 over keys, labels and pixels of in-memory images (the store's `fingerprint`)."""
-    flat = images.contiguous().numpy()
-    return fingerprint(keys, labels, (flat[s:s + 4096] for s in range(0, flat.shape[0], 4096)))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from ..errors import OutputError, os_error  # os_error: the one OSError map, re-exported for callers here
+from ..errors import OutputError, os_error
 
 def temp_path(path: Path) -> Path:
     """`<name>.tmp-<pid>` next to `path`: the pid lets a later run remove leftovers of dead writers."""

@@ -15,7 +15,9 @@ from .manifest import MANIFEST, ShardRow, build_manifest
 from .schema import InputBlock, InputSource
 from .safe_write import write_json
 from .codecs import IMAGE_EXTS, decode_image, encode_png
-from .decode import BadSamples, DecodeOptions, read_class_names, transform_image
+from .decode import DecodeOptions, transform_image
+from .labels import read_class_names
+from .stream import BadSamples
 from ..limits import MAX_PIXELS
 from .writer import env_versions, write_shards
 

@@ -270,7 +270,7 @@ def files(index: TarIndex, url: str, select: Callable[[str], bool] | None = None
 
 def tar_end(f) -> int:
     """Where the data of the last member of a plain tar ends (padded to 512), for
-    `decode.tar_truncation` on shards the scan did not take. It walks the headers as `tarfile`
+    `stream.tar_truncation` on shards the scan did not take. It walks the headers as `tarfile`
     does: it stops at a zero block, a short block or an invalid header, and raises ReadError when
     the very first header is short or invalid. Extended headers (pax, GNU long names) are members
     whose data is the next header's metadata: skipping them lands on that header."""

@@ -13,7 +13,7 @@ import torch
 from .. import dist
 from ..errors import InputDataError, UsageError
 from ..io import topk
-from ..loader import CompressedDataset, load
+from ..io.loader import CompressedDataset, load
 from ..seeds import derive
 from ..core import EvalProtocol, RealData, normalize
 from .loop import accuracy, train_on_set

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
-from ..errors import UsageError
+from ..errors import UsageError, os_error
 from ..faults import crash_point
-from ..io.safe_write import os_error, pid_alive
+from ..io.safe_write import pid_alive
 from .buffer import expert_name
 
 

@@ -39,13 +39,12 @@ from .. import __version__, dist
 from ..augment.dsa import DEFAULT_STRATEGY, parse_strategy
 from ..checkpoint import warn_via
 from ..config import Validated
-from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError
+from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError, os_error
 from ..faults import crash_point
 from ..seeds import derive, derive_seed
 from ..io.experts_schema import EXPERTS_FORMAT, ExpertsInput, ExpertsManifest, NetworkRecord, SplitRecord
 from ..io.schema import Normalization
-from ..io.safe_write import (ensure_dir, move_aside, os_error, pid_alive, remove_dead_temps, temp_path,
-                             write_json)
+from ..io.safe_write import ensure_dir, move_aside, pid_alive, remove_dead_temps, temp_path, write_json
 from ..core import RealData, RealView
 from .loop import accuracy, train_epoch
 from .buffer import DTYPE, MANIFEST, _sha256, complete_ids, expert_name, expert_problem

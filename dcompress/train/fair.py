@@ -39,7 +39,7 @@ from ..core import EvalProtocol, RealData, RealView, RunSpec, normalize
 from ..errors import InputDataError, UsageError
 from ..io import topk
 from ..io.safe_write import ensure_dir, remove_dead_temps, write_json
-from ..loader import CompressedDataset, load
+from ..io.loader import CompressedDataset, load
 from ..seeds import derive
 from . import ranking
 from .loop import accuracy, train_epoch, train_on_set

@@ -45,7 +45,7 @@ def replay_accuracy(out_dir: str | Path, test: RealData, runs: int = 5, *, seed:
     """DD's own evaluation of a written DD output: train `runs` fresh networks (the distillation's
     init distribution) with exactly the learned steps — step i on the images of step
     i mod distill_steps with lr lrs[i] — and report test accuracy in % {"mean", "std", "runs"}."""
-    from ..loader import load
+    from ..io.loader import load
 
     ds = load(out_dir)
     rp = ds.manifest["dcompress"]["info"].get("replay")

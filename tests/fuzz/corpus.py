@@ -462,7 +462,7 @@ add("tar/non-octal-size-field", 3, _header_damage(
 add("tar/size-beyond-eof", 3, _header_damage(
     lambda d, ms: set_header_field(d, ms[-2].offset, 124, b"%011o\0" % (1 << 30))), ["hdr.tar"])
 # a size field declaring far more than the file holds: tarfile's stream mode skipped it block by
-# block past the end, for ever with a base-256 size (2^80 bytes); now bounded (io.decode.EndGuard).
+# block past the end, for ever with a base-256 size (2^80 bytes); now bounded (io.stream.EndGuard).
 # --max-bad 100 (the last --max-bad wins) so the reader goes on past the first bad member.
 add("tar/base256-size-2^80", 0, _header_damage(
     lambda d, ms: set_header_field(d, ms[-2].offset, 124, b"\x80" + (1 << 80).to_bytes(11, "big")),

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dcompress.cli import app
-from dcompress.loader import load
+from dcompress.io.loader import load
 
 runner = CliRunner()
 SIZES = [(40, 30), (24, 50), (33, 33), (60, 20)]          # (W, H): no two alike

@@ -222,7 +222,7 @@ def assert_close_output(a: Path, b: Path, logits: bool = False) -> None:
     """Unrolled methods (data-parallel, sums over ranks): the same set up to float rounding — stored
     pixels at most one 8-bit step apart and rarely that, the learned lr, the losses and (DATM) the learned logits to
     ~1e-5 relative; same names, classes and keys."""
-    from dcompress.loader import load
+    from dcompress.io.loader import load
 
     x, y = load(a), load(b)
     assert x.keys == y.keys and torch.equal(x.labels, y.labels)
@@ -276,7 +276,7 @@ def test_dd_steps_and_real_batch_split_equals_one_process(four_classes, tmp_path
     two = dcompress(tmp_path, *args, "-o", tmp_path / "two", nproc=2)
     assert two.returncode == 0, two.stderr
     assert_close_output(tmp_path / "one", tmp_path / "two")
-    from dcompress.loader import load
+    from dcompress.io.loader import load
 
     lrs = [load(tmp_path / d).lrs for d in ("one", "two")]
     assert lrs[0] and lrs[0] == pytest.approx(lrs[1], rel=1e-4)

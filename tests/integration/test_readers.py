@@ -12,7 +12,7 @@ from dcompress.io.figures import font, grid_layout
 from dcompress.io.manifest import verify
 from dcompress.io.metrics import MetricsLog, read_metrics
 from dcompress.io.urls import resolve_urls
-from dcompress.loader import load
+from dcompress.io.loader import load
 
 TINY_DM = ["model=convnet_w16", "batch_real=8", "iterations=3"]
 AUX = ("README.md", "_info.json", "grid.png")

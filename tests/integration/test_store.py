@@ -1,4 +1,4 @@
-"""The decoded store (io.store) and `dcompress cache`: decoded once, identical for any number of
+"""The decoded store (io.store, io.store_build) and `dcompress cache`: decoded once, identical for any number of
 workers, reopened instead of re-decoded, rebuilt when the input or the decode options change,
 damaged stores quarantined, never deleted while in use, nothing half-written."""
 from __future__ import annotations
@@ -18,9 +18,9 @@ from conftest import make_images, png_bytes, write_tar
 from dcompress.api import load_real
 from dcompress.cli import app
 from dcompress.errors import BusyError, TooManyBadSamples
-from dcompress.io import store as store_mod
 from dcompress.io.decode import DecodeOptions
-from dcompress.io.reader import fingerprint_of, read_real
+from dcompress.io.reader import read_real
+from dcompress.io.stats import fingerprint_of, stats_from_sums
 from dcompress.io.store import DecodedStore, open_store
 from dcompress.io.urls import resolve_urls
 
@@ -71,7 +71,7 @@ def test_workers_build_identical_stores_and_reads_equal_a_direct_decode(input_di
     idx = torch.tensor([7, 3, 3, 39, 0, 8, 9, 10, 2])          # unsorted, repeated, runs of consecutive rows
     assert torch.equal(real.get_u8(idx), x[idx]) and torch.equal(real.get_u8(torch.arange(40)), x)
     assert real.source["fingerprint"] == fingerprint_of([d[0] for d in direct], real.labels, x)
-    from dcompress.io.reader import channel_stats
+    from dcompress.io.stats import channel_stats
     assert (real.mean, real.std) == channel_stats(x)
 
 
@@ -187,4 +187,4 @@ def test_store_read_checks_its_bounds(input_dir):
     assert real.get_u8(torch.tensor([], dtype=torch.int64)).shape == (0, 1, 28, 28)
     with pytest.raises(IndexError):
         real.get_u8(torch.tensor([40]))
-    assert store_mod.stats_from_sums([0], [0], 1) == ((0.0,), (0.0,))
+    assert stats_from_sums([0], [0], 1) == ((0.0,), (0.0,))

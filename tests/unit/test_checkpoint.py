@@ -14,9 +14,8 @@ import torch
 
 from dcompress import faults
 from dcompress.checkpoint import Checkpointer
-from dcompress.errors import OutputError, ResourceError
-from dcompress.io.safe_write import (atomic_write, move_aside, np_save, os_error, remove_dead_temps, torch_save,
-                                     write_json)
+from dcompress.errors import OutputError, ResourceError, os_error
+from dcompress.io.safe_write import atomic_write, move_aside, np_save, remove_dead_temps, torch_save, write_json
 
 IDENTITY = {"method": "dm", "seed": 0, "ipc": 2}
 

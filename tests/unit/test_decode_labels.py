@@ -1,4 +1,4 @@
-"""Input decoding (io.decode) and class mapping (io.labels): label keys, sizes, class lists."""
+"""Input decoding (io.decode) and labels (io.labels): label keys, sizes, class lists, class mapping."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from dcompress.errors import InputDataError, UsageError
-from dcompress.io.decode import (BadSample, DecodeOptions, decode_sample, read_class_names, sample_label,
-                                 shape_mismatch, transform_image)
-from dcompress.io.labels import assign_classes
+from dcompress.io.decode import DecodeOptions, decode_sample, shape_mismatch, transform_image
+from dcompress.io.labels import assign_classes, read_class_names, sample_label
+from dcompress.io.stream import BadSample
 from dcompress.io.urls import ResolvedInput
 from tests.conftest import png_bytes
 

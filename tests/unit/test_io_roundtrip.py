@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from dcompress.io.codecs import encode_png
-from dcompress.io.reader import channel_stats, fingerprint_of, read_real
+from dcompress.io.reader import read_real
+from dcompress.io.stats import channel_stats, fingerprint_of
 from dcompress.io.urls import resolve_urls
 from dcompress.io.writer import write_shards
 

@@ -16,7 +16,7 @@ import pytest
 
 from dcompress.errors import InputDataError
 from dcompress.io import tarscan
-from dcompress.io.decode import BadSamples, read_shard, tar_truncation
+from dcompress.io.stream import BadSamples, read_shard, tar_truncation
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 
@@ -230,7 +230,7 @@ def test_a_shard_that_shrinks_while_read_is_a_counted_bad_sample(tmp_path):
     os.truncate(url, 4096)
     bad = BadSamples(max_bad=100)
     from webdataset.tariterators import group_by_keys
-    from dcompress.io.decode import describe_stream_error
+    from dcompress.io.stream import describe_stream_error
 
     def handler(exn):
         bad.add(describe_stream_error(exn))

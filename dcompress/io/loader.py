@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from .errors import InputDataError
-from .io.manifest import ShardRow, manifest_path, read_compressed, read_manifest, shard_paths
-from .io.schema import CompressedBlock
-from .io import topk
-from .io.codecs import decode_image, decode_npy, parse_label
-from .limits import MAX_PIXELS
-from .core import normalize
+from ..core import normalize
+from ..errors import InputDataError
+from ..limits import MAX_PIXELS
+from . import topk
+from .codecs import decode_image, decode_npy, parse_label
+from .manifest import ShardRow, manifest_path, read_compressed, read_manifest, shard_paths
+from .schema import CompressedBlock
 
 
 def _shard_bytes(path: str, row: ShardRow) -> bytes:
