@@ -400,9 +400,9 @@ def inspect(target: Path = typer.Argument(..., metavar="OUT"),
                                                                       "goes beside it as <stem>-loss.png)"),
             as_json: bool = JSON) -> None:
     """Summarise a compressed set; (re)draw its class grid and loss curve PNGs."""
-    from .report import figures, summary
+    from .report import inspect as api_inspect
 
-    run(as_json, lambda p: {**summary(target), **figures(target, grid)}, _kv)
+    run(as_json, lambda p: api_inspect(target, grid), _kv)
 
 
 @app.command()

@@ -10,6 +10,8 @@ from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 
+from .io.schema import EvalProtocol
+
 LogFn = Callable[[dict], None]
 
 
@@ -151,29 +153,6 @@ def denormalize_to_u8(images: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images * s + m).mul(255.0).round().clamp(0, 255).to(torch.uint8)
-
-
-@dataclass(frozen=True)
-class EvalProtocol:
-    """How `evaluate` trains a fresh network on a compressed set (methods.md §1.4).
-
-    `epochs` counts like the reference (`Epoch + 1` passes, one x0.1 lr decay at
-    `epochs // 2 + 1`). `lr` is replaced by the set's learned lr when `use_learned_lr`.
-    `aug` is a DSA strategy string (per-sample parameters) or None.
-    `soft_labels` trains with soft cross-entropy against softmax(logits / temperature).
-    """
-
-    name: str = "dc"
-    model: str = "convnet"
-    epochs: int = 300
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    aug: str | None = None
-    soft_labels: bool = False
-    temperature: float = 1.0
-    use_learned_lr: bool = False
 
 
 @dataclass

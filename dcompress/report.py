@@ -5,20 +5,26 @@
 folder itself: the same bytes for an output of this version (nothing is rewritten then),
 new files for older outputs. Each file is replaced atomically (temp + rename); shards and
 manifest are never touched, so `verify` is unaffected. `--grid PATH` writes elsewhere.
+
+Torch-free: the grid is drawn from the `.png` members (the 8-bit form of every image, exact
+`.npy` tensors included), the counts from `.cls`.
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from .io.figures import class_grid, loss_curve, png_bytes
+from .errors import InputDataError
+from .io.codecs import decode_image
+from .io.figures import GRID, LOSS, class_grid, figure_title, loss_curve, png_bytes
+from .io.members import output_samples, sample_class
 from .io.metrics import METRICS, read_metrics
-from .io.output import GRID, LOSS, figure_title
 from .io.safe_write import ensure_dir, write_bytes
-from .io.loader import load
-from .core import denormalize_to_u8
+from .io.schema import CompressedBlock
+from .limits import MAX_PIXELS
 
 
 def _folder(out: str | Path) -> Path:
@@ -34,13 +40,47 @@ def _write_atomic(dest: Path, data: bytes) -> Path:
     return write_bytes(dest, data, fsync=False)
 
 
-def grid_png(out: str | Path, dest: str | Path | None = None, *, max_per_class: int = 10) -> Path:
+@dataclass(frozen=True)
+class Pixels:
+    """An output's 8-bit images [N, C, H, W], class indices [N] and manifest."""
+
+    manifest: dict
+    block: CompressedBlock
+    u8: np.ndarray
+    labels: np.ndarray
+
+
+def read_pixels(out: str | Path) -> Pixels:
+    """The `.png` pixels and `.cls` classes of output `out`, every shard checked against the
+    manifest; InputDataError naming shard and key for a missing or undecodable member."""
+    _, manifest, block, samples = output_samples(out)
+    shape = tuple(block.image_shape)
+    u8, labels = [], []
+    for s in samples:
+        labels.append(sample_class(s, len(block.class_names)))
+        try:
+            img = decode_image(s["png"], "png", MAX_PIXELS)
+        except KeyError:
+            raise InputDataError("sample has no .png", path=s["__url__"], key=s["__key__"]) from None
+        except Exception as e:  # noqa: BLE001 - any decoding failure names the member
+            raise InputDataError(f".png is not valid ({type(e).__name__}: {e})", path=s["__url__"],
+                                 key=s["__key__"]) from None
+        if img.shape != shape:
+            raise InputDataError(f".png is {list(img.shape)}, the manifest says {list(shape)}", path=s["__url__"],
+                                 key=s["__key__"])
+        u8.append(img)
+    if not u8:
+        raise InputDataError("output has no samples", path=str(out))
+    return Pixels(manifest=manifest, block=block, u8=np.stack(u8), labels=np.array(labels, dtype=np.int64))
+
+
+def grid_png(out: str | Path, dest: str | Path | None = None, *, max_per_class: int = 10,
+             pixels: Pixels | None = None) -> Path:
     """Writes the class grid of output `out` (default `out/grid.png`): one row per class,
     its name on the left, up to `max_per_class` images, a title with method, IPC and labels."""
-    ds = load(out)
-    block = ds.block
-    u8 = denormalize_to_u8(ds.images, ds.mean, ds.std).numpy()
-    img = class_grid(u8, ds.labels.numpy(), ds.classes, figure_title(block), max_per_class=max_per_class)
+    px = pixels or read_pixels(out)
+    img = class_grid(px.u8, px.labels, list(px.block.class_names), figure_title(px.block),
+                     max_per_class=max_per_class)
     return _write_atomic(Path(dest) if dest is not None else _folder(out) / GRID, png_bytes(img))
 
 
@@ -57,24 +97,32 @@ def loss_png(out: str | Path, dest: str | Path | None = None) -> Path | None:
     return _write_atomic(Path(dest) if dest is not None else _folder(out) / LOSS, png_bytes(img))
 
 
-def figures(out: str | Path, grid: str | Path | None = None) -> dict:
+def figures(out: str | Path, grid: str | Path | None = None, *, pixels: Pixels | None = None) -> dict:
     """Grid and loss curve: into `out` by default; with `grid`, the curve goes beside it as
     `<grid stem>-loss.png`. Returns their paths (loss_curve None without a curve)."""
     loss_dest = Path(grid).with_name(f"{Path(grid).stem}-loss.png") if grid is not None else None
     curve = loss_png(out, loss_dest)
-    return {"grid": str(grid_png(out, grid)), "loss_curve": str(curve) if curve else None}
+    return {"grid": str(grid_png(out, grid, pixels=pixels)), "loss_curve": str(curve) if curve else None}
 
 
-def summary(out: str | Path) -> dict:
-    ds = load(out)
-    block = ds.block
-    counts = torch.bincount(ds.labels, minlength=len(ds.classes)).tolist()
+def summary(out: str | Path, *, pixels: Pixels | None = None) -> dict:
+    """What `inspect` prints: method, size, classes with their counts, labels, protocol, bytes,
+    the last logged loss."""
+    px = pixels or read_pixels(out)
+    block, manifest = px.block, px.manifest
+    counts = np.bincount(px.labels, minlength=len(block.class_names)).tolist()
     rows = read_metrics(_folder(out) / METRICS)
     last = next((r for r in reversed(rows) if r.get("event") == "iteration" and r.get("loss") is not None), None)
     m, src, bad = block.method, block.source, block.bad_samples   # None in a manifest that lacks them
-    return {"method": m and m.name, "ipc": m and m.ipc, "samples": len(ds),
-            "shards": len(ds.manifest["shardlist"]), "classes": dict(zip(ds.classes, counts)),
-            "image_shape": list(block.image_shape), "labels": block.labels.kind, "learned_lr": ds.lr,
+    return {"method": m and m.name, "ipc": m and m.ipc, "samples": len(px.labels),
+            "shards": len(manifest["shardlist"]), "classes": dict(zip(block.class_names, counts)),
+            "image_shape": list(block.image_shape), "labels": block.labels.kind, "learned_lr": block.learned.lr,
             "eval_protocol": dataclasses.asdict(block.eval_protocol), "source_samples": src and src.num_samples,
-            "bad_samples": bad and bad.count, "bytes": sum(r["filesize"] for r in ds.manifest["shardlist"]),
+            "bad_samples": bad and bad.count, "bytes": sum(r["filesize"] for r in manifest["shardlist"]),
             "final_loss": last["loss"] if last else None, "iterations_logged": last["iteration"] if last else None}
+
+
+def inspect(out: str | Path, grid: str | Path | None = None) -> dict:
+    """`dcompress inspect`: the summary, and the figures (re)drawn; the output is read once."""
+    px = read_pixels(out)
+    return {**summary(out, pixels=px), **figures(out, grid, pixels=px)}

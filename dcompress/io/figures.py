@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .metrics import iteration_rows
+
+if TYPE_CHECKING:
+    from .schema import CompressedBlock
+
+GRID, LOSS = "grid.png", "loss.png"       # the figures' names in an output folder
 
 PAD = 2              # pixels between grid cells
 MARGIN = 6           # text margin
@@ -179,3 +185,9 @@ def loss_curve(rows: list[dict], title: str, *, size: tuple[int, int] = (640, 40
         for x, y in line:
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(31, 119, 180))
     return img
+
+
+def figure_title(block: CompressedBlock) -> str:
+    """`dm, IPC 10, learned labels, 100 images` from a manifest's `dcompress` block."""
+    m = block.method
+    return f"{m.name}, IPC {m.ipc}, {block.labels.kind} labels, {block.num_samples} images"

@@ -10,49 +10,19 @@ re-normalised with the manifest's mean/std. The same shards also read as a plain
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from ..core import normalize
 from ..errors import InputDataError
 from ..limits import MAX_PIXELS
 from . import topk
-from .codecs import decode_image, decode_npy, parse_label
-from .manifest import ShardRow, manifest_path, read_compressed, read_manifest, shard_paths
+from .codecs import decode_image, decode_npy
+from .manifest import manifest_path, read_manifest, shard_paths
+from .members import output_samples, sample_class
 from .schema import CompressedBlock
-
-
-def _shard_bytes(path: str, row: ShardRow) -> bytes:
-    """A shard's bytes, checked against the manifest's filesize and md5sum (one read)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputDataError("shard listed in the manifest is missing", path=path) from None
-    except OSError as e:
-        raise InputDataError(f"cannot read shard ({e.strerror or e})", path=path) from None
-    if row.filesize is not None and len(data) != row.filesize:
-        raise InputDataError(f"shard is {len(data)} bytes, the manifest says {row.filesize} (damaged or "
-                             "tampered; `dcompress verify` lists every mismatch)", path=path)
-    if row.md5sum is not None and hashlib.md5(data).hexdigest() != row.md5sum:
-        raise InputDataError("shard md5 differs from the manifest (damaged or tampered; `dcompress verify` "
-                             "lists every mismatch)", path=path)
-    return data
-
-
-def _samples(data: bytes, path: str):
-    try:
-        stream = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-        files = ({"fname": m.name, "data": stream.extractfile(m).read(), "__url__": path} for m in stream if m.isreg())
-        for s in wds.tariterators.group_by_keys(files):
-            yield s
-    except (tarfile.TarError, EOFError, ValueError) as e:
-        raise InputDataError(f"not a readable tar ({e})", path=path) from None
 
 
 class CompressedDataset(torch.utils.data.Dataset):
@@ -73,9 +43,8 @@ class CompressedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, path: str | Path):
-        mpath = manifest_path(path)
+        mpath, self.manifest, block, samples = output_samples(path)
         self.manifest_path = mpath
-        self.manifest, rows, block = read_compressed(mpath)
         self.block: CompressedBlock = block
         self.classes: list[str] = list(block.class_names)
         self.mean = tuple(float(v) for v in block.normalization.mean)
@@ -92,17 +61,12 @@ class CompressedDataset(torch.utils.data.Dataset):
         self.protocol = block.eval_protocol
         shape = tuple(block.image_shape)
         images, labels, logits, self.keys, self.meta = [], [], [], [], []
-        for row, url in zip(rows, shard_paths(mpath, self.manifest)):
-            n = 0
-            for s in _samples(_shard_bytes(url, row), url):
-                img, y, lg = self._sample(s, url, shape)
-                images.append(img)
-                labels.append(y)
-                logits.append(lg)
-                self.keys.append(s["__key__"])
-                n += 1
-            if row.nsamples is not None and n != row.nsamples:
-                raise InputDataError(f"shard holds {n} samples, the manifest says {row.nsamples}", path=url)
+        for s in samples:
+            img, y, lg = self._sample(s, s["__url__"], shape)
+            images.append(img)
+            labels.append(y)
+            logits.append(lg)
+            self.keys.append(s["__key__"])
         if not images:
             raise InputDataError("output has no samples", path=str(mpath))
         self.images = torch.stack(images)
@@ -112,15 +76,9 @@ class CompressedDataset(torch.utils.data.Dataset):
 
     def _sample(self, s: dict, url: str, shape: tuple) -> tuple[torch.Tensor, int, torch.Tensor]:
         key, c = s["__key__"], len(self.classes)
-        for member in ("cls", self.soft_member):
-            if member not in s:
-                raise InputDataError(f"sample has no .{member}", path=url, key=key)
-        try:
-            y = parse_label(s["cls"])
-        except ValueError as e:
-            raise InputDataError(f".cls is {e}", path=url, key=key) from None
-        if not 0 <= y < c:
-            raise InputDataError(f".cls {y} outside the {c} classes", path=url, key=key)
+        y = sample_class(s, c)
+        if self.soft_member not in s:
+            raise InputDataError(f"sample has no .{self.soft_member}", path=url, key=key)
         try:
             if "npy" in s:
                 arr = decode_npy(s["npy"])
@@ -162,7 +120,7 @@ def load(path: str | Path) -> CompressedDataset:
     return CompressedDataset(path)
 
 
-def webdataset_pipeline(path: str | Path) -> wds.WebDataset:
+def webdataset_pipeline(path: str | Path):
     """The output as a `webdataset.WebDataset` yielding (uint8 HWC image array, class, logits); for a
     `--label-topk` output the third item is the sample's `(idx, val)` record array (`.topk.npy`;
     `dcompress.io.topk.expand` makes the full-width logits)."""
@@ -171,4 +129,6 @@ def webdataset_pipeline(path: str | Path) -> wds.WebDataset:
     urls = shard_paths(mpath, manifest)
     soft = ((manifest.get("dcompress") or {}).get("labels") or {}).get("soft", "logits.npy")
     soft = soft if soft in ("logits.npy", topk.MEMBER) else "logits.npy"
+    import webdataset as wds
+
     return wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "cls", soft)

@@ -20,7 +20,7 @@ import torch
 from ..faults import crash_point
 from ..core import CompressedSet, denormalize_to_u8
 from .cards import CARD, TIMM_INFO, dataset_card, timm_info_bytes
-from .figures import class_grid, loss_curve, png_bytes
+from .figures import GRID, LOSS, class_grid, figure_title, loss_curve, png_bytes
 from .manifest import MANIFEST, ShardRow, build_manifest
 from .schema import CompressedBlock
 from .safe_write import write_json
@@ -31,8 +31,6 @@ from . import topk
 
 PREFIX = "data"
 SHARD_MAX_BYTES = 3e9                # the writer's size limit of one shard (io/writer.write_shards)
-GRID = "grid.png"
-LOSS = "loss.png"
 
 
 def sample_key(label: int, slot: int) -> str:
@@ -147,12 +145,6 @@ def finish_output(tmp: Path, cset: CompressedSet, shards: list[ShardRow], sizes:
     crash_point("output.manifest")
     write_json(tmp / MANIFEST, manifest, indent=2)
     return manifest
-
-
-def figure_title(block: CompressedBlock) -> str:
-    """`dm, IPC 10, learned labels, 100 images` from a manifest's `dcompress` block."""
-    m = block.method
-    return f"{m.name}, IPC {m.ipc}, {block.labels.kind} labels, {block.num_samples} images"
 
 
 def one_hot_logits(labels: torch.Tensor, num_classes: int, scale: float = 1.0) -> torch.Tensor:

@@ -3,7 +3,8 @@
 - `InputBlock`: the block of shards written by `dcompress shard` (kind "input").
 - `CompressedBlock`: the block of a `distill` output (kind "compressed"), with the nested
   `MethodRecord`, `SourceRecord`, `BadSamplesRecord`, `LabelsRecord`, `Normalization`,
-  `LearnedRecord`, `RunRecord` and the core `EvalProtocol`.
+  `LearnedRecord`, `RunRecord` and `EvalProtocol` (also the method interface's: a set's
+  evaluation recipe).
 
 Each has `to_dict()` (the JSON written, keys in the order written) and `from_dict(obj, path)`,
 which checks types and raises InputDataError naming the file and the key (`dcompress.<key>`).
@@ -16,12 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..errors import InputDataError
-
-if TYPE_CHECKING:  # core imports torch; `verify` must not need it
-    from ..core import EvalProtocol
 
 FORMAT_VERSION = 1
 
@@ -234,6 +231,29 @@ _REQUIRED = {"class_names": list, "normalization": dict, "labels": dict, "eval_p
              "image_shape": list}
 
 
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How `evaluate` trains a fresh network on a compressed set (methods.md §1.4).
+
+    `epochs` counts like the reference (`Epoch + 1` passes, one x0.1 lr decay at
+    `epochs // 2 + 1`). `lr` is replaced by the set's learned lr when `use_learned_lr`.
+    `aug` is a DSA strategy string (per-sample parameters) or None.
+    `soft_labels` trains with soft cross-entropy against softmax(logits / temperature).
+    """
+
+    name: str = "dc"
+    model: str = "convnet"
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    aug: str | None = None
+    soft_labels: bool = False
+    temperature: float = 1.0
+    use_learned_lr: bool = False
+
+
 @dataclass(frozen=True, kw_only=True)
 class CompressedBlock:
     """The `dcompress` block of a compressed set (docs/format.md, "The dcompress block").
@@ -280,8 +300,6 @@ class CompressedBlock:
     @classmethod
     def from_dict(cls, block, path) -> CompressedBlock:
         """The validated block; InputDataError naming `path` and the key `dcompress.<key>`."""
-        from ..core import EvalProtocol
-
         if not isinstance(block, dict) or block.get("kind") != "compressed":
             raise InputDataError("not a dcompress compressed-set manifest", path=str(path), key="dcompress.kind")
         for key, tp in _REQUIRED.items():
@@ -363,8 +381,6 @@ def _labels(labels: dict, path) -> LabelsRecord:
 def _check_protocol(proto: dict, path) -> None:
     """Every field of the stored evaluation protocol known and of its declared type."""
     import typing
-
-    from ..core import EvalProtocol
 
     hints = typing.get_type_hints(EvalProtocol)
     fields = {f.name for f in dataclasses.fields(EvalProtocol)}

@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 
 from ..augment import dsa as _dsa
-from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec
+from ..io.schema import EvalProtocol
 from ..errors import InputDataError, UsageError
 
 

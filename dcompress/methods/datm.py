@@ -23,7 +23,8 @@ import torch
 
 from ..errors import UsageError
 from ..registry import MethodInfo, register_method
-from ..core import CompressedSet, EvalProtocol
+from ..core import CompressedSet
+from ..io.schema import EvalProtocol
 from .base import noise_init, real_init
 from .mtt import MTT
 

@@ -29,7 +29,8 @@ from ..errors import UsageError
 from ..nets import build_net, has_batchnorm
 from ..registry import MethodInfo, register_method
 from ..train.loop import train_epoch
-from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec
+from ..io.schema import EvalProtocol
 from ..seeds import derive
 from .base import (check_ipc, class_labels, draw_class, eval_model_for, init_images_by_class,
                    parse_strategy_or_usage, synthesis_result)

@@ -31,7 +31,8 @@ from ..errors import NonFiniteLoss, UsageError
 from ..registry import MethodInfo, register_method
 from ..train.replay import fresh_params
 from ..train.unroll import pick_memory_mode, unroll
-from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec
+from ..io.schema import EvalProtocol
 from ..nets import has_batchnorm
 from .base import check_ipc, class_labels, noise_init, real_init
 from ..seeds import derive

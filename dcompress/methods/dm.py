@@ -21,7 +21,8 @@ from ..config import Validated
 from ..errors import UsageError
 from ..nets import build_net, embed, has_batchnorm
 from ..registry import MethodInfo, register_method
-from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec
+from ..io.schema import EvalProtocol
 from ..seeds import derive
 from .base import (ClassDraw, check_ipc, draw_class, eval_model_for, init_images_by_class,
                    parse_strategy_or_usage, synthesis_result)

@@ -30,7 +30,8 @@ from ..registry import MethodInfo, register_method
 from ..train.buffer import ExpertBuffer
 from ..train.experts import ExpertConfig, default_buffer_dir, train_experts
 from ..train.unroll import UnrollResult, pick_memory_mode, unroll
-from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec
+from ..io.schema import EvalProtocol
 from ..nets import has_batchnorm
 from .base import check_ipc, class_labels, noise_init, real_init
 from ..seeds import derive

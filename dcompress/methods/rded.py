@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Validated
-from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec, normalize
+from ..core import CompressedSet, LogFn, RealData, RunSpec, normalize
+from ..io.schema import EvalProtocol
 from ..errors import InputDataError, UsageError
 from ..registry import MethodInfo, register_method
 from ..seeds import derive

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Validated
-from ..core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec
+from ..io.schema import EvalProtocol
 from ..errors import UsageError
 from ..registry import MethodInfo, register_method
 from ..seeds import derive

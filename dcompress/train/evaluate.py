@@ -15,7 +15,8 @@ from ..errors import InputDataError, UsageError
 from ..io import topk
 from ..io.loader import CompressedDataset, load
 from ..seeds import derive
-from ..core import EvalProtocol, RealData, normalize
+from ..core import RealData, normalize
+from ..io.schema import EvalProtocol
 from .loop import accuracy, train_on_set
 
 

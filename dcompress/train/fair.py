@@ -35,7 +35,8 @@ from .. import __version__
 from ..augment.dsa import DEFAULT_STRATEGY
 from ..config import Validated
 from ..cache import cache_root
-from ..core import EvalProtocol, RealData, RealView, RunSpec, normalize
+from ..core import RealData, RealView, RunSpec, normalize
+from ..io.schema import EvalProtocol
 from ..errors import InputDataError, UsageError
 from ..io import topk
 from ..io.safe_write import ensure_dir, remove_dead_temps, write_json

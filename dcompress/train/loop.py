@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..core import EvalProtocol, RealView, batch_of
+from ..core import RealView, batch_of
+from ..io.schema import EvalProtocol
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -27,7 +27,8 @@ from ..errors import DcompressError, InputDataError, UsageError
 from ..faults import crash_point
 from ..seeds import derive
 from ..io.safe_write import ensure_dir, move_aside, np_save, remove_dead_temps, torch_save, write_json
-from ..core import EvalProtocol, RealData, RealView, RunSpec
+from ..core import RealData, RealView, RunSpec
+from ..io.schema import EvalProtocol
 from .loop import train_epoch
 
 

@@ -66,7 +66,8 @@ def test_a_failing_light_command_imports_no_torch(tmp_path):
 
 def test_the_import_list_sees_torch_where_it_is_used(shards, tmp_path):
     """The control: a command that reads shards does load torch, and the check above sees it."""
-    proc, names = imported("distill", str(shards["train"]), "--method", "random", "--ipc", "1", "--dry-run",
+    proc, names = imported("distill", str(shards["train"]), "--method", "random", "--ipc", "1", "--dry-run", "-o",
+                           str(tmp_path / "o"),
                            env={"DCOMPRESS_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "torch" in names

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 import dcompress
 from dcompress import registry
 from dcompress.cli import app
-from dcompress.core import CompressedSet, EvalProtocol, LogFn, RealData, RunSpec
+from dcompress.core import CompressedSet, LogFn, RealData, RunSpec
+from dcompress.io.schema import EvalProtocol
 from dcompress.methods.base import check_ipc, class_labels
 from dcompress.methods.loop import SynthesisLoop
 from dcompress.seeds import derive

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from dcompress.core import EvalProtocol
+from dcompress.io.schema import EvalProtocol
 from dcompress.errors import InputDataError
 from dcompress.io.experts_schema import ExpertsInput, ExpertsManifest, NetworkRecord, SplitRecord
 from dcompress.io.manifest import ShardRow, build_manifest, read_compressed, read_input, read_manifest

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from dcompress.train.loop import train_on_set
-from dcompress.core import EvalProtocol
+from dcompress.io.schema import EvalProtocol
 
 
 def _params(net: torch.nn.Module) -> torch.Tensor:
