@@ -88,7 +88,7 @@ class DD:
     def __init__(self, config):
         self.config = config
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         from ..nets import build_net
         from ..nets.functional import forward_flat
 

@@ -234,7 +234,7 @@ class MTT:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         from ..nets import build_net
 
         cfg, dev = self.config, spec.device
