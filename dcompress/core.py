@@ -198,7 +198,8 @@ class RunSpec:
     Attributes:
         ipc: images per class to produce.
         device: where to compute.
-        seed: the run's seed (the generator passed to `fit` is seeded from it).
+        seed: the run's seed: every random draw of a method comes from
+            `seeds.derive(seed, *tags)` (dcompress/seeds.py).
         work_dir: private scratch folder of this run (checkpoints live here).
         resume: continue from the last checkpoint in `work_dir` when present.
         ckpt_every: checkpoint period in iterations (synthesis methods).
@@ -234,6 +235,6 @@ class Method(Protocol):
 
     def __init__(self, config: Any) -> None: ...
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator,
-            log: LogFn) -> CompressedSet: ...
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
+        """The compressed set of `real`; every random draw from `derive(spec.seed, *tags)`."""
 

@@ -167,8 +167,8 @@ def worker(job: dict) -> dict:
         return time.perf_counter(), r.ru_utime, r.ru_stime, r.ru_minflt
 
     marks = [mark()]
-    spec = RunSpec(ipc=v.ipc, progress=lambda done, total, desc: marks.append(mark()))
-    cls(cfg).fit(real, spec, generator=torch.Generator().manual_seed(job["seed"]), log=lambda e: None)
+    spec = RunSpec(ipc=v.ipc, seed=job["seed"], progress=lambda done, total, desc: marks.append(mark()))
+    cls(cfg).fit(real, spec, log=lambda e: None)
     its = [{"wall": b[0] - a[0], "user": b[1] - a[1], "sys": b[2] - a[2], "faults": b[3] - a[3]}
            for a, b in zip(marks[:-1], marks[1:])]
     maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -22,7 +22,6 @@ from ..io.atomic import OutputLock, check_target, refuse_existing, work_dir_for
 from ..io.manifest import read_compressed
 from ..io.metrics import METRICS, MetricsLog
 from ..limits import MAX_PIXELS
-from ..seeds import derive
 from .checks import check_topk, ipc_from, resolve_device
 from .inputs import InputSpec, ProgressFn, as_input
 from .labels import label_stage
@@ -172,8 +171,7 @@ def _fit_label_write(req: DistillRequest, real: RealData, *, out: Path, ipc: int
 def fit_stage(req: DistillRequest, real: RealData, spec: RunSpec, log: LogFn) -> CompressedSet:
     """Stage 3: the method's compressed set (checkpointed and resumable through `spec.ckpt`)."""
     log({"event": "note", "text": f"stage fit: {req.method} (IPC {spec.ipc})"})
-    generator = derive(req.seed, "fit")          # for methods drawing outside the loop (selections)
-    return req.method_class(req.config).fit(real, spec, generator=generator, log=log)
+    return req.method_class(req.config).fit(real, spec, log=log)
 
 
 def labels_stage(req: DistillRequest, fitted: CompressedSet, real: RealData, spec: RunSpec,

@@ -1,5 +1,5 @@
-"""Small shared pieces of the methods: selection results, real-image initialisation, and what
-the synthesis methods share (per-class initial images from derived seeds, results, BN checks)."""
+"""Small shared pieces of the methods: selection results, and what the synthesis methods share
+(per-class initial images from derived seeds, per-class draws, results)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,17 +32,6 @@ def selection_result(real: RealData, indices: list[torch.Tensor], info: dict | N
             s.update(e)
     return CompressedSet(images=real.get(idx), labels=real.labels[idx].clone(), synthetic=False,
                          sources=sources, info=info or {})
-
-
-def real_init(real: RealData, ipc: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Class-balanced random real images [C*ipc, ch, H, W] (normalised), class-major order."""
-    idx = torch.cat([real.sample_class(c, ipc, generator) for c in range(real.num_classes)])
-    return real.get(idx, device)
-
-
-def noise_init(real: RealData, ipc: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    c, h, w = real.image_shape
-    return torch.randn(real.num_classes * ipc, c, h, w, generator=generator).to(device)
 
 
 def class_labels(num_classes: int, ipc: int) -> torch.Tensor:
@@ -137,9 +126,15 @@ def draw_class(real: RealData, c: int, batch_real: int, strategy: str | None, ge
     return ClassDraw(idx, params)
 
 
+def slot_sources(init_keys: list[str | None], ipc: int) -> list[dict]:
+    """Each synthetic image's `sources` entry: its `slot` within its class (class-major rows) and
+    the key of the real image it started from (None: noise)."""
+    return [{"slot": i % ipc, "init_source_key": k} for i, k in enumerate(init_keys)]
+
+
 def synthesis_result(images: torch.Tensor, real: RealData, ipc: int, init_keys: list[str | None],
                      protocol: EvalProtocol, info: dict) -> CompressedSet:
-    """CompressedSet of optimised images; `slot` is the image's position within its class."""
-    sources = [{"slot": i % ipc, "init_source_key": k} for i, k in enumerate(init_keys)]
+    """CompressedSet of optimised images, hard labels (class-major), `slot_sources`."""
     return CompressedSet(images=images.detach().float().cpu().clone(), labels=class_labels(real.num_classes, ipc),
-                         logits=None, synthetic=True, sources=sources, protocol=protocol, info=info)
+                         logits=None, synthetic=True, sources=slot_sources(init_keys, ipc), protocol=protocol,
+                         info=info)

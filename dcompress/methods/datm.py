@@ -25,7 +25,7 @@ from ..errors import UsageError
 from ..registry import MethodInfo, register_method
 from ..core import CompressedSet
 from ..io.schema import EvalProtocol
-from .base import noise_init, real_init
+from ..seeds import derive
 from .mtt import MTT
 
 SCAN_BATCH = 256
@@ -66,17 +66,19 @@ def correct_expert_logits(net: torch.nn.Module, thetas: Iterable[torch.Tensor], 
 
 
 @torch.no_grad()
-def correctly_predicted_init(real, ipc: int, net, thetas: Iterable[torch.Tensor], generator: torch.Generator,
-                             device: torch.device) -> tuple[torch.Tensor, dict]:
+def correctly_predicted_init(real, ipc: int, net, thetas: Iterable[torch.Tensor], seed: int,
+                             device: torch.device) -> tuple[torch.Tensor, list[str], dict]:
     """Per class, the first `ipc` images of a random order that expert 0 classifies correctly
     (then expert 1, … for a class where it gets fewer right); padded with misclassified ones
-    when all experts together find fewer than `ipc`."""
+    when all experts together find fewer than `ipc`. Class c's order comes from
+    `derive(seed, "init", c)`, as every initialisation (`init_images_by_class`). Returns the
+    images [C·ipc, ...] (class-major), their source keys and info."""
     from ..nets.functional import forward_flat
 
     picks, padded = [], 0
     for c in range(real.num_classes):
         pool = real.class_indices(c)
-        pool = pool[torch.randperm(pool.numel(), generator=generator)]
+        pool = pool[torch.randperm(pool.numel(), generator=derive(seed, "init", c))]
         chosen: list[int] = []
         for theta in thetas:
             for s in range(0, pool.numel(), SCAN_BATCH):
@@ -96,8 +98,9 @@ def correctly_predicted_init(real, ipc: int, net, thetas: Iterable[torch.Tensor]
             padded += ipc - len(chosen)
             chosen += rest[:ipc - len(chosen)]
         picks.append(torch.tensor(chosen))
-    return real.get(torch.cat(picks), device), {"pix_init": "samples_predicted_correctly",
-                                                "init_misclassified_padding": padded}
+    idx = torch.cat(picks)
+    return real.get(idx, device), [real.keys[int(i)] for i in idx], {"pix_init": "samples_predicted_correctly",
+                                                                      "init_misclassified_padding": padded}
 
 
 class _FinalThetas:
@@ -162,13 +165,12 @@ class DATM(MTT):
     def _final_thetas(self, buf, limit: int | None, device) -> "_FinalThetas":
         return _FinalThetas(buf, buf.num_experts if limit is None else min(limit, buf.num_experts), device)
 
-    def init_images(self, real, spec, buf, net, generator):
+    def init_images(self, real, spec, buf, net):
         cfg = self.config
         if cfg.pix_init == "samples_predicted_correctly":
             thetas = self._final_thetas(buf, cfg.label_experts, spec.device)
-            return correctly_predicted_init(real, spec.ipc, net, thetas, generator, spec.device)
-        init = real_init if cfg.pix_init == "real" else noise_init
-        return init(real, spec.ipc, generator, spec.device), {"pix_init": cfg.pix_init}
+            return correctly_predicted_init(real, spec.ipc, net, thetas, spec.seed, spec.device)
+        return super().init_images(real, spec, buf, net)
 
     def init_targets(self, images, labels, buf, net):
         thetas = self._final_thetas(buf, self.config.label_experts, images.device)
@@ -177,8 +179,9 @@ class DATM(MTT):
     def accept(self, loss: float) -> bool:
         return loss <= self.config.threshold
 
-    def result(self, images, labels, soft, lr: float, info: dict, model: str) -> CompressedSet:
+    def result(self, images, labels, soft, lr: float, info: dict, model: str, sources: list[dict]) -> CompressedSet:
         return CompressedSet(images=images, labels=labels, logits=soft, label_kind="learned", synthetic=True, lr=lr,
+                             sources=sources,
                              info={**info, "threshold": self.config.threshold},
                              protocol=EvalProtocol(name="datm", model=model, epochs=1000, aug=self.eval_aug(),
                                                    soft_labels=True, use_learned_lr=True, batch_size=128))

@@ -283,7 +283,7 @@ class DC:
         local = self.match_step(net, real, images, split.ipc, generator, classes=split.classes, terms=terms)
         return split.loss(local, terms)
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         """Algorithm 1 of the paper. Iteration `it` draws the network init, BN batches and
         inner-loop shuffles from `derive(seed, it)` and class c's real batch and DSA parameters of
         outer step `ol` from `derive(seed, it, ol, c)`: a resumed run needs no RNG state.

@@ -27,14 +27,14 @@ import torch.nn.functional as F
 
 from .. import dist
 from ..config import Validated
-from ..errors import NonFiniteLoss, UsageError
+from ..errors import UsageError
 from ..registry import MethodInfo, register_method
 from ..train.replay import fresh_params
 from ..train.unroll import pick_memory_mode, unroll
 from ..core import CompressedSet, LogFn, RealData, RunSpec
 from ..io.schema import EvalProtocol
 from ..nets import has_batchnorm
-from .base import check_ipc, class_labels, noise_init, real_init
+from .base import check_ipc, class_labels, init_images_by_class, slot_sources
 from ..seeds import derive
 from .loop import SynthesisLoop
 
@@ -89,7 +89,7 @@ class DD:
     def __init__(self, config):
         self.config = config
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         from ..nets import build_net
         from ..nets.functional import forward_flat
 
@@ -111,12 +111,12 @@ class DD:
             batches = parts
         per_epoch = math.ceil(len(real) / cfg.batch_real)
         total = cfg.epochs * per_epoch if cfg.iterations is None else min(cfg.iterations, cfg.epochs * per_epoch)
-        init = noise_init if cfg.pix_init == "noise" else real_init
-        images = init(real, spec.ipc, derive(spec.seed, "init"), dev).detach().clone().requires_grad_(True)
+        images, init_keys = init_images_by_class(real, range(K), spec.ipc, cfg.pix_init, spec.seed, dev)
+        images.requires_grad_(True)
         raw = torch.full((T,), softplus_inv(cfg.distill_lr), device=dev).requires_grad_(True)
         opt = torch.optim.Adam([images, raw], lr=cfg.lr, betas=(cfg.beta1, 0.999))
         loop = SynthesisLoop("dd", total, spec, log, state={"images": images, "raw": raw, "opt": opt},
-                             extra={"mode": None, "info": {}, "losses": []})
+                             extra={"mode": None, "info": {}})
         ex = loop.extra
 
         def inner(theta: torch.Tensor, i: int) -> torch.Tensor:
@@ -164,18 +164,12 @@ class DD:
                 loss += res.loss / cfg.n_nets
             images.grad, raw.grad = grads
             opt.step()
-            ex["losses"].append(round(loss, 6))
             loop.done(loss)
-        info, losses = ex["info"], ex["losses"]
-        if not torch.isfinite(images).all():
-            raise NonFiniteLoss("synthetic images became non-finite; lower lr")
         lrs = F.softplus(raw.detach()).cpu().tolist()
-        info.update(iterations=total, resumed_from=loop.start or None, loss_first=losses[0] if losses else None,
-                    loss_last=losses[-1] if losses else None,
-                    loss_last10_mean=(sum(losses[-10:]) / len(losses[-10:])) if losses else None,
-                    replay={"model": cfg.model, "net_init": cfg.net_init, "distill_steps": steps,
+        info = {**ex["info"], **loop.summary()}
+        info.update(replay={"model": cfg.model, "net_init": cfg.net_init, "distill_steps": steps,
                             "distill_epochs": cfg.distill_epochs, "images_per_class_per_step": spec.ipc // steps,
                             "step_of_slot": "slot // images_per_class_per_step", "lrs": lrs,
                             "evaluate_with": "dcompress.train.replay.replay_accuracy"})
         return CompressedSet(images=images.detach().cpu(), labels=labels.cpu(), synthetic=True, lrs=lrs, info=info,
-                             protocol=EvalProtocol(name="dd", epochs=300, aug=None))
+                             sources=slot_sources(init_keys, spec.ipc), protocol=EvalProtocol(name="dd", epochs=300, aug=None))

@@ -171,7 +171,7 @@ class DM:
         self.config = config
         self.strategy = parse_strategy_or_usage(config.dsa_strategy)
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         """Every draw is derived from (seed, iteration[, class]): the network of iteration `it` from
         `derive(seed, it, "net")`, class c's real batch and Siamese DSA draw from
         `derive(seed, it, c)`. DM's loss is a sum of per-class terms and its SGD step is

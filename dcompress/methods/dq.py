@@ -27,6 +27,7 @@ from ..config import Validated
 from ..errors import InputDataError, UsageError
 from ..registry import MethodInfo, register_method
 from ..core import CompressedSet, LogFn, RealData, RunSpec
+from ..seeds import derive
 from .base import check_ipc, selection_result
 from .select import make_bins
 
@@ -123,7 +124,7 @@ class DQ:
     def __init__(self, config: "DQ.Config"):
         self.config = config
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         cfg = self.config
         n_bins, source = cfg.bins, cfg.features
         counts = real.class_counts()
@@ -157,7 +158,7 @@ class DQ:
                      "message": f"k={cfg.k} >= class size for {len(clipped)} class(es): clipped to n-1"})
             binfo["features"] = source
             binfo["fingerprint"] = real.source.get("fingerprint")
-        picks, pick_bins = sample_bins(real.labels, bins, targets, n_bins, generator)
+        picks, pick_bins = sample_bins(real.labels, bins, targets, n_bins, derive(spec.seed, "fit"))
         info = {"bins": n_bins, "k": cfg.k, "lam": cfg.lam, "features": binfo.get("features"),
                 "graph_build_s": binfo.get("build_s"), "greedy_s": binfo.get("greedy_s"),
                 "kernels": sorted({c["kernel"] for c in binfo.get("classes", [])}),

@@ -45,5 +45,5 @@ class Herding:
     def __init__(self, config: "Herding.Config"):
         self.config = config
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         return select_on_teacher_features(real, spec, log, herding_order)

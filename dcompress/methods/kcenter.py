@@ -38,5 +38,5 @@ class KCenter:
     def __init__(self, config: "KCenter.Config"):
         self.config = config
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         return select_on_teacher_features(real, spec, log, kcenter_order)

@@ -9,8 +9,8 @@
 The loop owns what every method used to write by hand: resume (restore the `state` from the
 run's checkpoint, shape-checked), the checkpoint cadence (`--ckpt-every`), the non-finite loss
 guard (NonFiniteLoss; the last good checkpoint stays), progress, one log-event schema
-(`{"event": "iteration", "method", "iteration", "loss", **extra}` about 100 times a run) and the
-loss summary.
+(`{"event": "iteration", "method", "iteration", "loss", **extra}` about 100 times a run), the
+final finiteness check of the optimised tensors, and the loss summary.
 
 Derived seeds (`dcompress.seeds.derive(seed, *tags)`): a CPU generator seeded from sha256 of the
 run's seed and the tags (iteration, class, purpose). A draw of iteration `it` for class `c` comes from its own
@@ -118,7 +118,8 @@ class SynthesisLoop:
             yield it
 
     def done(self, loss: float, **extra: Any) -> None:
-        """Closes iteration `self.it` with its loss: guard, checkpoint when due, log, progress."""
+        """Closes iteration `self.it` with its loss: the loss and (before a checkpoint, and after
+        the last iteration) the `guard` tensors must be finite; checkpoint when due, log, progress."""
         it, loss = self.it, float(loss)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"{self.name}: loss is {loss} at iteration {it + 1} (lr too large, or non-finite "
@@ -128,10 +129,11 @@ class SynthesisLoop:
             self.first_loss = loss
         crash_point("iter")
         ckpt = self.spec.ckpt
-        if ckpt is not None and ckpt.due(it + 1):
-            if not all(bool(torch.isfinite(t).all()) for t in self.guard):
-                raise NonFiniteLoss(f"{self.name}: the synthetic set became non-finite after iteration {it + 1} "
-                                    "(lr too large?); the last good checkpoint is kept")
+        due = ckpt is not None and ckpt.due(it + 1)
+        if (due or it + 1 == self.total) and not all(bool(torch.isfinite(t).all()) for t in self.guard):
+            raise NonFiniteLoss(f"{self.name}: the synthetic set became non-finite after iteration {it + 1} "
+                                "(lr too large?); the last good checkpoint is kept")
+        if due:
             state = {k: self._saved(v) for k, v in self.state.items()}
             if self.shard is not None:
                 state = self.shard.gather(state)          # collective: every rank is here at it + 1

@@ -25,7 +25,7 @@ from .. import dist
 from ..augment import dsa
 from ..augment.dsa import DEFAULT_STRATEGY
 from ..config import Validated
-from ..errors import InputDataError, NonFiniteLoss, UsageError
+from ..errors import InputDataError, UsageError
 from ..registry import MethodInfo, register_method
 from ..train.buffer import ExpertBuffer
 from ..train.experts import ExpertConfig, default_buffer_dir, train_experts
@@ -33,7 +33,7 @@ from ..train.unroll import UnrollResult, pick_memory_mode, unroll
 from ..core import CompressedSet, LogFn, RealData, RunSpec
 from ..io.schema import EvalProtocol
 from ..nets import has_batchnorm
-from .base import check_ipc, class_labels, noise_init, real_init
+from .base import check_ipc, class_labels, init_images_by_class, slot_sources
 from ..seeds import derive
 from .loop import SynthesisLoop
 
@@ -208,9 +208,11 @@ class MTT:
     def start_epoch(self, it: int, generator: torch.Generator) -> int:
         return int(torch.randint(0, self.config.max_start_epoch, (1,), generator=generator))
 
-    def init_images(self, real, spec, buf, net, generator) -> tuple[torch.Tensor, dict]:
-        init = real_init if self.config.pix_init == "real" else noise_init
-        return init(real, spec.ipc, generator, spec.device), {"pix_init": self.config.pix_init}
+    def init_images(self, real, spec, buf, net) -> tuple[torch.Tensor, list[str | None], dict]:
+        """The initial images [C·ipc, ...] (class-major), their source keys and info."""
+        images, keys = init_images_by_class(real, range(real.num_classes), spec.ipc, self.config.pix_init, spec.seed,
+                                            spec.device)
+        return images, keys, {"pix_init": self.config.pix_init}
 
     def init_targets(self, images, labels, buf, net) -> tuple[torch.Tensor | None, dict]:
         return None, {}          # hard labels
@@ -226,14 +228,14 @@ class MTT:
         """The evaluation protocol trains with the DSA strategy the synthesis used (None when off)."""
         return self.strategy()
 
-    def result(self, images, labels, soft, lr: float, info: dict, model: str) -> CompressedSet:
-        return CompressedSet(images=images, labels=labels, synthetic=True, lr=lr, info=info,
+    def result(self, images, labels, soft, lr: float, info: dict, model: str, sources: list[dict]) -> CompressedSet:
+        return CompressedSet(images=images, labels=labels, synthetic=True, lr=lr, info=info, sources=sources,
                              protocol=EvalProtocol(name="mtt", model=model, epochs=1000, aug=self.eval_aug(),
                                                    use_learned_lr=True))
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         from ..nets import build_net
 
         cfg, dev = self.config, spec.device
@@ -248,7 +250,7 @@ class MTT:
         n = labels.numel()
         batch_syn = cfg.batch_syn or n
         info: dict = {"experts": buf_info, "lr_parametrisation": "lr_teacher * exp(u), step lr_lr / lr_teacher^2"}
-        x0, init_info = self.init_images(real, spec, buf, net, derive(spec.seed, "init"))
+        x0, init_keys, init_info = self.init_images(real, spec, buf, net)
         soft0, label_info = self.init_targets(x0, labels, buf, net)
         info.update(init_info, **label_info)
         images = x0.detach().clone().to(dev).requires_grad_(True)
@@ -262,7 +264,7 @@ class MTT:
         state = {"images": images, "u": lr.u, **({"soft": soft} if soft is not None else {}),
                  **{"opt_" + k: o for k, o in opts.items()}}
         loop = SynthesisLoop(self.info.name, cfg.iterations, spec, log, state=state, guard=[images, lr.u],
-                             extra={"skipped": 0, "mode": None, "losses": [], "mem_info": {}})
+                             extra={"skipped": 0, "mode": None, "mem_info": {}})
         targets = soft if soft is not None else labels
         strategy = self.strategy()
         ex = loop.extra
@@ -290,15 +292,8 @@ class MTT:
                 lr.clamp_()
             else:
                 ex["skipped"] += 1
-            ex["losses"].append(round(res.loss, 6))
             loop.done(res.loss, lr=float(lr.value().detach()), expert=e, start_epoch=t)
-        if not torch.isfinite(images).all():
-            raise NonFiniteLoss("synthetic images became non-finite; lower lr_img")
-        losses = ex["losses"]
-        info.update(ex["mem_info"], memory=ex["mode"] or ex["mem_info"].get("memory"), iterations=cfg.iterations,
-                    skipped_updates=ex["skipped"], loss_first=losses[0] if losses else None,
-                    loss_last=losses[-1] if losses else None,
-                    loss_last10_mean=(sum(losses[-10:]) / len(losses[-10:])) if losses else None,
-                    lr_init=cfg.lr_teacher, lr_final=float(lr.value().detach()), resumed_from=loop.start or None)
+        info.update(ex["mem_info"], memory=ex["mode"] or ex["mem_info"].get("memory"), skipped_updates=ex["skipped"],
+                    lr_init=cfg.lr_teacher, lr_final=float(lr.value().detach()), **loop.summary())
         return self.result(images.detach().cpu(), labels.cpu(), soft.detach().cpu() if soft is not None else None,
-                           float(lr.value().detach()), info, buf.network["name"])
+                           float(lr.value().detach()), info, buf.network["name"], slot_sources(init_keys, spec.ipc))

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..registry import MethodInfo, register_method
 from ..config import Validated
 from ..core import CompressedSet, LogFn, RealData, RunSpec
+from ..seeds import derive
 from .base import check_ipc, selection_result
 
 
@@ -22,7 +21,8 @@ class Random:
     def __init__(self, config: "Random.Config"):
         self.config = config
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         check_ipc(real, spec.ipc)
-        picks = [real.sample_class(c, spec.ipc, generator) for c in range(real.num_classes)]
+        g = derive(spec.seed, "fit")            # one stream, classes in order
+        picks = [real.sample_class(c, spec.ipc, g) for c in range(real.num_classes)]
         return selection_result(real, picks)

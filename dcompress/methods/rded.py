@@ -101,7 +101,7 @@ class RDED:
                              f"({config.max_scale_crops})", key="min_scale_crops")
         self.config = config
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         from ..train.teacher import get_teacher
 
         cfg, ipc = self.config, spec.ipc

@@ -120,7 +120,7 @@ class SRe2L:
                              key="min_scale")
         self.config = config
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         from ..train.teacher import get_teacher
 
         cfg, ipc, n_cls = self.config, spec.ipc, real.num_classes

@@ -34,7 +34,7 @@ class ClassMeans:
     def __init__(self, config: "ClassMeans.Config"):
         self.config = config
 
-    def fit(self, real: RealData, spec: RunSpec, *, generator: torch.Generator, log: LogFn) -> CompressedSet:
+    def fit(self, real: RealData, spec: RunSpec, *, log: LogFn) -> CompressedSet:
         cfg, ipc = self.config, spec.ipc
         check_ipc(real, ipc)
         classes = range(real.num_classes)

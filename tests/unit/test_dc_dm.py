@@ -28,9 +28,9 @@ def spec_for(tmp_path, ipc=2, every=0, progress=None, name="run") -> RunSpec:
     return RunSpec(ipc=ipc, device=torch.device(TEST_DEVICE), work_dir=tmp_path, ckpt=ckpt, progress=progress)
 
 
-def fit(method_cls, real, spec, seed=0, **cfg):
+def fit(method_cls, real, spec, **cfg):
     m = method_cls(method_cls.Config(**cfg))
-    return m.fit(real, spec, generator=torch.Generator().manual_seed(seed), log=lambda e: None)
+    return m.fit(real, spec, log=lambda e: None)
 
 
 DM_TINY = dict(model=TINY, batch_real=6)
@@ -257,7 +257,7 @@ def test_dm_classes_in_any_subset_give_identical_per_class_images(real, batched,
             monkeypatch.setattr(dist, "rank", lambda: rank)
             monkeypatch.setattr(dist, "world", lambda: world)
             split = dist.ClassSplit(real.num_classes, 2)
-            part = dm_mod.DM(cfg).fit(real, spec, generator=torch.Generator(), log=lambda e: None)
+            part = dm_mod.DM(cfg).fit(real, spec, log=lambda e: None)
             assert torch.equal(part.images, full.images[split.lo:split.hi])
             assert [s["init_source_key"] for s in part.sources] == \
                 [s["init_source_key"] for s in full.sources][split.lo:split.hi]

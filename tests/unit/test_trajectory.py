@@ -38,8 +38,8 @@ def spec_for(tmp: Path, buf=None, every=0, ipc=1, identity="x") -> RunSpec:
                    experts=buf)
 
 
-def fit(method, real, spec, log=None, seed=0):
-    return method.fit(real, spec, generator=torch.Generator().manual_seed(seed), log=log or (lambda e: None))
+def fit(method, real, spec, log=None):
+    return method.fit(real, spec, log=log or (lambda e: None))
 
 
 # -- the unrolled gradient -------------------------------------------------------------------
