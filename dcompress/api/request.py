@@ -71,8 +71,8 @@ class DistillRequest:
         """UsageError for a value out of range (what `make` checks; also for a request built directly)."""
         from .. import dist
 
-        if dist.env_world() > 1 and not self.method_class.info.distributed:
-            raise UsageError(f"--method {self.method} does not support torchrun yet (WORLD_SIZE={dist.env_world()}); "
+        if dist.world() > 1 and not self.method_class.info.distributed:
+            raise UsageError(f"--method {self.method} does not support torchrun yet (WORLD_SIZE={dist.world()}); "
                              "run it as one process")
         check_seed(self.seed)
         if self.labels not in LABEL_MODES:
