@@ -155,46 +155,45 @@ def resolve_config(cls: type, *, file: str | Path | None = None, sets: list[str]
 
 
 # ---------------------------------------------------------------------------------------------
-# Ranges, in one place for every Config (method, expert, teacher): by field name, since the
-# configs share the reference's names (lr_img, batch_real, syn_steps, ...). A numeric field with
-# no rule here fails `tests/unit/test_config.py`, so a new field cannot slip through unchecked.
+# Ranges sit next to their fields: `lr_img: float = positive(0.1)` is a dataclass field whose
+# metadata["check"] holds (predicate, text); `validate` reads it. A tuple field's rule applies to
+# every element. A subclass that overrides a default replaces the whole field, so it must use the
+# helper again (`syn_steps: int = positive(80)`). A numeric field without a check fails
+# `tests/unit/test_config.py`, so a new field cannot slip through unchecked.
 
-def _positive(v) -> bool:
-    return v > 0
-
-
-def _non_negative(v) -> bool:
-    return v >= 0
+Check = tuple[Callable[[Any], bool], str]
 
 
-def _unit_open(v) -> bool:
-    return 0 <= v < 1
+def checked(default: Any, predicate: Callable[[Any], bool], text: str) -> Any:
+    """A dataclass field with `default` whose values must satisfy `predicate` ("must be {text}")."""
+    return dataclasses.field(default=default, metadata={"check": (predicate, text)})
 
 
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{k: (_positive, "> 0") for k in (
-        "lr", "lr_img", "lr_lr", "lr_net", "lr_teacher", "lr_y", "distill_lr",
-        "batch_real", "batch_syn", "batch_train", "batch_size", "bins", "k", "epochs", "expert_epochs",
-        "syn_steps", "n_nets", "distill_steps", "distill_epochs", "decay_epochs", "buffer_experts",
-        "buffer_epochs", "label_experts", "inner_loop", "outer_loop", "dense_max", "eval_max", "max_samples")},
-    **{k: (_non_negative, ">= 0") for k in (
-        "iterations", "weight_decay", "rho", "alpha", "lam", "seed", "min_start_epoch", "max_start_epoch", "threshold",
-        "current_max_start_epoch", "expansion_end_epoch")},
-    **{k: (_unit_open, "in [0, 1)") for k in ("momentum", "momentum_y", "momentum_img", "momentum_lr", "beta1",
-                                              "holdout")},
-    "decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    # evaluate --protocol fair (train/fair.py); a tuple field's rule applies to every element
-    "lr_grid": (_positive, "> 0"),
-    "val_per_class": (_positive, "> 0"),
-    **{k: (lambda v: 0 <= v <= 1, "in [0, 1]") for k in ("lrs_weight", "ars_weight")},
-    # decoupled methods (rded, sre2l)
-    **{k: (_positive, "> 0") for k in ("num_crop", "mipc")},
-    "factor": (_non_negative, ">= 0 (0: by resolution)"),
-    **{k: (lambda v: 0 < v <= 1, "in (0, 1]") for k in ("min_scale_crops", "max_scale_crops", "min_scale",
-                                                          "max_scale", "cda_milestone")},
-    **{k: (_non_negative, ">= 0") for k in ("jitter", "l2_scale", "tv_l2", "r_bn", "first_bn_multiplier")},
-    "beta2": (_unit_open, "in [0, 1)"),
-}
+def positive(default: Any) -> Any:
+    return checked(default, lambda v: v > 0, "> 0")
+
+
+def non_negative(default: Any, text: str = ">= 0") -> Any:
+    return checked(default, lambda v: v >= 0, text)
+
+
+def unit_open(default: Any) -> Any:
+    """In [0, 1): momenta, Adam betas, a held-out fraction."""
+    return checked(default, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def unit_interval(default: Any) -> Any:
+    """In [0, 1]: weights of a convex combination."""
+    return checked(default, lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def fraction(default: Any) -> Any:
+    """In (0, 1]: a decay factor, a crop's scale, a share of the iterations."""
+    return checked(default, lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def field_check(f: dataclasses.Field) -> Check | None:
+    return f.metadata.get("check")
 
 
 class Validated:
@@ -215,12 +214,12 @@ def validate(cfg: Any) -> None:
             continue
         if isinstance(v, float) and not math.isfinite(v):
             raise UsageError(f"{name}: {f.name!r} must be finite, got {v}", key=f.name)
-        rule = RULES.get(f.name)
+        rule = field_check(f)
         if rule is not None and not rule[0](v):
             raise UsageError(f"{name}: {f.name!r} must be {rule[1]}, got {v}", key=f.name)
     for f in dataclasses.fields(cfg):          # tuple fields (fair lr_grid): the rule of each element
         items = getattr(cfg, f.name)
-        rule = RULES.get(f.name)
+        rule = field_check(f)
         if not isinstance(items, tuple) or rule is None:
             continue
         for v in items:

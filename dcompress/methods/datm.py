@@ -21,6 +21,7 @@ from typing import Iterable, Literal
 
 import torch
 
+from ..config import non_negative, positive, unit_open
 from ..errors import UsageError
 from ..registry import MethodInfo, register_method
 from ..core import CompressedSet
@@ -131,17 +132,17 @@ class DATM(MTT):
         """Defaults = DATM `utils/cfg.py` (configs use iterations 10000, batch_syn set per IPC).
         `label_experts`: how many experts initialise the soft labels (None: all in the buffer)."""
 
-        syn_steps: int = 80
-        expert_epochs: int = 2
+        syn_steps: int = positive(80)
+        expert_epochs: int = positive(2)
         pix_init: Literal["samples_predicted_correctly", "real", "noise"] = "samples_predicted_correctly"
-        min_start_epoch: int = 0
-        current_max_start_epoch: int = 20
-        expansion_end_epoch: int = 3000
+        min_start_epoch: int = non_negative(0)
+        current_max_start_epoch: int = non_negative(20)
+        expansion_end_epoch: int = non_negative(3000)
         sequential_generation: bool = True
-        lr_y: float = 2.0
-        momentum_y: float = 0.9
-        threshold: float = 1.0
-        label_experts: int | None = None
+        lr_y: float = positive(2.0)
+        momentum_y: float = unit_open(0.9)
+        threshold: float = non_negative(1.0)
+        label_experts: int | None = positive(None)
 
     def check_window(self, buf) -> None:
         super().check_window(buf)

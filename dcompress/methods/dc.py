@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import dist
 from ..augment import dsa
-from ..config import Validated
+from ..config import Validated, non_negative, positive, unit_open
 from ..errors import UsageError
 from ..nets import build_net, has_batchnorm
 from ..registry import MethodInfo, register_method
@@ -170,16 +170,16 @@ class DC:
         model: network to match on (dcompress.nets name).
         """
 
-        iterations: int = 1000
-        lr_img: float = 0.1
-        momentum: float = 0.5
-        lr_net: float = 0.01
-        batch_real: int = 256
-        batch_train: int = 256
+        iterations: int = non_negative(1000)
+        lr_img: float = positive(0.1)
+        momentum: float = unit_open(0.5)
+        lr_net: float = positive(0.01)
+        batch_real: int = positive(256)
+        batch_train: int = positive(256)
         pix_init: Literal["real", "noise"] = "noise"
         dis_metric: Literal["ours", "mse", "cos"] = "ours"
-        outer_loop: int | None = None
-        inner_loop: int | None = None
+        outer_loop: int | None = positive(None)
+        inner_loop: int | None = positive(None)
         model: str = "convnet"
 
     def __init__(self, config: "DC.Config"):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
-from ..config import Validated
+from ..config import Validated, fraction, non_negative, positive, unit_open
 from ..errors import UsageError
 from ..registry import MethodInfo, register_method
 from ..train.replay import fresh_params
@@ -71,17 +71,17 @@ class DD:
         x batches per epoch). `n_nets`: fresh networks averaged per outer step (sample_n_nets)."""
 
         model: str = "lenet"
-        distill_steps: int | None = None
-        distill_epochs: int = 3
-        distill_lr: float = 0.02
-        lr: float = 0.01
-        beta1: float = 0.5
-        epochs: int = 400
-        iterations: int | None = None
-        batch_real: int = 1024
-        decay_epochs: int = 40
-        decay_factor: float = 0.5
-        n_nets: int = 1
+        distill_steps: int | None = positive(None)
+        distill_epochs: int = positive(3)
+        distill_lr: float = positive(0.02)
+        lr: float = positive(0.01)
+        beta1: float = unit_open(0.5)
+        epochs: int = positive(400)
+        iterations: int | None = non_negative(None)
+        batch_real: int = positive(1024)
+        decay_epochs: int = positive(40)
+        decay_factor: float = fraction(0.5)
+        n_nets: int = positive(1)
         net_init: Literal["xavier", "default"] = "xavier"
         pix_init: Literal["noise", "real"] = "noise"
         memory: Literal["auto", "full", "constant", "tesla"] = "auto"

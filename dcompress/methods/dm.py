@@ -17,7 +17,7 @@ import torch
 
 from .. import dist
 from ..augment import dsa
-from ..config import Validated
+from ..config import Validated, non_negative, positive, unit_open
 from ..errors import UsageError
 from ..nets import build_net, embed, has_batchnorm
 from ..registry import MethodInfo, register_method
@@ -158,10 +158,10 @@ class DM:
             on CPU, batched on CUDA. BN models always use the batched form (reference).
         """
 
-        iterations: int = 20000
-        lr_img: float = 1.0
-        momentum: float = 0.5
-        batch_real: int = 256
+        iterations: int = non_negative(20000)
+        lr_img: float = positive(1.0)
+        momentum: float = unit_open(0.5)
+        batch_real: int = positive(256)
         pix_init: Literal["real", "noise"] = "real"
         dsa_strategy: str | None = dsa.DEFAULT_STRATEGY
         model: str = "convnet"

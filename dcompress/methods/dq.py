@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .. import dist
-from ..config import Validated
+from ..config import Validated, non_negative, positive
 from ..errors import InputDataError, UsageError
 from ..registry import MethodInfo, register_method
 from ..core import CompressedSet, LogFn, RealData, RunSpec
@@ -112,14 +112,14 @@ class DQ:
 
     @dataclass(frozen=True)
     class Config(Validated):
-        bins: int = 10             # number of bins (--bins)
-        k: int = 20                # kNN degree of the sparse graph
-        lam: float = 1.0           # GraphCut λ in DQ/DeepCore's gain λ·Σ_pool s − 2·Σ_S s
-        features: str = "teacher"  # teacher | grad | path to an [N, D] .npy (--features)
-        dense_max: int = 8192      # classes up to this size use the exact dense kernel
-        knn_method: str = "auto"   # auto | exact | hnsw | ivf
-        keep_bins: bool = False    # also write every bin's indices (bins.npy + bins.json) (--keep-bins)
-        from_bins: str | None = None   # re-sample the bins saved by --keep-bins in this folder (--from-bins)
+        bins: int = positive(10)         # number of bins (--bins)
+        k: int = positive(20)            # kNN degree of the sparse graph
+        lam: float = non_negative(1.0)   # GraphCut λ in DQ/DeepCore's gain λ·Σ_pool s − 2·Σ_S s
+        features: str = "teacher"        # teacher | grad | path to an [N, D] .npy (--features)
+        dense_max: int = positive(8192)  # classes up to this size use the exact dense kernel
+        knn_method: str = "auto"         # auto | exact | hnsw | ivf
+        keep_bins: bool = False          # also write every bin's indices (bins.npy + bins.json) (--keep-bins)
+        from_bins: str | None = None     # re-sample the bins saved by --keep-bins in this folder (--from-bins)
 
     def __init__(self, config: "DQ.Config"):
         self.config = config

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .. import dist
 from ..augment import dsa
 from ..augment.dsa import DEFAULT_STRATEGY
-from ..config import Validated
+from ..config import Validated, non_negative, positive, unit_open
 from ..errors import InputDataError, UsageError
 from ..registry import MethodInfo, register_method
 from ..train.buffer import ExpertBuffer
@@ -175,22 +175,22 @@ class MTT:
         `buffer_experts`/`buffer_epochs`: the default buffer trained when no --experts is given
         (epochs None = max_start_epoch + expert_epochs)."""
 
-        iterations: int = 5000
-        lr_img: float = 1000.0
-        lr_lr: float = 1e-5
-        lr_teacher: float = 0.01
-        syn_steps: int = 20
-        expert_epochs: int = 3
-        max_start_epoch: int = 25
-        batch_syn: int | None = None
+        iterations: int = non_negative(5000)
+        lr_img: float = positive(1000.0)
+        lr_lr: float = positive(1e-5)
+        lr_teacher: float = positive(0.01)
+        syn_steps: int = positive(20)
+        expert_epochs: int = positive(3)
+        max_start_epoch: int = non_negative(25)
+        batch_syn: int | None = positive(None)
         pix_init: Literal["real", "noise"] = "real"
         dsa_strategy: str | None = DEFAULT_STRATEGY     # 'none' turns DSA off
         model: str | None = None
         memory: Literal["auto", "full", "constant", "tesla"] = "auto"
-        buffer_experts: int = 5
-        buffer_epochs: int | None = None
-        momentum_img: float = 0.5   # distill.py: SGD(images, lr_img, momentum=0.5)
-        momentum_lr: float = 0.5    # distill.py: SGD(syn_lr, lr_lr, momentum=0.5)
+        buffer_experts: int = positive(5)
+        buffer_epochs: int | None = positive(None)
+        momentum_img: float = unit_open(0.5)  # distill.py: SGD(images, lr_img, momentum=0.5)
+        momentum_lr: float = unit_open(0.5)   # distill.py: SGD(syn_lr, lr_lr, momentum=0.5)
 
     def __init__(self, config):
         self.config = config

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import Validated
+from ..config import Validated, fraction, non_negative, positive
 from ..core import CompressedSet, LogFn, RealData, RunSpec, normalize
 from ..io.schema import EvalProtocol
 from ..errors import InputDataError, UsageError
@@ -87,13 +87,14 @@ class RDED:
 
     @dataclass(frozen=True)
     class Config(Validated):
-        factor: int = 0             # factor x factor crops per image; 0: by resolution as the reference's
-                                    # scripts (1 up to 64 px a side: CIFAR, Tiny-ImageNet; 2 above)
-        num_crop: int = 5           # candidate crops per drawn image (scripts --num-crop 5)
-        mipc: int = 300             # real images drawn per class (scripts --mipc 300; argument.py 600)
-        min_scale_crops: float = 0.08   # RandomResizedCrop scale range (--min/max-scale-crops)
-        max_scale_crops: float = 1.0
-        batch_size: int = 500       # teacher forward batch (memory only; results do not depend on it)
+        # factor x factor crops per image; 0: by resolution as the reference's scripts (1 up to
+        # 64 px a side: CIFAR, Tiny-ImageNet; 2 above)
+        factor: int = non_negative(0, ">= 0 (0: by resolution)")
+        num_crop: int = positive(5)                # candidate crops per drawn image (scripts --num-crop 5)
+        mipc: int = positive(300)                  # real images drawn per class (scripts --mipc 300; argument.py 600)
+        min_scale_crops: float = fraction(0.08)    # RandomResizedCrop scale range (--min/max-scale-crops)
+        max_scale_crops: float = fraction(1.0)
+        batch_size: int = positive(500)            # teacher forward batch (memory only; results do not depend on it)
 
     def __init__(self, config: "RDED.Config"):
         if config.min_scale_crops > config.max_scale_crops:

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..config import Validated
+from ..config import Validated, fraction, non_negative, positive, unit_open
 from ..core import CompressedSet, LogFn, RealData, RunSpec
 from ..io.schema import EvalProtocol
 from ..errors import UsageError
@@ -97,22 +97,22 @@ class SRe2L:
 
     @dataclass(frozen=True)
     class Config(Validated):
-        iterations: int = 1000          # --iteration (all recover scripts 1000; CDA 4000 on ImageNet)
-        lr: float = 0.25                # --lr of the CIFAR script (argparse default 0.1, CDA tiny 0.4)
-        r_bn: float = 0.01              # --r-bn of the CIFAR script (argparse default 0.05)
-        first_bn_multiplier: float = 10.0
-        jitter: int = 4                 # --jitter for 32/64 px (ImageNet 32)
-        beta1: float = 0.5              # Adam betas [0.5, 0.9], eps 1e-8
-        beta2: float = 0.9
-        min_scale: float = 0.08         # RandomResizedCrop scale range (torchvision default)
-        max_scale: float = 1.0
-        flip: bool = True               # RandomHorizontalFlip
-        cda: bool = False               # CDA curriculum on the crop's lower bound
+        iterations: int = non_negative(1000)  # --iteration (all recover scripts 1000; CDA 4000 on ImageNet)
+        lr: float = positive(0.25)            # --lr of the CIFAR script (argparse default 0.1, CDA tiny 0.4)
+        r_bn: float = non_negative(0.01)      # --r-bn of the CIFAR script (argparse default 0.05)
+        first_bn_multiplier: float = non_negative(10.0)
+        jitter: int = non_negative(4)         # --jitter for 32/64 px (ImageNet 32)
+        beta1: float = unit_open(0.5)         # Adam betas [0.5, 0.9], eps 1e-8
+        beta2: float = unit_open(0.9)
+        min_scale: float = fraction(0.08)     # RandomResizedCrop scale range (torchvision default)
+        max_scale: float = fraction(1.0)
+        flip: bool = True                     # RandomHorizontalFlip
+        cda: bool = False                     # CDA curriculum on the crop's lower bound
         cda_mode: Literal["step", "linear", "cosine"] = "cosine"   # --easy2hard-mode
-        cda_milestone: float = 1.0      # --milestone: fraction of iterations the curriculum spans
-        tv_l2: float = 0.0              # ImageNet recover: 1e-4 (CIFAR/CDA scripts: unused)
-        l2_scale: float = 0.0           # ImageNet recover: 1e-5
-        batch_size: int = 100           # images per forward (whole IPC slots); memory only
+        cda_milestone: float = fraction(1.0)  # --milestone: fraction of iterations the curriculum spans
+        tv_l2: float = non_negative(0.0)      # ImageNet recover: 1e-4 (CIFAR/CDA scripts: unused)
+        l2_scale: float = non_negative(0.0)   # ImageNet recover: 1e-5
+        batch_size: int = positive(100)       # images per forward (whole IPC slots); memory only
 
     def __init__(self, config: "SRe2L.Config"):
         if config.min_scale > config.max_scale:

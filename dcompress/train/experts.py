@@ -38,7 +38,7 @@ import torch
 from .. import __version__, dist
 from ..augment.dsa import DEFAULT_STRATEGY, parse_strategy
 from ..checkpoint import warn_via
-from ..config import Validated
+from ..config import Validated, non_negative, positive, unit_open
 from ..errors import InputDataError, NonFiniteLoss, OutputError, UsageError, os_error
 from ..faults import crash_point
 from ..seeds import derive, derive_seed
@@ -64,19 +64,19 @@ class ExpertConfig(Validated):
     """
 
     model: str = "convnet"
-    epochs: int = 50
-    lr_teacher: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_train: int = 256
+    epochs: int = positive(50)
+    lr_teacher: float = positive(0.01)
+    momentum: float = unit_open(0.0)
+    weight_decay: float = non_negative(0.0)
+    batch_train: int = positive(256)
     dsa_strategy: str | None = DEFAULT_STRATEGY     # 'none' turns DSA off
     optimizer: Literal["sgd", "ftd"] = "sgd"
-    rho: float = 0.01
-    alpha: float = 0.3
+    rho: float = non_negative(0.01)
+    alpha: float = non_negative(0.3)
     adaptive: bool = True
-    holdout: float | None = None
-    eval_max: int = 10000
-    seed: int = 0
+    holdout: float | None = unit_open(None)
+    eval_max: int = positive(10000)
+    seed: int = non_negative(0)
 
 
 def expert_seed(seed: int, expert: int) -> int:

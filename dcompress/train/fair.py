@@ -33,7 +33,7 @@ import torch
 
 from .. import __version__
 from ..augment.dsa import DEFAULT_STRATEGY
-from ..config import Validated
+from ..config import Validated, non_negative, positive, unit_interval, unit_open
 from ..cache import cache_root
 from ..core import RealData, RealView, RunSpec, normalize
 from ..io.schema import EvalProtocol
@@ -53,10 +53,10 @@ class FairConfig(Validated):
     """The fair protocol's knobs. `lr_grid` is DD-Ranking's (`_hyper_param_search_*`);
     `lrs_weight`/`ars_weight` are its `lrs_lambda`/`ars_lambda` (0.5 on its leaderboard)."""
 
-    lr_grid: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1)
-    val_per_class: int = 50
-    lrs_weight: float = 0.5
-    ars_weight: float = 0.5
+    lr_grid: tuple[float, ...] = positive((0.001, 0.005, 0.01, 0.05, 0.1))
+    val_per_class: int = positive(50)
+    lrs_weight: float = unit_interval(0.5)
+    ars_weight: float = unit_interval(0.5)
     ars: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY   # the "with augmentation" side of ARS when the protocol has none
 
@@ -73,12 +73,12 @@ class FullDataConfig(Validated):
     `epochs` passes, lr x0.1 for the second half, no augmentation. The default is sized for a
     CPU (DD-Ranking trains ConvNet-3 200 epochs); raise `epochs` on a GPU."""
 
-    epochs: int = 5
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    max_samples: int | None = None
+    epochs: int = positive(5)
+    lr: float = positive(0.01)
+    momentum: float = unit_open(0.9)
+    weight_decay: float = non_negative(5e-4)
+    batch_size: int = positive(256)
+    max_samples: int | None = positive(None)
 
 
 def parse_grid(text: str) -> tuple[float, ...]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import warn_via
-from ..config import Validated
+from ..config import Validated, non_negative, positive, unit_open
 from .. import dist
 from ..errors import DcompressError, InputDataError, UsageError
 from ..faults import crash_point
@@ -38,13 +38,13 @@ class TeacherConfig(Validated):
     minutes on 2 cores). Raise them (or pass --teacher) for better soft labels and features."""
 
     model: str = "convnet_w32"
-    epochs: int = 2
-    max_samples: int = 20000
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    seed: int = 0
+    epochs: int = positive(2)
+    max_samples: int = positive(20000)
+    lr: float = positive(0.01)
+    momentum: float = unit_open(0.9)
+    weight_decay: float = non_negative(5e-4)
+    batch_size: int = positive(128)
+    seed: int = non_negative(0)
 
 
 @dataclass

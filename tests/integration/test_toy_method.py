@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import dcompress
 from dcompress import registry
 from dcompress.cli import app
+from dcompress.config import Validated, non_negative, positive
 from dcompress.core import CompressedSet, LogFn, RealData, RunSpec
 from dcompress.io.schema import EvalProtocol
 from dcompress.methods.base import check_ipc, class_labels
@@ -26,10 +27,10 @@ class ClassMeans:
     info = registry.MethodInfo("toy-means", "synthesis", "test method: images pulled to class-mean real batches")
 
     @dataclass(frozen=True)
-    class Config:
-        iterations: int = 4
-        lr_img: float = 0.5
-        batch_real: int = 4
+    class Config(Validated):
+        iterations: int = non_negative(4)
+        lr_img: float = positive(0.5)
+        batch_real: int = positive(4)
 
     def __init__(self, config: "ClassMeans.Config"):
         self.config = config
