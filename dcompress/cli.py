@@ -5,7 +5,6 @@ Progress, reports and the mapping of every exception to an exit code live in `co
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys

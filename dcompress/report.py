@@ -18,13 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputDataError
-from .io.codecs import decode_image
 from .io.figures import GRID, LOSS, class_grid, figure_title, loss_curve, png_bytes
-from .io.members import output_samples, sample_class
+from .io.members import output_samples, read_sample
 from .io.metrics import METRICS, read_metrics
 from .io.safe_write import ensure_dir, write_bytes
 from .io.schema import CompressedBlock
-from .limits import MAX_PIXELS
 
 
 def _folder(out: str | Path) -> Path:
@@ -52,23 +50,14 @@ class Pixels:
 
 def read_pixels(out: str | Path) -> Pixels:
     """The `.png` pixels and `.cls` classes of output `out`, every shard checked against the
-    manifest; InputDataError naming shard and key for a missing or undecodable member."""
+    manifest and every sample validated (`io.members.read_sample`); InputDataError naming shard
+    and key for a missing or invalid member."""
     _, manifest, block, samples = output_samples(out)
-    shape = tuple(block.image_shape)
     u8, labels = [], []
     for s in samples:
-        labels.append(sample_class(s, len(block.class_names)))
-        try:
-            img = decode_image(s["png"], "png", MAX_PIXELS)
-        except KeyError:
-            raise InputDataError("sample has no .png", path=s["__url__"], key=s["__key__"]) from None
-        except Exception as e:  # noqa: BLE001 - any decoding failure names the member
-            raise InputDataError(f".png is not valid ({type(e).__name__}: {e})", path=s["__url__"],
-                                 key=s["__key__"]) from None
-        if img.shape != shape:
-            raise InputDataError(f".png is {list(img.shape)}, the manifest says {list(shape)}", path=s["__url__"],
-                                 key=s["__key__"])
-        u8.append(img)
+        a = read_sample(s, block, png=True)
+        u8.append(a.image)
+        labels.append(a.label)
     if not u8:
         raise InputDataError("output has no samples", path=str(out))
     return Pixels(manifest=manifest, block=block, u8=np.stack(u8), labels=np.array(labels, dtype=np.int64))

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..core import normalize
 from ..errors import InputDataError
-from ..limits import MAX_PIXELS
 from . import topk
-from .codecs import decode_image, decode_npy
 from .manifest import manifest_path, read_manifest, shard_paths
-from .members import output_samples, sample_class
+from .members import output_samples, read_sample, soft_member
 from .schema import CompressedBlock
 
 
@@ -57,56 +54,22 @@ class CompressedDataset(torch.utils.data.Dataset):
         if self.label_topk is not None and self.label_topk > len(self.classes):
             raise InputDataError(f"labels.topk {self.label_topk} exceeds the {len(self.classes)} classes",
                                  path=str(mpath), key="dcompress.labels.topk")
-        self.soft_member = "logits.npy" if self.label_topk is None else topk.MEMBER
+        self.soft_member = soft_member(block)
         self.protocol = block.eval_protocol
-        shape = tuple(block.image_shape)
         images, labels, logits, self.keys, self.meta = [], [], [], [], []
         for s in samples:
-            img, y, lg = self._sample(s, s["__url__"], shape)
-            images.append(img)
-            labels.append(y)
-            logits.append(lg)
-            self.keys.append(s["__key__"])
+            a = read_sample(s, block)
+            img = torch.from_numpy(a.image)
+            images.append(img if a.exact else normalize(img.unsqueeze(0), self.mean, self.std)[0])
+            labels.append(a.label)
+            logits.append(torch.from_numpy(a.logits))
+            self.keys.append(a.key)
         if not images:
             raise InputDataError("output has no samples", path=str(mpath))
         self.images = torch.stack(images)
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.logits = torch.stack(logits)
         self.soft_labels = torch.softmax(self.logits / self.temperature, dim=1)
-
-    def _sample(self, s: dict, url: str, shape: tuple) -> tuple[torch.Tensor, int, torch.Tensor]:
-        key, c = s["__key__"], len(self.classes)
-        y = sample_class(s, c)
-        if self.soft_member not in s:
-            raise InputDataError(f"sample has no .{self.soft_member}", path=url, key=key)
-        try:
-            if "npy" in s:
-                arr = decode_npy(s["npy"])
-                if arr.shape != shape or arr.dtype.kind != "f":
-                    raise ValueError(f"expected float {list(shape)}, found {arr.dtype} {list(arr.shape)}")
-                img = torch.from_numpy(arr.astype(np.float32))
-                member = "npy"
-            else:
-                member = "png"
-                u8 = decode_image(s["png"], "png", MAX_PIXELS)
-                if u8.shape != shape:
-                    raise ValueError(f"expected {list(shape)}, found {list(u8.shape)}")
-                img = normalize(torch.from_numpy(u8).unsqueeze(0), self.mean, self.std)[0]
-            member = self.soft_member
-            lg = decode_npy(s[member])
-            if self.label_topk is not None:
-                lg = topk.expand(lg, c, self.label_topk)       # -inf outside the top K (validated)
-            elif lg.shape != (c,) or lg.dtype.kind != "f":
-                raise ValueError(f"expected float [{c}], found {lg.dtype} {list(lg.shape)}")
-        except KeyError:
-            raise InputDataError("sample has neither .npy nor .png", path=url, key=key) from None
-        except Exception as e:  # noqa: BLE001 - any decoding failure of a member names it
-            raise InputDataError(f".{member} is not valid ({type(e).__name__}: {e})", path=url, key=key) from None
-        lg = torch.from_numpy(lg.astype(np.float32))
-        # top-K logits are -inf outside the K by design (their K values were checked by expand)
-        if not (torch.isfinite(img).all() and (self.label_topk is not None or torch.isfinite(lg).all())):
-            raise InputDataError("sample holds non-finite values", path=url, key=key)
-        return img, y, lg
 
     def __len__(self) -> int:
         return int(self.labels.numel())

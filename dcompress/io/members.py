@@ -1,6 +1,7 @@
 """The samples of a written output as member bytes, every shard checked against the manifest
-(size, md5, sample count) first. Torch-free: `inspect` reads outputs without loading torch, and
-the loader (io/loader.py) validates and converts these samples.
+(size, md5, sample count) first, and each sample's members validated into arrays (`read_sample`).
+Torch-free: `inspect` reads outputs without loading torch; the loader (io/loader.py) turns these
+arrays into tensors.
 
 Samples are grouped as webdataset's `tariterators.group_by_keys` groups them (key: the member
 name up to the first dot of its basename; a new key starts a new sample; a member repeated
@@ -13,10 +14,15 @@ import io
 import re
 import tarfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
+
 from ..errors import InputDataError
-from .codecs import parse_label
+from ..limits import MAX_PIXELS
+from . import topk
+from .codecs import decode_image, decode_npy, parse_label
 from .manifest import ShardRow, manifest_path, read_compressed, shard_paths
 from .schema import CompressedBlock
 
@@ -99,3 +105,60 @@ def sample_class(s: dict, num_classes: int) -> int:
     if not 0 <= y < num_classes:
         raise InputDataError(f".cls {y} outside the {num_classes} classes", path=url, key=key)
     return y
+
+
+@dataclass(frozen=True)
+class SampleArrays:
+    """One validated sample: `label` its class, `image` the float32 normalised exact tensor
+    [C, H, W] (`exact`) or the uint8 PNG pixels [C, H, W], `logits` float32 [C] (-inf outside the
+    K kept classes of a top-K output)."""
+
+    key: str
+    label: int
+    image: np.ndarray
+    exact: bool
+    logits: np.ndarray
+
+
+def soft_member(block: CompressedBlock) -> str:
+    """The member holding the soft labels of an output (`.logits.npy`, or `.topk.npy` for top-K)."""
+    return "logits.npy" if block.labels.topk is None else topk.MEMBER
+
+
+def read_sample(s: dict, block: CompressedBlock, *, png: bool = False) -> SampleArrays:
+    """The arrays of sample `s` of an output whose manifest block is `block`; InputDataError
+    naming shard and key for a missing or invalid member or a non-finite value. The image is the
+    exact `.npy` tensor when the sample has one, unless `png` asks for the 8-bit pixels."""
+    url, key, c = s["__url__"], s["__key__"], len(block.class_names)
+    shape, k = tuple(block.image_shape), block.labels.topk
+    y = sample_class(s, c)
+    soft = soft_member(block)
+    if soft not in s:
+        raise InputDataError(f"sample has no .{soft}", path=url, key=key)
+    member = "png"
+    try:
+        if "npy" in s and not png:
+            member = "npy"
+            img = decode_npy(s["npy"])
+            if img.shape != shape or img.dtype.kind != "f":
+                raise ValueError(f"expected float {list(shape)}, found {img.dtype} {list(img.shape)}")
+            img = img.astype(np.float32)
+        else:
+            img = decode_image(s["png"], "png", MAX_PIXELS)
+            if img.shape != shape:
+                raise ValueError(f"expected {list(shape)}, found {list(img.shape)}")
+        member = soft
+        lg = decode_npy(s[soft])
+        if k is not None:
+            lg = topk.expand(lg, c, k)                   # -inf outside the top K (validated)
+        elif lg.shape != (c,) or lg.dtype.kind != "f":
+            raise ValueError(f"expected float [{c}], found {lg.dtype} {list(lg.shape)}")
+    except KeyError:
+        raise InputDataError("sample has neither .npy nor .png", path=url, key=key) from None
+    except Exception as e:  # noqa: BLE001 - any decoding failure of a member names it
+        raise InputDataError(f".{member} is not valid ({type(e).__name__}: {e})", path=url, key=key) from None
+    lg = lg.astype(np.float32)
+    # top-K logits are -inf outside the K by design (their K values were checked by expand)
+    if not (np.isfinite(img).all() and (k is not None or np.isfinite(lg).all())):
+        raise InputDataError("sample holds non-finite values", path=url, key=key)
+    return SampleArrays(key=key, label=y, image=img, exact=img.dtype == np.float32, logits=lg)
