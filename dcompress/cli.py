@@ -151,7 +151,13 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             sets: List[str] = typer.Option([], "--set", help="key=value config override (repeatable)"),
             resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from the last checkpoint"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output at -o"),
-            labels: str = typer.Option("auto", "--labels", help="auto | hard | teacher | learned"),
+            labels: str = typer.Option("auto", "--labels", help="auto | hard | teacher | learned | views (the "
+                                       "teacher's logits of E views per image) | online (ship the teacher)"),
+            label_views: Optional[int] = typer.Option(None, "--label-views", help="views / online: views per image "
+                                                      "(E) [default: the evaluation protocol's passes]"),
+            label_sets: List[str] = typer.Option([], "--label-set", help="views / online: key=value of the view "
+                                                 "recipe (min_scale, max_scale, flip, cutmix, temperature; "
+                                                 "repeatable)"),
             teacher: Optional[Path] = typer.Option(None, "--teacher", help="teacher state dict (.pt + .json sidecar)"),
             teacher_sets: List[str] = typer.Option([], "--teacher-set", help="key=value for a teacher trained here "
                                                    "(model, epochs, max_samples, lr, ...; repeatable)"),
@@ -187,7 +193,8 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
         _use_cache(cache_dir)
         req = DistillRequest.make(method, config=config, sets=sets, teacher_sets=teacher_sets, teacher=teacher,
                                   experts=experts, ipc=ipc, ratio=ratio, seed=seed, device=device, labels=labels,
-                                  label_topk=label_topk, shard_size=shard_size, ckpt_every=ckpt_every,
+                                  label_topk=label_topk, label_views=label_views, label_sets=label_sets,
+                                  shard_size=shard_size, ckpt_every=ckpt_every,
                                   resume=resume, overwrite=overwrite,
                                   # method config flags: an explicit flag beats --set and --config (None = not given)
                                   flags={"bins": bins, "features": features, "keep_bins": keep_bins or None,

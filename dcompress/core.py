@@ -164,7 +164,10 @@ class CompressedSet:
         labels: int64 [M] hard labels (the class each image stands for).
         logits: float32 [M, num_classes] learned logits, or None (the runner then
             fills teacher or one-hot logits according to `--labels`).
-        label_kind: "hard" | "teacher" | "learned".
+        label_kind: "hard" | "teacher" | "learned" | "views" | "online".
+        views: `views`/`online` labels: each sample's E view records [M, E]
+            (`augment.views.VIEW`); view_logits: `views` labels: the teacher's float32 logits
+            of every view [M, E, num_classes].
         synthetic: True for synthesis methods (their exact tensors are stored as .npy).
         sources: per-sample provenance dicts, e.g. {"source_key": k} or {"slot": i}.
         lr: learned learning rate (MTT/DATM), or None.
@@ -186,6 +189,8 @@ class CompressedSet:
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     info: dict = field(default_factory=dict)
     extra_files: dict = field(default_factory=dict)  # name -> bytes, written beside the shards
+    views: Any = None
+    view_logits: Any = None
 
     def __len__(self) -> int:
         return int(self.labels.numel())

@@ -29,6 +29,9 @@ class MethodInfo:
             giving one to another method is a usage error.
         needs_bn_teacher: the method matches the teacher's BatchNorm statistics (sre2l): the default
             teacher network is swapped for its BatchNorm variant.
+        default_labels: what `--labels auto` writes for this method when it is not the usual rule
+            (learned > teacher for selections > hard): `views` for RDED and SRe2L, whose students
+            learn from a teacher's label of every view.
         distributed: the method splits its work over torchrun's ranks (docs/distributed.md);
             any other method refuses to run under torchrun.
     """
@@ -41,6 +44,7 @@ class MethodInfo:
     extras: tuple[str, ...] = ()
     needs_bn_teacher: bool = False
     distributed: bool = False
+    default_labels: str = ""            # what `--labels auto` means for it when not the usual rule ("views")
 
 
 _METHODS: dict[str, type] = {}

@@ -42,12 +42,15 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             progress: ProgressFn | None = None, log: LogFn | None = None,
             real: RealData | None = None, size: int | None = None, resize_mode: str = "crop",
             label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
-            channels: int | None = None, label_topk: int | None = None) -> dict:
+            channels: int | None = None, label_topk: int | None = None, label_views: int | None = None,
+            label_sets: Iterable[str] = ()) -> dict:
     """Compresses the dataset at `urls` (or the already read `real`) with `method` into `out`;
     returns the run report.
 
     `label_topk` K stores each sample's K largest logits (`.topk.npy`) instead of all of them
-    (docs/format.md); K above the number of classes is a UsageError.
+    (docs/format.md); K above the number of classes is a UsageError. `labels="views"` stores
+    `label_views` (E) views of every image with the teacher's logits for each, `"online"` ships
+    the teacher instead; `label_sets` are ViewConfig keys (augment/views.py).
 
     Every argument is checked before the input is read. `out` must not overlap the input; an
     existing output is replaced only with `overwrite`, except that the same run (same request,
@@ -58,7 +61,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     """
     req = DistillRequest.make(method, config=config, sets=sets, flags=flags, teacher_sets=teacher_sets,
                               teacher=teacher, experts=experts, ipc=ipc, ratio=ratio, seed=seed, device=device,
-                              labels=labels, label_topk=label_topk, shard_size=shard_size, ckpt_every=ckpt_every,
+                              labels=labels, label_topk=label_topk, label_views=label_views, label_sets=label_sets,
+                              shard_size=shard_size, ckpt_every=ckpt_every,
                               resume=resume, overwrite=overwrite)
     inputs = as_input(urls if real is None else None, max_bad=max_bad, max_pixels=max_pixels,
                           allow_manifest_urls=allow_manifest_urls, workers=workers, size=size,
@@ -179,9 +183,13 @@ def labels_stage(req: DistillRequest, fitted: CompressedSet, real: RealData, spe
     """Stage 4: the set with the labels it is written with (`--labels`), and the teacher's info.
     Under torchrun rank 0's labels are sent to every rank; the others get the teacher beside
     rank 0 (no idle wait) and keep rank 0's logits."""
-    labelled, teacher_info = label_stage(fitted, req.labels, req.method_class.info.kind, real, spec, log)
-    logits = dist.broadcast_object(labelled.logits if dist.is_main() else None)
-    return (labelled, teacher_info) if dist.is_main() else (dataclasses.replace(labelled, logits=logits), None)
+    labelled, teacher_info = label_stage(fitted, req.labels, req.method_class.info.kind, real, spec, log,
+                                         views=req.view_config)
+    sent = dist.broadcast_object((labelled.logits, labelled.views, labelled.view_logits) if dist.is_main() else None)
+    if dist.is_main():
+        return labelled, teacher_info
+    logits, views, view_logits = sent
+    return dataclasses.replace(labelled, logits=logits, views=views, view_logits=view_logits), None
 
 
 def _store_note(real: RealData) -> str:

@@ -43,7 +43,7 @@ def set_block(req: DistillRequest, real: RealData, fitted: CompressedSet, labell
               device: str, teacher_info: dict | None, run: dict, timings: dict) -> CompressedBlock:
     """The manifest block of `labelled` (the method's result `fitted` with its written labels)."""
     kind = req.method_class.info.kind
-    protocol = dataclasses.replace(fitted.protocol, soft_labels=labelled.label_kind != "hard")
+    protocol = dataclasses.replace(labelled.protocol, soft_labels=labelled.label_kind != "hard")
     return CompressedBlock(
         version=__version__,
         method=MethodRecord(name=req.method, kind=kind, ipc=ipc, ratio=req.ratio, seed=req.seed, device=device,
@@ -54,9 +54,23 @@ def set_block(req: DistillRequest, real: RealData, fitted: CompressedSet, labell
                             store=(real.source.get("store") or {}).get("path"), **source_decode(real)),
         bad_samples=BadSamplesRecord(**real.source["bad_samples"]),
         class_names=tuple(real.class_names),
-        labels=LabelsRecord(kind=labelled.label_kind, teacher=teacher_info),
+        labels=labels_record(req, labelled, teacher_info),
         normalization=Normalization(mean=tuple(real.mean), std=tuple(real.std)),
         image_shape=tuple(real.image_shape),
         exact_tensor="npy" if fitted.synthetic else None,
         learned=LearnedRecord(lr=fitted.lr, lrs=fitted.lrs),
         eval_protocol=protocol, info=fitted.info, run=RunRecord(**run), env=env_versions(), timings=timings)
+
+
+def labels_record(req: DistillRequest, labelled: CompressedSet, teacher_info: dict | None) -> LabelsRecord:
+    """Where a written set's labels are and what they are (the manifest's `labels`)."""
+    from ..io import topk, viewlabels
+
+    kind, k = labelled.label_kind, req.label_topk
+    if kind not in ("views", "online"):
+        return LabelsRecord(kind=kind, teacher=teacher_info, soft="logits.npy" if k is None else topk.MEMBER, topk=k)
+    info = dict(teacher_info or {})
+    config = info.pop("views")
+    views = {"epochs": config["epochs"], "seed": info.pop("view_seed"), "config": config}
+    return LabelsRecord(kind=kind, teacher=info, soft=viewlabels.MEMBER if kind == "views" else None, topk=k,
+                        temperature=labelled.protocol.temperature, views=views, format=viewlabels.FORMAT)

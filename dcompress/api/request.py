@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
     from ..core import RealData
 
-LABEL_MODES = ("auto", "hard", "teacher", "learned")
+LABEL_MODES = ("auto", "hard", "teacher", "learned", "views", "online")
+VIEW_MODES = ("views", "online")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class DistillRequest:
     teacher: Path | None = None           # a user's teacher file
     experts: Path | None = None           # a user's expert buffer (mtt, datm)
     label_topk: int | None = None
+    view_config: Any = None               # augment.views.ViewConfig of `views` / `online` labels
     shard_size: int = 1000
     ckpt_every: int = 50
     resume: bool = True
@@ -47,10 +49,13 @@ class DistillRequest:
     @classmethod
     def make(cls, method: str, *, config: str | Path | None = None, sets: Iterable[str] = (),
              flags: dict | None = None, teacher_sets: Iterable[str] = (), teacher: str | Path | None = None,
-             experts: str | Path | None = None, **fields) -> DistillRequest:
+             experts: str | Path | None = None, label_views: int | None = None, label_sets: Iterable[str] = (),
+             **fields) -> DistillRequest:
         """The request of `distill`'s keywords, every value checked (UsageError naming the option).
         The method's Config: explicit `flags` > `sets` > the `config` file > defaults;
-        `teacher_sets` configure a teacher trained here (a BatchNorm one for sre2l)."""
+        `teacher_sets` configure a teacher trained here (a BatchNorm one for sre2l). `label_views`
+        (E) and `label_sets` (ViewConfig keys) configure `views` / `online` labels."""
+        from ..augment.views import ViewConfig
         from ..train.teacher import TeacherConfig
 
         m_cls, cfg = create_method(method, config_file=config, sets=sets, **(flags or {}))
@@ -62,8 +67,17 @@ class DistillRequest:
             from ..train.teacher_out import bn_variant
 
             teacher_cfg = dataclasses.replace(teacher_cfg, model=bn_variant(teacher_cfg.model))
+        view_config = None
+        if label_views is not None or list(label_sets):
+            if fields.get("labels") not in VIEW_MODES and not (fields.get("labels", "auto") == "auto"
+                                                                and m_cls.info.default_labels in VIEW_MODES):
+                raise UsageError("--label-views and --label-set apply to --labels views or online only")
+            check_limits(label_views=(label_views, 1))
+        if fields.get("labels") in VIEW_MODES or (fields.get("labels", "auto") == "auto"
+                                                   and m_cls.info.default_labels in VIEW_MODES):
+            view_config = resolve_config(ViewConfig, sets=list(label_sets), flags={"epochs": label_views})
         req = cls(method=method, config=cfg, teacher_config=teacher_cfg, teacher=Path(teacher) if teacher else None,
-                  experts=Path(experts) if experts else None, **fields)
+                  experts=Path(experts) if experts else None, view_config=view_config, **fields)
         req.check()
         return req
 
@@ -106,4 +120,7 @@ class DistillRequest:
                 "teacher_config": config_dict(self.teacher_config), **self._topk()}
 
     def _topk(self) -> dict:
-        return {"label_topk": self.label_topk} if self.label_topk is not None else {}
+        """The label options that only some runs have (absent otherwise, so that the records of
+        other runs stay as they were)."""
+        return {**({"label_topk": self.label_topk} if self.label_topk is not None else {}),
+                **({"views": config_dict(self.view_config)} if self.view_config is not None else {})}

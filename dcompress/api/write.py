@@ -35,8 +35,7 @@ def write_set(out: Path, cset: CompressedSet, real: RealData, *, method: str, bl
             for ext, n in part.items():
                 sizes[ext] = sizes.get(ext, 0) + n
         return finish_output(tmp, cset, shards, dict(sorted(sizes.items())), name=f"{method}-{out.name}",
-                             class_names=real.class_names, u8=u8, block=block, label_topk=label_topk,
-                             metrics=metrics)
+                             class_names=real.class_names, u8=u8, block=block, metrics=metrics)
 
 
 def _own_shards(tmp: Path, cset: CompressedSet, *, shard_size: int, **kw) -> tuple[list, dict[str, int]]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InputDataError
 from ..limits import MAX_PIXELS
-from . import topk
+from . import topk, viewlabels
 from .codecs import decode_image, decode_npy, parse_label
 from .manifest import ShardRow, manifest_path, read_compressed, shard_paths
 from .schema import CompressedBlock
@@ -117,12 +117,15 @@ class SampleArrays:
     label: int
     image: np.ndarray
     exact: bool
-    logits: np.ndarray
+    logits: np.ndarray | None               # None for view labels (`views`, `online`)
+    views: np.ndarray | None = None         # `views` labels: the E view records (augment.views.VIEW)
+    view_logits: np.ndarray | None = None   # and their float32 logits [E, C]
 
 
-def soft_member(block: CompressedBlock) -> str:
-    """The member holding the soft labels of an output (`.logits.npy`, or `.topk.npy` for top-K)."""
-    return "logits.npy" if block.labels.topk is None else topk.MEMBER
+def soft_member(block: CompressedBlock) -> str | None:
+    """The member holding the soft labels of an output (`.logits.npy`, `.topk.npy` for top-K,
+    `.views.npy` for view labels; None for `online` labels, which ship the teacher instead)."""
+    return block.labels.soft
 
 
 def read_sample(s: dict, block: CompressedBlock, *, png: bool = False) -> SampleArrays:
@@ -133,9 +136,10 @@ def read_sample(s: dict, block: CompressedBlock, *, png: bool = False) -> Sample
     shape, k = tuple(block.image_shape), block.labels.topk
     y = sample_class(s, c)
     soft = soft_member(block)
-    if soft not in s:
+    if soft is not None and soft not in s:
         raise InputDataError(f"sample has no .{soft}", path=url, key=key)
     member = "png"
+    lg = views = view_logits = None
     try:
         if "npy" in s and not png:
             member = "npy"
@@ -148,17 +152,21 @@ def read_sample(s: dict, block: CompressedBlock, *, png: bool = False) -> Sample
             if img.shape != shape:
                 raise ValueError(f"expected {list(shape)}, found {list(img.shape)}")
         member = soft
-        lg = decode_npy(s[soft])
-        if k is not None:
-            lg = topk.expand(lg, c, k)                   # -inf outside the top K (validated)
-        elif lg.shape != (c,) or lg.dtype.kind != "f":
-            raise ValueError(f"expected float [{c}], found {lg.dtype} {list(lg.shape)}")
+        if soft == viewlabels.MEMBER:
+            views, view_logits = viewlabels.unpack(decode_npy(s[soft]), c, k, block.labels.views["epochs"])
+        elif soft is not None:
+            lg = decode_npy(s[soft])
+            if k is not None:
+                lg = topk.expand(lg, c, k)               # -inf outside the top K (validated)
+            elif lg.shape != (c,) or lg.dtype.kind != "f":
+                raise ValueError(f"expected float [{c}], found {lg.dtype} {list(lg.shape)}")
+            lg = lg.astype(np.float32)
     except KeyError:
         raise InputDataError("sample has neither .npy nor .png", path=url, key=key) from None
     except Exception as e:  # noqa: BLE001 - any decoding failure of a member names it
         raise InputDataError(f".{member} is not valid ({type(e).__name__}: {e})", path=url, key=key) from None
-    lg = lg.astype(np.float32)
     # top-K logits are -inf outside the K by design (their K values were checked by expand)
-    if not (np.isfinite(img).all() and (k is not None or np.isfinite(lg).all())):
+    if not (np.isfinite(img).all() and (k is not None or lg is None or np.isfinite(lg).all())):
         raise InputDataError("sample holds non-finite values", path=url, key=key)
-    return SampleArrays(key=key, label=y, image=img, exact=img.dtype == np.float32, logits=lg)
+    return SampleArrays(key=key, label=y, image=img, exact=img.dtype == np.float32, logits=lg, views=views,
+                        view_logits=view_logits)

@@ -27,7 +27,7 @@ from .safe_write import write_json
 from .metrics import METRICS, jsonl_bytes
 from .codecs import encode_npy, encode_png, json_bytes
 from .writer import write_shards
-from . import topk
+from . import topk, viewlabels
 
 PREFIX = "data"
 SHARD_MAX_BYTES = 3e9                # the writer's size limit of one shard (io/writer.write_shards)
@@ -38,16 +38,17 @@ def sample_key(label: int, slot: int) -> str:
     return f"c{label:04d}-{slot:05d}"
 
 
-IMAGE_MEMBERS, LABEL_MEMBERS = ("png", "npy"), ("logits.npy", topk.MEMBER)
+IMAGE_MEMBERS, LABEL_MEMBERS = ("png", "npy"), ("logits.npy", topk.MEMBER, viewlabels.MEMBER)
 
 
 def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray,
                  label_topk: int | None = None, sizes: dict[str, int] | None = None, rows: range | None = None):
     """The samples of `rows` (default all) of the set, in order; `label_topk` stores the K largest
-    logits (`.topk.npy`) instead of `.logits.npy`; `sizes` (when given) sums each member's payload
-    bytes by extension."""
-    full = cset.logits.detach().cpu().float().numpy()
-    logits = full.astype(np.float16)
+    logits (`.topk.npy`) instead of `.logits.npy`; a set with view labels stores `.views.npy`
+    (io/viewlabels.py), one with `online` labels no soft member; `sizes` (when given) sums each
+    member's payload bytes by extension."""
+    full = cset.logits.detach().cpu().float().numpy() if cset.logits is not None else None
+    logits = full.astype(np.float16) if full is not None else None
     exact = cset.images.detach().cpu().float().numpy()
     per_class: dict[int, int] = {}
     slots = []
@@ -63,7 +64,11 @@ def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: n
             meta.update(cset.sources[i])
         sample = {"__key__": sample_key(y, slot), "png": encode_png(u8[i]), "cls": str(y).encode(),
                   "json": json_bytes(meta)}
-        if label_topk is None:
+        if cset.view_logits is not None:
+            sample[viewlabels.MEMBER] = encode_npy(viewlabels.pack(cset.views[i], cset.view_logits[i], label_topk))
+        elif full is None:
+            pass                                    # online labels: the output's teacher labels each view
+        elif label_topk is None:
             sample["logits.npy"] = encode_npy(logits[i])
         else:
             sample[topk.MEMBER] = encode_npy(topk.prune(full[i], label_topk))
@@ -95,7 +100,9 @@ def one_writer(cset: CompressedSet, shard_size: int) -> bool:
     limit, the writer cuts it early and renumbers the rest, which only a single writer sees."""
     if not len(cset):
         return True
-    per_sample = 2 * cset.images[0].numel() * 4 + 8 * cset.logits.shape[1] + 8192
+    labels = cset.view_logits[0].size if cset.view_logits is not None else (
+        cset.logits.shape[1] if cset.logits is not None else 0)
+    per_sample = 2 * cset.images[0].numel() * 4 + 8 * labels + 8192
     return shard_size * per_sample > SHARD_MAX_BYTES
 
 
@@ -113,7 +120,7 @@ def write_rows(tmp: Path, cset: CompressedSet, rows: range, *, start: int, class
 
 def finish_output(tmp: Path, cset: CompressedSet, shards: list[ShardRow], sizes: dict[str, int], *, name: str,
                   class_names: list[str], u8: np.ndarray, block: CompressedBlock,
-                  label_topk: int | None = None, metrics: list[dict] | None = None) -> dict:
+                  metrics: list[dict] | None = None) -> dict:
     """Completes the output folder `tmp` whose shards are written (`shards`, any order; `sizes`:
     their member payload bytes by extension): reader descriptions, figures and, last, the
     manifest, under the dataset name `name`. `block` is the run's manifest block; `num_samples`, `extra_files`, `urls`,
@@ -121,10 +128,8 @@ def finish_output(tmp: Path, cset: CompressedSet, shards: list[ShardRow], sizes:
     `metrics.jsonl` (+ `loss.png` when it has iteration rows); None writes neither.
     Returns the manifest dict."""
     shards = sorted(shards, key=lambda row: row.url)
-    labels = block.labels if label_topk is None else dataclasses.replace(block.labels, soft=topk.MEMBER,
-                                                                         topk=label_topk)
     block = dataclasses.replace(block, num_samples=len(cset), extra_files=sorted(cset.extra_files),
-                                urls=f"{PREFIX}-{{000000..{len(shards) - 1:06d}}}.tar", labels=labels,
+                                urls=f"{PREFIX}-{{000000..{len(shards) - 1:06d}}}.tar",
                                 bytes=byte_counts(sizes, sum((tmp / row.url).stat().st_size for row in shards)))
     files = dict(cset.extra_files)
     roles = {"timm_info": TIMM_INFO, "card": CARD, "grid": GRID}

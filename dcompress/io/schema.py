@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ..errors import InputDataError
 
 FORMAT_VERSION = 1
+LABELS_FORMAT = 2          # the newest labels format this version reads (io/viewlabels.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,20 +177,26 @@ class BadSamplesRecord:
 @dataclass(frozen=True)
 class LabelsRecord:
     """Where the labels are (`hard` member, `soft` member) and what the soft ones are: `kind`
-    hard (one-hot) / teacher / learned, stored `dtype`, softmax `temperature`, `teacher` info."""
+    hard (one-hot) / teacher / learned (one vector per image), views (E views per image, each
+    with its teacher logits, `views.npy`) or online (no stored soft labels: the output's teacher
+    labels each view); stored `dtype`, softmax `temperature`, `teacher` info, `views` (the view
+    recipe, its seed and count E), `format` (1: one vector per image; 2: views / online)."""
 
     kind: str
     hard: str = "cls"
-    soft: str = "logits.npy"
+    soft: str | None = "logits.npy"
     dtype: str = "float16"
     temperature: float = 1.0
     teacher: dict | None = None
     topk: int | None = None          # `--label-topk K`: soft = "topk.npy" (K largest logits + indices)
+    views: dict | None = None        # views/online: {"epochs", "seed", "config"}
+    format: int = 1
 
     def to_dict(self) -> dict:
         d = {"hard": self.hard, "soft": self.soft, "kind": self.kind, "dtype": self.dtype,
              "temperature": self.temperature, "teacher": self.teacher}
-        return d if self.topk is None else {**d, "topk": self.topk}
+        d = d if self.topk is None else {**d, "topk": self.topk}
+        return d if self.format == 1 else {**d, "views": self.views, "format": self.format}
 
 
 @dataclass(frozen=True)
@@ -239,6 +246,9 @@ class EvalProtocol:
     `epochs // 2 + 1`). `lr` is replaced by the set's learned lr when `use_learned_lr`.
     `aug` is a DSA strategy string (per-sample parameters) or None.
     `soft_labels` trains with soft cross-entropy against softmax(logits / temperature).
+    `kd`: knowledge distillation as RDED and SRe2L train their students: the student's logits are
+    divided by the temperature too and the loss is scaled by temperature² (Hinton's scaling, so
+    that SGD steps keep their size), one view of every image per pass (`views`/`online` labels).
     """
 
     name: str = "dc"
@@ -252,6 +262,7 @@ class EvalProtocol:
     soft_labels: bool = False
     temperature: float = 1.0
     use_learned_lr: bool = False
+    kd: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -371,10 +382,24 @@ def _labels(labels: dict, path) -> LabelsRecord:
     topk = labels.get("topk")
     if topk is not None and not (_is_int(topk) and topk >= 1):
         raise InputDataError(f"must be a positive integer, found {topk!r}", path=str(path), key="dcompress.labels.topk")
+    fmt = labels.get("format", 1)
+    if not (_is_int(fmt) and fmt >= 1):
+        raise InputDataError(f"must be a positive integer, found {fmt!r}", path=str(path), key="dcompress.labels.format")
+    if fmt > LABELS_FORMAT:
+        raise InputDataError(f"labels format {fmt} is newer than this dcompress reads (up to {LABELS_FORMAT}): "
+                             "upgrade dcompress to read this output", path=str(path), key="dcompress.labels.format")
+    kind = labels["kind"]
+    expected = {"views": "views.npy", "online": None}.get(kind, "logits.npy" if topk is None else "topk.npy")
     soft = labels.get("soft", "logits.npy")
-    if soft != ("logits.npy" if topk is None else "topk.npy"):
-        raise InputDataError(f"must be 'logits.npy' (or 'topk.npy' with labels.topk), found {soft!r}",
-                             path=str(path), key="dcompress.labels.soft")
+    if soft != expected:
+        raise InputDataError(f"must be {expected!r} for {kind} labels{' with labels.topk' if topk else ''}, "
+                             f"found {soft!r}", path=str(path), key="dcompress.labels.soft")
+    if kind in ("views", "online"):
+        views = labels.get("views")
+        if not (isinstance(views, dict) and _is_int(views.get("epochs")) and views["epochs"] >= 1
+                and _is_int(views.get("seed")) and isinstance(views.get("config"), dict)):
+            raise InputDataError("must be an object with epochs >= 1, seed and config", path=str(path),
+                                 key="dcompress.labels.views")
     return _pick(labels, LabelsRecord)
 
 

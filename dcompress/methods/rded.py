@@ -83,7 +83,7 @@ def pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 @register_method
 class RDED:
     info = MethodInfo("rded", "synthesis", "RDED: teacher-scored real crops stitched factor x factor, teacher "
-                      "soft labels; no optimisation", needs_teacher=True)
+                      "labels per view; no optimisation", needs_teacher=True, default_labels="views")
 
     @dataclass(frozen=True)
     class Config(Validated):

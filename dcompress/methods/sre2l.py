@@ -92,8 +92,8 @@ def tv_l2(x: torch.Tensor) -> torch.Tensor:
 @register_method
 class SRe2L:
     info = MethodInfo("sre2l", "synthesis", "SRe2L recover: BatchNorm-statistics + CE inversion of a BN teacher "
-                      "(CDA curriculum with cda=true), teacher soft labels", needs_teacher=True,
-                      needs_bn_teacher=True)
+                      "(CDA curriculum with cda=true), teacher labels per view", needs_teacher=True,
+                      needs_bn_teacher=True, default_labels="views")
 
     @dataclass(frozen=True)
     class Config(Validated):

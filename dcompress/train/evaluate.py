@@ -14,7 +14,7 @@ from .. import dist
 from ..errors import InputDataError, UsageError
 from ..io import topk
 from ..io.loader import CompressedDataset, load
-from ..seeds import derive
+from ..seeds import derive, derive_seed
 from ..core import RealData, normalize
 from ..io.schema import EvalProtocol
 from .loop import accuracy, train_on_set
@@ -134,7 +134,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     for r in dist.spread(runs):              # torchrun: runs spread over ranks, each run's draws derived
         g = derive(seed, "eval-compressed", r)
         net = train_on_set(ds.images, ds.labels, num_classes=len(ds.classes), protocol=proto, generator=g,
-                           device=device, soft=ds.logits, lr=lr,
+                           device=device, soft=ds.logits, lr=lr, epoch_data=set_views(ds, device),
                            progress=(lambda a, b, r=r: progress(a, b, f"compressed run {r + 1}/{runs}")) if progress else None)
         accs[r] = accuracy(net, x_test, y_test, device=device)
     accs = dist.gather_runs(accs, runs)
@@ -151,9 +151,12 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     soft_teacher = None
     note = "hard labels"
     if proto.soft_labels:
-        soft_teacher = _teacher_from_manifest(ds, train, device)
-        note = "teacher soft labels" if soft_teacher is not None else "hard labels (teacher not available)"
-    base_proto = dataclasses.replace(proto, soft_labels=soft_teacher is not None)
+        soft_teacher = set_teacher(ds, train, device)
+        note = ("hard labels (teacher not available)" if soft_teacher is None else
+                f"teacher labels of {ds.num_views} views per image ({ds.label_kind})" if ds.views is not None else
+                "teacher soft labels")
+    base_proto = dataclasses.replace(proto, soft_labels=soft_teacher is not None,
+                                     kd=proto.kd and soft_teacher is not None)
     t1 = time.time()
     accs = {}
     for r in dist.spread(runs):
@@ -163,8 +166,9 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
         y = train.labels[idx]
         # the teacher's logits in the form the set stores its own: float16, top-K when pruned
         soft = topk.stored_form(soft_teacher.logits(x, device), ds.label_topk) if soft_teacher is not None else None
+        views = random_views(ds, x, y, soft_teacher, device, r) if soft_teacher is not None else None
         net = train_on_set(x, y, num_classes=len(ds.classes), protocol=base_proto, generator=g, device=device,
-                           soft=soft, lr=proto.lr,
+                           soft=soft, lr=proto.lr, epoch_data=views,
                            progress=(lambda a, b, r=r: progress(a, b, f"random run {r + 1}/{runs}")) if progress else None)
         accs[r] = accuracy(net, x_test, y_test, device=device)
     accs = dist.gather_runs(accs, runs)
@@ -172,6 +176,32 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     report["delta"] = round(report["compressed"]["mean"] - report["random"]["mean"], 2)
     report["seconds"]["random"] = round(time.time() - t1, 1)
     return report
+
+
+def set_views(ds: CompressedDataset, device: torch.device):
+    """`train_on_set`'s `epoch_data` of a set with view labels (None for other sets)."""
+    return (lambda p: ds.epoch_batch(p, device=device)) if ds.views is not None else None
+
+
+def random_views(ds: CompressedDataset, x: torch.Tensor, y: torch.Tensor, teacher, device: torch.device, run: int):
+    """For a set with view labels, the `epoch_data` of a random subset (x, y) labelled the same
+    way: as many views, the same recipe, the same teacher, views drawn from the run's seed."""
+    if ds.views is None:
+        return None
+    from .relabel import view_training
+
+    return view_training(x, y, ds.views.config, derive_seed(ds.views.seed, "random-views", run), ds.num_views,
+                         lambda v: teacher.logits(v, device), ds.label_topk if ds.label_kind == "views" else None)
+
+
+def set_teacher(ds: CompressedDataset, train: RealData, device: torch.device):
+    """The teacher that labelled the set: the one an `online` output ships, else the cached one
+    its manifest names (None when it is gone)."""
+    if ds.label_kind == "online":
+        from .teacher import Teacher
+
+        return Teacher(ds.teacher, ds.block.labels.teacher or {})
+    return _teacher_from_manifest(ds, train, device)
 
 
 def _teacher_from_manifest(ds, train: RealData, device: torch.device):

@@ -132,7 +132,7 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
     `own` protocol reports them), `fair` (every label x augmentation setting per side with its
     lr, validation grid and runs; full-data accuracy; teacher; validation split) and `scores`
     (HLR, IOR, alpha, LRS, and beta, ARS). Accuracies in %, see ranking.scores for score units."""
-    from .evaluate import prepare
+    from .evaluate import prepare, random_views, set_views
 
     cfg, full_cfg = config or FairConfig(), full_data or FullDataConfig()
     if runs < 1:
@@ -150,9 +150,15 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
     t0 = time.time()
     val_idx, pools = split_validation(train, cfg.val_per_class, seed)
     x_val, y_val = normalize(train.get_u8(val_idx), ds.mean, ds.std), train.labels[val_idx]
-    soft = bool(proto.soft_labels and ds.label_kind in ("teacher", "learned"))
+    soft = bool(proto.soft_labels and ds.label_kind in ("teacher", "learned", "views", "online"))
     own = "soft" if soft else "hard"
-    teach, teacher_info = (_teacher(ds, train, device, teacher, log) if soft else (None, None))
+    if soft and ds.label_kind == "online" and teacher is None:     # the teacher the output ships
+        from .evaluate import set_teacher
+
+        teach = set_teacher(ds, train, device)
+        teacher_info = {k: v for k, v in teach.info.items() if k in ("model", "arch", "sha256", "file")}
+    else:
+        teach, teacher_info = (_teacher(ds, train, device, teacher, log) if soft else (None, None))
     other_aug = None if proto.aug else cfg.dsa_strategy
     settings = [("hard", proto.aug)] + ([("soft", proto.aug)] if soft else []) + ([(own, other_aug)] if cfg.ars else [])
     learned = ds.lr if (proto.use_learned_lr and ds.lr is not None) else None
@@ -166,10 +172,11 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
             x = normalize(train.get_u8(idx), ds.mean, ds.std)
             # the teacher's logits in the set's stored form (float16, top-K when pruned): same labels
             soft = topk.stored_form(teach.logits(x, device), ds.label_topk) if teach else None
-            subsets[r] = {"x": x, "y": train.labels[idx], "soft": soft}
+            views = random_views(ds, x, train.labels[idx], teach, device, r) if teach else None
+            subsets[r] = {"x": x, "y": train.labels[idx], "soft": soft, "views": views}
         return subsets[r]
 
-    set_data = {"x": ds.images, "y": ds.labels, "soft": ds.logits}
+    set_data = {"x": ds.images, "y": ds.labels, "soft": ds.logits, "views": set_views(ds, device)}
     n_grid = len(cfg.lr_grid)
     total = sum((1 if (learned is not None and lab == own) else n_grid) + n_grid + 2 * (runs - 1)
                 for lab, _ in settings)
@@ -182,7 +189,7 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
 
     results = []
     for label, aug in settings:
-        recipe = dataclasses.replace(proto, soft_labels=label == "soft", aug=aug)
+        recipe = dataclasses.replace(proto, soft_labels=label == "soft", aug=aug, kd=proto.kd and label == "soft")
         row = {"labels": label, "aug": aug or "none"}
         for side, data in (("compressed", lambda r: set_data), ("random", random_run)):
             fixed = learned if (side == "compressed" and label == own) else None
@@ -213,7 +220,8 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
     main = next(r for r in results if r["labels"] == own and r["aug"] == (proto.aug or "none"))
     compressed = ranking.summary(main["compressed"]["test"], 100, 2)
     random_ = {**ranking.summary(main["random"]["test"], 100, 2),
-               "labels": "teacher soft labels" if soft else "hard labels", "lr": main["random"]["lr"]}
+               "labels": (f"teacher labels of {ds.num_views} views per image" if ds.views is not None else
+                          "teacher soft labels") if soft else "hard labels", "lr": main["random"]["lr"]}
     for r in results:
         for side in ("compressed", "random"):
             r[side] = {**ranking.summary(r[side].pop("test"), 100, 2), **r[side]}
@@ -245,7 +253,7 @@ def _select_and_run(data: Callable[[int], dict], recipe: EvalProtocol, num_class
     grid_rows, best = [], None
     for lr in ([fixed_lr] if fixed_lr is not None else grid):
         net = train_on_set(d["x"], d["y"], num_classes=num_classes, protocol=recipe, generator=derive(*tags, 0),
-                           device=device, soft=d["soft"], lr=lr)
+                           device=device, soft=d["soft"], lr=lr, epoch_data=d["views"] if recipe.soft_labels else None)
         v = accuracy(net, val[0], val[1], device=device)
         grid_rows.append({"lr": lr, "val": round(100 * v, 2)})
         if best is None or v > best[0]:
@@ -256,7 +264,7 @@ def _select_and_run(data: Callable[[int], dict], recipe: EvalProtocol, num_class
     for r in range(1, runs):
         d = data(r)
         net = train_on_set(d["x"], d["y"], num_classes=num_classes, protocol=recipe, generator=derive(*tags, r),
-                           device=device, soft=d["soft"], lr=lr)
+                           device=device, soft=d["soft"], lr=lr, epoch_data=d["views"] if recipe.soft_labels else None)
         test_accs.append(accuracy(net, test[0], test[1], device=device))
         tick()
     return {"lr": lr, "lr_source": "learned" if fixed_lr is not None else "grid", "val_grid": grid_rows,

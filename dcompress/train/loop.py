@@ -21,15 +21,21 @@ def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, temper
     return -(p * torch.log_softmax(logits, dim=1)).sum(1).mean()
 
 
-def loss_fn(out: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def loss_fn(out: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor | None, temperature: float,
+            kd: bool = False) -> torch.Tensor:
+    """Cross-entropy on `hard`, or soft cross-entropy against softmax(soft / T); `kd`: the
+    student's logits at T too, scaled by T² (the KL of RDED/SRe2L up to a constant, Hinton's
+    scale so that SGD steps keep their size)."""
     if soft is None:
         return F.cross_entropy(out, hard)
+    if kd:
+        return soft_cross_entropy(out / temperature, soft, temperature) * temperature ** 2
     return soft_cross_entropy(out, soft, temperature)
 
 
 def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: "torch.Tensor | RealView",
                 labels: torch.Tensor, soft: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
-                aug: str | None = None, temperature: float = 1.0, parallel=None) -> float:
+                aug: str | None = None, temperature: float = 1.0, parallel=None, kd: bool = False) -> float:
     """One shuffled pass over (images, labels[, soft]): images a float tensor or a RealView (read
     batch by batch); labels and soft on the net's device.
 
@@ -59,7 +65,7 @@ def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: "torch
 
                 x = dsa.augment(x, aug, generator=generator)
             out = net(x)
-            loss = loss_fn(out, labels[idx], None if soft is None else soft[idx], temperature)
+            loss = loss_fn(out, labels[idx], None if soft is None else soft[idx], temperature, kd)
             (loss * (idx.numel() / b) if split else loss).backward()
             total += loss.item() * idx.numel()
             seen += idx.numel()
@@ -74,7 +80,8 @@ def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: "torch
 def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, protocol: EvalProtocol,
                  generator: torch.Generator, device: torch.device, soft: torch.Tensor | None = None,
                  lr: float | None = None, epochs: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> torch.nn.Module:
+                 progress: Callable[[int, int], None] | None = None,
+                 epoch_data: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.nn.Module:
     """Trains a fresh `protocol.model` on the set and returns it (in eval mode).
 
     Args:
@@ -82,6 +89,8 @@ def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int
         soft: target logits [M, num_classes] when the protocol uses soft labels.
         lr: overrides protocol.lr (the learned lr of MTT/DATM).
         epochs: overrides protocol.epochs (demo/CI budgets).
+        epoch_data: pass p trains on `epoch_data(p)` = (images [M, ...], target logits [M, C]) in
+            place of `images`/`soft`: one view of every image per pass (views / online labels).
     """
     from ..nets import build_net
 
@@ -101,8 +110,10 @@ def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int
     for ep in range(epochs + 1):
         if ep == decay_at:
             opt = make_opt(lr * 0.1)
-        loss = train_epoch(net, opt, images, labels, soft, batch_size=protocol.batch_size, generator=generator,
-                           aug=protocol.aug, temperature=protocol.temperature)
+        x, target = (images, soft) if epoch_data is None else epoch_data(ep)
+        loss = train_epoch(net, opt, x.to(device), labels, None if target is None else target.to(device),
+                           batch_size=protocol.batch_size, generator=generator, aug=protocol.aug,
+                           temperature=protocol.temperature, kd=protocol.kd)
         if not torch.isfinite(torch.tensor(loss)):
             break  # a diverged evaluation net scores what it scores; the caller reports accuracy
         if progress is not None:
