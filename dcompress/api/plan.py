@@ -16,6 +16,7 @@ from .request import DistillRequest
 def plan(real: RealData, req: DistillRequest) -> dict:
     """The stages of `req` on `real` and the estimated output size (images and labels)."""
     from ..io import topk
+    from ..io.output import output_shard_size
 
     c, h, w = real.image_shape
     ipc = ipc_from(real, req.ipc, req.ratio)
@@ -41,10 +42,11 @@ def plan(real: RealData, req: DistillRequest) -> dict:
     label_b = member(128 + (topk.record_dtype(real.num_classes).itemsize * k if k else 2 * real.num_classes))
     image_b = member(0.7 * c * h * w + 70) + (member(128 + 4 * c * h * w) if info.kind == "synthesis" else 0)
     per_sample = image_b + label_b + member(2) + member(120)
+    shards = max(1, math.ceil(n_out / output_shard_size(n_out, req.shard_size)))
     return {"method": req.method, "kind": info.kind, "classes": real.num_classes, "class_names": real.class_names,
             "class_counts": real.class_counts(), "input_samples": len(real), "image_shape": [c, h, w],
-            "ipc": ipc, "output_samples": n_out, "shards": max(1, math.ceil(n_out / req.shard_size)),
-            "estimated_output_bytes": int(n_out * per_sample + 10240),
+            "ipc": ipc, "output_samples": n_out, "shards": shards,
+            "estimated_output_bytes": int(n_out * per_sample + 10240 * shards),  # tar end blocks, padded
             "estimated_bytes": {"images": int(n_out * image_b), "labels": int(n_out * label_b)},
             **({"label_topk": k} if k else {}), "config": config_dict(req.config),
             "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real)}

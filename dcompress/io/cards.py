@@ -37,27 +37,38 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def dataset_card(name: str, block: CompressedBlock, shard_glob: str, *, files: list[str]) -> str:
-    """The README.md dataset card: YAML front matter for `datasets`, then a short description.
+def dataset_card(name: str, block: CompressedBlock, shard_glob: str, *, files: list[str], num_shards: int) -> str:
+    """The README.md dataset card: YAML front matter for `datasets`, then a short description and
+    how each reader sees the set (which of them see the soft labels; `num_workers` and shards).
 
     Args:
         name: the manifest's `name`.
         block: the manifest's `dcompress` block (filled in by `io.output.finish_output`: urls and num_samples set).
         shard_glob: pattern matching the shards and nothing else, e.g. `data-*.tar`.
         files: the other files of the folder (listed in the card).
+        num_shards: the number of shards.
     """
     m = block.method
     classes = block.class_names
     c, h, w = block.image_shape
     kind = block.labels.kind
+    soft = block.labels.soft
     label_text = {"hard": "one-hot (argmax = `cls`)", "teacher": "logits of a teacher network",
                   "learned": "logits learned by the method"}.get(kind, kind)
+    stored = ("float16 logits `[C]`" if soft != "topk.npy" else
+              f"the {block.labels.topk} largest logits as `(idx, val)` records")
     shown = classes[:100]
     class_rows = "\n".join(f"| {i} | {_cell(n)} |" for i, n in enumerate(shown))
     more = f"\n\n… and {len(classes) - len(shown)} more (see `manifest.json`)." if len(classes) > len(shown) else ""
     lr = block.learned.lr
     lr_line = f"- learned learning rate: {lr:.6g} (use it when training on this set)\n" if lr is not None else ""
     extra = ", ".join(f"`{f}`" for f in files)
+    if soft == "topk.npy":
+        decode = (f'rec = np.load(io.BytesIO(s["topk.npy"]))      # {block.labels.topk} (idx, val) records\n'
+                  f'logits = dcompress.io.topk.expand(rec, {len(classes)}, {block.labels.topk})  '
+                  f'# [C], -inf where not kept')
+    else:
+        decode = 'logits = np.load(io.BytesIO(s["logits.npy"]))  # float16 [C]'
     return f"""---
 configs:
 - config_name: default
@@ -76,32 +87,49 @@ tags:
 
 A compressed image-classification training set written by dcompress {block.version or ""}: **{m.name}** ({m.kind}),
 IPC {m.ipc} (images per class), {len(classes)} classes, {block.num_samples} images of
-{c}×{h}×{w}, seed {m.seed}.
+{c}×{h}×{w}, seed {m.seed}, in {num_shards} shards.
 
-- labels: `cls` (hard label) and `logits.npy` (float16 soft labels: {label_text}; softmax at temperature
-  {block.labels.temperature})
+- labels: `cls` (hard label) and `{soft}` (soft labels, {stored}: {label_text};
+  softmax at temperature {block.labels.temperature})
 {lr_line}- source: {block.source.num_samples} images, fingerprint `{block.source.fingerprint}`
-- per sample: `png`, `cls`, `logits.npy`, `json` (provenance){", `npy` (exact float32 normalised tensor)" if block.exact_tensor else ""}
+- per sample: `png`, `cls`, `{soft}`, `json` (provenance){", `npy` (exact float32 normalised tensor)" if block.exact_tensor else ""}
 - normalisation: mean {list(block.normalization.mean)}, std {list(block.normalization.std)}
 - other files: `manifest.json` (shard index + full provenance), {extra}
 
-## Load it
+## Reading it
 
-`OUT` is this folder.
+`OUT` is this folder. Not every reader sees the soft labels:
+
+| reader | sees |
+|---|---|
+| `dcompress.load` | images (the exact `npy` tensors when present), soft labels from `{soft}`, `cls`, the learned lr |
+| `webdataset`, `wids` | every member as bytes; the soft labels are `{soft}`, which you decode yourself |
+| timm (`wds/` reader, `_info.json`) | image + `cls` only: the soft labels are ignored |
+| Hugging Face `datasets` (webdataset loader) | one column per member; training recipes take image + `cls`, the `{soft}` column is raw and unused unless you map it yourself |
 
 ```python
-import dcompress                                    # exact tensors, soft labels, learned lr
+import dcompress                                    # images, soft labels, learned lr
 ds = dcompress.load("OUT")
 
-import webdataset as wds                            # plain WebDataset
-wds.WebDataset("OUT/{block.urls}", shardshuffle=False).decode("rgb8").to_tuple("png", "cls", "logits.npy")
+import io, numpy as np, webdataset as wds           # plain WebDataset: decode the soft labels yourself
+for s in wds.WebDataset("OUT/{block.urls}", shardshuffle=False):
+    {decode.replace(chr(10), chr(10) + "    ")}
 
-import timm.data                                    # timm (reads _info.json)
+import timm.data                                    # timm (reads _info.json): image + cls only
 timm.data.create_dataset("wds/{name}", root="OUT", split="train")
 
 import datasets                                     # Hugging Face (reads this card's configs)
 datasets.load_dataset("OUT", split="train")
 ```
+
+Soft label = `softmax(logits / {block.labels.temperature})`.
+
+**`num_workers`.** webdataset gives each DataLoader worker whole shards and fails a worker that gets
+none (`No samples found ... fewer shards than workers`): with `wds.WebDataset`, use
+at most {num_shards} workers for this folder. For more workers, draw shards with replacement,
+`wds.WebDataset(urls, resampled=True, shardshuffle=False).with_epoch(n)` (n samples per worker and
+epoch), or use an indexed reader: `dcompress.load` and `wids.ShardListDataset("OUT/manifest.json")`
+are map-style datasets that any number of workers can share.
 
 ## Classes
 

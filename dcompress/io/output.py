@@ -31,6 +31,9 @@ from . import topk, viewlabels
 
 PREFIX = "data"
 SHARD_MAX_BYTES = 3e9                # the writer's size limit of one shard (io/writer.write_shards)
+# webdataset hands each DataLoader worker whole shards and fails a worker that gets none
+# ("fewer shards than workers"): a small set is split into at least this many shards.
+MIN_SHARDS = 8
 
 
 def sample_key(label: int, slot: int) -> str:
@@ -95,6 +98,14 @@ def image_bytes(cset: CompressedSet, mean, std) -> np.ndarray:
     return denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
 
 
+def output_shard_size(n: int, shard_size: int) -> int:
+    """Samples per output shard for a set of `n` samples: `shard_size` (`--shard-size`, the upper
+    bound), lowered to `n // MIN_SHARDS` so that a set of at least MIN_SHARDS samples makes
+    MIN_SHARDS to 2 * MIN_SHARDS - 1 shards, and a smaller one one shard per sample. A function
+    of `n` and `shard_size` only: every torchrun rank computes the same size."""
+    return max(1, min(shard_size, n // MIN_SHARDS))
+
+
 def one_writer(cset: CompressedSet, shard_size: int) -> bool:
     """Whether one process must write every shard: when a shard could reach the writer's size
     limit, the writer cuts it early and renumbers the rest, which only a single writer sees."""
@@ -143,7 +154,8 @@ def finish_output(tmp: Path, cset: CompressedSet, shards: list[ShardRow], sizes:
             files[LOSS] = png_bytes(curve)
             roles["loss_curve"] = LOSS
     block = dataclasses.replace(block, files=roles)
-    files[CARD] = dataset_card(name, block, f"{PREFIX}-*.tar", files=sorted(files)).encode()
+    files[CARD] = dataset_card(name, block, f"{PREFIX}-*.tar", files=sorted(files),
+                               num_shards=len(shards)).encode()
     for fname, data in files.items():
         (tmp / fname).write_bytes(data)
     manifest = build_manifest(name, shards, block)

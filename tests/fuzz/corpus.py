@@ -322,7 +322,8 @@ class Resources:
 
     @functools.cached_property
     def good_output(self) -> Path:
-        """A random selection, ipc 2 of 2 classes, 2 shards (data-000000.tar: class 0, -000001: class 1)."""
+        """A random selection, ipc 2 of 2 classes, 4 shards of one sample (io.output.output_shard_size:
+        data-000000/1.tar: class 0, -000002/3: class 1)."""
         from dcompress.api import distill as api_distill
 
         out = self.base / "good-out"
@@ -1605,8 +1606,8 @@ def _elsewhere(out: Path, tmp: Path, url: str) -> None:
     (out / "manifest.json").write_text(json.dumps(m))
 
 
-K = "c0001-00000"      # first sample of data-000001.tar
-S1 = "data-000001.tar"
+K = "c0001-00000"      # first sample of class 1, alone in data-000002.tar
+S1 = "data-000002.tar"
 DAMAGES: dict[str, tuple[Callable[[Path, Path], None], tuple[str, ...]]] = {
     "missing-shard": (lambda o, t: (o / S1).unlink(), (S1,)),
     "truncated-shard": (lambda o, t: (o / S1).write_bytes((o / S1).read_bytes()[:1500]), (S1,)),

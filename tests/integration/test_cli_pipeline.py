@@ -23,6 +23,11 @@ def distill(shards, out: Path, *extra: str):
     return run("distill", shards["train"], "--method", "random", "--ipc", "2", "-o", out, "--json", *extra)
 
 
+def data_shards(out: Path) -> list[str]:
+    """An output's shards in order (a small output has several: io.output.output_shard_size)."""
+    return sorted(map(str, out.glob("data-*.tar")))
+
+
 def test_shard_writes_six_digit_shards_and_wids_manifest(shards):
     m = json.loads((shards["train"] / "manifest.json").read_text())
     assert m["__kind__"] == "wids-shard-index-v1" and m["wids_version"] == 1
@@ -38,7 +43,8 @@ def test_random_distill_outputs_load_in_all_readers(shards, tmp_path):
     report = json.loads(r.stdout)
     assert report["samples"] == 6 and report["labels"] == "hard"
     names = sorted(p.name for p in out.iterdir() if p.name != "metrics.jsonl")
-    assert names == ["README.md", "_info.json", "data-000000.tar", "grid.png", "manifest.json"]
+    assert names == ["README.md", "_info.json", *(f"data-{k:06d}.tar" for k in range(6)), "grid.png",
+                     "manifest.json"]                 # 6 samples: a shard each (io.output.output_shard_size)
     # wids index reader
     import wids
 
@@ -47,7 +53,7 @@ def test_random_distill_outputs_load_in_all_readers(shards, tmp_path):
     sample = ds[0]
     assert {".png", ".cls", ".logits.npy", ".json"} <= set(sample)
     # plain webdataset
-    items = list(wds.WebDataset(str(out / "data-000000.tar"), shardshuffle=False).decode("l8").to_tuple("png", "cls", "logits.npy"))
+    items = list(wds.WebDataset(data_shards(out), shardshuffle=False).decode("l8").to_tuple("png", "cls", "logits.npy"))
     assert len(items) == 6 and items[0][0].shape == (28, 28) and items[0][2].dtype == np.float16
     # drop-in loader
     from dcompress import load
@@ -63,8 +69,8 @@ def test_same_seed_gives_byte_identical_shards_and_other_seed_differs(shards, tm
     assert distill(shards, a, "--labels", "hard").exit_code == 0
     assert distill(shards, b, "--labels", "hard").exit_code == 0
     assert distill(shards, c, "--labels", "hard", "--seed", "1").exit_code == 0
-    assert (a / "data-000000.tar").read_bytes() == (b / "data-000000.tar").read_bytes()
-    assert (a / "data-000000.tar").read_bytes() != (c / "data-000000.tar").read_bytes()
+    same, other = ([Path(p).read_bytes() for p in data_shards(d)] for d in (b, c))
+    assert [Path(p).read_bytes() for p in data_shards(a)] == same != other
 
 
 def test_verify_passes_then_catches_a_flipped_byte(shards, tmp_path):
@@ -129,7 +135,7 @@ def test_feature_selection_methods_pick_distinct_real_samples(shards, tmp_path, 
 
 
 def _jsons(out: Path):
-    for s in wds.WebDataset(str(out / "data-000000.tar"), shardshuffle=False):
+    for s in wds.WebDataset(data_shards(out), shardshuffle=False):
         yield s["json"]
 
 

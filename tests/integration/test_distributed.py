@@ -99,11 +99,11 @@ def assert_same_output(a: Path, b: Path, resumed: bool = False, metrics: bool = 
 
 def test_dm_two_ranks_via_nproc_same_bytes_as_one_process(four_classes, dm_one, tmp_path):
     """DM, classes split; launched by `dcompress distill --nproc 2` (torchrun's agent in-process);
-    the 3 shards are written by ranks 0, 1, 0."""
+    the 8 shards (8 samples: one each, under --shard-size 3) are written by ranks 0, 1, 0, 1, ..."""
     two = dcompress(tmp_path, "distill", four_classes, *DM, "-o", tmp_path / "two", "--nproc", "2")
     assert two.returncode == 0, two.stderr
     report = one_json(two.stdout)                      # rank 0's report only
-    assert report["status"] == "ok" and report["samples"] == 8 and report["shards"] == 3
+    assert report["status"] == "ok" and report["samples"] == 8 and report["shards"] == 8
     assert_same_output(dm_one, tmp_path / "two")
     assert not list(tmp_path.glob(".two.*")), "work folder or temp output left behind"
 

@@ -1,7 +1,9 @@
 """Outputs every reader opens unchanged: timm, Hugging Face datasets, wids, webdataset, dcompress;
-plus the files beside the shards (grid, loss curve, metrics) and their determinism."""
+small outputs in enough shards for a DataLoader's workers, and the card that says which reader
+sees what; plus the files beside the shards (grid, loss curve, metrics) and their determinism."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,9 +15,13 @@ from dcompress.io.manifest import verify
 from dcompress.io.metrics import MetricsLog, read_metrics
 from dcompress.io.urls import resolve_urls
 from dcompress.io.loader import load
+from dcompress.io.output import MIN_SHARDS, output_shard_size
+from dcompress.io.cards import dataset_card
+from dcompress.io.manifest import read_compressed
 
 TINY_DM = ["model=convnet_w16", "batch_real=8", "iterations=3"]
 AUX = ("README.md", "_info.json", "grid.png")
+SHARDS6 = [f"data-{k:06d}.tar" for k in range(6)]   # random, IPC 2, 3 classes: one sample per shard
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +48,8 @@ def test_timm_reads_the_shards(random_out):
     assert sorted(t for _, t in items) == [0, 0, 1, 1, 2, 2]
     assert all(im.size == (28, 28) and im.mode == "RGB" for im, _ in items)
     info = json.loads((random_out / "_info.json").read_text())
-    assert info["splits"]["train"] == {"name": "train", "num_samples": 6, "filenames": ["data-000000.tar"],
-                                       "shard_lengths": [6]}
+    assert info["splits"]["train"] == {"name": "train", "num_samples": 6, "filenames": SHARDS6,
+                                       "shard_lengths": [1] * 6}
 
 
 @pytest.mark.parametrize("which", ["random", "dm"])
@@ -65,11 +71,11 @@ def test_hf_datasets_loads_the_shards_not_the_manifest(which, random_out, dm_run
 def test_auxiliary_files_are_not_taken_for_shards(random_out):
     assert all((random_out / f).is_file() for f in AUX)
     m = json.loads((random_out / "manifest.json").read_text())
-    assert [r["url"] for r in m["shardlist"]] == ["data-000000.tar"]
+    assert [r["url"] for r in m["shardlist"]] == SHARDS6
     files = m["dcompress"]["files"]
     assert {"timm_info": "_info.json", "card": "README.md", "grid": "grid.png"}.items() <= files.items()
     assert "loss_curve" not in files           # a selection method has no loss curve
-    assert [p.rsplit("/", 1)[-1] for p in resolve_urls(str(random_out)).urls] == ["data-000000.tar"]
+    assert [p.rsplit("/", 1)[-1] for p in resolve_urls(str(random_out)).urls] == SHARDS6
     assert verify(random_out)["samples"] == 6 and len(load(random_out)) == 6
     wids = pytest.importorskip("wids")
     assert len(wids.ShardListDataset(str(random_out / "manifest.json"))) == 6
@@ -80,8 +86,57 @@ def test_auxiliary_files_are_not_taken_for_shards(random_out):
 def test_same_seed_gives_identical_shards_cards_and_grid(real, random_out, tmp_path):
     again = tmp_path / "rnd"                   # same folder name: the manifest name is in the cards
     api.distill(None, "random", out=again, ipc=2, labels="hard", device="cpu", real=real)
-    for f in ("data-000000.tar", *AUX):
+    for f in (*SHARDS6, *AUX):
         assert (again / f).read_bytes() == (random_out / f).read_bytes(), f
+
+
+def test_output_shard_size_rule():
+    """`--shard-size` is the upper bound; a set of n >= MIN_SHARDS samples gets MIN_SHARDS to
+    2 * MIN_SHARDS - 1 shards, a smaller one a shard per sample."""
+    assert MIN_SHARDS == 8
+    assert [output_shard_size(n, 1000) for n in (0, 1, 6, 8, 15, 16, 21, 100)] == [1, 1, 1, 1, 1, 2, 2, 12]
+    assert output_shard_size(100_000, 1000) == 1000 and output_shard_size(100, 3) == 3
+    for n in range(8, 400):
+        assert 8 <= -(-n // output_shard_size(n, 1000)) <= 15
+
+
+def test_small_output_reads_through_a_dataloader_with_workers(real, tmp_path):
+    """21 samples (under the default --shard-size 1000) are 11 shards of at most 2: a plain
+    webdataset pipeline with num_workers=2 yields every sample once (one shard used to fail it)."""
+    import torch
+    import webdataset as wds
+
+    out = tmp_path / "small"
+    api.distill(None, "random", out=out, ipc=7, labels="hard", device="cpu", real=real)
+    m = json.loads((out / "manifest.json").read_text())
+    assert [r["nsamples"] for r in m["shardlist"]] == [2] * 10 + [1]
+    urls = str(out / m["dcompress"]["urls"])
+    assert urls.endswith("data-{000000..000010}.tar")
+    ds = wds.WebDataset(urls, shardshuffle=False).to_tuple("__key__", "cls")
+    keys = [k for k, _ in torch.utils.data.DataLoader(ds, num_workers=2, batch_size=None)]
+    assert len(keys) == 21 and sorted(keys) == sorted(load(out).keys)
+    assert verify(out)["ok"]
+
+
+def test_card_says_which_reader_sees_the_soft_labels(random_out):
+    card = (random_out / "README.md").read_text()
+    reading = card[card.index("## Reading it"):card.index("## Classes")]
+    for reader in ("dcompress.load", "`webdataset`", "`wids`", "timm", "Hugging Face `datasets`"):
+        assert reader in reading, reader
+    assert "image + `cls` only: the soft labels are ignored" in reading and "`logits.npy`" in reading
+    assert "num_workers" in reading and "at most 6 workers" in reading and "resampled=True" in reading
+    assert "in 6 shards" in card
+    # the card's webdataset example runs and decodes the soft labels
+    code = reading[reading.index("import io, numpy"):reading.index("import timm.data")]
+    env: dict = {}
+    exec(code.replace('"OUT/', f'"{random_out}/'), env)
+    assert env["logits"].shape == (3,) and env["logits"].dtype.name == "float16"
+    # with --label-topk the card names `topk.npy` and expands it
+    _, rows, block = read_compressed(random_out / "manifest.json")
+    block = dataclasses.replace(block, labels=dataclasses.replace(block.labels, soft="topk.npy", topk=2))
+    topk_card = dataset_card("x", block, "data-*.tar", files=[], num_shards=6)
+    assert "`topk.npy`" in topk_card and "dcompress.io.topk.expand(rec, 3, 2)" in topk_card
+    assert "logits.npy" not in topk_card
 
 
 def test_grid_size_and_inspect_redraws_into_the_output(random_out, tmp_path):

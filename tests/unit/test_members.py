@@ -39,9 +39,9 @@ def test_written_output_reads_the_same(real, tmp_path):
     api.distill(None, "random", out=tmp_path / "o", ipc=2, labels="hard", device="cpu", real=real)
     _, manifest, _, samples = output_samples(tmp_path / "o")
     ours = list(samples)
-    shard = tmp_path / "o" / manifest["shardlist"][0]["url"]
+    shards = [tmp_path / "o" / row["url"] for row in manifest["shardlist"]]   # 6 samples: 6 shards
     theirs = [{k: v for k, v in s.items() if k != "__local_path__"}
-              for s in wds.WebDataset(str(shard), shardshuffle=False)]
-    assert [s["__key__"] for s in ours] == [s["__key__"] for s in theirs]
+              for s in wds.WebDataset(list(map(str, shards)), shardshuffle=False)]
+    assert len(shards) == 6 and [s["__key__"] for s in ours] == [s["__key__"] for s in theirs]
     assert all(o[k] == t[k] for o, t in zip(ours, theirs) for k in o if k != "__url__")
-    assert list(shard_samples(shard.read_bytes(), str(shard))) == ours
+    assert [s for p in shards for s in shard_samples(p.read_bytes(), str(p))] == ours
