@@ -69,7 +69,8 @@ def _describe(kind: str, path: Path) -> str:
         if kind == "teachers":
             side = path.with_suffix(".json")
             info = json.loads(side.read_bytes()) if side.is_file() else {}
-            return f"teacher {info.get('model', '?')} (train accuracy {info.get('train_accuracy', '?')})"
+            return (f"teacher {info.get('model', '?')} (train accuracy {info.get('train_accuracy', '?')}, validation "
+                    f"{info.get('val_accuracy', '?')})")
         if kind == "experts":
             return f"expert buffer ({sum(1 for _ in path.glob('replay_buffer_*'))} files)"
     except (OSError, ValueError, KeyError, TypeError):

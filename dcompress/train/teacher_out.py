@@ -93,7 +93,7 @@ def write_teacher(out: Path, teacher: Teacher, real: RealData) -> dict:
         data = Path(src).read_bytes()
     except (OSError, TypeError) as e:
         raise InputDataError(f"cannot read the trained teacher ({e})", path=str(src)) from None
-    keep = ("model", "config", "train_samples", "train_accuracy", "train_seconds")
+    keep = ("model", "config", "train_samples", "train_accuracy", "val_samples", "val_accuracy", "train_seconds")
     meta = {**{k: teacher.info[k] for k in keep if k in teacher.info},
             "input_fingerprint": real.source.get("fingerprint"), "image_shape": list(real.image_shape),
             "num_classes": real.num_classes, "class_names": list(real.class_names),
@@ -129,5 +129,5 @@ def train_teacher(real: RealData, cfg: TeacherConfig, out: Path, *, spec: RunSpe
 
 
 def _summary(meta: dict) -> dict:
-    return {k: meta.get(k) for k in ("model", "train_accuracy", "train_samples", "train_seconds", "weights_bytes",
-                                     "weights_sha256")}
+    return {k: meta.get(k) for k in ("model", "train_accuracy", "val_accuracy", "train_samples", "train_seconds",
+                                     "weights_bytes", "weights_sha256")}
