@@ -23,8 +23,8 @@ def plan(real: RealData, req: DistillRequest) -> dict:
     info = req.method_class.info
     cache = cache_root()
     spec = RunSpec(ipc=ipc, cache_dir=cache, teacher=req.teacher, teacher_config=req.teacher_config)
-    mode = req.labels if req.labels != "auto" else ("teacher" if info.kind == "selection" else
-                                                     "learned if the method learns labels, else hard")
+    mode = req.labels if req.labels != "auto" else (info.default_labels or ("teacher" if info.kind == "selection" else
+                                                     "learned if the method learns labels, else hard"))
     stages = {"read": f"{len(real)} samples decoded", "fit": f"{req.method} ({info.kind})"}
     if info.needs_teacher:
         stages["teacher (features)"] = teacher_plan(real, spec)
@@ -39,7 +39,8 @@ def plan(real: RealData, req: DistillRequest) -> dict:
 
     # soft labels: float16 logits (.logits.npy), or K (idx, val) records (.topk.npy, io/topk.py)
     k = req.label_topk
-    label_b = member(128 + (topk.record_dtype(real.num_classes).itemsize * k if k else 2 * real.num_classes))
+    encodings = label_encodings(real, req, n_out, member)
+    label_b = (encodings["views"] if mode == "views" else 0 if mode == "online" else encodings["teacher"]) / n_out
     image_b = member(0.7 * c * h * w + 70) + (member(128 + 4 * c * h * w) if info.kind == "synthesis" else 0)
     per_sample = image_b + label_b + member(2) + member(120)
     shards = max(1, math.ceil(n_out / output_shard_size(n_out, req.shard_size)))
@@ -47,6 +48,29 @@ def plan(real: RealData, req: DistillRequest) -> dict:
             "class_counts": real.class_counts(), "input_samples": len(real), "image_shape": [c, h, w],
             "ipc": ipc, "output_samples": n_out, "shards": shards,
             "estimated_output_bytes": int(n_out * per_sample + 10240 * shards),  # tar end blocks, padded
-            "estimated_bytes": {"images": int(n_out * image_b), "labels": int(n_out * label_b)},
+            "estimated_bytes": {"images": int(n_out * image_b), "labels": int(n_out * label_b),
+                                **({"teacher": encodings["online"]} if mode == "online" else {})},
+            "label_encodings": encodings,
             **({"label_topk": k} if k else {}), "config": config_dict(req.config),
             "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real)}
+
+
+def label_encodings(real: RealData, req: DistillRequest, n: int, member) -> dict:
+    """The bytes the soft labels of `n` samples cost in each encoding that carries the teacher:
+    `teacher` (one vector per image), `views` (E views per image; E = --label-views, else the
+    default protocol's 301 passes), `online` (the teacher's weights), and which is `smallest`.
+    `member(nbytes)` is a tar member's size on disk."""
+    from ..augment.views import ViewConfig
+    from ..io import topk, viewlabels
+    from ..nets import build_net
+
+    c, k = real.num_classes, req.label_topk
+    epochs = (req.view_config or ViewConfig()).epochs or 301
+    vector = topk.record_dtype(c).itemsize * k if k else 2 * c
+    net = build_net(req.teacher_config.model, real.image_shape[0], c, tuple(real.image_shape[1:]))
+    out = {"teacher": int(n * member(128 + vector)),
+           "views": int(n * member(128 + epochs * viewlabels.record_dtype(c, k).itemsize)),
+           "online": int(sum(p.numel() * p.element_size() for p in net.state_dict().values()) + 4096),
+           "views_per_image": epochs}
+    out["smallest_with_views"] = "views" if out["views"] <= out["online"] else "online"
+    return out

@@ -40,7 +40,7 @@ class TeacherConfig(Validated):
     subset of this size (None: all). docs/teacher.md has the measured accuracy and time."""
 
     model: str = "convnet_w32"
-    epochs: int = positive(8)
+    epochs: int = positive(6)
     max_samples: int | None = positive(None)
     val_samples: int = non_negative(2000)
     lr: float = positive(0.01)
