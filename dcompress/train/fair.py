@@ -218,6 +218,10 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
                             accs(own, proto.aug, "compressed"), accs(own, proto.aug, "random"),
                             lrs_weight=cfg.lrs_weight, ars_weight=cfg.ars_weight, **aug_lists)
     main = next(r for r in results if r["labels"] == own and r["aug"] == (proto.aug or "none"))
+    warnings = teacher_warnings(teach, accs("hard", proto.aug, "compressed"))
+    for text in warnings:
+        if log is not None:
+            log({"event": "warning", "message": text})
     compressed = ranking.summary(main["compressed"]["test"], 100, 2)
     random_ = {**ranking.summary(main["random"]["test"], 100, 2),
                "labels": (f"teacher labels of {ds.num_views} views per image" if ds.views is not None else
@@ -233,8 +237,19 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
             "fair": {"labels": own, "runs": runs, "lr_grid": list(cfg.lr_grid), "results": results,
                      "validation": {"per_class": cfg.val_per_class, "samples": int(val_idx.numel())},
                      "full_data": full, "teacher": teacher_info},
-            "scores": scores,
+            "scores": scores, **({"warnings": warnings} if warnings else {}),
             "seconds": {"sets": round(t_sets, 1), "full_data": full["seconds"] if not full["cached"] else 0.0}}
+
+
+def teacher_warnings(teacher, hard_accuracies: list[float]) -> list[str]:
+    """A warning when the teacher that labels both sides is less accurate on its validation split
+    than the set is with its own hard labels: its soft labels then teach less than the classes."""
+    val = (teacher.info if teacher is not None else {}).get("val_accuracy")
+    hard = 100 * sum(hard_accuracies) / max(len(hard_accuracies), 1)
+    if not isinstance(val, (int, float)) or 100 * val >= hard:
+        return []
+    return [f"the teacher's validation accuracy ({100 * val:.2f} %) is below the set's own hard-label accuracy "
+            f"({hard:.2f} %): its soft labels may hurt; train a stronger one (`dcompress teacher`, docs/teacher.md)"]
 
 
 def _renormalise(x: torch.Tensor, src, dst) -> torch.Tensor:

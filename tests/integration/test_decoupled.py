@@ -118,7 +118,7 @@ def test_teacher_is_used_by_selection_methods(teacher_pt, shards, tmp_path):
 
 def test_rded_end_to_end_deterministic_and_trainable(teacher_pt, shards, tmp_path):
     args = ["distill", shards["train"], "-m", "rded", "--ipc", "2", "--teacher", teacher_pt, "--set", "factor=2",
-            "--seed", "5"]
+            "--labels", "teacher", "--seed", "5"]            # the method's own relabelling (default: views)
     code, rep = cli(*args, "-o", tmp_path / "a")
     assert code == 0 and rep["samples"] == 6 and rep["labels"] == "teacher", rep
     code, _ = cli(*args, "-o", tmp_path / "b")
@@ -141,6 +141,19 @@ def test_rded_end_to_end_deterministic_and_trainable(teacher_pt, shards, tmp_pat
     test = dcompress.api.load_real(str(shards["test"]))
     r = dcompress.evaluate(ds, test, runs=1, epochs=3, random_baseline=False)
     assert 0 <= r["compressed"]["mean"] <= 100 and r["samples"] == 6
+
+
+@pytest.mark.parametrize("method", ["rded", "sre2l"])
+def test_decoupled_methods_default_to_view_labels(method, teacher_pt, shards, tmp_path):
+    """RDED and SRe2L train their students on a teacher's label of every view: that is their
+    default labels (--label-views E views per image; the teacher labels each exact view)."""
+    extra = ["--teacher", teacher_pt, "--set", "factor=2"] if method == "rded" else [*SRE2L_FAST]
+    code, rep = cli("distill", shards["train"], "-m", method, "--ipc", "2", *extra, "--label-views", "4",
+                    "-o", tmp_path / "a")
+    assert code == 0 and rep["labels"] == "views", rep
+    ds = dcompress.load(tmp_path / "a")
+    assert ds.label_kind == "views" and ds.num_views == 4 and ds.protocol.kd
+    assert ds.view_logits.shape == (6, 4, 3)
 
 
 def test_rded_bad_config_and_too_few_crops(teacher_pt, shards, tmp_path):
@@ -238,7 +251,8 @@ SRE2L_FAST = ["--set", "iterations=20", "--teacher-set", "epochs=1"]
 
 
 def test_sre2l_end_to_end_on_a_bn_teacher_deterministic(shards, tmp_path):
-    args = ["distill", shards["train"], "-m", "sre2l", "--ipc", "2", *SRE2L_FAST, "--set", "cda=true"]
+    args = ["distill", shards["train"], "-m", "sre2l", "--ipc", "2", *SRE2L_FAST, "--set", "cda=true", "--labels",
+            "teacher"]
     code, rep = cli(*args, "-o", tmp_path / "a")
     assert code == 0 and rep["samples"] == 6 and rep["labels"] == "teacher", rep
     block = json.loads((tmp_path / "a" / "manifest.json").read_text())["dcompress"]
