@@ -9,7 +9,7 @@ from ..config import config_dict
 from ..core import RealData, RunSpec
 from .checks import ipc_from
 from .labels import teacher_plan
-from .record import source_decode
+from .record import input_report, source_decode
 from .request import DistillRequest
 
 
@@ -47,4 +47,5 @@ def plan(real: RealData, req: DistillRequest) -> dict:
             "estimated_output_bytes": int(n_out * per_sample + 10240),
             "estimated_bytes": {"images": int(n_out * image_b), "labels": int(n_out * label_b)},
             **({"label_topk": k} if k else {}), "config": config_dict(req.config),
-            "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real)}
+            "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real),
+            **input_report(real)}
