@@ -53,7 +53,7 @@ JSON = typer.Option(False, "--json", help="Print one JSON report on stdout.")
 DEVICE = typer.Option("auto", "--device", envvar="DCOMPRESS_DEVICE", help="auto | cpu | cuda[:N]")
 CACHE = typer.Option(None, "--cache-dir", envvar="DCOMPRESS_CACHE",
                      help="cache for teachers, features and default expert buffers [default: ~/.cache/dcompress]")
-MAX_BAD = typer.Option(100, "--max-bad", help="fail (exit 3) past this many corrupt samples")
+MAX_BAD = typer.Option(None, "--max-bad", show_default="100", help="fail (exit 3) past this many corrupt samples")
 MAX_PIXELS = typer.Option(MAX_PIXELS_DEFAULT, "--max-pixels",
                           help="skip (as corrupt) images whose header declares more pixels than this")
 WORKERS = typer.Option(None, "--workers", help="processes decoding the input into its decoded store on first use "

@@ -82,6 +82,12 @@ class NonFiniteLoss(DcompressError):
     exit_code = 1
 
 
+def unreadable(e: OSError, path=None, what: str = "input") -> InputDataError:
+    """Our exception for an input file or folder this process cannot read (exit 4, naming it:
+    an unreadable input is never reported as an unusable output)."""
+    return InputDataError(f"cannot read {what}: {e.strerror or e}", path=str(e.filename or path))
+
+
 def os_error(e: OSError, path=None, action: str = "write", *, writing: bool = True) -> DcompressError:
     """Our exception for an OSError met while doing `action` on `path` (default: the error's own
     filename): a full disk or quota is a ResourceError (7); a read-only, forbidden or misplaced

@@ -26,7 +26,7 @@ from .checks import check_topk, ipc_from, resolve_device
 from .inputs import InputSpec, ProgressFn, as_input
 from .labels import label_stage
 from .plan import plan
-from .record import set_block, source_decode
+from .record import input_report, set_block, source_decode
 from .request import DistillRequest
 from .write import write_set
 
@@ -36,7 +36,7 @@ LogFn = Callable[[dict], None]
 def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio: float | None = None,
             seed: int = 0, device: str = "auto", config: str | Path | None = None, sets: Iterable[str] = (),
             resume: bool = True, overwrite: bool = False, labels: str = "auto", teacher: str | Path | None = None,
-            max_bad: int = 100, max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False,
+            max_bad: int | None = None, max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False,
             shard_size: int = 1000, ckpt_every: int = 50, dry_run: bool = False, flags: dict | None = None,
             experts: str | Path | None = None, teacher_sets: Iterable[str] = (), workers: int | None = None,
             progress: ProgressFn | None = None, log: LogFn | None = None,
@@ -100,7 +100,8 @@ def distill_request(req: DistillRequest, inputs: InputSpec, *, out: str | Path, 
             return {"status": "ok", "up_to_date": True, "out": str(out), "method": req.method, "ipc": ipc,
                     "samples": prior["num_samples"], "shards": prior["shards"], "labels": prior["labels"],
                     "learned_lr": prior["learned_lr"], "bad_samples": real.source["bad_samples"]["count"],
-                    "resumed_from": None, "timings": {"read_s": round(t_read, 2)}, **source_decode(real)}
+                    "resumed_from": None, "timings": {"read_s": round(t_read, 2)}, **source_decode(real),
+                    **input_report(real)}
         ckpt = dist.main_first(lambda: Checkpointer(work_dir_for(out), identity, every=req.ckpt_every,
                                                     resume=req.resume, log=log, quarantine=cache_root() / "quarantine",
                                                     readonly=not dist.is_main()))
@@ -169,7 +170,7 @@ def _fit_label_write(req: DistillRequest, real: RealData, *, out: Path, ipc: int
             "bad_samples": real.source["bad_samples"]["count"], "resumed_from": ckpt.resumed_from,
             "store": real.source.get("store"), "timings": {**timings, "write_s": round(time.time() - t2, 2)},
             **source_decode(real), "nets": block.method.nets, "bytes": manifest["dcompress"].get("bytes"),
-            "label_topk": req.label_topk}
+            "label_topk": req.label_topk, **input_report(real)}
 
 
 def fit_stage(req: DistillRequest, real: RealData, spec: RunSpec, log: LogFn) -> CompressedSet:

@@ -9,6 +9,7 @@ from ..errors import InputDataError, UsageError
 from ..limits import MAX_PIXELS
 from .checks import check_limits, check_seed, resolve_device
 from .inputs import InputSpec, ProgressFn, decode_options
+from .record import input_report
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +24,7 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
              random_baseline: bool = True, test_limit: int | None = None, protocol: str = "own",
              models: str | Sequence[str] | None = None, lr_grid: str | Sequence[float] | None = None,
              val_per_class: int | None = None, ars: bool = True, full_epochs: int | None = None,
-             full_max_samples: int | None = None, teacher: str | Path | None = None, max_bad: int = 100,
+             full_max_samples: int | None = None, teacher: str | Path | None = None, max_bad: int | None = None,
              max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False, workers: int | None = None,
              size: int | None = None, resize_mode: str | None = None, label_key: str | None = None,
              class_names: str | Path | Iterable[str] | None = None, channels: int | None = None,
@@ -71,9 +72,13 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
         train_in.resolved                                 # a bad --train fails before the test set is read
     test_data = test_in.read(note=note) if test_in else test
     train_data = train_in.read(note=note) if train_in else (train if _is_real(train) else None)
-    return train_and_test(ds, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
-                          device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=progress,
-                          protocol=protocol, models=names, fair=fair_cfg, full_data=full_cfg, teacher=teacher, log=log)
+    report = train_and_test(ds, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
+                            device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=progress,
+                            protocol=protocol, models=names, fair=fair_cfg, full_data=full_cfg, teacher=teacher,
+                            log=log)
+    reads = {k: input_report(d)["input"] for k, d in (("test", test_data), ("train", train_data))
+             if _is_real(d) and input_report(d)}
+    return {**report, "input": reads} if reads and isinstance(report, dict) else report
 
 
 def _is_real(x) -> bool:

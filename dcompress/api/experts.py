@@ -9,12 +9,13 @@ from ..core import RealData
 from ..limits import MAX_PIXELS
 from .checks import check_limits, check_seed, resolve_device
 from .inputs import InputSpec, ProgressFn, as_input
+from .record import input_report
 
 
 def experts(urls, *, out: str | Path, num_experts: int, epochs: int | None = None, optimizer: str | None = None,
             test: str | Iterable[str] | None = None, holdout: float | None = None, seed: int | None = None,
             device: str = "auto", config: str | Path | None = None, sets: Iterable[str] = (),
-            stale_after: float = 3600.0, max_bad: int = 100, max_pixels: int | None = MAX_PIXELS,
+            stale_after: float = 3600.0, max_bad: int | None = None, max_pixels: int | None = MAX_PIXELS,
             allow_manifest_urls: bool = False, workers: int | None = None, size: int | None = None,
             resize_mode: str = "crop", label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
             channels: int | None = None, progress: ProgressFn | None = None,
@@ -49,5 +50,6 @@ def experts(urls, *, out: str | Path, num_experts: int, epochs: int | None = Non
     if real is None:
         real = inputs.read(progress=progress, note=note)
     test_data = tests.with_classes(real.class_names).read(note=note) if tests else None
-    return train_experts(real, out, num_experts=num_experts, config=cfg, test=test_data, device=dev,
-                         stale_after=stale_after, progress=progress)
+    report = train_experts(real, out, num_experts=num_experts, config=cfg, test=test_data, device=dev,
+                           stale_after=stale_after, progress=progress)
+    return {**report, **input_report(real)}

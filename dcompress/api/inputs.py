@@ -43,12 +43,12 @@ class InputSpec:
 
     urls: tuple[str, ...]
     decode: DecodeOptions = DecodeOptions()
-    max_bad: int = 100
+    max_bad: int | None = None      # None: up to 100 bad samples, no damaged shard (io.stream.bad_limit)
     workers: int | None = None
     allow_manifest_urls: bool = False
 
     @classmethod
-    def of(cls, urls: str | Iterable[str], *, max_bad: int = 100, max_pixels: int | None = MAX_PIXELS,
+    def of(cls, urls: str | Iterable[str], *, max_bad: int | None = None, max_pixels: int | None = MAX_PIXELS,
            allow_manifest_urls: bool = False, workers: int | None = None, size: int | None = None,
            resize_mode: str = "crop", label_key: str = "cls",
            class_names: str | Path | Iterable[str] | None = None, channels: int | None = None,

@@ -9,13 +9,12 @@ from ..config import config_dict
 from ..core import RealData, RunSpec
 from .checks import ipc_from
 from .labels import teacher_plan
-from .record import source_decode
+from .record import input_report, source_decode
 from .request import DistillRequest
 
 
 def plan(real: RealData, req: DistillRequest) -> dict:
     """The stages of `req` on `real` and the estimated output size (images and labels)."""
-    from ..io import topk
     from ..io.output import output_shard_size
 
     c, h, w = real.image_shape
@@ -52,7 +51,8 @@ def plan(real: RealData, req: DistillRequest) -> dict:
                                 **({"teacher": encodings["online"]} if mode == "online" else {})},
             "label_encodings": encodings,
             **({"label_topk": k} if k else {}), "config": config_dict(req.config),
-            "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real)}
+            "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real),
+            **input_report(real)}
 
 
 def label_encodings(real: RealData, req: DistillRequest, n: int, member) -> dict:

@@ -23,6 +23,14 @@ def source_decode(real: RealData) -> dict:
     return rec
 
 
+def input_report(real: RealData) -> dict:
+    """`input`: the reading's accounting for a report (samples expected, read and used, bad
+    samples by cause, damaged shards skipped; io.reader.read_real), empty for data read
+    otherwise."""
+    acct = real.source.get("input")
+    return {"input": acct} if acct else {}
+
+
 def resolved_nets(real: RealData, cfg, protocol, teacher_info: dict | None) -> dict:
     """The networks of a run by role, resolved for the image size (`nets.arch_name`): `model` (the
     method's `model` config), `eval` (the evaluation protocol's), `teacher` (when one labelled)."""
@@ -51,7 +59,9 @@ def set_block(req: DistillRequest, real: RealData, fitted: CompressedSet, labell
                             teacher_config=config_dict(req.teacher_config),
                             nets=resolved_nets(real, req.config, protocol, teacher_info)),
         source=SourceRecord(**{k: real.source[k] for k in ("urls", "num_samples", "fingerprint", "class_counts")},
-                            store=(real.source.get("store") or {}).get("path"), **source_decode(real)),
+                            store=(real.source.get("store") or {}).get("path"), **source_decode(real),
+                            **{k: v for k, v in (real.source.get("input") or {}).items()
+                               if k in ("shards", "samples_expected", "samples_read", "damaged_shards")}),
         bad_samples=BadSamplesRecord(**real.source["bad_samples"]),
         class_names=tuple(real.class_names),
         labels=labels_record(req, labelled, teacher_info),

@@ -15,11 +15,13 @@ from ..io.atomic import OutputLock
 from ..limits import MAX_PIXELS
 from .checks import check_limits, check_seed, resolve_device
 from .inputs import ProgressFn, as_input
+from .record import input_report
 
 
 def teacher(urls, *, out: str | Path, model: str | None = "auto", bn: bool = False, epochs: int | None = None,
             seed: int | None = None, sets: Iterable[str] = (), config: str | Path | None = None,
-            device: str = "auto", overwrite: bool = False, max_bad: int = 100, max_pixels: int | None = MAX_PIXELS,
+            device: str = "auto", overwrite: bool = False, max_bad: int | None = None,
+            max_pixels: int | None = MAX_PIXELS,
             allow_manifest_urls: bool = False, workers: int | None = None, progress: ProgressFn | None = None,
             log: Callable[[dict], None] | None = None, real: RealData | None = None, size: int | None = None,
             resize_mode: str = "crop", label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
@@ -67,4 +69,5 @@ def teacher(urls, *, out: str | Path, model: str | None = "auto", bn: bool = Fal
     teacher_s = rep.pop("teacher_s", 0.0)
     return {"status": "ok", "out": str(out), "sidecar": str(tout.sidecar_path(out)), **rep,
             "config": config_dict(cfg), "image_shape": list(real.image_shape), "classes": real.num_classes,
-            "input_samples": len(real), "timings": {"read_s": round(t_read, 2), "teacher_s": teacher_s}}
+            "input_samples": len(real), "timings": {"read_s": round(t_read, 2), "teacher_s": teacher_s},
+            **input_report(real)}

@@ -172,6 +172,8 @@ def parse_label(raw) -> int:
         raw = raw.encode("utf-8", "replace")
     if not isinstance(raw, bytes) or not _LABEL.match(raw):
         raise ValueError("not an integer")
+    if len(raw.strip().lstrip(b"+-").lstrip(b"0")) > 19:      # past int64 (and int()'s digit limit)
+        raise ValueError("outside the int64 range")
     value = int(raw)
     if not -(2 ** 63) <= value < 2 ** 63:
         raise ValueError("outside the int64 range")

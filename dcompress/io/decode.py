@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputDataError, UsageError
 from ..limits import MAX_LABEL, MAX_PIXELS
 from .codecs import IMAGE_EXTS, decode_image
-from .labels import class_names_problem, label_key_parts, sample_label
+from .labels import class_names_problem, implausible_label, label_key_parts, sample_label
 from .schema import _is_int
 from .stream import BadSample
 
@@ -158,8 +158,5 @@ def decode_sample(sample: dict, opts: DecodeOptions) -> tuple[np.ndarray, int | 
         raise BadSample(f".{ext} is not a decodable image ({type(e).__name__}: {why})") from None
     label = sample_label(sample, opts.label_key)
     if isinstance(label, int) and not 0 <= label < MAX_LABEL:
-        where = opts.label_key if ":" in opts.label_key else f".{opts.label_key}"
-        raise InputDataError(f"{where} label {label} is {'negative' if label < 0 else 'implausibly large'}"
-                             f" (labels must be class indices in [0, {MAX_LABEL}))",
-                             path=sample.get("__url__"), key=sample.get("__key__"))
+        raise implausible_label(label, opts.label_key, sample)
     return transform_image(arr, opts), label

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from ..errors import InputDataError, UsageError
+from ..limits import MAX_LABEL
 from .codecs import parse_label
 from .schema import _is_int
 from .stream import BadSample
@@ -75,22 +76,24 @@ def sample_label(sample: dict, key: str) -> int | str:
     raw = sample.get(member)
     if raw is None:
         members = ", ".join(sorted(k for k in sample if not k.startswith("__")))
-        raise BadSample(f"missing .{member} label (has: {members}; pick the label with --label-key)")
+        raise BadSample(f"missing .{member} label (has: {members}; pick the label with --label-key)", "label_key")
     if path is None and member == "cls":
         try:
             return parse_label(raw)
         except ValueError as e:
-            raise BadSample(f".{key} is {e} ({raw[:24]!r})") from None
+            if str(e) == OUT_OF_RANGE:
+                raise implausible_label(raw, key, sample) from None
+            raise BadSample(f".{key} is {e} ({raw[:24]!r})", "label") from None
     if path is None:
         try:
             text = raw.decode("utf-8").strip() if isinstance(raw, bytes) else str(raw).strip()
         except UnicodeDecodeError:
-            raise BadSample(f".{member} is not UTF-8 text ({raw[:24]!r})") from None
-        return _label_value(text, f".{member}", numeric_text=True)
+            raise BadSample(f".{member} is not UTF-8 text ({raw[:24]!r})", "label") from None
+        return _label_value(text, f".{member}", numeric_text=True, sample=sample, key=key)
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError) as e:   # JSONDecodeError, UnicodeDecodeError, deep nesting
-        raise BadSample(f".{member} is not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
+        raise BadSample(f".{member} is not valid JSON ({type(e).__name__}: {str(e)[:80]})", "label") from None
     for i, part in enumerate(path):
         where = ".".join(path[:i + 1])
         if isinstance(value, dict) and part in value:
@@ -100,31 +103,51 @@ def sample_label(sample: dict, key: str) -> int | str:
         else:
             full = ".".join(path)
             raise BadSample(f"missing label field {full!r} in .{member}"
-                            + (f" (no {where!r})" if where != full else ""))
-    return _label_value(value, f".{member} field {'.'.join(path)!r}", numeric_text=False)
+                            + (f" (no {where!r})" if where != full else ""), "label_key")
+    return _label_value(value, f".{member} field {'.'.join(path)!r}", numeric_text=False, sample=sample, key=key)
 
 
-def _label_value(value, where: str, *, numeric_text: bool) -> int | str:
+OUT_OF_RANGE = "outside the int64 range"       # codecs.parse_label's words for a number beyond int64
+
+
+def implausible_label(label, label_key: str, sample: dict) -> InputDataError:
+    """The error for an integer label outside [0, MAX_LABEL) under `--label-key label_key`
+    (exit 4, naming the shard and the sample key): one rule for every such label, whether it
+    fits int64 or not. `label`: the int or the text it was read from."""
+    where = label_key if ":" in label_key else f".{label_key}"
+    text = label.decode("ascii", "replace").strip() if isinstance(label, bytes) else str(label).strip()
+    negative = text.startswith("-")
+    shown = text if len(text) <= 24 else f"{text[:24]}... ({len(text)} digits)"
+    return InputDataError(f"{where} label {shown} is {'negative' if negative else 'implausibly large'}"
+                          f" (labels must be class indices in [0, {MAX_LABEL}))",
+                          path=sample.get("__url__"), key=sample.get("__key__"))
+
+
+def _label_value(value, where: str, *, numeric_text: bool, sample: dict, key: str) -> int | str:
     """A parsed label value -> int or class name; BadSample for anything else."""
     if isinstance(value, str):
         value = value.strip()
         if not value:
-            raise BadSample(f"{where} is empty")
+            raise BadSample(f"{where} is empty", "label")
         if numeric_text:
             try:
                 return parse_label(value)
             except ValueError as e:
+                if str(e) == OUT_OF_RANGE:
+                    raise implausible_label(value, key, sample) from None
                 if str(e) != "not an integer":
-                    raise BadSample(f"{where} is {e} ({value[:24]!r})") from None
+                    raise BadSample(f"{where} is {e} ({value[:24]!r})", "label") from None
         if len(value) > MAX_LABEL_CHARS:
-            raise BadSample(f"{where} is {len(value)} characters long, not a class name ({value[:24]!r}...)")
+            raise BadSample(f"{where} is {len(value)} characters long, not a class name ({value[:24]!r}...)",
+                            "label")
         return value
     if _is_int(value):
         if not -(2 ** 63) <= value < 2 ** 63:
-            raise BadSample(f"{where} is outside the int64 range")
+            raise implausible_label(value, key, sample)
         return value
     kind = "a boolean" if isinstance(value, bool) else "null" if value is None else f"a {type(value).__name__}"
-    raise BadSample(f"{where} is {kind} ({str(value)[:24]!r}), not an integer class index or a class name")
+    raise BadSample(f"{where} is {kind} ({str(value)[:24]!r}), not an integer class index or a class name",
+                    "label")
 
 
 def class_names_problem(names) -> str | None:

@@ -149,7 +149,11 @@ class SourceRecord:
     `decode`: how it was decoded (`io.decode.DecodeOptions.to_dict()` without the class names,
     which are `dcompress.class_names`), `class_source`: where the class names came from
     (`io.labels`: option, manifest, classes.txt, labels, indices); `store`: the decoded store it
-    was read through (its folder in the cache). All three None in older manifests."""
+    was read through (its folder in the cache). The accounting: `samples_expected` (the input
+    manifest's nsamples per shard, else what the shard held), `samples_read` (samples the
+    shards yielded, bad ones included; `num_samples` are those used), `shards`, and
+    `damaged_shards` (skipped under `--max-bad`: {url, problem, expected, read, lost}). All None
+    in older manifests."""
 
     urls: list[str] | None = None
     num_samples: int | None = None
@@ -158,20 +162,28 @@ class SourceRecord:
     decode: dict | None = None
     class_source: str | None = None
     store: str | None = None
+    shards: int | None = None
+    samples_expected: int | None = None
+    samples_read: int | None = None
+    damaged_shards: list[dict] | None = None
 
     def to_dict(self) -> dict:
-        return _drop_none(dataclasses.asdict(self), ("decode", "class_source", "store"))
+        return _drop_none(dataclasses.asdict(self), ("decode", "class_source", "store", "shards", "samples_expected",
+                                                     "samples_read", "damaged_shards"))
 
 
 @dataclass(frozen=True)
 class BadSamplesRecord:
-    """Input samples skipped as corrupt: `count` and up to 20 `examples`."""
+    """Input samples skipped as corrupt, each counted once: `count`, the count per cause
+    (`causes`: image, label, label_key, member_name, stream, damaged_shard; None in older
+    manifests) and up to 20 `examples`."""
 
     count: int = 0
     examples: list[str] = field(default_factory=list)
+    causes: dict[str, int] | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _drop_none(dataclasses.asdict(self), ("causes",))
 
 
 @dataclass(frozen=True)

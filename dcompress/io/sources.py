@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..errors import InputDataError, UsageError
+from ..errors import InputDataError, UsageError, unreadable
 from .atomic import AtomicDir, OutputLock, check_not_input, check_target, refuse_existing
 from .manifest import MANIFEST, ShardRow, build_manifest
 from .schema import InputBlock, InputSource
@@ -17,7 +17,7 @@ from .safe_write import write_json
 from .codecs import IMAGE_EXTS, decode_image, encode_png
 from .decode import DecodeOptions, transform_image
 from .labels import read_class_names
-from .stream import BadSamples
+from .stream import BadSamples, bad_limit
 from ..limits import MAX_PIXELS
 from .writer import env_versions, write_shards
 
@@ -52,8 +52,11 @@ def idx_samples(src: Path, split: str) -> tuple[Iterator[tuple[str, np.ndarray, 
     def find(kind: str) -> Path:
         for name in (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz",
                      f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"):
-            if (src / name).exists():
-                return src / name
+            try:
+                if (src / name).exists():
+                    return src / name
+            except OSError as e:
+                raise unreadable(e, src) from None
         raise InputDataError(f"no {prefix}-{kind}-idx*-ubyte(.gz) file", path=str(src))
 
     ipath, lpath = find("images"), find("labels")
@@ -78,7 +81,15 @@ def folder_samples(src: Path, class_names: list[str] | None = None
                    ) -> tuple[Iterator[tuple[str, bytes, int, str, Path]], int, list[str]]:
     """(key, file bytes, class index, extension, file) per image of an ImageFolder tree, the
     count and the class names: the sorted sub-folder names, or `class_names` (every sub-folder
-    must be in it; a listed class without a folder has no images)."""
+    must be in it; a listed class without a folder has no images). A folder or file this process
+    cannot read is an InputDataError naming it."""
+    try:
+        return _folder_samples(src, class_names)
+    except OSError as e:
+        raise unreadable(e, src) from None
+
+
+def _folder_samples(src: Path, class_names: list[str] | None):
     folders = sorted(p.name for p in src.iterdir() if p.is_dir())
     if not folders:
         raise InputDataError("ImageFolder needs one sub-folder per class; found none", path=str(src))
@@ -101,7 +112,11 @@ def folder_samples(src: Path, class_names: list[str] | None = None
 
     def gen():
         for i, (c, f, ext) in enumerate(files):
-            yield f"img{i:07d}", f.read_bytes(), c, ext, f
+            try:
+                data = f.read_bytes()
+            except OSError as e:
+                raise unreadable(e, f) from None
+            yield f"img{i:07d}", data, c, ext, f
     return gen(), len(files), classes
 
 
@@ -109,7 +124,7 @@ def make_shards(src: str | Path, out: str | Path, *, fmt: str = "auto", split: s
                 shard_size: int = 10000, overwrite: bool = False,
                 progress: Callable[[int, int], None] | None = None, size: int | None = None,
                 resize_mode: str = "crop", channels: int | None = None,
-                class_names: str | Path | list[str] | None = None, max_bad: int = 100,
+                class_names: str | Path | list[str] | None = None, max_bad: int | None = None,
                 max_pixels: int | None = MAX_PIXELS) -> dict:
     """Writes `out/<split>-%06d.tar` + manifest.json; returns a report dict.
 
@@ -121,6 +136,7 @@ def make_shards(src: str | Path, out: str | Path, *, fmt: str = "auto", split: s
     byte for byte. `class_names` (a list or a class-names file) fixes the ImageFolder class order.
     """
     opts = DecodeOptions(size=size, resize_mode=resize_mode, channels=channels, max_pixels=max_pixels)
+    max_bad = bad_limit(max_bad)
     if max_bad < 0:
         raise UsageError(f"--max-bad must be >= 0, got {max_bad}")
     if isinstance(class_names, (str, Path)):

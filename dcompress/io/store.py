@@ -7,14 +7,17 @@ The first command on an input builds it (`store_build.build_store`: its shards d
     labels.npy   int64 [N] class indices
     keys.npy     fixed-width UTF-8 bytes [N], the sample keys
     meta.json    shape, class names and their source, mean/std, fingerprint, urls, description,
-                 decode options, bad samples, class counts, build time and workers, creation
-                 time, store format version
+                 decode options, bad samples (with their causes), the input accounting
+                 (`input`: samples expected, read and used, damaged shards), class counts, build
+                 time and workers, creation time, store format version
 
 Every later command on the same input opens it (`open_store`) in milliseconds. The key
 (`store_key`) is a hash of what decides the decoded bytes: the store format, the decode options,
 the input manifest's class names and a classes.txt beside the shards, the JPEG and PNG decoders,
-and each shard's identity — absolute path, size and mtime (plus the manifest's md5 when it lists
-one); never the decoded pixels. A changed shard changes the key, so a store is rebuilt, never
+and each shard's identity — absolute path, size and mtime (plus its input-manifest row's md5sum,
+nsamples and filesize, which the shard is checked against); never the decoded pixels. A reopened
+store is held to the same reading limits as a new one (`check_damage`, from its meta). A
+changed shard changes the key, so a store is rebuilt, never
 silently reused. A remote input (pipe:, http, s3) whose manifest gives no md5 has no stable
 identity: its store is built in the cache, opened, and deleted at once (the open file lives until
 the process exits).
@@ -42,11 +45,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import DcompressError, TooManyBadSamples, os_error
+from ..errors import DcompressError, TooManyBadSamples, os_error, unreadable
 from .codecs import jpeg_decoder, png_decoder
 from .decode import DecodeOptions
 from .labels import classes_txt_for
-from .store_build import STORE_VERSION, build_store
+from .store_build import STORE_VERSION, build_store, damage_error, manifest_rows
+from .stream import bad_limit
 from .urls import ResolvedInput, is_remote
 
 STORES = "stores"
@@ -120,24 +124,29 @@ class KeyList:
 
 # ------------------------------------------------------------------------------------ identity
 
-def shard_identity(url: str, manifest_md5: dict[str, str]) -> dict:
-    """What names one shard's content without reading it: path + size + mtime (+ manifest md5)."""
+def shard_identity(url: str, rows: dict[str, dict]) -> dict:
+    """What names one shard's content without reading it: path + size + mtime, plus what its
+    input-manifest row says of it (md5sum, nsamples, filesize: what the shard is checked
+    against, so an edited row is checked again)."""
     ident = {"url": url}
     if not is_remote(url):
-        st = os.stat(url)
+        try:
+            st = os.stat(url)
+        except OSError as e:
+            raise unreadable(e, url, "shard") from None
         ident = {"path": str(Path(url).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    md5 = manifest_md5.get(Path(url).name)
-    if md5:
-        ident["md5"] = md5
+    row = rows.get(Path(url).name) or {}
+    if row.get("md5sum"):
+        ident["md5"] = row["md5sum"]
+    ident.update({f"manifest_{k}": row[k] for k in ("nsamples", "filesize") if row.get(k) is not None})
     return ident
 
 
 def store_key(inp: ResolvedInput, opts: DecodeOptions) -> tuple[str, bool]:
     """(key, cacheable): the store's name for this input; not cacheable for a remote shard with no
     md5 in its manifest (nothing says whether the object changed)."""
-    rows = (inp.manifest or {}).get("shardlist", [])
-    md5s = {Path(str(r.get("url", ""))).name: r.get("md5") for r in rows if isinstance(r, dict) and r.get("md5")}
-    idents = [shard_identity(u, md5s) for u in inp.urls]
+    rows = manifest_rows(inp)
+    idents = [shard_identity(u, rows) for u in inp.urls]
     names = (inp.manifest or {}).get("dcompress", {}).get("class_names") if isinstance(
         (inp.manifest or {}).get("dcompress"), dict) else None
     txt = classes_txt_for(inp)                     # read automatically: its content decides the labels
@@ -213,7 +222,7 @@ def _arrays(folder: Path) -> dict:
             "keys": np.load(folder / "keys.npy", allow_pickle=False)}
 
 
-def open_store(inp: ResolvedInput, opts: DecodeOptions, *, cache: Path, max_bad: int, workers: int | None = None,
+def open_store(inp: ResolvedInput, opts: DecodeOptions, *, cache: Path, max_bad: int | None, workers: int | None = None,
                progress: Callable[[int, int], None] | None = None,
                note: Callable[[str], None] | None = None) -> tuple[DecodedStore, dict, dict]:
     """(store, arrays {labels, keys}, info) for `inp`: the cached store when one matches, else one
@@ -240,12 +249,12 @@ def open_store(inp: ResolvedInput, opts: DecodeOptions, *, cache: Path, max_bad:
     else:
         lock_fd, meta, reused = _locked_build(inp, opts, folder, lock_path, root, key, cache=cache, max_bad=max_bad,
                                               workers=workers, progress=progress, note=note)
-    if meta["bad_samples"]["count"] > max_bad:
+    try:
+        check_damage(meta, max_bad)
+    except DcompressError:
         if lock_fd is not None:
             os.close(lock_fd)
-        ex = meta["bad_samples"]["examples"]
-        raise TooManyBadSamples(f"{meta['bad_samples']['count']} bad samples exceed --max-bad {max_bad}"
-                                + (f"; last: {ex[-1]}" if ex else ""))
+        raise
     if lock_fd is None:
         store, arrays = mine, _arrays(folder)
     else:
@@ -255,10 +264,23 @@ def open_store(inp: ResolvedInput, opts: DecodeOptions, *, cache: Path, max_bad:
                            "build_s": None if reused else meta["build_s"], "workers": meta.get("workers")}
 
 
+def check_damage(meta: dict, max_bad: int | None) -> None:
+    """The input's damage against the reading limits, the same for a store just built and one
+    reopened (its accounting is in its meta): damaged shards are an InputDataError unless
+    `max_bad` was given; bad samples (lost ones included) past the bound TooManyBadSamples."""
+    damaged = (meta.get("input") or {}).get("damaged_shards") or []
+    if damaged and max_bad is None:
+        raise damage_error(damaged)
+    count, limit = meta["bad_samples"]["count"], bad_limit(max_bad)
+    if count > limit:
+        ex = meta["bad_samples"]["examples"]
+        raise TooManyBadSamples(f"{count} bad samples exceed --max-bad {limit}" + (f"; last: {ex[-1]}" if ex else ""))
+
+
 _OPEN: "weakref.WeakValueDictionary[str, DecodedStore]" = weakref.WeakValueDictionary()   # key -> open store
 
 
-def _locked_build(inp, opts, folder: Path, lock_path: Path, root: Path, key: str, *, cache: Path, max_bad: int,
+def _locked_build(inp, opts, folder: Path, lock_path: Path, root: Path, key: str, *, cache: Path, max_bad: int | None,
                   workers: int, progress, note) -> tuple[int, dict, bool]:
     """(fd holding a shared lock on `<key>.lock`, meta, reused): opens or builds the store.
 

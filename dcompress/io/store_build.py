@@ -11,6 +11,7 @@ leaves only the temp folder. The files and the key: `store`'s docstring.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import threading
@@ -22,16 +23,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import DcompressError, InputDataError, os_error
+from ..errors import DcompressError, InputDataError, UsageError, os_error, unreadable
 from ..faults import crash_point
 from .decode import DecodeOptions, decode_sample, shape_mismatch
 from .labels import assign_classes
 from .safe_write import write_json
 from .stats import add_pixel_sums, fingerprint, stats_from_sums
-from .stream import BadSample, BadSamples, read_shard, tar_truncation
+from .manifest import md5_file
+from .stream import BadSample, BadSamples, bad_limit, read_shard, tar_truncation
 from .urls import ResolvedInput, is_remote
 
-STORE_VERSION = 1
+STORE_VERSION = 2          # 2: meta.json holds the input accounting (`input`, bad-sample causes)
 _MB = 1 << 20
 
 
@@ -42,8 +44,9 @@ class _ShardJobs(torch.utils.data.Dataset):
     urls: list[str]
     tmp: Path
     opts: DecodeOptions
-    max_bad: int
+    max_bad: int | None
     counter: object = None          # multiprocessing.Value: samples decoded, for progress
+    rows: dict = dataclasses.field(default_factory=dict)   # input manifest rows by shard name
 
     def __len__(self) -> int:
         return len(self.urls)
@@ -59,10 +62,13 @@ class _ShardJobs(torch.utils.data.Dataset):
 
     def _decode(self, i: int) -> dict:
         url = self.urls[i]
-        bad = BadSamples(max_bad=self.max_bad)
+        bad = BadSamples(max_bad=bad_limit(self.max_bad))
+        stream = BadSamples(max_bad=bad_limit(self.max_bad))   # unreadable data: part of a damage, if any
+        unlabelled = _Unlabelled(url, bad, self.opts.label_key)
         labels, keys, seen = [], [], set()
         shape, first_key = None, None
         s1 = s2 = None
+        read = 0
         chunk: list[np.ndarray] = []               # images since the last pixel-sum and progress update
 
         def flush() -> None:
@@ -74,9 +80,10 @@ class _ShardJobs(torch.utils.data.Dataset):
                     self.counter.value += len(chunk)
             chunk.clear()
 
-        samples, complete = read_shard(url, bad)
+        samples, complete = read_shard(url, bad, stream)
         with open(self.tmp / f"part-{i:06d}.u8", "wb", buffering=4 * _MB) as f:
             for sample in samples:
+                read += 1
                 key = sample["__key__"]
                 if key in seen:
                     raise InputDataError("duplicate key (also in this shard)", path=url, key=key)
@@ -84,8 +91,9 @@ class _ShardJobs(torch.utils.data.Dataset):
                 try:
                     arr, label = decode_sample(sample, self.opts)
                 except BadSample as e:
-                    bad.add(f"{url}: key {key!r}: {e}")
+                    unlabelled.add(f"{url}: key {key!r}: {e}", e.cause)
                     continue
+                unlabelled.labelled()
                 if shape is None:
                     shape, first_key = arr.shape, key
                     s1 = np.zeros(arr.shape[0], dtype=np.int64)
@@ -99,12 +107,104 @@ class _ShardJobs(torch.utils.data.Dataset):
                 if len(chunk) == 256:
                     flush()
         flush()
-        problem = None if complete else tar_truncation(url)
-        if problem:
-            bad.add(f"{url}: {problem}")
+        row = self.rows.get(Path(url).name)
+        damage = shard_damage(url, row, read, complete)
+        if damage is None:
+            bad.merge(stream.count, stream.examples, stream.causes)
+        unlabelled.end(damaged=damage is not None)
+        expected = row.get("nsamples") if row else None
         return {"n": len(keys), "shape": shape, "first_key": first_key, "labels": labels, "keys": keys,
                 "s1": None if s1 is None else s1.tolist(), "s2": None if s2 is None else s2.tolist(),
-                "bad": bad.as_dict()}
+                "bad": bad.as_dict(), "read": read, "expected": read if expected is None else expected,
+                "damage": damage}
+
+
+class _Unlabelled:
+    """Samples of one shard without their label member or field (`BadSample.cause` label_key).
+
+    Held back until a sample of the shard has its label (then they are bad samples like any
+    other); when no sample of a complete shard has it, the label is looked for in the wrong
+    place: a UsageError (exit 2) naming the shard with the hint, not hundreds of bad samples."""
+
+    def __init__(self, url: str, bad: BadSamples, label_key: str):
+        self.url, self.bad, self.label_key = url, bad, label_key
+        self.held: list[str] = []
+        self.count, self.seen_label = 0, False
+
+    def add(self, message: str, cause: str) -> None:
+        if cause != "label_key" or self.seen_label:
+            if cause == "label":
+                self.labelled()
+            self.bad.add(message, cause)
+            return
+        self.count += 1
+        if len(self.held) < 20:
+            self.held.append(message)
+        if self.count > self.bad.max_bad:             # no labelled sample in sight: say so now
+            self._refuse()
+
+    def labelled(self) -> None:
+        if not self.seen_label:
+            self.seen_label = True
+            self._release()
+
+    def end(self, *, damaged: bool) -> None:
+        if self.count and not self.seen_label and not damaged:
+            self._refuse()
+        self._release()
+
+    def _release(self) -> None:
+        for message in self.held:
+            self.bad.add(message, "label_key")
+        if self.count > len(self.held):
+            self.bad.add(self.held[-1], "label_key", self.count - len(self.held))
+        self.held, self.count = [], 0
+
+    def _refuse(self) -> None:
+        _, key, why = self.held[0].split(": ", 2)
+        raise UsageError(f"none of the {self.count} samples read has a label where --label-key {self.label_key} "
+                         f"looks ({key}: {why})", path=self.url)
+
+
+def shard_damage(url: str, row: dict | None, read: int, complete: bool) -> dict | None:
+    """Why a shard is damaged, or None: it ends early (`tar_truncation`), or disagrees with its
+    input-manifest row (`filesize`, `md5sum`, `nsamples`). {url, problem, expected (the row's
+    nsamples or None), read, lost (samples counted against --max-bad when the damage is skipped:
+    expected - read, at least 1)}."""
+    problems = []
+    cut = None if complete else tar_truncation(url)
+    if cut:
+        problems.append(cut)
+    expected = row.get("nsamples") if row else None
+    if row and not is_remote(url):
+        try:
+            size = os.stat(url).st_size
+            if row.get("filesize") is not None and size != row["filesize"]:
+                problems.append(f"it is {size} bytes, the input manifest lists {row['filesize']}")
+            elif row.get("md5sum") and not cut and md5_file(url) != row["md5sum"]:
+                problems.append("its md5 differs from the input manifest's md5sum")
+        except OSError as e:
+            raise unreadable(e, url, "shard") from None
+    if expected is not None and read != expected:
+        problems.append(f"read {read} of the {expected} samples the input manifest lists")
+    if not problems:
+        return None
+    return {"url": url, "problem": "; ".join(problems), "expected": expected, "read": read,
+            "lost": max(1, (expected or 0) - read)}
+
+
+def damage_error(damaged: list[dict]) -> InputDataError:
+    """The error for damaged shards when the user did not opt into skipping them (exit 4)."""
+    d = damaged[0]
+    more = f" ({len(damaged) - 1} more damaged shard(s))" if len(damaged) > 1 else ""
+    return InputDataError(f"damaged shard: {d['problem']}{more}; to skip the damage and use what the shard holds, "
+                          "pass --max-bad N (each lost sample counts as a bad sample)", path=d["url"])
+
+
+def manifest_rows(inp: ResolvedInput) -> dict[str, dict]:
+    """The input manifest's shard rows by shard file name (how rows and urls are matched)."""
+    rows = (inp.manifest or {}).get("shardlist", [])
+    return {Path(str(r.get("url", ""))).name: r for r in rows if isinstance(r, dict)}
 
 
 def _decoded_parts(jobs: _ShardJobs, workers: int):
@@ -131,7 +231,7 @@ def _raise_error(err: dict) -> None:
     raise cls(err["message"], path=err["path"], key=err["key"])
 
 
-def build_store(inp: ResolvedInput, opts: DecodeOptions, folder: Path, *, max_bad: int, workers: int,
+def build_store(inp: ResolvedInput, opts: DecodeOptions, folder: Path, *, max_bad: int | None, workers: int,
                 progress: Callable[[int, int], None] | None = None) -> dict:
     """Decodes `inp` into `folder` (which must not exist; built in a temp folder beside it, then
     renamed); returns its meta. Raises InputDataError / TooManyBadSamples as the reader would."""
@@ -143,7 +243,7 @@ def build_store(inp: ResolvedInput, opts: DecodeOptions, folder: Path, *, max_ba
     try:
         tmp.mkdir(parents=True)
         counter = mp.Value("q", 0)
-        jobs = _ShardJobs(inp.urls, tmp, opts, max_bad, counter)
+        jobs = _ShardJobs(inp.urls, tmp, opts, max_bad, counter, manifest_rows(inp))
         meta = _assemble(inp, opts, tmp, _decoded_parts(jobs, min(workers, len(inp.urls))),
                          max_bad=max_bad, progress=progress, counter=counter)
         meta["build_s"] = round(time.time() - t0, 2)
@@ -160,9 +260,11 @@ def build_store(inp: ResolvedInput, opts: DecodeOptions, folder: Path, *, max_ba
     return meta
 
 
-def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, parts, *, max_bad: int, progress,
+def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, parts, *, max_bad: int | None, progress,
               counter) -> dict:
-    bad = BadSamples(max_bad=max_bad)
+    bad = BadSamples(max_bad=bad_limit(max_bad))
+    damaged: list[dict] = []
+    read = expected_total = 0
     expected = _expected_samples(inp)
     raw_labels: list = []
     keys: list[str] = []
@@ -184,7 +286,14 @@ def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, parts, *, max_
                 url = inp.urls[i]
                 if "error" in res:
                     _raise_error(res["error"])
-                bad.merge(res["bad"]["count"], res["bad"]["examples"])
+                bad.merge(res["bad"]["count"], res["bad"]["examples"], res["bad"]["causes"])
+                read += res["read"]
+                expected_total += res["expected"]
+                if res["damage"] is not None:
+                    damaged.append(res["damage"])
+                    if max_bad is None:
+                        raise damage_error(damaged)
+                    bad.add(f"{url}: damaged shard: {res['damage']['problem']}", "damaged_shard", res["damage"]["lost"])
                 part = tmp / f"part-{i:06d}.u8"
                 if res["n"]:
                     if shape is None:
@@ -225,6 +334,8 @@ def _assemble(inp: ResolvedInput, opts: DecodeOptions, tmp: Path, parts, *, max_
             "urls": [u if is_remote(u) else str(Path(u).resolve()) for u in inp.urls],
             "description": inp.description, "decode": opts.to_dict(), "class_source": class_source,
             "bad_samples": bad.as_dict(),
+            "input": {"shards": len(inp.urls), "samples_expected": expected_total, "samples_read": read,
+                      "samples_used": n, "damaged_shards": damaged},
             "class_counts": torch.bincount(labels, minlength=len(class_names)).tolist(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -271,7 +382,5 @@ def _file_chunks(path: Path):
 
 def _expected_samples(inp: ResolvedInput) -> int:
     """Samples the input's manifest announces for these shards (for progress), else 0 (unknown)."""
-    rows = (inp.manifest or {}).get("shardlist", [])
-    names = {Path(u).name for u in inp.urls}
-    return sum(int(r.get("nsamples", 0) or 0) for r in rows
-               if isinstance(r, dict) and Path(str(r.get("url", ""))).name in names)
+    rows = manifest_rows(inp)
+    return sum(int((rows.get(Path(u).name) or {}).get("nsamples", 0) or 0) for u in inp.urls)

@@ -11,47 +11,71 @@ every later stage adds to (decode, labels, the store build, `dcompress shard`).
 from __future__ import annotations
 
 import gzip
+import os
 import tarfile
 import zlib
 from dataclasses import dataclass, field
 
-from ..errors import InputDataError, TooManyBadSamples
+from ..errors import InputDataError, TooManyBadSamples, unreadable
 from . import tarscan
 from .urls import is_remote, opener_url
 
 
+DEFAULT_MAX_BAD = 100     # corrupt samples tolerated when the user gave no --max-bad
+
+
+def bad_limit(max_bad: int | None) -> int:
+    """The bound on corrupt samples: `--max-bad` as given, DEFAULT_MAX_BAD when not given. Not
+    giving it also means a damaged shard is an input error (`store_build.damage_error`); giving
+    it opts into skipping damaged shards, their lost samples counted against it."""
+    return DEFAULT_MAX_BAD if max_bad is None else max_bad
+
+
 class BadSample(ValueError):
-    """A sample to skip and count (undecodable image, missing or malformed label)."""
+    """A sample to skip and count (undecodable image, missing or malformed label). `cause` is
+    the tally it is counted under (`BadSamples.causes`): image, label, label_key (the label
+    member or field is missing: the wrong `--label-key` when no sample of a shard has it)."""
+
+    def __init__(self, message: str, cause: str = "image"):
+        super().__init__(message)
+        self.cause = cause
 
 
 @dataclass
 class BadSamples:
-    """Counts and examples of skipped input samples (reported in --json and the manifest)."""
+    """Counts and examples of skipped input samples (reported in --json and the manifest), and
+    the count per cause: image, label, label_key, member_name, stream (unreadable data inside a
+    shard that still ends properly), damaged_shard (samples a damaged shard lost, once each)."""
 
     max_bad: int
     count: int = 0
     examples: list[str] = field(default_factory=list)
+    causes: dict[str, int] = field(default_factory=dict)
 
-    def add(self, message: str) -> None:
-        self.count += 1
+    def add(self, message: str, cause: str = "image", n: int = 1) -> None:
+        """Counts `n` samples skipped for `cause` (one example message)."""
+        self.count += n
+        self.causes[cause] = self.causes.get(cause, 0) + n
         if len(self.examples) < 20:
             self.examples.append(message)
         if self.count > self.max_bad:
             raise TooManyBadSamples(
                 f"{self.count} bad samples exceed --max-bad {self.max_bad}; last: {message}")
 
-    def merge(self, count: int, examples: list[str]) -> None:
+    def merge(self, count: int, examples: list[str], causes: dict[str, int] | None = None) -> None:
         """Adds another worker's tally (examples kept up to 20, the bound checked once)."""
         if count == 0:
             return
         self.count += count
+        for k, v in (causes or {"image": count}).items():
+            self.causes[k] = self.causes.get(k, 0) + v
         self.examples.extend(examples[:max(0, 20 - len(self.examples))])
         if self.count > self.max_bad:
             raise TooManyBadSamples(
                 f"{self.count} bad samples exceed --max-bad {self.max_bad}; last: {examples[-1]}")
 
     def as_dict(self) -> dict:
-        return {"count": self.count, "examples": self.examples}
+        return {"count": self.count, "causes": dict(sorted(self.causes.items())), "examples": self.examples}
 
 
 _CURL_STATUS = {6: "could not resolve host", 7: "could not connect", 22: "HTTP error (status >= 400)",
@@ -81,9 +105,21 @@ def describe_stream_error(exn: Exception) -> str:
     return f"command `{cmd}` exited with status {status}{meaning}"
 
 
-def read_shard(url: str, bad: BadSamples):
+def check_readable(url: str) -> None:
+    """InputDataError naming a local shard this process cannot open for reading (permissions)."""
+    if is_remote(url):
+        return
+    try:
+        os.close(os.open(url, os.O_RDONLY))
+    except OSError as e:
+        raise unreadable(e, url, "shard") from None
+
+
+def read_shard(url: str, bad: BadSamples, stream: BadSamples | None = None):
     """(the samples of one shard, each with `__url__`; True when the shard is known to be a
-    complete tar, so `tar_truncation` need not look again).
+    complete tar, so `tar_truncation` need not look again). Unreadable data inside the shard
+    goes to `stream` (default `bad`): the caller counts it once, as part of a truncation when
+    the shard turns out to end early.
 
     A local uncompressed tar that passes `tarscan.scan` (well-formed, ended by the end-of-archive
     marker) is read by that header scan, ~5x faster than tarfile; everything else (remote,
@@ -95,19 +131,22 @@ def read_shard(url: str, bad: BadSamples):
     """
     from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
+    check_readable(url)
+    stream = bad if stream is None else stream
+
     def handler(exn: Exception) -> bool:
         if describe_stream_error(exn).startswith("command"):
             raise InputDataError(f"cannot read shard: {describe_stream_error(exn)}", path=url) from None
         if "duplicate file name" in str(exn):
             raise InputDataError(f"a member appears twice in one sample ({str(exn).split(':')[0]})",
                                  path=url) from None
-        bad.add(f"{url}: unreadable shard data: {describe_stream_error(exn)}")
+        stream.add(f"{url}: unreadable shard data: {describe_stream_error(exn)}", "stream")
         return True
 
     def select(name: str) -> bool:
         base = name.rsplit("/", 1)[-1]
         if name.startswith("/") or ".." in name.split("/") or "." not in base or base.startswith("."):
-            bad.add(f"{url}: member {name!r} is not a relative 'key.ext' name (skipped)")
+            bad.add(f"{url}: member {name!r} is not a relative 'key.ext' name (skipped)", "member_name")
             return False
         return True
 
@@ -124,9 +163,12 @@ def read_shard(url: str, bad: BadSamples):
                                                    select_files=select), handler=handler)
 
     def samples():
-        for sample in pipeline:
-            sample["__url__"] = url
-            yield sample
+        try:
+            for sample in pipeline:
+                sample["__url__"] = url
+                yield sample
+        except OSError as e:                 # the file became unreadable while it was read
+            raise unreadable(e, url, "shard") from None
 
     return samples(), index is not None
 
@@ -172,8 +214,11 @@ def tar_truncation(url: str) -> str | None:
     """
     if is_remote(url):
         return None
-    with open(url, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
+    try:
+        with open(url, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+    except OSError as e:
+        raise unreadable(e, url, "shard") from None
     opener = (lambda: gzip.open(url, "rb")) if gz else (lambda: open(url, "rb"))
     try:
         if gz:

@@ -16,7 +16,7 @@ from typing import Iterable
 
 from braceexpand import braceexpand
 
-from ..errors import InputDataError, UsageError
+from ..errors import InputDataError, UsageError, unreadable
 from ..limits import MAX_SHARDS
 from .manifest import MANIFEST, read_manifest, shard_paths
 
@@ -91,6 +91,7 @@ def _check_shard_file(url: str, source: str | None = None) -> None:
                              path=url)
     if p.stat().st_size == 0:
         raise InputDataError(f"shard is an empty file{where}", path=url)
+    os.close(os.open(p, os.O_RDONLY))        # unreadable (permissions): OSError, reported as exit 4
 
 
 def _expand(item: str) -> list[str]:
@@ -127,6 +128,13 @@ def resolve_urls(spec: str | Iterable[str], *, allow_manifest_urls: bool = False
     items = [str(spec)] if isinstance(spec, (str, os.PathLike)) else [str(s) for s in spec]
     if not items or not all(items):
         raise UsageError("no input URLs given" if not items else "empty input URL")
+    try:
+        return _resolve(items, allow_manifest_urls)
+    except OSError as e:                   # an input file or folder we may not read: exit 4, naming it
+        raise unreadable(e, items[0]) from None
+
+
+def _resolve(items: list[str], allow_manifest_urls: bool) -> ResolvedInput:
     urls: list[str] = []
     folders: list[Path] = []
     manifest = None
@@ -146,6 +154,7 @@ def resolve_urls(spec: str | Iterable[str], *, allow_manifest_urls: bool = False
                 folders.append(mpath.parent.absolute())
                 continue
             if p.is_dir():
+                os.scandir(p).close()        # an unreadable folder is not an empty one (OSError)
                 tars = sorted(str(t) for ext in ("tar", "tar.gz", "tgz") for t in p.glob(f"*.{ext}"))
                 if not tars:
                     raise InputDataError("folder has neither manifest.json nor *.tar shards (for an image "

@@ -19,7 +19,10 @@ def check_ipc(real: RealData, ipc: int) -> None:
         raise InputDataError(f"--ipc must be >= 1, got {ipc}")
     for c, n in enumerate(real.class_counts()):
         if n < ipc:
-            raise InputDataError(f"class {c} ({real.class_names[c]!r}) has {n} images, fewer than --ipc {ipc}")
+            damaged = (real.source.get("input") or {}).get("damaged_shards") or []
+            lost = (f"; {sum(d['lost'] for d in damaged)} sample(s) were lost to {len(damaged)} damaged shard(s) "
+                    f"skipped under --max-bad (first: {damaged[0]['url']}: {damaged[0]['problem']})") if damaged else ""
+            raise InputDataError(f"class {c} ({real.class_names[c]!r}) has {n} images, fewer than --ipc {ipc}{lost}")
 
 
 def selection_result(real: RealData, indices: list[torch.Tensor], info: dict | None = None,

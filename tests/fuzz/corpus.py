@@ -672,9 +672,10 @@ BAD_LABELS: dict[str, tuple[bytes | None, int]] = {
     "nul-byte": (b"1\x00", 3),
     "arabic-indic-digit": ("١".encode(), 3),  # int() accepts Unicode digits; labels are ASCII
     "fullwidth-digit": ("１".encode(), 3),
-    "int64-overflow": (b"99999999999999999999999", 3),
-    "int64-max-plus-one": (b"9223372036854775808", 3),
-    "below-int64-min": (b"-9223372036854775809", 3),
+    # beyond int64: an implausible label like 10^9 (exit 4, issue 23; was a bad sample, 3)
+    "int64-overflow": (b"99999999999999999999999", 4),
+    "int64-max-plus-one": (b"9223372036854775808", 4),
+    "below-int64-min": (b"-9223372036854775809", 4),
     "negative": (b"-1", 4),
     "negative-large": (b"-1000000000", 4),
 }
@@ -727,7 +728,7 @@ BAD_JSON_LABELS: dict[str, tuple[bytes, int]] = {
     "list": (b'{"label": ["a"]}', 3),
     "empty-string": (b'{"label": "  "}', 3),
     "caption-not-a-name": (b'{"label": "' + b"word " * 100 + b'"}', 3),
-    "int64-overflow": (b'{"label": 99999999999999999999999}', 3),
+    "int64-overflow": (b'{"label": 99999999999999999999999}', 4),   # issue 23: was 3
     "deep-nesting": (b"[" * 100000, 3),          # json.loads raises RecursionError, not ValueError
     "not-utf8": (b'{"label": "\xff"}', 3),
     "negative-int": (b'{"label": -1}', 4),
@@ -768,8 +769,8 @@ add("label/resize-mode-without-size", 2, _json_label(b'{"label": "a"}', "--resiz
 # 5 (first: used by labels too). input manifests: a folder with shards + manifest.json
 # ================================================================================================
 
-def input_manifest(folder: Path, shards: Sequence[Path], class_names=("a", "b")) -> dict:
-    rows = [{"url": p.name, "nsamples": 4, "filesize": p.stat().st_size, "md5sum": md5(p.read_bytes())}
+def input_manifest(folder: Path, shards: Sequence[Path], class_names=("a", "b"), nsamples: int = 4) -> dict:
+    rows = [{"url": p.name, "nsamples": nsamples, "filesize": p.stat().st_size, "md5sum": md5(p.read_bytes())}
             for p in shards]
     return {"__kind__": WIDS_KIND, "wids_version": 1, "name": "fuzz-train", "shardlist": rows,
             "dcompress": {"format_version": 1, "kind": "input", "split": "train", "num_samples": 4 * len(rows),
@@ -884,7 +885,8 @@ add("manifest/is-a-directory", 4, _manifest_is_dir, ["manifest.json"])
 def _label_outside_manifest(tmp: Path, res: Resources) -> Built:
     d = tmp / "in"
     tar = good_tar(d / "train-000000.tar", extra=[{"__key__": "x0001", "png": _good_png(), "cls": b"2"}])
-    (d / "manifest.json").write_text(json.dumps(input_manifest(d, [tar])))
+    # the row lists the 5 samples the shard holds (a row that disagrees is a damaged shard)
+    (d / "manifest.json").write_text(json.dumps(input_manifest(d, [tar], nsamples=5)))
     return Built(distill(d, tmp / "out"), out=tmp / "out")
 
 

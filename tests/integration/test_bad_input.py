@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dcompress.cli import app
+from dcompress.io.manifest import md5_file
 from tests.conftest import make_images, png_bytes, write_tar
 
 runner = CliRunner()
@@ -87,7 +88,8 @@ def test_label_outside_class_list(shards, tmp_path):
     shutil.copytree(shards["train"], src)
     extra = write_tar(src / "extra.tar", [{"__key__": "x0001", "png": good_samples()[0]["png"], "cls": b"7"}])
     m = json.loads((src / "manifest.json").read_text())
-    m["shardlist"].append({"url": extra.name, "nsamples": 1, "filesize": extra.stat().st_size, "md5sum": "-"})
+    m["shardlist"].append({"url": extra.name, "nsamples": 1, "filesize": extra.stat().st_size,
+                           "md5sum": md5_file(extra)})     # the row must match: a mismatch is a damaged shard
     (src / "manifest.json").write_text(json.dumps(m))
     r, rep = distill(src, tmp_path / "o")
     assert r.exit_code == 4 and "label 7 outside the class list of 3" in rep["error"] and "x0001" in rep["error"]

@@ -124,7 +124,9 @@ def tarwriter_shards(folder: Path, labels: list, *, size=(20, 20)) -> Path:
 def test_tarwriter_jpg_json_with_one_flag(tmp_path):
     src = tarwriter_shards(tmp_path / "in", ["dog", "cat", "emu"] * 3)
     code, rep = distill_random(src, tmp_path / "o")
-    assert code == 4 and "no usable samples" in rep["error"], rep       # no .cls: every sample is bad
+    # no .cls in any sample: the label is looked for in the wrong place, a configuration error on
+    # the first shard (issue 23; was exit 4 "no usable samples" after counting every sample bad)
+    assert code == 2 and "part-000.tar" in rep["error"] and rep["error_type"] == "UsageError", rep
     assert "missing .cls label (has: jpg, json; pick the label with --label-key)" in rep["error"]
     code, rep = distill_random(src, tmp_path / "o", "--label-key", "json:annotation.label")
     assert code == 0, rep

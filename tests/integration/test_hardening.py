@@ -121,12 +121,15 @@ def test_huge_label_is_an_input_error_at_once(tmp_path):
     assert r.exit_code == 4 and "'huge'" in rep["error"] and "implausibly large" in rep["error"]
 
 
-def test_label_beyond_int64_is_a_bad_sample(tmp_path):
+def test_label_beyond_int64_is_an_input_error_like_any_huge_label(tmp_path):
+    # issue 23: one rule for every label outside [0, 1e6), int64 or not (was a skipped bad sample, exit 0/3)
     tar = _tar_with_label(tmp_path / "a.tar", b"99999999999999999999999")
-    r, rep = run("distill", tar, "--method", "random", "--ipc", "1", "-o", tmp_path / "o", "--json", "--max-bad", "0")
-    assert r.exit_code == 3 and "int64" in rep["error"] and "'huge'" in rep["error"]
-    r, rep = run("distill", tar, "--method", "random", "--ipc", "1", "--labels", "hard", "-o", tmp_path / "o", "--json")
-    assert r.exit_code == 0 and rep["bad_samples"] == 1
+    for more in (("--max-bad", "0"), ()):
+        r, rep = run("distill", tar, "--method", "random", "--ipc", "1", "--labels", "hard", "-o", tmp_path / "o",
+                     "--json", *more)
+        assert r.exit_code == 4 and "'huge'" in rep["error"] and "a.tar" in rep["error"], rep
+        assert "99999999999999999999999 is implausibly large" in rep["error"]
+    assert not (tmp_path / "o").exists()
 
 
 def test_decompression_bomb_is_refused_from_the_header(tmp_path):
