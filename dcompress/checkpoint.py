@@ -25,7 +25,7 @@ import torch
 
 from .errors import os_error
 from .faults import crash_point
-from .io.safe_write import ensure_dir, move_aside, remove_dead_temps, torch_save, write_json
+from .io.safe_write import ensure_dir, load_failure, move_aside, remove_dead_temps, torch_save, write_json
 
 STATE = "state.pt"
 RUN = "run.json"
@@ -151,7 +151,7 @@ class Checkpointer:
             if self.readonly:
                 return None
             moved = move_aside(self.path, dest_dir=self.quarantine)
-            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            reason = load_failure(e)
             self.warn(f"unusable checkpoint ({reason}); moved to {moved or '?'}, starting fresh", self.path)
             return None
         self.resumed_from = iteration
