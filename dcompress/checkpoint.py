@@ -87,6 +87,7 @@ class Checkpointer:
         self.key = run_key(identity)
         self.path = self.dir / STATE
         self.resumed_from: int | None = None
+        self.saved_at: int | None = None           # the iteration of the last state saved by this process
         self.warn = warn_via(log)
         meta = self.dir / RUN
         if readonly:
@@ -165,7 +166,12 @@ class Checkpointer:
         if self.readonly:
             return
         torch_save(self.path, state)
+        self.saved_at = state.get("iteration")
         crash_point("ckpt.saved")
+
+    def holds_state(self) -> bool:
+        """Whether a checkpoint a rerun can resume from is on disk."""
+        return self.path.is_file()
 
     def file(self, name: str) -> Path:
         """A path inside the work folder for auxiliary resumable artefacts."""

@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .console import App, Reporter, out, run
+from .console import App, Reporter, human_bytes, out, run, show_report, value_text
 from .limits import MAX_PIXELS as MAX_PIXELS_DEFAULT
 
 
@@ -46,8 +46,7 @@ def _use_cache(cache_dir: Optional[Path]) -> None:
 
 
 def _kv(report: dict) -> None:
-    for k, v in report.items():
-        out.print(f"[bold]{k}[/]: {v}", highlight=False)
+    show_report(report)
 
 
 JSON = typer.Option(False, "--json", help="Print one JSON report on stdout.")
@@ -204,10 +203,11 @@ def _show_distill(report: dict) -> None:
     if report.get("status") == "dry-run":
         table = Table(title="plan (nothing written)")
         table.add_column("item")
-        table.add_column("value")
+        table.add_column("value", overflow="fold")
         for k, v in report["plan"].items():
-            for name, value in (v.items() if k == "stages" else [(None, v)]):
-                table.add_row(f"stage {name}" if name else k, str(value))
+            for name, value in (v.items() if k in ("stages", "estimate") else [(None, v)]):
+                label = f"{k.removesuffix('s')} {name.removesuffix('_s').replace('_', ' ')}" if name else k
+                table.add_row(label.replace("_", " "), value_text(name or k, value))
         out.print(table)
         return
     _kv(report)
@@ -416,7 +416,7 @@ def verify(target: Path = typer.Argument(..., metavar="OUT"), as_json: bool = JS
 cache_app = typer.Typer(cls=App, no_args_is_help=True, help="List and reclaim the cache: decoded stores, "
                                                                "teachers, expert buffers, quarantine.")
 app.add_typer(cache_app, name="cache")
-KIND = typer.Option(None, "--kind", help="stores | teachers | experts | quarantine")
+KIND = typer.Option(None, "--kind", help="stores | teachers | experts | quarantine | evaluations")
 
 
 def _cache_root(cache_dir: Optional[Path]) -> Path:
@@ -430,20 +430,12 @@ def _show_cache(r: dict) -> None:
     if "entries" not in r:
         _kv(r)
         return
-    table = Table(title=f"{r['cache']} ({_human(r['total_bytes'])})")
+    table = Table(title=f"{r['cache']} ({human_bytes(r['total_bytes'])})")
     for col in ("entry", "size", "last used", "what"):
         table.add_column(col, overflow="fold")
     for e in r["entries"]:
-        table.add_row(e["name"], _human(e["bytes"]), e["last_used"], e["description"])
+        table.add_row(e["name"], human_bytes(e["bytes"]), e["last_used"], e["description"])
     out.print(table)
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 @cache_app.command("ls")

@@ -95,7 +95,9 @@ def rate(steps: float, seconds: float) -> str:
     if steps <= 0 or seconds <= 0:
         return "? it/s"
     per = steps / seconds
-    return f"{per:.3g} it/s" if per >= 1 else f"{1 / per:.3g} s/it"
+    if per < 1:
+        return f"{1 / per:.3g} s/it"
+    return f"{per:.3g} it/s" if per < 100 else f"{per:,.0f} it/s"
 
 
 def _unit(desc: str) -> str:
@@ -189,6 +191,61 @@ class Reporter:
 
     def __exit__(self, *a):
         self.p.__exit__(*a)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reports for people: the JSON report's fields as `key: value` lines, numbers rounded, seconds and
+# bytes with units, nested records on one line or indented, never a Python repr.
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def value_text(key: str, v, *, limit: int = 12) -> str:
+    """One value as a person reads it: 34.01 not 34.01121520996094, 12.3 s, 1.2 MiB, yes/no,
+    `a 1, b 2` for a small record, `x, y, z … (+40 more)` for a long list."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float)):
+        if key.endswith("bytes") or key in ("bytes", "filesize"):
+            return human_bytes(v)
+        text = f"{v:,}" if isinstance(v, int) and abs(v) >= 100000 else f"{v:.4g}" if isinstance(v, float) else str(v)
+        return f"{text} s" if key.endswith("_s") or key == "seconds" else text
+    if isinstance(v, dict):
+        items = list(v.items())
+        unit = key if key.endswith("bytes") else None          # estimated_bytes: {images, labels}
+        cells = [f"{k.removesuffix('_s')} {value_text(unit or k, x, limit=4)}" for k, x in items[:limit]]
+        return ", ".join(cells) + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
+    if isinstance(v, (list, tuple)):
+        if not v:
+            return "–"
+        cells = [value_text(key, x, limit=4) for x in v[:limit]]
+        return ", ".join(cells) + (f" … (+{len(v) - limit} more)" if len(v) > limit else "")
+    return str(v)
+
+
+def report_lines(report: dict) -> list[str]:
+    """`key: value` per field; a record of records (or a long one) is indented below its key."""
+    lines = []
+    for k, v in report.items():
+        if isinstance(v, dict) and v and (len(v) > 6 or any(isinstance(x, (dict, list)) for x in v.values())):
+            lines.append(f"{k}:")
+            lines += [f"  {sub}" for sub in report_lines(v)]
+        else:
+            lines.append(f"{k}: {value_text(k, v)}")
+    return lines
+
+
+def show_report(report: dict) -> None:
+    """The human form of a report on stdout (the `--json` form is the report itself)."""
+    for line in report_lines(report):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _on_sigterm(signum, frame):

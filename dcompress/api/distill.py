@@ -25,7 +25,7 @@ from ..limits import MAX_PIXELS
 from .checks import check_topk, ipc_from, resolve_device
 from .inputs import InputSpec, ProgressFn, as_input
 from .labels import label_stage
-from .plan import plan
+from .plan import measure, plan
 from .record import set_block, source_decode
 from .request import DistillRequest
 from .write import write_set
@@ -78,7 +78,8 @@ def distill_request(req: DistillRequest, inputs: InputSpec, *, out: str | Path, 
     if dry_run:
         real, t_read = read_stage(inputs, real, progress, log)
         check_topk(req.label_topk, real)
-        return {"status": "dry-run", "read_s": round(t_read, 2), "plan": plan(real, req)}
+        return {"status": "dry-run", "read_s": round(t_read, 2),
+                "plan": {**plan(real, req), "estimate": measure(real, req, dev, log)}}
     with (OutputLock(out) if dist.is_main() else contextlib.nullcontext()):
         prior = own_output(out, req, dev)
         real, t_read = read_stage(inputs, real, progress, log)
@@ -205,16 +206,21 @@ def _prior_run(out: Path) -> dict | None:
 
 
 def _after_failure(e: BaseException, ckpt: Checkpointer) -> None:
-    """Keeps the work folder when it holds a checkpoint worth resuming (and says so), else removes it."""
-    kept = ckpt.dir.is_dir() and any(p.name != "run.json" for p in ckpt.dir.iterdir())
-    if not kept:
+    """Keeps the work folder when it holds a checkpoint to resume from and says so; else removes
+    it, and an interrupt says plainly that nothing was kept."""
+    signum = 2 if isinstance(e, KeyboardInterrupt) else e.exit_code - 128 if isinstance(e, Interrupted) else None
+    what = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else e.detail if signum else ""
+    if not ckpt.holds_state():
         ckpt.clear()
+        if signum:
+            raise Interrupted(f"{what} before the first checkpoint: nothing was kept, the same command starts "
+                              "over", signum=signum) from None
         return
-    hint = f"checkpoint kept in {ckpt.dir}: run the same command again to resume"
-    if isinstance(e, KeyboardInterrupt):
-        raise Interrupted(f"interrupted; {hint}", signum=2) from None
-    if isinstance(e, Interrupted):
-        raise Interrupted(f"{e.detail}; {hint}", signum=e.exit_code - 128) from None
+    at = ckpt.saved_at or ckpt.resumed_from
+    hint = (f"checkpoint kept in {ckpt.dir}{f' (iteration {at})' if at else ''}: run the same command again to "
+            "resume")
+    if signum:
+        raise Interrupted(f"{what}; {hint}", signum=signum) from None
     e.dcompress_hint = hint
 
 
