@@ -109,10 +109,12 @@ def _maybe_launch(nproc: int, max_restarts: int, as_json: bool) -> None:
 
 
 @app.command()
-def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST) or ImageFolder tree"),
+def shard(src: Path = typer.Argument(..., metavar="SRC", help="idx folder (MNIST/Fashion-MNIST) or ImageFolder tree"),
           dest: Path = typer.Argument(..., metavar="OUT", help="output folder for shards + manifest.json"),
           fmt: str = typer.Option("auto", "--format", help="idx | folder | auto"),
-          split: str = typer.Option("train", "--split", help="train | test (idx format)"),
+          split: str = typer.Option("train", "--split", help="train | test: the split written (shards "
+                                    "<split>-000000.tar, the manifest's split); idx: also which files are read "
+                                    "(train-* or t10k-*); an ImageFolder SRC is read whole"),
           shard_size: int = typer.Option(10000, "--shard-size", help="samples per shard"),
           overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing shard folder at OUT"),
           size: Optional[int] = SIZE,
@@ -145,13 +147,17 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             output: Path = typer.Option(..., "-o", "--out", help="output folder (written atomically)"),
             ipc: Optional[int] = typer.Option(None, "--ipc", help="images per class"),
             ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of the input to keep, in (0, 1]"),
-            seed: int = typer.Option(0, "--seed"),
-            device: str = DEVICE,
-            config: Optional[Path] = typer.Option(None, "--config", help="YAML file of method config keys"),
+            seed: Optional[int] = typer.Option(None, "--seed", help="[default: 0]"),
+            device: Optional[str] = typer.Option(None, "--device", envvar="DCOMPRESS_DEVICE",
+                                                 help="auto | cpu | cuda[:N] [default: auto]"),
+            config: Optional[Path] = typer.Option(None, "--config", help="YAML file of method config keys and run "
+                                                  "options (ipc, ratio, seed, device, labels, label_topk, shard_size, "
+                                                  "ckpt_every, teacher, experts); flags and --set win over it"),
             sets: List[str] = typer.Option([], "--set", help="key=value config override (repeatable)"),
             resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from the last checkpoint"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output at -o"),
-            labels: str = typer.Option("auto", "--labels", help="auto | hard | teacher | learned"),
+            labels: Optional[str] = typer.Option(None, "--labels", help="auto | hard | teacher | learned "
+                                                 "[default: auto]"),
             teacher: Optional[Path] = typer.Option(None, "--teacher", help="teacher state dict (.pt + .json sidecar)"),
             teacher_sets: List[str] = typer.Option([], "--teacher-set", help="key=value for a teacher trained here "
                                                    "(model, epochs, max_samples, lr, ...; repeatable)"),
@@ -159,8 +165,10 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             max_pixels: int = MAX_PIXELS,
             allow_manifest_urls: bool = ALLOW_URLS,
             workers: Optional[int] = WORKERS,
-            shard_size: int = typer.Option(1000, "--shard-size", help="samples per output shard"),
-            ckpt_every: int = typer.Option(50, "--ckpt-every", help="checkpoint period (iterations)"),
+            shard_size: Optional[int] = typer.Option(None, "--shard-size", help="samples per output shard "
+                                                     "[default: 1000]"),
+            ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="checkpoint period (iterations) "
+                                                     "[default: 50]"),
             experts: Optional[Path] = typer.Option(None, "--experts", help="expert buffer (mtt, datm)"),
             bins: Optional[int] = typer.Option(None, "--bins", help="number of DQ bins"),
             features: Optional[str] = typer.Option(None, "--features", help="dq: teacher | grad | FILE.npy"),
@@ -253,10 +261,15 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
 
 
 @app.command()
-def methods(as_json: bool = JSON) -> None:
-    """List registered methods with their options."""
-    from .registry import catalog
+def methods(name: Optional[str] = typer.Argument(None, metavar="METHOD", help="one method: its config keys, "
+                                                 "types, meanings and defaults"),
+            as_json: bool = JSON) -> None:
+    """List registered methods with their options, or one method's config keys (`methods dm`)."""
+    from .registry import catalog, catalog_entry
 
+    if name is not None:
+        run(as_json, lambda p: {"method": catalog_entry(name)}, _show_method)
+        return
     rows = [{k: m[k] for k in ("name", "kind", "description", "needs_experts", "options")} for m in catalog()]
     if as_json:
         print(json.dumps({"status": "ok", "methods": rows}, default=str))
@@ -266,6 +279,25 @@ def methods(as_json: bool = JSON) -> None:
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["name"], r["kind"], r["description"], ", ".join(f"{k}={v}" for k, v in r["options"].items()))
+    out.print(table)
+    out.print("`dcompress methods NAME` explains one method's keys", highlight=False)
+
+
+def _show_method(report: dict) -> None:
+    m = report["method"]
+    needs = [w for w, flag in (("a teacher", m["needs_teacher"]), ("an expert buffer (--experts)",
+                                                                  m["needs_experts"])) if flag]
+    out.print(f"{m['name']} ({m['kind']}): {m['description']}" + (f"; needs {' and '.join(needs)}" if needs else ""),
+              highlight=False, markup=False, soft_wrap=True)
+    if not m["options"]:
+        out.print("no config keys", highlight=False)
+        return
+    table = Table(title="config keys (--set key=value, or in --config FILE)")
+    for col in ("key", "type", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for k, default in m["options"].items():
+        table.add_row(k, m.get("option_types", {}).get(k, ""), "–" if default is None else str(default),
+                      m.get("option_help", {}).get(k, "–"))
     out.print(table)
 
 

@@ -41,12 +41,49 @@ _CLICK_ERRORS, _NO_ARGS, _ABORT, _EXIT = (_click_types(n) for n in ("ClickExcept
                                                                      "Abort", "Exit"))
 
 
+def _usage_name(param) -> str:
+    """A positional argument as usage lines write it: `URLS...`, `OUT`, `[ENTRY...]`."""
+    name = param.metavar or param.name.upper()
+    if param.nargs != 1 and not name.endswith("..."):
+        name += "..."
+    return name if param.required else f"[{name}]"
+
+
+def _conventional(cmd) -> None:
+    """Help in the click/`hf` convention (typer's own shows `{src} {OUT}` and `<bool>` on every
+    flag): arguments by their metavar, no type column for arguments and flags (`--help` too)."""
+    import types
+
+    def plain(param) -> None:
+        if param.param_type_name == "argument":
+            param._usage_display_name = types.MethodType(lambda self: _usage_name(self), param)
+            param.display_type_rich = types.MethodType(lambda self, ctx: None, param)
+        elif getattr(param, "is_flag", False):
+            param.display_type_rich = types.MethodType(lambda self, ctx: None, param)
+
+    for param in getattr(cmd, "params", []):
+        plain(param)
+    if not getattr(cmd, "_dcompress_help", False) and hasattr(cmd, "get_help_option"):
+        original = cmd.get_help_option
+
+        def get_help_option(ctx):
+            option = original(ctx)
+            if option is not None:
+                plain(option)
+            return option
+        cmd.get_help_option = get_help_option
+        cmd._dcompress_help = True
+    for sub in getattr(cmd, "commands", {}).values():
+        _conventional(sub)
+
+
 class App(TyperGroup):
     """Runs every command non-standalone so that Click's own usage errors (missing option,
     unknown flag, bad integer) also honour `--json` and print one `error:` line."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         argv = list(sys.argv[1:] if args is None else args)
+        _conventional(self)
         try:
             rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)

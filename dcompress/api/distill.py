@@ -34,10 +34,11 @@ LogFn = Callable[[dict], None]
 
 
 def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio: float | None = None,
-            seed: int = 0, device: str = "auto", config: str | Path | None = None, sets: Iterable[str] = (),
-            resume: bool = True, overwrite: bool = False, labels: str = "auto", teacher: str | Path | None = None,
-            max_bad: int = 100, max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False,
-            shard_size: int = 1000, ckpt_every: int = 50, dry_run: bool = False, flags: dict | None = None,
+            seed: int | None = None, device: str | None = None, config: str | Path | None = None,
+            sets: Iterable[str] = (), resume: bool = True, overwrite: bool = False, labels: str | None = None,
+            teacher: str | Path | None = None, max_bad: int = 100, max_pixels: int | None = MAX_PIXELS,
+            allow_manifest_urls: bool = False, shard_size: int | None = None, ckpt_every: int | None = None,
+            dry_run: bool = False, flags: dict | None = None,
             experts: str | Path | None = None, teacher_sets: Iterable[str] = (), workers: int | None = None,
             progress: ProgressFn | None = None, log: LogFn | None = None,
             real: RealData | None = None, size: int | None = None, resize_mode: str = "crop",
@@ -48,6 +49,10 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
 
     `label_topk` K stores each sample's K largest logits (`.topk.npy`) instead of all of them
     (docs/format.md); K above the number of classes is a UsageError.
+
+    `seed` (default 0), `device` ("auto"), `labels` ("auto"), `shard_size` (1000), `ckpt_every`
+    (50), `ipc`, `ratio`, `label_topk`, `teacher`, `experts` left None may come from the `config`
+    file or `sets` (run options beside the method's keys).
 
     Every argument is checked before the input is read. `out` must not overlap the input; an
     existing output is replaced only with `overwrite`, except that the same run (same request,
