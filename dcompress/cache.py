@@ -6,6 +6,7 @@ The cache (`--cache-dir`, `DCOMPRESS_CACHE`, default ~/.cache/dcompress) holds
     teachers/<name>.pt     teachers trained on an input (+ .json sidecar)
     experts/<name>/        default expert buffers of MTT/DATM runs
     quarantine/<name>      damaged checkpoints, teachers and stores moved aside
+    evaluations/<key>.json finished runs of an interrupted `evaluate` (removed when it completes)
 
 An entry's name is `<kind>/<name>` (what `ls` prints and `rm` takes). A store that a running
 command has open (shared `flock` on `stores/<key>.lock`) is never removed: `rm` says it is busy
@@ -24,7 +25,7 @@ from pathlib import Path
 from .errors import BusyError, UsageError, os_error
 from .io.safe_write import pid_alive
 
-KINDS = ("stores", "teachers", "experts", "quarantine")
+KINDS = ("stores", "teachers", "experts", "quarantine", "evaluations")
 
 
 def cache_root() -> Path:
@@ -73,6 +74,8 @@ def _describe(kind: str, path: Path) -> str:
                     f"{info.get('val_accuracy', '?')})")
         if kind == "experts":
             return f"expert buffer ({sum(1 for _ in path.glob('replay_buffer_*'))} files)"
+        if kind == "evaluations":
+            return f"{len(json.loads(path.read_bytes())['runs'])} finished run(s) of an interrupted evaluate"
     except (OSError, ValueError, KeyError, TypeError):
         return "unreadable"
     return "moved aside as damaged"

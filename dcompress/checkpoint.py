@@ -25,7 +25,7 @@ import torch
 
 from .errors import os_error
 from .faults import crash_point
-from .io.safe_write import ensure_dir, move_aside, remove_dead_temps, torch_save, write_json
+from .io.safe_write import ensure_dir, load_failure, move_aside, remove_dead_temps, torch_save, write_json
 
 STATE = "state.pt"
 RUN = "run.json"
@@ -87,6 +87,7 @@ class Checkpointer:
         self.key = run_key(identity)
         self.path = self.dir / STATE
         self.resumed_from: int | None = None
+        self.saved_at: int | None = None           # the iteration of the last state saved by this process
         self.warn = warn_via(log)
         meta = self.dir / RUN
         if readonly:
@@ -151,7 +152,7 @@ class Checkpointer:
             if self.readonly:
                 return None
             moved = move_aside(self.path, dest_dir=self.quarantine)
-            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            reason = load_failure(e)
             self.warn(f"unusable checkpoint ({reason}); moved to {moved or '?'}, starting fresh", self.path)
             return None
         self.resumed_from = iteration
@@ -165,7 +166,12 @@ class Checkpointer:
         if self.readonly:
             return
         torch_save(self.path, state)
+        self.saved_at = state.get("iteration")
         crash_point("ckpt.saved")
+
+    def holds_state(self) -> bool:
+        """Whether a checkpoint a rerun can resume from is on disk."""
+        return self.path.is_file()
 
     def file(self, name: str) -> Path:
         """A path inside the work folder for auxiliary resumable artefacts."""

@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .console import App, Reporter, out, run
+from .console import App, Reporter, human_bytes, out, run, show_report, value_text
 from .limits import MAX_PIXELS as MAX_PIXELS_DEFAULT
 
 
@@ -45,8 +45,7 @@ def _use_cache(cache_dir: Optional[Path]) -> None:
 
 
 def _kv(report: dict) -> None:
-    for k, v in report.items():
-        out.print(f"[bold]{k}[/]: {v}", highlight=False)
+    show_report(report)
 
 
 JSON = typer.Option(False, "--json", help="Print one JSON report on stdout.")
@@ -109,10 +108,12 @@ def _maybe_launch(nproc: int, max_restarts: int, as_json: bool) -> None:
 
 
 @app.command()
-def shard(src: Path = typer.Argument(..., help="idx folder (MNIST/Fashion-MNIST) or ImageFolder tree"),
+def shard(src: Path = typer.Argument(..., metavar="SRC", help="idx folder (MNIST/Fashion-MNIST) or ImageFolder tree"),
           dest: Path = typer.Argument(..., metavar="OUT", help="output folder for shards + manifest.json"),
           fmt: str = typer.Option("auto", "--format", help="idx | folder | auto"),
-          split: str = typer.Option("train", "--split", help="train | test (idx format)"),
+          split: str = typer.Option("train", "--split", help="train | test: the split written (shards "
+                                    "<split>-000000.tar, the manifest's split); idx: also which files are read "
+                                    "(train-* or t10k-*); an ImageFolder SRC is read whole"),
           shard_size: int = typer.Option(10000, "--shard-size", help="samples per shard"),
           overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing shard folder at OUT"),
           size: Optional[int] = SIZE,
@@ -145,14 +146,18 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             output: Path = typer.Option(..., "-o", "--out", help="output folder (written atomically)"),
             ipc: Optional[int] = typer.Option(None, "--ipc", help="images per class"),
             ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of the input to keep, in (0, 1]"),
-            seed: int = typer.Option(0, "--seed"),
-            device: str = DEVICE,
-            config: Optional[Path] = typer.Option(None, "--config", help="YAML file of method config keys"),
+            seed: Optional[int] = typer.Option(None, "--seed", help="[default: 0]"),
+            device: Optional[str] = typer.Option(None, "--device", envvar="DCOMPRESS_DEVICE",
+                                                 help="auto | cpu | cuda[:N] [default: auto]"),
+            config: Optional[Path] = typer.Option(None, "--config", help="YAML file of method config keys and run "
+                                                  "options (ipc, ratio, seed, device, labels, label_topk, shard_size, "
+                                                  "ckpt_every, teacher, experts); flags and --set win over it"),
             sets: List[str] = typer.Option([], "--set", help="key=value config override (repeatable)"),
             resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from the last checkpoint"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output at -o"),
-            labels: str = typer.Option("auto", "--labels", help="auto | hard | teacher | learned | views (the "
-                                       "teacher's logits of E views per image) | online (ship the teacher)"),
+            labels: Optional[str] = typer.Option(None, "--labels", help="auto | hard | teacher | learned | views "
+                                                 "(the teacher's logits of E views per image) | online (ship the "
+                                                 "teacher) [default: auto]"),
             label_views: Optional[int] = typer.Option(None, "--label-views", help="views / online: views per image "
                                                       "(E) [default: the evaluation protocol's passes]"),
             label_sets: List[str] = typer.Option([], "--label-set", help="views / online: key=value of the view "
@@ -165,9 +170,10 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             max_pixels: int = MAX_PIXELS,
             allow_manifest_urls: bool = ALLOW_URLS,
             workers: Optional[int] = WORKERS,
-            shard_size: int = typer.Option(1000, "--shard-size",
-                                           help="most samples per output shard (smaller sets: at least 8 shards)"),
-            ckpt_every: int = typer.Option(50, "--ckpt-every", help="checkpoint period (iterations)"),
+            shard_size: Optional[int] = typer.Option(None, "--shard-size", help="most samples per output shard "
+                                                     "(smaller sets: at least 8 shards) [default: 1000]"),
+            ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="checkpoint period (iterations) "
+                                                     "[default: 50]"),
             experts: Optional[Path] = typer.Option(None, "--experts", help="expert buffer (mtt, datm)"),
             bins: Optional[int] = typer.Option(None, "--bins", help="number of DQ bins"),
             features: Optional[str] = typer.Option(None, "--features", help="dq: teacher | grad | FILE.npy"),
@@ -211,10 +217,11 @@ def _show_distill(report: dict) -> None:
     if report.get("status") == "dry-run":
         table = Table(title="plan (nothing written)")
         table.add_column("item")
-        table.add_column("value")
+        table.add_column("value", overflow="fold")
         for k, v in report["plan"].items():
-            for name, value in (v.items() if k == "stages" else [(None, v)]):
-                table.add_row(f"stage {name}" if name else k, str(value))
+            for name, value in (v.items() if k in ("stages", "estimate") else [(None, v)]):
+                label = f"{k.removesuffix('s')} {name.removesuffix('_s').replace('_', ' ')}" if name else k
+                table.add_row(label.replace("_", " "), value_text(name or k, value))
         out.print(table)
         return
     _kv(report)
@@ -260,10 +267,15 @@ def experts(urls: List[str] = typer.Argument(..., metavar="URLS...", help="train
 
 
 @app.command()
-def methods(as_json: bool = JSON) -> None:
-    """List registered methods with their options."""
-    from .registry import catalog
+def methods(name: Optional[str] = typer.Argument(None, metavar="METHOD", help="one method: its config keys, "
+                                                 "types, meanings and defaults"),
+            as_json: bool = JSON) -> None:
+    """List registered methods with their options, or one method's config keys (`methods dm`)."""
+    from .registry import catalog, catalog_entry
 
+    if name is not None:
+        run(as_json, lambda p: {"method": catalog_entry(name)}, _show_method)
+        return
     rows = [{k: m[k] for k in ("name", "kind", "description", "needs_experts", "options")} for m in catalog()]
     if as_json:
         print(json.dumps({"status": "ok", "methods": rows}, default=str))
@@ -273,6 +285,25 @@ def methods(as_json: bool = JSON) -> None:
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["name"], r["kind"], r["description"], ", ".join(f"{k}={v}" for k, v in r["options"].items()))
+    out.print(table)
+    out.print("`dcompress methods NAME` explains one method's keys", highlight=False)
+
+
+def _show_method(report: dict) -> None:
+    m = report["method"]
+    needs = [w for w, flag in (("a teacher", m["needs_teacher"]), ("an expert buffer (--experts)",
+                                                                  m["needs_experts"])) if flag]
+    out.print(f"{m['name']} ({m['kind']}): {m['description']}" + (f"; needs {' and '.join(needs)}" if needs else ""),
+              highlight=False, markup=False, soft_wrap=True)
+    if not m["options"]:
+        out.print("no config keys", highlight=False)
+        return
+    table = Table(title="config keys (--set key=value, or in --config FILE)")
+    for col in ("key", "type", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for k, default in m["options"].items():
+        table.add_row(k, m.get("option_types", {}).get(k, ""), "–" if default is None else str(default),
+                      m.get("option_help", {}).get(k, "–"))
     out.print(table)
 
 
@@ -423,7 +454,7 @@ def verify(target: Path = typer.Argument(..., metavar="OUT"), as_json: bool = JS
 cache_app = typer.Typer(cls=App, no_args_is_help=True, help="List and reclaim the cache: decoded stores, "
                                                                "teachers, expert buffers, quarantine.")
 app.add_typer(cache_app, name="cache")
-KIND = typer.Option(None, "--kind", help="stores | teachers | experts | quarantine")
+KIND = typer.Option(None, "--kind", help="stores | teachers | experts | quarantine | evaluations")
 
 
 def _cache_root(cache_dir: Optional[Path]) -> Path:
@@ -437,20 +468,12 @@ def _show_cache(r: dict) -> None:
     if "entries" not in r:
         _kv(r)
         return
-    table = Table(title=f"{r['cache']} ({_human(r['total_bytes'])})")
+    table = Table(title=f"{r['cache']} ({human_bytes(r['total_bytes'])})")
     for col in ("entry", "size", "last used", "what"):
         table.add_column(col, overflow="fold")
     for e in r["entries"]:
-        table.add_row(e["name"], _human(e["bytes"]), e["last_used"], e["description"])
+        table.add_row(e["name"], human_bytes(e["bytes"]), e["last_used"], e["description"])
     out.print(table)
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 @cache_app.command("ls")

@@ -6,7 +6,9 @@ naming the key; nothing overrides a user's value silently.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -81,6 +83,88 @@ def _coerce(key: str, value: Any, tp: Any, origin: str) -> Any:
     return value
 
 
+# Configs that belong to no method, as messages name them (never by their Python class).
+_LABELS = {"TeacherConfig": "the teacher (--teacher-set)", "ExpertConfig": "the experts",
+           "FairConfig": "the fair protocol", "FullDataConfig": "the full-data network", "DSAConfig": "DSA"}
+
+
+def config_label(cls: type) -> str:
+    """How messages name a Config: `method dm` for a method's, else what it configures."""
+    outer = cls.__qualname__.rpartition(".")[0]
+    owner = getattr(sys.modules.get(cls.__module__), outer, None) if outer else None
+    info = getattr(owner, "info", None)
+    if info is not None and getattr(info, "name", None):
+        return f"method {info.name}"
+    return _LABELS.get(cls.__name__, cls.__name__.removesuffix("Config").lower() or "config")
+
+
+def did_you_mean(name: str, known) -> str:
+    """`; did you mean 'lr_img'?` for a near miss (case-insensitive first), else ''."""
+    known = list(known)
+    same = [k for k in known if k.lower() == str(name).lower()]
+    close = same or difflib.get_close_matches(str(name).lower(), known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def type_text(tp: Any) -> str:
+    """A field's type as help shows it: int, float, bool, str, `real | noise`, `str | none`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Literal:
+        return " | ".join(str(a) for a in args)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join("none" if a is type(None) else type_text(a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return f"list of {type_text(args[0])}" if args else "list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each key's meaning, from the Config's field comments (`bins: int = positive(10)  # text`)
+    and its docstring (`key: text`, `a: text; b: text`, `a, b: text`, `` `a`/`b`: text``,
+    continuation lines indented), the subclass's first, then its bases'."""
+    import inspect
+    import re
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    found: dict[str, str] = {}
+
+    def heads(text: str) -> list[str]:
+        keys = [k.strip(" `'\"") for k in re.split(r"[,/]", text)]
+        return keys if keys and all(k in names for k in keys) else []
+
+    for klass in cls.__mro__:
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            source = ""
+        for m in re.finditer(r"^\s+(\w+)\s*:[^=\n]+=[^#\n]*#\s*(.+)$", source, re.M):
+            if m.group(1) in names:
+                found.setdefault(m.group(1), m.group(2).strip())
+        keys: list[str] = []
+        for line in inspect.cleandoc(klass.__doc__ or "").splitlines():
+            if keys and line.startswith(" ") and line.strip():
+                for k in keys:
+                    found[k] += " " + line.strip()
+                continue
+            keys = []
+            for part in re.split(r"(?:(?<=[.)])|;)\s+(?=[`\w][\w`, /]*:\s)", line.strip()):
+                head, sep, text = part.partition(":")
+                if sep and heads(head) and text.strip():
+                    keys = [k for k in heads(head) if k not in found]
+                    for k in keys:
+                        found[k] = text.strip()
+                elif keys and part:
+                    for k in keys:
+                        found[k] += " " + part
+    return found
+
+
+def field_types(cls: type) -> dict[str, str]:
+    return {k: type_text(v) for k, v in _field_types(cls).items()}
+
+
 def parse_sets(sets: list[str]) -> dict[str, Any]:
     out = {}
     for item in sets:
@@ -127,11 +211,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(cls: type, *, file: str | Path | None = None, sets: list[str] = (),
-                   base: dict | None = None, flags: dict | None = None) -> Any:
+                   base: dict | None = None, flags: dict | None = None, other_keys: tuple[str, ...] = ()) -> Any:
     """Builds `cls` with one precedence rule: an explicit command-line flag > `--set` > the YAML
     file > `base` (programmatic defaults) > the dataclass default. A flag left unset (None) never
-    overrides anything."""
+    overrides anything. `other_keys` (a run's options, read by the caller) are skipped in the
+    file and `--set` rather than refused."""
     fields = _field_types(cls)
+    label = config_label(cls)
     values: dict[str, Any] = {}
     layers = [("arguments", base or {})]
     if file is not None:
@@ -141,15 +227,18 @@ def resolve_config(cls: type, *, file: str | Path | None = None, sets: list[str]
     for origin, layer in layers:
         for k, v in layer.items():
             if k not in fields and origin == "flags":
-                raise UsageError(f"--{k.replace('_', '-')} does not apply here ({cls.__qualname__} has no {k!r})")
+                raise UsageError(f"--{k.replace('_', '-')} does not apply to {label} (it has no {k!r})")
+            if k not in fields and k in other_keys and origin != "arguments":
+                continue
             if k not in fields:
-                raise UsageError(f"{origin}: unknown config key {k!r} for {cls.__name__}; "
-                                 f"valid keys: {', '.join(sorted(fields))}")
+                raise UsageError(f"{origin}: unknown config key {k!r} for {label}{did_you_mean(k, [*fields, *other_keys])}"
+                                 f"; valid keys: {', '.join(sorted(fields)) or 'none'}"
+                                 + (f" (and the run options {', '.join(other_keys)})" if other_keys else ""))
             values[k] = _coerce(k, v, fields[k], origin)
     try:
         cfg = cls(**values)
     except (TypeError, ValueError) as e:
-        raise UsageError(f"invalid config for {cls.__name__}: {e}") from None
+        raise UsageError(f"invalid config for {label}: {e}") from None
     validate(cfg)
     return cfg
 
@@ -207,7 +296,7 @@ class Validated:
 def validate(cfg: Any) -> None:
     """UsageError naming the key when a field is out of range, not finite, or the start-epoch
     window is inverted."""
-    name = type(cfg).__name__
+    name = config_label(type(cfg))
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, bool) or not isinstance(v, (int, float)):

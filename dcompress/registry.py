@@ -59,13 +59,14 @@ def register_method(cls: type) -> type:
     return cls
 
 
-def create_method(name: str, *, config_file=None, sets=(), **flags):
+def create_method(name: str, *, config_file=None, sets=(), other_keys: tuple[str, ...] = (), **flags):
     """The method registered as `name` and its Config, resolved by the one precedence rule:
-    explicit flag (`flags`, None = unset) > `--set` > `--config` file > default."""
+    explicit flag (`flags`, None = unset) > `--set` > `--config` file > default; `other_keys`
+    (run options) are left to the caller."""
     from .config import resolve_config
 
     cls = get_method(name)
-    return cls, resolve_config(cls.Config, file=config_file, sets=list(sets), flags=flags)
+    return cls, resolve_config(cls.Config, file=config_file, sets=list(sets), flags=flags, other_keys=other_keys)
 
 
 def get_method(name: str) -> type:
@@ -74,8 +75,11 @@ def get_method(name: str) -> type:
     try:
         return _METHODS[name]
     except KeyError:
+        from .config import did_you_mean
+
         known = ", ".join(sorted(_METHODS))
-        raise UsageError(f"unknown method {name!r}; known methods: {known}") from None
+        raise UsageError(f"unknown method {name!r}{did_you_mean(name, sorted(_METHODS))}; known methods: "
+                         f"{known}") from None
 
 
 def list_methods() -> list[type]:
@@ -91,10 +95,13 @@ def build_catalog() -> list[dict]:
     """Every registered method's MethodInfo and options (config key -> default), from the classes
     themselves (imports the methods, hence torch). `tools/gen_method_catalog.py` writes it to
     CATALOG; `tests/unit/test_registry.py` fails when the file and the classes disagree."""
+    from .config import field_help, field_types
+
     rows = []
     for cls in list_methods():
         facts = {k: _jsonable(v) for k, v in dataclasses.asdict(cls.info).items()}
-        rows.append({**facts, "options": {f.name: _jsonable(f.default) for f in dataclasses.fields(cls.Config)}})
+        rows.append({**facts, "options": {f.name: _jsonable(f.default) for f in dataclasses.fields(cls.Config)},
+                     "option_types": field_types(cls.Config), "option_help": field_help(cls.Config)})
     return rows
 
 
@@ -102,6 +109,17 @@ def catalog() -> list[dict]:
     """The method catalog without importing any method (no torch): `dcompress methods` answers
     from this in well under a second."""
     return json.loads(CATALOG.read_text())
+
+
+def catalog_entry(name: str) -> dict:
+    """One method's catalog row (torch-free); UsageError naming a near miss when unknown."""
+    rows = {m["name"]: m for m in catalog()}
+    if name not in rows:
+        from .config import did_you_mean
+
+        raise UsageError(f"unknown method {name!r}{did_you_mean(name, sorted(rows))}; known methods: "
+                         f"{', '.join(sorted(rows))}")
+    return rows[name]
 
 
 def _jsonable(v):

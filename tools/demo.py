@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dcompress.api import distill, load_real
+from dcompress.console import Reporter
 from dcompress.report import grid_png
 from dcompress.io.atomic import is_dcompress_output
 from dcompress.io.sources import make_shards
@@ -64,13 +65,16 @@ def main() -> int:
     console.print(f"[bold]DEMO BUDGET[/]: {method} IPC {ipc} {sets_list or ''}; evaluation {epochs} epochs x {runs} runs "
                   f"on a 2,000-image test subset (published protocols train 300-1000 epochs)")
     comp = out / f"{method}-ipc{ipc}"
-    rep = distill(None, method, out=comp, ipc=ipc, sets=sets_list, device="auto", real=train,
-                  progress=lambda a, b, d: None)
+    with Reporter() as prog:           # the CLI's progress on stderr: bar on a terminal, timed lines in a log
+        rep = distill(None, method, out=comp, ipc=ipc, sets=sets_list, device="auto", real=train,
+                      progress=prog, log=prog.event)
     if rep.get("up_to_date"):
         console.print(f"{comp} already holds this run's output (same request and input): reused")
     else:
         console.print(f"compressed {len(train)} -> {rep['samples']} images in {rep['timings']['fit_s']} s ({comp})")
-    ev = evaluate(comp, test, train=train, runs=runs, epochs=epochs, test_limit=2000, seed=0)
+    with Reporter() as prog:
+        ev = evaluate(comp, test, train=train, runs=runs, epochs=epochs, test_limit=2000, seed=0,
+                      progress=prog, log=prog.event)
     grid = grid_png(comp)              # OUT/grid.png, written with the output too
     table = Table(title=f"Fashion-MNIST, {rep['samples']} training images (DEMO BUDGET)")
     table.add_column("training set")

@@ -25,7 +25,7 @@ from ..limits import MAX_PIXELS
 from .checks import check_topk, ipc_from, resolve_device
 from .inputs import InputSpec, ProgressFn, as_input
 from .labels import label_stage
-from .plan import plan
+from .plan import measure, plan
 from .record import input_report, set_block, source_decode
 from .request import DistillRequest
 from .write import write_set
@@ -34,10 +34,11 @@ LogFn = Callable[[dict], None]
 
 
 def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio: float | None = None,
-            seed: int = 0, device: str = "auto", config: str | Path | None = None, sets: Iterable[str] = (),
-            resume: bool = True, overwrite: bool = False, labels: str = "auto", teacher: str | Path | None = None,
-            max_bad: int | None = None, max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False,
-            shard_size: int = 1000, ckpt_every: int = 50, dry_run: bool = False, flags: dict | None = None,
+            seed: int | None = None, device: str | None = None, config: str | Path | None = None,
+            sets: Iterable[str] = (), resume: bool = True, overwrite: bool = False, labels: str | None = None,
+            teacher: str | Path | None = None, max_bad: int | None = None, max_pixels: int | None = MAX_PIXELS,
+            allow_manifest_urls: bool = False, shard_size: int | None = None, ckpt_every: int | None = None,
+            dry_run: bool = False, flags: dict | None = None,
             experts: str | Path | None = None, teacher_sets: Iterable[str] = (), workers: int | None = None,
             progress: ProgressFn | None = None, log: LogFn | None = None,
             real: RealData | None = None, size: int | None = None, resize_mode: str = "crop",
@@ -52,6 +53,10 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     `label_views` (E) views of every image with the teacher's logits for each, `"online"` ships
     the teacher instead; `label_sets` are ViewConfig keys (augment/views.py).
 
+    `seed` (default 0), `device` ("auto"), `labels` ("auto"), `shard_size` (1000), `ckpt_every`
+    (50), `ipc`, `ratio`, `label_topk`, `teacher`, `experts` left None may come from the `config`
+    file or `sets` (run options beside the method's keys).
+
     Every argument is checked before the input is read. `out` must not overlap the input; an
     existing output is replaced only with `overwrite`, except that the same run (same request,
     input content and dcompress version) with `resume` finds it up to date and returns at once.
@@ -65,8 +70,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
                               shard_size=shard_size, ckpt_every=ckpt_every,
                               resume=resume, overwrite=overwrite)
     inputs = as_input(urls if real is None else None, max_bad=max_bad, max_pixels=max_pixels,
-                          allow_manifest_urls=allow_manifest_urls, workers=workers, size=size,
-                          resize_mode=resize_mode, label_key=label_key, class_names=class_names, channels=channels)
+                      allow_manifest_urls=allow_manifest_urls, workers=workers, size=size, resize_mode=resize_mode,
+                      label_key=label_key, class_names=class_names, channels=channels)
     return distill_request(req, inputs, out=out, real=real, dry_run=dry_run, progress=progress, log=log)
 
 
@@ -82,7 +87,8 @@ def distill_request(req: DistillRequest, inputs: InputSpec, *, out: str | Path, 
     if dry_run:
         real, t_read = read_stage(inputs, real, progress, log)
         check_topk(req.label_topk, real)
-        return {"status": "dry-run", "read_s": round(t_read, 2), "plan": plan(real, req)}
+        return {"status": "dry-run", "read_s": round(t_read, 2),
+                "plan": {**plan(real, req), "estimate": measure(real, req, dev, log)}}
     with (OutputLock(out) if dist.is_main() else contextlib.nullcontext()):
         prior = own_output(out, req, dev)
         real, t_read = read_stage(inputs, real, progress, log)
@@ -214,16 +220,21 @@ def _prior_run(out: Path) -> dict | None:
 
 
 def _after_failure(e: BaseException, ckpt: Checkpointer) -> None:
-    """Keeps the work folder when it holds a checkpoint worth resuming (and says so), else removes it."""
-    kept = ckpt.dir.is_dir() and any(p.name != "run.json" for p in ckpt.dir.iterdir())
-    if not kept:
+    """Keeps the work folder when it holds a checkpoint to resume from and says so; else removes
+    it, and an interrupt says plainly that nothing was kept."""
+    signum = 2 if isinstance(e, KeyboardInterrupt) else e.exit_code - 128 if isinstance(e, Interrupted) else None
+    what = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else e.detail if signum else ""
+    if not ckpt.holds_state():
         ckpt.clear()
+        if signum:
+            raise Interrupted(f"{what} before the first checkpoint: nothing was kept, the same command starts "
+                              "over", signum=signum) from None
         return
-    hint = f"checkpoint kept in {ckpt.dir}: run the same command again to resume"
-    if isinstance(e, KeyboardInterrupt):
-        raise Interrupted(f"interrupted; {hint}", signum=2) from None
-    if isinstance(e, Interrupted):
-        raise Interrupted(f"{e.detail}; {hint}", signum=e.exit_code - 128) from None
+    at = ckpt.saved_at or ckpt.resumed_from
+    hint = (f"checkpoint kept in {ckpt.dir}{f' (iteration {at})' if at else ''}: run the same command again to "
+            "resume")
+    if signum:
+        raise Interrupted(f"{what}; {hint}", signum=signum) from None
     e.dcompress_hint = hint
 
 

@@ -3,6 +3,9 @@ what it would write, from the decoded input alone."""
 from __future__ import annotations
 
 import math
+import tempfile
+import time
+from pathlib import Path
 
 from ..cache import cache_root
 from ..config import config_dict
@@ -74,3 +77,45 @@ def label_encodings(real: RealData, req: DistillRequest, n: int, member) -> dict
            "views_per_image": epochs}
     out["smallest_with_views"] = "views" if out["views"] <= out["online"] else "online"
     return out
+
+
+
+class _Measured(Exception):
+    """Stops the measuring run once its first iteration is timed."""
+
+
+def measure(real: RealData, req: DistillRequest, device, log) -> dict:
+    """`--dry-run`'s time estimate: runs the method's first iteration (in a throwaway folder, no
+    checkpoint, nothing kept) and scales it by the iteration count. Only for synthesis methods
+    that need nothing trained first (a teacher, a default expert buffer): those say why not."""
+    info = req.method_class.info
+    if info.kind != "synthesis":
+        return {"fit": "not measured: a selection method runs no iterations"}
+    if info.needs_teacher or (info.needs_experts and req.experts is None):
+        needs = "a teacher" if info.needs_teacher else "an expert buffer (--experts)"
+        return {"fit": f"not measured: the first iteration needs {needs} first"}
+    seen: dict[str, float] = {}
+
+    def timed(done: int, total: int, desc: str) -> None:
+        now = time.perf_counter()
+        if "t" not in seen:
+            seen["t"] = now
+            return
+        seen.update(step=now - seen["t"], total=total)
+        raise _Measured
+
+    with tempfile.TemporaryDirectory(prefix="dcompress-dry-run-") as work:
+        spec = RunSpec(ipc=ipc_from(real, req.ipc, req.ratio), device=device, seed=req.seed, work_dir=Path(work),
+                       cache_dir=cache_root(), teacher=req.teacher, ratio=req.ratio, experts=req.experts,
+                       teacher_config=req.teacher_config, progress=timed, ckpt=None)
+        try:
+            req.method_class(req.config).fit(real, spec, log=lambda ev: None)
+        except _Measured:
+            pass
+    if "step" not in seen:
+        return {"fit": "not measured: the method reported no iterations"}
+    step, total = seen["step"], int(seen["total"])
+    from ..console import duration
+
+    log({"event": "note", "text": f"iteration 1 took {step:.1f} s: ~{duration(step * total)} for {total}"})
+    return {"first_iteration_s": round(step, 2), "iterations": total, "fit_s": round(step * total)}

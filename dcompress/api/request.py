@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .. import __version__
-from ..config import config_dict, parse_sets, resolve_config
+from ..config import _coerce, config_dict, load_yaml, parse_sets, resolve_config
 from ..errors import UsageError
 from ..registry import create_method
 from .checks import check_limits, check_seed, check_size
@@ -22,6 +22,25 @@ if TYPE_CHECKING:
 
 LABEL_MODES = ("auto", "hard", "teacher", "learned", "views", "online")
 VIEW_MODES = ("views", "online")
+
+# Run options a `--config` file (or `--set`) may hold beside the method's keys, with their types;
+# an explicit flag (a keyword that is not None) wins over `--set`, which wins over the file.
+RUN_KEYS: dict[str, Any] = {"ipc": int, "ratio": float, "seed": int, "device": str, "labels": str,
+                            "label_topk": int, "shard_size": int, "ckpt_every": int, "teacher": str,
+                            "experts": str}
+
+
+def run_options(config: str | Path | None, sets: Iterable[str], given: dict) -> dict:
+    """The run options of `given` (keywords; None = not given), filled from `--set` then the
+    `--config` file: explicit > `--set` > file > the request's defaults."""
+    layers = [(str(config), load_yaml(config))] if config is not None else []
+    layers.append(("--set", parse_sets(list(sets))))
+    found: dict[str, Any] = {}
+    for origin, layer in layers:
+        for k, v in layer.items():
+            if k in RUN_KEYS:
+                found[k] = None if v is None else _coerce(k, v, RUN_KEYS[k], origin)
+    return {**found, **{k: v for k, v in given.items() if v is not None}}
 
 
 @dataclass(frozen=True)
@@ -58,7 +77,12 @@ class DistillRequest:
         from ..augment.views import ViewConfig
         from ..train.teacher import TeacherConfig
 
-        m_cls, cfg = create_method(method, config_file=config, sets=sets, **(flags or {}))
+        run = run_options(config, sets, {"teacher": teacher, "experts": experts,
+                                         **{k: fields.pop(k) for k in list(fields) if k in RUN_KEYS}})
+        teacher, experts = run.pop("teacher", None), run.pop("experts", None)
+        fields.update({k: v for k, v in run.items() if v is not None})
+        m_cls, cfg = create_method(method, config_file=config, sets=sets, other_keys=tuple(RUN_KEYS),
+                                   **(flags or {}))
         if experts is not None and "experts" not in m_cls.info.extras:
             raise UsageError(f"--experts does not apply to --method {method} (only to methods that match expert "
                              "trajectories: mtt, datm)")

@@ -152,6 +152,8 @@ def decode_image(data: bytes, ext: str, max_pixels: int | None = MAX_PIXELS, *, 
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:                              # beyond Pillow's hard limit
         raise ImageTooLarge(f"{e} (--max-pixels {max_pixels})") from None
+    except Image.UnidentifiedImageError:       # its message names the buffer: <_io.BytesIO object at 0x...>
+        raise Image.UnidentifiedImageError("not an image format Pillow can read") from None
     with im:
         w, h = im.size
         if w < 1 or h < 1:

@@ -83,6 +83,23 @@ class _Chunked:
         self.write = f.write
 
 
+def load_failure(e: BaseException) -> str:
+    """Why `torch.load(weights_only=True)` refused a file, in one sentence: torch's own message
+    is a page of advice (re-run with weights_only=False, allowlist globals) that a user of a
+    checkpoint or teacher file must not follow, so only its diagnosis is kept."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|Check the documentation|$)", text, re.S)
+        detail = " ".join(found.group(1).split()) if found else ""
+        detail = re.split(r"\. Please use `torch", detail)[0].rstrip(".")
+        return ("refused by the weights-only loader: it holds Python objects, or is not a PyTorch file"
+                + (f" ({detail})" if detail else ""))
+    text = " ".join(text.split())
+    return f"{type(e).__name__}: {text if len(text) <= 300 else text[:300].rsplit(' ', 1)[0] + ' ...'}"
+
+
 def np_save(path: str | Path, arr, *, fsync: bool = True) -> Path:
     """`np.save(arr, allow_pickle=False)` to `path` (no `.npy` appended)."""
     import numpy as np

@@ -183,10 +183,13 @@ def _write_shards(src: Path, out: Path, *, fmt: str, split: str, shard_size: int
                        for k, data, y, ext, _ in gen)
 
     def counted():
-        for i, s in enumerate(samples):
-            if progress is not None and i % 1000 == 0:
-                progress(i, total)
+        n = 0
+        for n, s in enumerate(samples, 1):
+            if progress is not None and (n - 1) % 1000 == 0:
+                progress(n - 1, total)
             yield s
+        if progress is not None:
+            progress(n, total)         # the end, also under 1000 samples (a bar must not stop at 0/300)
 
     with AtomicDir(out, kind="input") as tmp:
         written = write_shards(tmp, counted(), prefix=split, shard_size=shard_size)

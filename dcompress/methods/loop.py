@@ -8,7 +8,9 @@
 
 The loop owns what every method used to write by hand: resume (restore the `state` from the
 run's checkpoint, shape-checked), the checkpoint cadence (`--ckpt-every`), the non-finite loss
-guard (NonFiniteLoss; the last good checkpoint stays), progress, one log-event schema
+guard (NonFiniteLoss; the last good checkpoint stays), a checkpoint at Ctrl-C/SIGTERM (the
+iteration under way finishes, its state is saved, then the run stops: a rerun resumes there; a
+second signal stops at once), progress, one log-event schema
 (`{"event": "iteration", "method", "iteration", "loss", **extra}` about 100 times a run), the
 final finiteness check of the optimised tensors, and the loss summary.
 
@@ -19,15 +21,26 @@ classes were computed before it or alongside it (the basis of splitting classes 
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
+import threading
 from typing import Any, Iterator
 
 import torch
 
 from ..core import LogFn, RunSpec
 from .. import dist
-from ..errors import DcompressError, NonFiniteLoss
+from ..errors import DcompressError, Interrupted, NonFiniteLoss
 from ..faults import crash_point
+
+
+def _stop_now(signum: int) -> BaseException:
+    """The exception a signal raises by default (console.run maps it to 130 / 143)."""
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    return Interrupted("terminated (SIGTERM)", signum=signum)
 
 
 def log_every(iterations: int) -> int:
@@ -113,9 +126,51 @@ class SynthesisLoop:
         return saved
 
     def __iter__(self) -> Iterator[int]:
-        for it in range(self.start, self.total):
-            self.it = it
-            yield it
+        if self.spec.progress is not None:       # the bar starts now: its first step is timed on its own
+            self.spec.progress(self.start, self.total, self.name)
+        with self._signals_deferred():
+            for it in range(self.start, self.total):
+                self.it = it
+                yield it
+
+    @contextlib.contextmanager
+    def _signals_deferred(self):
+        """While iterating, Ctrl-C and SIGTERM only ask the loop to stop at the end of the
+        iteration under way (`done` saves its state first); a second signal stops at once. Only
+        where a checkpoint can be written, in one process, on the main thread, and never for a
+        signal that is ignored."""
+        self._asked: int | None = None
+        ckpt = self.spec.ckpt
+        if (ckpt is None or ckpt.readonly or ckpt.every <= 0 or dist.active()
+                or threading.current_thread() is not threading.main_thread()):
+            yield
+            return
+
+        def ask(signum, frame):
+            if self._asked is not None:
+                raise _stop_now(signum)
+            self._asked = signum
+            os.write(2, f"{self.name}: stopping after iteration {self.it + 1} to save its checkpoint "
+                        "(again to stop at once)\n".encode())
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+                old[sig] = signal.signal(sig, ask)
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def _stop_if_asked(self, saved: bool) -> None:
+        """At the end of an iteration after a signal: checkpoint it (unless just saved), then stop."""
+        if getattr(self, "_asked", None) is None:
+            return
+        it, ckpt = self.it, self.spec.ckpt
+        if not saved and all(bool(torch.isfinite(t).all()) for t in self.guard):
+            ckpt.save(self._state(it))
+        raise _stop_now(self._asked)
 
     def done(self, loss: float, **extra: Any) -> None:
         """Closes iteration `self.it` with its loss: the loss and (before a checkpoint, and after
@@ -134,15 +189,20 @@ class SynthesisLoop:
             raise NonFiniteLoss(f"{self.name}: the synthetic set became non-finite after iteration {it + 1} "
                                 "(lr too large?); the last good checkpoint is kept")
         if due:
-            state = {k: self._saved(v) for k, v in self.state.items()}
-            if self.shard is not None:
-                state = self.shard.gather(state)          # collective: every rank is here at it + 1
-            ckpt.save({**state, "iteration": it + 1, "loss": loss,
-                       "first_loss": self.first_loss, "extra": self.extra})
+            ckpt.save(self._state(it))
         if it % self.every == 0 or it + 1 == self.total:
             self.log({"event": "iteration", "method": self.name, "iteration": it + 1, "loss": loss, **extra})
         if self.spec.progress is not None:
             self.spec.progress(it + 1, self.total, self.name)
+        if it + 1 < self.total:
+            self._stop_if_asked(saved=due)
+
+    def _state(self, it: int) -> dict:
+        """What a checkpoint after iteration `it` holds."""
+        state = {k: self._saved(v) for k, v in self.state.items()}
+        if self.shard is not None:
+            state = self.shard.gather(state)          # collective: every rank is here at it + 1
+        return {**state, "iteration": it + 1, "loss": self.loss, "first_loss": self.first_loss, "extra": self.extra}
 
     @staticmethod
     def _saved(v: Any) -> Any:

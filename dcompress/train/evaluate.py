@@ -3,6 +3,8 @@ report test accuracy, next to a class-matched random real subset trained the sam
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import statistics
 import time
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from .. import dist
-from ..errors import InputDataError, UsageError
+from ..errors import InputDataError, Interrupted, UsageError
 from ..io import topk
 from ..io.loader import CompressedDataset, load
 from ..seeds import derive, derive_seed
@@ -24,6 +26,66 @@ def _summary(accs: list[float]) -> dict:
     return {"mean": round(100 * statistics.fmean(accs), 2),
             "std": round(100 * statistics.pstdev(accs), 2) if len(accs) > 1 else 0.0,
             "runs": [round(100 * a, 2) for a in accs]}
+
+
+class FinishedRuns:
+    """The finished runs of one evaluation, kept across an interrupt so that the same command
+    resumes: `<cache>/evaluations/<key>.json`, keyed by everything that decides an accuracy (the
+    set's manifest, the test and training inputs' fingerprints, the protocol and lr, seed,
+    device, test subset, baseline labels); a run's result is `{"compressed/0": 0.4521, ...}`.
+    Removed when the evaluation completes. Off (`path` None) under torchrun and for inputs
+    without a fingerprint (RealData built in Python)."""
+
+    def __init__(self, identity: dict | None):
+        from ..cache import cache_root
+        from ..checkpoint import run_key
+
+        self.path = None
+        self.done: dict[str, float] = {}
+        self.reused = {"compressed": 0, "random": 0}
+        if identity is None or None in identity.values() or dist.active():
+            return
+        self.path = cache_root() / "evaluations" / f"{run_key(identity)}.json"
+        try:
+            saved = json.loads(self.path.read_text())
+            self.done = {k: float(v) for k, v in saved["runs"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.done = {}                   # none yet, or damaged: those runs are trained again
+        self.identity = identity
+
+    def get(self, side: str, r: int) -> float | None:
+        acc = self.done.get(f"{side}/{r}")
+        if acc is not None:
+            self.reused[side] += 1
+        return acc
+
+    def put(self, side: str, r: int, acc: float) -> None:
+        self.done[f"{side}/{r}"] = acc
+        if self.path is not None:
+            from ..io.safe_write import ensure_dir, write_json
+
+            ensure_dir(self.path.parent)
+            write_json(self.path, {"identity": self.identity, "runs": self.done})
+
+    def kept(self) -> str | None:
+        """The interrupt's hint when finished runs are on disk."""
+        if self.path is None or not self.done or not self.path.is_file():
+            return None
+        return f"{len(self.done)} finished run(s) kept in {self.path}: run the same command again to resume"
+
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def eval_identity(ds: CompressedDataset, test: RealData, train: RealData | None, **decides) -> dict:
+    """What decides one evaluation's accuracies (FinishedRuns' key); None values switch resume off."""
+    from .. import __version__
+
+    manifest = hashlib.sha256(json.dumps(ds.manifest, sort_keys=True, default=str).encode()).hexdigest()
+    return {"set": manifest, "test": test.source.get("fingerprint"),
+            "train": train.source.get("fingerprint") if train is not None else "none", "version": __version__,
+            **{k: json.loads(json.dumps(v, default=str)) for k, v in decides.items()}}
 
 
 PROTOCOLS = ("own", "fair")
@@ -129,24 +191,62 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     ds = out if isinstance(out, CompressedDataset) else load(out)
     proto, x_test, y_test, n_test = prepare(ds, test, model=model, epochs=epochs, test_limit=test_limit, seed=seed)
     lr = ds.lr if (proto.use_learned_lr and ds.lr is not None) else proto.lr
+    if random_baseline and train is None:
+        raise InputDataError("the random baseline needs the training shards (manifest source urls are gone?); "
+                             "pass --train URLS or --no-random")
+    finished = FinishedRuns(eval_identity(ds, test, train if random_baseline else None, protocol=dataclasses.asdict(proto),
+                                          lr=lr, seed=seed, device=torch.device(device).type, test_limit=n_test,
+                                          random_baseline=random_baseline))
+    try:
+        report = _own(ds, train, finished, proto=proto, lr=lr, x_test=x_test, y_test=y_test, n_test=n_test,
+                      runs=runs, seed=seed, device=device, random_baseline=random_baseline, progress=progress,
+                      log=log or (lambda ev: None))
+    except (KeyboardInterrupt, Interrupted) as e:
+        hint = finished.kept()
+        if hint is None:
+            raise
+        what = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else e.detail
+        code = 2 if isinstance(e, KeyboardInterrupt) else e.exit_code - 128
+        raise Interrupted(f"{what}; {hint}", signum=code) from None
+    finished.clear()
+    return report
+
+
+def _own(ds: CompressedDataset, train: RealData | None, finished: FinishedRuns, *, proto: EvalProtocol, lr: float,
+         x_test, y_test, n_test: int, runs: int, seed: int, device, random_baseline: bool, progress, log) -> dict:
+    """The own protocol: `runs` networks on the set, then on random subsets; a run finished by an
+    earlier, interrupted evaluation is reused, each finished run's accuracy printed as a note."""
+    def each_run(side: str, train_one: Callable[[int], float]) -> list[float]:
+        accs = {}
+        for r in dist.spread(runs):          # torchrun: runs spread over ranks, each run's draws derived
+            acc = finished.get(side, r)
+            if acc is None:
+                acc = train_one(r)
+                finished.put(side, r, acc)
+                log({"event": "note", "text": f"{side} run {r + 1}/{runs}: {100 * acc:.2f} % test accuracy"})
+            else:
+                log({"event": "note", "text": f"{side} run {r + 1}/{runs}: {100 * acc:.2f} % test accuracy "
+                                              "(finished before the interrupt, reused)"})
+            accs[r] = acc
+        return dist.gather_runs(accs, runs)
+
+    def bar(side: str, r: int):
+        return (lambda a, b: progress(a, b, f"{side} run {r + 1}/{runs}")) if progress else None
+
+    def compressed_run(r: int) -> float:
+        net = train_on_set(ds.images, ds.labels, num_classes=len(ds.classes), protocol=proto,
+                           generator=derive(seed, "eval-compressed", r), device=device, soft=ds.logits, lr=lr,
+                           epoch_data=set_views(ds, device), progress=bar("compressed", r))
+        return accuracy(net, x_test, y_test, device=device)
+
     t0 = time.time()
-    accs = {}
-    for r in dist.spread(runs):              # torchrun: runs spread over ranks, each run's draws derived
-        g = derive(seed, "eval-compressed", r)
-        net = train_on_set(ds.images, ds.labels, num_classes=len(ds.classes), protocol=proto, generator=g,
-                           device=device, soft=ds.logits, lr=lr, epoch_data=set_views(ds, device),
-                           progress=(lambda a, b, r=r: progress(a, b, f"compressed run {r + 1}/{runs}")) if progress else None)
-        accs[r] = accuracy(net, x_test, y_test, device=device)
-    accs = dist.gather_runs(accs, runs)
+    accs = each_run("compressed", compressed_run)
     report = {"evaluation": "own", "compressed": _summary(accs), "random": None, "protocol": {**dataclasses.asdict(proto), "lr_used": lr},
               "samples": len(ds), "test_samples": n_test,
               "method": ds.block.method.name if ds.block.method else None,
-              "seconds": {"compressed": round(time.time() - t0, 1)}}
+              "seconds": {"compressed": round(time.time() - t0, 1)}, "resumed_runs": finished.reused}
     if not random_baseline:
         return report
-    if train is None:
-        raise InputDataError("the random baseline needs the training shards (manifest source urls are gone?); "
-                             "pass --train URLS or --no-random")
     counts = torch.bincount(ds.labels, minlength=len(ds.classes)).tolist()
     soft_teacher = None
     note = "hard labels"
@@ -157,9 +257,8 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
                 "teacher soft labels")
     base_proto = dataclasses.replace(proto, soft_labels=soft_teacher is not None,
                                      kd=proto.kd and soft_teacher is not None)
-    t1 = time.time()
-    accs = {}
-    for r in dist.spread(runs):
+
+    def random_run(r: int) -> float:
         g = derive(seed, "eval-random", r)
         idx = torch.cat([train.sample_class(c, n, g) for c, n in enumerate(counts) if n > 0])
         x = normalize(train.get_u8(idx), ds.mean, ds.std)
@@ -168,10 +267,11 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
         soft = topk.stored_form(soft_teacher.logits(x, device), ds.label_topk) if soft_teacher is not None else None
         views = random_views(ds, x, y, soft_teacher, device, r) if soft_teacher is not None else None
         net = train_on_set(x, y, num_classes=len(ds.classes), protocol=base_proto, generator=g, device=device,
-                           soft=soft, lr=proto.lr, epoch_data=views,
-                           progress=(lambda a, b, r=r: progress(a, b, f"random run {r + 1}/{runs}")) if progress else None)
-        accs[r] = accuracy(net, x_test, y_test, device=device)
-    accs = dist.gather_runs(accs, runs)
+                           soft=soft, lr=proto.lr, epoch_data=views, progress=bar("random", r))
+        return accuracy(net, x_test, y_test, device=device)
+
+    t1 = time.time()
+    accs = each_run("random", random_run)
     report["random"] = {**_summary(accs), "labels": note}
     report["delta"] = round(report["compressed"]["mean"] - report["random"]["mean"], 2)
     report["seconds"]["random"] = round(time.time() - t1, 1)

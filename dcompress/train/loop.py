@@ -107,6 +107,8 @@ def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int
                                weight_decay=protocol.weight_decay)
 
     opt = make_opt(lr)
+    if progress is not None:
+        progress(0, epochs + 1)          # the bar starts now: its first epoch is timed on its own
     for ep in range(epochs + 1):
         if ep == decay_at:
             opt = make_opt(lr * 0.1)

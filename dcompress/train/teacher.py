@@ -26,7 +26,7 @@ from .. import dist
 from ..errors import DcompressError, InputDataError, UsageError
 from ..faults import crash_point
 from ..seeds import derive
-from ..io.safe_write import ensure_dir, move_aside, np_save, remove_dead_temps, torch_save, write_json
+from ..io.safe_write import ensure_dir, load_failure, move_aside, np_save, remove_dead_temps, torch_save, write_json
 from ..core import RealData, RealView, RunSpec
 from ..io.schema import EvalProtocol
 from .loop import train_epoch
@@ -107,7 +107,7 @@ def load_teacher_net(model: str, path: str | Path, image_shape, num_classes: int
             raise ValueError(f"holds a {type(state).__name__}, not a state dict")
         net.load_state_dict(state)
     except Exception as e:  # noqa: BLE001 - truncated, refused pickle, wrong keys/shapes: all unusable
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        reason = load_failure(e)
         raise InputDataError(f"not a usable {model} teacher state dict for {c}x{h}x{w} inputs and {num_classes} "
                              f"classes ({reason})", path=str(path)) from None
     return net.to(device).eval()

@@ -42,7 +42,8 @@ def out(real, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"], ["methods"], ["methods", "--json"], ["distill", "--help"],
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["methods"], ["methods", "--json"], ["methods", "dm"],
+                                  ["methods", "dm", "--json"], ["distill", "--help"],
                                   ["cache", "ls"], ["cache", "ls", "--json"]])
 def test_light_commands_import_no_torch(args, tmp_path):
     proc, names = imported(*args, env={"DCOMPRESS_CACHE": str(tmp_path / "cache")})
