@@ -57,8 +57,9 @@ def run_row(args, method: str, ipc: int, labels: str, teacher: Path) -> dict:
         topk, labels = int(labels.split("top")[1]), "views"
         extra = {"label_views": args.epochs + 1}
     t0 = time.time()
+    sets = [kv.split(":", 1)[1] for kv in args.method_sets.split(",") if kv.startswith(method + ":")]
     rep = api.distill(str(args.train), method, out=out, ipc=ipc, labels=labels, teacher=teacher, device="cpu",
-                      label_topk=topk, overwrite=True, seed=args.seed, **extra)
+                      label_topk=topk, overwrite=True, seed=args.seed, sets=sets, **extra)
     t_distill = time.time() - t0
     t1 = time.time()
     ev = api.evaluate(out, str(args.test), train=str(args.train), runs=args.runs, epochs=args.epochs,
@@ -70,7 +71,7 @@ def run_row(args, method: str, ipc: int, labels: str, teacher: Path) -> dict:
         b["teacher"] = (out / "teacher.pt").stat().st_size
     own = ev["fair"]["labels"]
     main = next(r for r in ev["fair"]["results"] if r["labels"] == own)
-    return {"method": method, "ipc": ipc, "labels": labels + (f"-top{topk}" if topk else ""), "bytes": b,
+    return {"method": method, "ipc": ipc, "labels": labels + (f"-top{topk}" if topk else ""), "sets": sets, "bytes": b,
             "set": main["compressed"], "random": main["random"], "ior": ev["scores"].get("ior"),
             "set_lr": main["compressed"]["lr"], "random_lr": main["random"]["lr"],
             "seconds": {"distill": round(t_distill, 1), "evaluate": round(time.time() - t1, 1)}}
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--val-per-class", type=int, default=20)
     ap.add_argument("--test-limit", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method-sets", default="dm:iterations=60,dm:batch_real=32,sre2l:cda=true",
+                    help="method:key=value config overrides, comma-separated")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     import torch
