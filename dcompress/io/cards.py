@@ -75,8 +75,8 @@ def dataset_card(name: str, block: CompressedBlock, shard_glob: str, *, files: l
         decode = f'logits = np.load(io.BytesIO(s["{soft}"]))  # float16'
     if soft is None:
         labels_line = ("- labels: `cls` (hard label; no soft labels are stored)" if kind == "hard" else
-                       f"- labels: `cls` (hard label); soft labels come from the teacher shipped beside the shards "
-                       f"(`teacher.pt`), which `dcompress.load` runs on every view")
+                       "- labels: `cls` (hard label); soft labels come from the teacher shipped beside the shards "
+                       "(`teacher.pt`), which `dcompress.load` runs on every view")
         soft_cell, soft_name = "`cls`", "none"
     else:
         labels_line = (f"- labels: `cls` (hard label) and `{soft}` (soft labels, {stored}: {label_text};\n"

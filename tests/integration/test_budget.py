@@ -2,7 +2,6 @@
 carries nothing, the byte report), `--image-format`, and `evaluate`'s CI gates (exit 9)."""
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
