@@ -146,6 +146,11 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             output: Path = typer.Option(..., "-o", "--out", help="output folder (written atomically)"),
             ipc: Optional[int] = typer.Option(None, "--ipc", help="images per class"),
             ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of the input to keep, in (0, 1]"),
+            budget: Optional[str] = typer.Option(None, "--budget", help="bytes the output may take (50MB, 1.5GiB, "
+                                                 "500KB) or a share of the input's (1%); picks the IPC"),
+            image_format: str = typer.Option("png", "--image-format", help="png | jpeg:Q | webp:Q (selection "
+                                             "methods)"),
+            sample_json: bool = typer.Option(False, "--sample-json", help="also write each sample's .json"),
             seed: Optional[int] = typer.Option(None, "--seed", help="[default: 0]"),
             device: Optional[str] = typer.Option(None, "--device", envvar="DCOMPRESS_DEVICE",
                                                  help="auto | cpu | cuda[:N] [default: auto]"),
@@ -201,7 +206,8 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
         req = DistillRequest.make(method, config=config, sets=sets, teacher_sets=teacher_sets, teacher=teacher,
                                   experts=experts, ipc=ipc, ratio=ratio, seed=seed, device=device, labels=labels,
                                   label_topk=label_topk, label_views=label_views, label_sets=label_sets,
-                                  shard_size=shard_size, ckpt_every=ckpt_every,
+                                  shard_size=shard_size, ckpt_every=ckpt_every, budget=budget,
+                                  image_format=image_format, sample_json=sample_json,
                                   resume=resume, overwrite=overwrite,
                                   # method config flags: an explicit flag beats --set and --config (None = not given)
                                   flags={"bins": bins, "features": features, "keep_bins": keep_bins or None,
@@ -349,6 +355,10 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
                                                             "full-data network on a seeded subset of this size"),
              teacher: Optional[Path] = typer.Option(None, "--teacher", help="fair: the teacher that relabels the "
                                                     "random subsets (needed when the set used a user's --teacher)"),
+             min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="gate: exit 9 when the set's "
+                                                          "mean accuracy (%) is below PCT"),
+             min_gain: Optional[float] = typer.Option(None, "--min-gain-over-random", help="gate: exit 9 when the set "
+                                                      "beats random subsets by fewer than PTS points"),
              as_json: bool = JSON,
              nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Train fresh networks on a compressed set and report test accuracy (vs random).
@@ -366,7 +376,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
                             device=device, random_baseline=random_baseline, test_limit=test_limit, protocol=protocol,
                             models=models, lr_grid=lr_grid, val_per_class=val_per_class, ars=ars,
                             full_epochs=full_epochs, full_max_samples=full_max_samples, teacher=teacher,
-                            max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
+                            min_accuracy=min_accuracy, min_gain_over_random=min_gain, max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                             workers=workers, size=size, resize_mode=resize_mode, label_key=label_key,
                             class_names=class_names, channels=channels, progress=prog, log=prog.event)
     run(as_json, work, _show_eval)

@@ -363,3 +363,7 @@ def run(as_json: bool, fn: Callable[[Reporter], dict], show: Callable[[dict], No
         print(json.dumps(report, default=str))
     else:
         show(report)
+    if report.get("status") == "gate_failed":        # a full report whose gate missed: errors.GateFailed
+        if not as_json:
+            err.print(f"[bold red]gate failed[/]: {escape(str(report.get('error', '')))}", highlight=False)
+        raise typer.Exit(report.get("exit_code", 9))

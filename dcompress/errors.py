@@ -15,6 +15,7 @@ too, so a user never sees a traceback unless `DCOMPRESS_DEBUG=1` is set.
 | 6    | VerifyError        | `verify` found a checksum or count mismatch                     |
 | 7    | ResourceError      | out of disk space or memory                                     |
 | 8    | BusyError          | another live dcompress process holds the output's lock          |
+| 9    | GateFailed         | `evaluate --min-accuracy/--min-gain-over-random`: a gate missed  |
 | 130  | (SIGINT)           | interrupted by Ctrl-C; the checkpoint is kept for `--resume`    |
 | 143  | (SIGTERM)          | terminated; the checkpoint is kept for `--resume`               |
 """
@@ -66,6 +67,13 @@ class BusyError(DcompressError):
     """Another live process is writing the same output (or expert slot)."""
 
     exit_code = 8
+
+
+class GateFailed(DcompressError):
+    """A CI gate of `evaluate` missed: the report itself says which (status "gate_failed"), so
+    the CLI prints it as any report and exits with this code."""
+
+    exit_code = 9
 
 
 class Interrupted(DcompressError):

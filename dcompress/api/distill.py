@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
+
 from .. import dist
 from ..cache import cache_root
 from ..checkpoint import Checkpointer, run_key
@@ -44,7 +46,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             real: RealData | None = None, size: int | None = None, resize_mode: str = "crop",
             label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
             channels: int | None = None, label_topk: int | None = None, label_views: int | None = None,
-            label_sets: Iterable[str] = ()) -> dict:
+            label_sets: Iterable[str] = (), budget: str | None = None, image_format: str = "png",
+            sample_json: bool = False) -> dict:
     """Compresses the dataset at `urls` (or the already read `real`) with `method` into `out`;
     returns the run report.
 
@@ -57,6 +60,11 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     (50), `ipc`, `ratio`, `label_topk`, `teacher`, `experts` left None may come from the `config`
     file or `sets` (run options beside the method's keys).
 
+    `budget` (instead of `ipc`/`ratio`): bytes (`50MB`, `1.5GiB`) or a share of the input's bytes
+    (`1%`) that the output must fit, the IPC picked from the output's measured bytes
+    (api/budget.py). `image_format`: png | jpeg:Q | webp:Q (selections). `sample_json`: also
+    write each sample's `.json`.
+
     Every argument is checked before the input is read. `out` must not overlap the input; an
     existing output is replaced only with `overwrite`, except that the same run (same request,
     input content and dcompress version) with `resume` finds it up to date and returns at once.
@@ -67,7 +75,8 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     req = DistillRequest.make(method, config=config, sets=sets, flags=flags, teacher_sets=teacher_sets,
                               teacher=teacher, experts=experts, ipc=ipc, ratio=ratio, seed=seed, device=device,
                               labels=labels, label_topk=label_topk, label_views=label_views, label_sets=label_sets,
-                              shard_size=shard_size, ckpt_every=ckpt_every,
+                              shard_size=shard_size, ckpt_every=ckpt_every, budget=budget,
+                              image_format=image_format, sample_json=sample_json,
                               resume=resume, overwrite=overwrite)
     inputs = as_input(urls if real is None else None, max_bad=max_bad, max_pixels=max_pixels,
                       allow_manifest_urls=allow_manifest_urls, workers=workers, size=size, resize_mode=resize_mode,
@@ -92,8 +101,11 @@ def distill_request(req: DistillRequest, inputs: InputSpec, *, out: str | Path, 
     with (OutputLock(out) if dist.is_main() else contextlib.nullcontext()):
         prior = own_output(out, req, dev)
         real, t_read = read_stage(inputs, real, progress, log)
-        ipc = ipc_from(real, req.ipc, req.ratio)
         check_topk(req.label_topk, real)
+        ipc, budget = size_stage(req, real)
+        if budget is not None:
+            log({"event": "note", "text": f"budget {budget['requested']} ({budget['bytes']:,} bytes): IPC {ipc}, "
+                                          f"estimated {budget['estimated']:,} bytes"})
         log({"event": "note", "text": f"stage read: {len(real)} samples, {real.num_classes} classes from "
                                       f"{len(real.source['urls'])} shard(s) in {t_read:.1f} s "
                                       f"({real.source['bad_samples']['count']} bad); {_store_note(real)}"})
@@ -104,6 +116,7 @@ def distill_request(req: DistillRequest, inputs: InputSpec, *, out: str | Path, 
             if dist.is_main():
                 shutil.rmtree(work_dir_for(out), ignore_errors=True)
             return {"status": "ok", "up_to_date": True, "out": str(out), "method": req.method, "ipc": ipc,
+                    **({"budget": prior["budget"]} if prior.get("budget") else {}),
                     "samples": prior["num_samples"], "shards": prior["shards"], "labels": prior["labels"],
                     "learned_lr": prior["learned_lr"], "bad_samples": real.source["bad_samples"]["count"],
                     "resumed_from": None, "timings": {"read_s": round(t_read, 2)}, **source_decode(real),
@@ -112,13 +125,42 @@ def distill_request(req: DistillRequest, inputs: InputSpec, *, out: str | Path, 
                                                     resume=req.resume, log=log, quarantine=cache_root() / "quarantine",
                                                     readonly=not dist.is_main()))
         try:
-            return _fit_label_write(req, real, out=out, ipc=ipc, dev=dev, ckpt=ckpt, progress=progress, log=log,
+            return _fit_label_write(req, real, out=out, ipc=ipc, budget=budget, dev=dev, ckpt=ckpt, progress=progress,
+                                    log=log,
                                     timings={"read_s": round(t_read, 2)},
                                     run={"key": run_key(identity), "request": req.recorded(dev)})
         except BaseException as e:
             if dist.is_main():
                 _after_failure(e, ckpt)
             raise
+
+
+def size_stage(req: DistillRequest, real: RealData) -> tuple[int, dict | None]:
+    """The IPC of `req` on `real`: --ipc, --ratio, or the largest that --budget fits
+    (api/budget.choose; with its budget block)."""
+    if req.budget is None:
+        return ipc_from(real, req.ipc, req.ratio), None
+    from .budget import choose
+
+    budget = choose(real, req, req.format)
+    return budget["ipc"], budget
+
+
+def encode_stage(req: DistillRequest, fitted: CompressedSet, real: RealData) -> tuple[CompressedSet, list | None]:
+    """A lossy `--image-format`: the set's images encoded (the bytes written) and the set with
+    the decoded pixels in their place, so that labels, the grid and `evaluate` see what a reader
+    of the output loads. (The set unchanged and None for png.)"""
+    fmt = req.format
+    if not fmt.lossy:
+        return fitted, None
+    import torch
+
+    from ..io.imageformat import decode_as
+    from ..io.output import image_bytes
+
+    encoded = [fmt.encode(img) for img in image_bytes(fitted, real.mean, real.std)]
+    u8 = torch.from_numpy(np.stack([decode_as(b, fmt.member, real.image_shape[0], None) for b in encoded]))
+    return dataclasses.replace(fitted, images=real.normalize(u8)), encoded
 
 
 def own_output(out: Path, req: DistillRequest, dev) -> dict | None:
@@ -144,7 +186,8 @@ def read_stage(inputs: InputSpec, real: RealData | None, progress: ProgressFn | 
     return real, time.time() - t0
 
 
-def _fit_label_write(req: DistillRequest, real: RealData, *, out: Path, ipc: int, dev, ckpt: Checkpointer,
+def _fit_label_write(req: DistillRequest, real: RealData, *, out: Path, ipc: int, budget: dict | None, dev,
+                     ckpt: Checkpointer,
                      progress: ProgressFn | None, log: LogFn, timings: dict, run: dict) -> dict:
     stages: dict[str, float] = {}
     log = metrics = MetricsLog(ckpt.file(METRICS) if dist.is_main() else None,   # survives a resume
@@ -154,17 +197,18 @@ def _fit_label_write(req: DistillRequest, real: RealData, *, out: Path, ipc: int
                    experts=req.experts, teacher_config=req.teacher_config,
                    progress=_announcing_resume(progress, ckpt, log), ckpt=ckpt)
     t0 = time.time()
-    fitted = fit_stage(req, real, spec, log)
+    fitted, encoded = encode_stage(req, fit_stage(req, real, spec, log), real)
     t1 = time.time()
     labelled, teacher_info = labels_stage(req, fitted, real, spec, log)
     t2 = time.time()
     timings = {**timings, "fit_s": round(t1 - t0, 2), "labels_s": round(t2 - t1, 2),
                **{f"{k}_s": round(v, 2) for k, v in stages.items()}}
     block = set_block(req, real, fitted, labelled, ipc=ipc, device=dev.type, teacher_info=teacher_info, run=run,
-                      timings=timings) if dist.is_main() else None
+                      timings=timings, budget=budget) if dist.is_main() else None
     log({"event": "note", "text": f"stage write: {len(fitted)} samples into {out}"})
     manifest = write_set(out, labelled, real, method=req.method, block=block, shard_size=req.shard_size,
-                         label_topk=req.label_topk, metrics=metrics.rows() if dist.is_main() else None)
+                         label_topk=req.label_topk, metrics=metrics.rows() if dist.is_main() else None,
+                         encoded=encoded, image_member=req.format.member, sample_json=req.sample_json)
     if not dist.is_main():
         dist.barrier()
         return {"status": "ok", "out": str(out), "method": req.method, "rank": dist.rank()}
@@ -176,7 +220,8 @@ def _fit_label_write(req: DistillRequest, real: RealData, *, out: Path, ipc: int
             "bad_samples": real.source["bad_samples"]["count"], "resumed_from": ckpt.resumed_from,
             "store": real.source.get("store"), "timings": {**timings, "write_s": round(time.time() - t2, 2)},
             **source_decode(real), "nets": block.method.nets, "bytes": manifest["dcompress"].get("bytes"),
-            "label_topk": req.label_topk, **input_report(real)}
+            "label_topk": req.label_topk, "image_format": str(req.format), **input_report(real),
+            **({"budget": manifest["dcompress"]["budget"]} if budget is not None else {})}
 
 
 def fit_stage(req: DistillRequest, real: RealData, spec: RunSpec, log: LogFn) -> CompressedSet:
@@ -216,7 +261,7 @@ def _prior_run(out: Path) -> dict | None:
     if block.run is None:
         return None
     return {**block.run.to_dict(), "num_samples": block.num_samples, "shards": len(rows),
-            "labels": block.labels.kind, "learned_lr": block.learned.lr}
+            "labels": block.labels.kind, "learned_lr": block.learned.lr, "budget": block.budget}
 
 
 def _after_failure(e: BaseException, ckpt: Checkpointer) -> None:

@@ -28,6 +28,7 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
              max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False, workers: int | None = None,
              size: int | None = None, resize_mode: str | None = None, label_key: str | None = None,
              class_names: str | Path | Iterable[str] | None = None, channels: int | None = None,
+             min_accuracy: float | None = None, min_gain_over_random: float | None = None,
              progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None) -> dict:
     """Trains `runs` fresh networks on the compressed set `out` and reports their accuracy on
     `test` (urls, or already read RealData), next to random real subsets of the same size drawn
@@ -41,6 +42,10 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
     augmentation-robust one; `full_epochs`/`full_max_samples`: the full-data network;
     `teacher`: the teacher that relabels the random subsets). `models`: a cross-architecture
     table. docs/evaluation.md.
+
+    CI gates: `min_accuracy` (percent) and `min_gain_over_random` (points over the random
+    subsets) add a `gates` block to the report; a miss makes its `status` "gate_failed" (the
+    CLI exits 9, `errors.GateFailed`). With `models`, every network must pass.
     """
     from ..io.loader import CompressedDataset, load
     from ..train.evaluate import check_models, evaluate as train_and_test
@@ -48,6 +53,7 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
     check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0),
                  max_pixels=(max_pixels, 1), workers=(workers, 1))
     check_seed(seed)
+    check_gates(min_accuracy, min_gain_over_random, random_baseline)
     fair_cfg, full_cfg = fair_configs(protocol, lr_grid, val_per_class, ars, full_epochs, full_max_samples, teacher)
     if isinstance(models, str):
         models = models.split(",")
@@ -78,7 +84,48 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
                             log=log)
     reads = {k: input_report(d)["input"] for k, d in (("test", test_data), ("train", train_data))
              if _is_real(d) and input_report(d)}
-    return {**report, "input": reads} if reads and isinstance(report, dict) else report
+    report = {**report, "input": reads} if reads and isinstance(report, dict) else report
+    return apply_gates(report, min_accuracy, min_gain_over_random)
+
+
+def check_gates(min_accuracy: float | None, min_gain: float | None, random_baseline: bool) -> None:
+    """UsageError for a gate out of range, or a gain gate without the random subsets it compares with."""
+    import math
+
+    if min_accuracy is not None and not (math.isfinite(min_accuracy) and 0 <= min_accuracy <= 100):
+        raise UsageError(f"--min-accuracy is a percentage in [0, 100], got {min_accuracy}")
+    if min_gain is not None and not math.isfinite(min_gain):
+        raise UsageError(f"--min-gain-over-random must be a number of points, got {min_gain}")
+    if min_gain is not None and not random_baseline:
+        raise UsageError("--min-gain-over-random compares the set with random subsets: drop --no-random")
+
+
+def apply_gates(report: dict, min_accuracy: float | None, min_gain: float | None) -> dict:
+    """`report` with its `gates` (one row per gate and network: `gate`, `model`, `measured`,
+    `threshold`, `passed`) and `status` "gate_failed" + `exit_code` 9 + `failed` (the rows
+    that missed) when any missed. The measured values are the report's mean accuracy and its
+    mean minus the random subsets' (per network with `models`)."""
+    if min_accuracy is None and min_gain is None:
+        return report
+    from ..errors import GateFailed
+
+    rows = report.get("models") or [{"model": report.get("protocol", {}).get("model"), **report}]
+    gates = []
+    for r in rows:
+        acc = r["compressed"]["mean"]
+        if min_accuracy is not None:
+            gates.append({"gate": "min_accuracy", "model": r["model"], "measured": acc, "threshold": min_accuracy,
+                          "passed": acc >= min_accuracy})
+        if min_gain is not None:
+            gain = round(acc - r["random"]["mean"], 2)
+            gates.append({"gate": "min_gain_over_random", "model": r["model"], "measured": gain,
+                          "threshold": min_gain, "passed": gain >= min_gain})
+    failed = [g for g in gates if not g["passed"]]
+    if not failed:
+        return {**report, "gates": gates}
+    why = "; ".join(f"{g['gate']}: {g['measured']} < {g['threshold']} ({g['model']})" for g in failed)
+    return {"status": "gate_failed", **report, "gates": gates, "failed": failed, "error": f"gate failed: {why}",
+            "exit_code": GateFailed.exit_code}
 
 
 def _is_real(x) -> bool:

@@ -10,18 +10,20 @@ from pathlib import Path
 from ..cache import cache_root
 from ..config import config_dict
 from ..core import RealData, RunSpec
-from .checks import ipc_from
 from .labels import teacher_plan
 from .record import input_report, source_decode
 from .request import DistillRequest
 
 
 def plan(real: RealData, req: DistillRequest) -> dict:
-    """The stages of `req` on `real` and the estimated output size (images and labels)."""
+    """The stages of `req` on `real` and the output's bytes on disk by role (api/budget.py's
+    estimate: the one `--budget` picks its IPC from), with the budget block under `--budget`."""
+    from .budget import output_bytes, sample_bytes, teacher_bytes
+    from .distill import size_stage
     from ..io.output import output_shard_size
 
     c, h, w = real.image_shape
-    ipc = ipc_from(real, req.ipc, req.ratio)
+    ipc, budget = size_stage(req, real)
     info = req.method_class.info
     cache = cache_root()
     spec = RunSpec(ipc=ipc, cache_dir=cache, teacher=req.teacher, teacher_config=req.teacher_config)
@@ -33,25 +35,26 @@ def plan(real: RealData, req: DistillRequest) -> dict:
     if info.needs_experts:
         stages["experts"] = str(req.experts or f"default buffer under {cache / 'experts'} (trained when missing)")
     stages["labels"] = mode + (f": {teacher_plan(real, spec)}" if mode == "teacher" else "")
-    stages["write"] = f"{ipc * real.num_classes} samples"
+    stages["write"] = f"{ipc * real.num_classes} samples ({req.format} images)"
     n_out = ipc * real.num_classes
 
     def member(nbytes: float) -> float:  # tar: 512-byte header + data padded to 512
         return 512 + 512 * math.ceil(nbytes / 512)
 
-    # soft labels: float16 logits (.logits.npy), or K (idx, val) records (.topk.npy, io/topk.py)
     k = req.label_topk
     encodings = label_encodings(real, req, n_out, member)
-    label_b = (encodings["views"] if mode == "views" else 0 if mode == "online" else encodings["teacher"]) / n_out
-    image_b = member(0.7 * c * h * w + 70) + (member(128 + 4 * c * h * w) if info.kind == "synthesis" else 0)
-    per_sample = image_b + label_b + member(2) + member(120)
+    roles = sample_bytes(real, req, req.format)
+    teacher = teacher_bytes(real, req)
+    total = output_bytes(n_out, sum(roles.values()), req.shard_size, teacher)
     shards = max(1, math.ceil(n_out / output_shard_size(n_out, req.shard_size)))
+    est = {role: n_out * v for role, v in roles.items()}
+    est["container"] = total - teacher - sum(est.values())      # the member payloads' share is counted above
     return {"method": req.method, "kind": info.kind, "classes": real.num_classes, "class_names": real.class_names,
             "class_counts": real.class_counts(), "input_samples": len(real), "image_shape": [c, h, w],
-            "ipc": ipc, "output_samples": n_out, "shards": shards,
-            "estimated_output_bytes": int(n_out * per_sample + 10240 * shards),  # tar end blocks, padded
-            "estimated_bytes": {"images": int(n_out * image_b), "labels": int(n_out * label_b),
-                                **({"teacher": encodings["online"]} if mode == "online" else {})},
+            "ipc": ipc, "output_samples": n_out, "shards": shards, "image_format": str(req.format),
+            "estimated_output_bytes": total,
+            "estimated_bytes": {**est, **({"teacher": teacher} if teacher else {})},
+            **({"budget": budget} if budget is not None else {}),
             "label_encodings": encodings,
             **({"label_topk": k} if k else {}), "config": config_dict(req.config),
             "bad_samples": real.source["bad_samples"], "stages": stages, "cache": str(cache), **source_decode(real),
@@ -104,8 +107,10 @@ def measure(real: RealData, req: DistillRequest, device, log) -> dict:
         seen.update(step=now - seen["t"], total=total)
         raise _Measured
 
+    from .distill import size_stage
+
     with tempfile.TemporaryDirectory(prefix="dcompress-dry-run-") as work:
-        spec = RunSpec(ipc=ipc_from(real, req.ipc, req.ratio), device=device, seed=req.seed, work_dir=Path(work),
+        spec = RunSpec(ipc=size_stage(req, real)[0], device=device, seed=req.seed, work_dir=Path(work),
                        cache_dir=cache_root(), teacher=req.teacher, ratio=req.ratio, experts=req.experts,
                        teacher_config=req.teacher_config, progress=timed, ckpt=None)
         try:

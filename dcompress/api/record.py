@@ -48,8 +48,10 @@ def resolved_nets(real: RealData, cfg, protocol, teacher_info: dict | None) -> d
 
 
 def set_block(req: DistillRequest, real: RealData, fitted: CompressedSet, labelled: CompressedSet, *, ipc: int,
-              device: str, teacher_info: dict | None, run: dict, timings: dict) -> CompressedBlock:
-    """The manifest block of `labelled` (the method's result `fitted` with its written labels)."""
+              device: str, teacher_info: dict | None, run: dict, timings: dict,
+              budget: dict | None = None) -> CompressedBlock:
+    """The manifest block of `labelled` (the method's result `fitted` with its written labels);
+    `budget`: the `--budget` block (api/budget.choose; achieved and fits are added when written)."""
     kind = req.method_class.info.kind
     protocol = dataclasses.replace(labelled.protocol, soft_labels=labelled.label_kind != "hard")
     return CompressedBlock(
@@ -69,7 +71,8 @@ def set_block(req: DistillRequest, real: RealData, fitted: CompressedSet, labell
         image_shape=tuple(real.image_shape),
         exact_tensor="npy" if fitted.synthetic else None,
         learned=LearnedRecord(lr=fitted.lr, lrs=fitted.lrs),
-        eval_protocol=protocol, info=fitted.info, run=RunRecord(**run), env=env_versions(), timings=timings)
+        eval_protocol=protocol, info=fitted.info, run=RunRecord(**run), env=env_versions(), timings=timings,
+        image_format=str(req.format), budget=budget)
 
 
 def labels_record(req: DistillRequest, labelled: CompressedSet, teacher_info: dict | None) -> LabelsRecord:
@@ -77,6 +80,8 @@ def labels_record(req: DistillRequest, labelled: CompressedSet, teacher_info: di
     from ..io import topk, viewlabels
 
     kind, k = labelled.label_kind, req.label_topk
+    if kind == "hard":                       # `.cls` alone: a one-hot vector would carry nothing more
+        return LabelsRecord(kind=kind, teacher=teacher_info, soft=None)
     if kind not in ("views", "online"):
         return LabelsRecord(kind=kind, teacher=teacher_info, soft="logits.npy" if k is None else topk.MEMBER, topk=k)
     info = dict(teacher_info or {})

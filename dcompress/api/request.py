@@ -61,6 +61,9 @@ class DistillRequest:
     label_topk: int | None = None
     view_config: Any = None               # augment.views.ViewConfig of `views` / `online` labels
     shard_size: int = 1000
+    budget: str | None = None             # `--budget`: bytes or a share of the input (api/budget.py) picks the ipc
+    image_format: str = "png"             # png | jpeg:Q | webp:Q (io/imageformat.py; selections only)
+    sample_json: bool = False             # also the per-sample `.json` member
     ckpt_every: int = 50
     resume: bool = True
     overwrite: bool = False
@@ -115,9 +118,27 @@ class DistillRequest:
         check_seed(self.seed)
         if self.labels not in LABEL_MODES:
             raise UsageError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {self.labels!r}")
-        check_size(self.ipc, self.ratio)
+        if self.budget is not None:
+            from .budget import parse_budget
+
+            if self.ipc is not None or self.ratio is not None:
+                raise UsageError("--budget picks the IPC: give exactly one of --ipc, --ratio or --budget")
+            parse_budget(self.budget)
+        else:
+            check_size(self.ipc, self.ratio)
+        fmt = self.format
+        if fmt.lossy and self.method_class.info.kind != "selection":
+            raise UsageError(f"--image-format {fmt} applies to selection methods only: {self.method} synthesises "
+                             "images, whose exact form is kept (png + the float .npy)")
         check_limits(shard_size=(self.shard_size, 1), ckpt_every=(self.ckpt_every, 0),
                      label_topk=(self.label_topk, 1))
+
+    @property
+    def format(self):
+        """The output's io.imageformat.ImageFormat."""
+        from ..io.imageformat import ImageFormat
+
+        return ImageFormat.parse(self.image_format)
 
     @property
     def method_class(self) -> type:
@@ -147,4 +168,7 @@ class DistillRequest:
         """The label options that only some runs have (absent otherwise, so that the records of
         other runs stay as they were)."""
         return {**({"label_topk": self.label_topk} if self.label_topk is not None else {}),
-                **({"views": config_dict(self.view_config)} if self.view_config is not None else {})}
+                **({"views": config_dict(self.view_config)} if self.view_config is not None else {}),
+                **({"budget": self.budget} if self.budget is not None else {}),
+                **({"image_format": str(self.format)} if self.format.lossy else {}),
+                **({"sample_json": True} if self.sample_json else {})}

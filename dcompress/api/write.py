@@ -18,13 +18,17 @@ from ..io.schema import CompressedBlock
 
 
 def write_set(out: Path, cset: CompressedSet, real: RealData, *, method: str, block: CompressedBlock | None,
-              shard_size: int, label_topk: int | None, metrics: list[dict] | None) -> dict | None:
+              shard_size: int, label_topk: int | None, metrics: list[dict] | None, encoded: list[bytes] | None = None,
+              image_member: str = "png", sample_json: bool = False) -> dict | None:
     """Writes `cset` into `out` (rank 0's `block` and `metrics` describe it; other ranks pass
-    None) in shards of `io.output.output_shard_size(len(cset), shard_size)` samples. Returns the
-    manifest on rank 0, None on the other ranks. Every rank must call it."""
+    None) in shards of `io.output.output_shard_size(len(cset), shard_size)` samples. `encoded`:
+    the images' bytes in member `image_member` (api/distill.encode_stage; None: PNG);
+    `sample_json`: also each sample's `.json`. Returns the manifest on rank 0, None on the other
+    ranks. Every rank must call it."""
     shard_size = output_shard_size(len(cset), shard_size)
     u8 = image_bytes(cset, real.mean, real.std)
-    kw = dict(class_names=real.class_names, method=method, u8=u8, shard_size=shard_size, label_topk=label_topk)
+    kw = dict(class_names=real.class_names, method=method, u8=u8, shard_size=shard_size, label_topk=label_topk,
+              encoded=encoded, image_member=image_member, sample_json=sample_json)
     if not dist.is_main():
         dist.all_gather_object(_own_shards(Path(dist.broadcast_object(None)), cset, **kw))
         return None

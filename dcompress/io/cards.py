@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+from .imageformat import ImageFormat
 from .manifest import ShardRow
 from .schema import CompressedBlock
 
@@ -53,6 +54,7 @@ def dataset_card(name: str, block: CompressedBlock, shard_glob: str, *, files: l
     c, h, w = block.image_shape
     kind = block.labels.kind
     soft = block.labels.soft
+    image = ImageFormat.parse(block.image_format).member
     label_text = {"hard": "one-hot (argmax = `cls`)", "teacher": "logits of a teacher network",
                   "learned": "logits learned by the method"}.get(kind, kind)
     stored = ("float16 logits `[C]`" if soft != "topk.npy" else
@@ -67,8 +69,21 @@ def dataset_card(name: str, block: CompressedBlock, shard_glob: str, *, files: l
         decode = (f'rec = np.load(io.BytesIO(s["topk.npy"]))      # {block.labels.topk} (idx, val) records\n'
                   f'logits = dcompress.io.topk.expand(rec, {len(classes)}, {block.labels.topk})  '
                   f'# [C], -inf where not kept')
+    elif soft is None:
+        decode = 'cls = int(s["cls"])                             # the label: this output stores no soft labels'
     else:
-        decode = 'logits = np.load(io.BytesIO(s["logits.npy"]))  # float16 [C]'
+        decode = f'logits = np.load(io.BytesIO(s["{soft}"]))  # float16'
+    if soft is None:
+        labels_line = ("- labels: `cls` (hard label; no soft labels are stored)" if kind == "hard" else
+                       "- labels: `cls` (hard label); soft labels come from the teacher shipped beside the shards "
+                       "(`teacher.pt`), which `dcompress.load` runs on every view")
+        soft_cell, soft_name = "`cls`", "none"
+    else:
+        labels_line = (f"- labels: `cls` (hard label) and `{soft}` (soft labels, {stored}: {label_text};\n"
+                       f"  softmax at temperature {block.labels.temperature})")
+        soft_cell, soft_name = f"soft labels from `{soft}`, `cls`", f"`{soft}`"
+    members = ", ".join([f"`{image}`", "`cls`", *([f"`{soft}`"] if soft else []),
+                         *(["`npy` (exact float32 normalised tensor)"] if block.exact_tensor else [])])
     return f"""---
 configs:
 - config_name: default
@@ -89,10 +104,9 @@ A compressed image-classification training set written by dcompress {block.versi
 IPC {m.ipc} (images per class), {len(classes)} classes, {block.num_samples} images of
 {c}×{h}×{w}, seed {m.seed}, in {num_shards} shards.
 
-- labels: `cls` (hard label) and `{soft}` (soft labels, {stored}: {label_text};
-  softmax at temperature {block.labels.temperature})
+{labels_line}
 {lr_line}- source: {block.source.num_samples} images, fingerprint `{block.source.fingerprint}`
-- per sample: `png`, `cls`, `{soft}`, `json` (provenance){", `npy` (exact float32 normalised tensor)" if block.exact_tensor else ""}
+- per sample: {members} (`{image}`: {block.image_format or "png"} images)
 - normalisation: mean {list(block.normalization.mean)}, std {list(block.normalization.std)}
 - other files: `manifest.json` (shard index + full provenance), {extra}
 
@@ -102,10 +116,10 @@ IPC {m.ipc} (images per class), {len(classes)} classes, {block.num_samples} imag
 
 | reader | sees |
 |---|---|
-| `dcompress.load` | images (the exact `npy` tensors when present), soft labels from `{soft}`, `cls`, the learned lr |
-| `webdataset`, `wids` | every member as bytes; the soft labels are `{soft}`, which you decode yourself |
+| `dcompress.load` | images (the exact `npy` tensors when present), {soft_cell}, the learned lr |
+| `webdataset`, `wids` | every member as bytes; the soft labels are {soft_name}, which you decode yourself |
 | timm (`wds/` reader, `_info.json`) | image + `cls` only: the soft labels are ignored |
-| Hugging Face `datasets` (webdataset loader) | one column per member; training recipes take image + `cls`, the `{soft}` column is raw and unused unless you map it yourself |
+| Hugging Face `datasets` (webdataset loader) | one column per member; training recipes take image + `cls`, a soft-label column ({soft_name}) is raw and unused unless you map it yourself |
 
 ```python
 import dcompress                                    # images, soft labels, learned lr

@@ -4,8 +4,10 @@
     x, soft, y = ds[0]                     # normalised image, soft label (probabilities), hard label
     ds.lr, ds.mean, ds.std, ds.classes     # learned lr (or None), normalisation, class names
 
-Images come from the exact `.npy` tensor when present (synthetic sets), else from the PNG
-re-normalised with the manifest's mean/std. The same shards also read as a plain
+Images come from the exact `.npy` tensor when present (synthetic sets), else from the image
+member (`.png`, or `.jpg` / `.webp` of `--image-format`) re-normalised with the manifest's
+mean/std. Hard-label outputs store no soft member: `logits` are the one-hot vectors of `.cls`
+(as older outputs stored them). The same shards also read as a plain
 `webdataset.WebDataset` pipeline: see `webdataset_pipeline`.
 
 Outputs with view labels yield views (augment/views.py), one per image and epoch:
@@ -90,6 +92,9 @@ class CompressedDataset(torch.utils.data.Dataset):
         self.num_views, self.epoch = (block.labels.views or {}).get("epochs"), 0
         if self.label_kind in ("views", "online"):
             self.views = self._set_views(views, view_logits)
+        elif logits and logits[0] is None:       # hard labels are `.cls` alone: one-hot, as older outputs stored
+            self.logits = torch.nn.functional.one_hot(self.labels, len(self.classes)).float()
+            self.soft_labels = torch.softmax(self.logits / self.temperature, dim=1)
         else:
             self.logits = torch.from_numpy(np.stack(logits))
             self.soft_labels = torch.softmax(self.logits / self.temperature, dim=1)
@@ -179,12 +184,20 @@ def load(path: str | Path) -> CompressedDataset:
 def webdataset_pipeline(path: str | Path):
     """The output as a `webdataset.WebDataset` yielding (uint8 HWC image array, class, logits); for a
     `--label-topk` output the third item is the sample's `(idx, val)` record array (`.topk.npy`;
-    `dcompress.io.topk.expand` makes the full-width logits)."""
+    `dcompress.io.topk.expand` makes the full-width logits); for a hard-label output (no soft
+    member) the pairs (image, class)."""
+    from .imageformat import ImageFormat
+
     mpath = manifest_path(path)
     manifest = read_manifest(mpath)
     urls = shard_paths(mpath, manifest)
-    soft = ((manifest.get("dcompress") or {}).get("labels") or {}).get("soft", "logits.npy")
-    soft = soft if soft in ("logits.npy", topk.MEMBER) else "logits.npy"
+    block = manifest.get("dcompress") or {}
+    labels = block.get("labels") or {}
+    soft = labels.get("soft", "logits.npy")
+    image = ImageFormat.parse(block.get("image_format")).member
     import webdataset as wds
 
-    return wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "cls", soft)
+    pipe = wds.WebDataset(urls, shardshuffle=False).decode("rgb8")
+    if soft is None and labels.get("kind") == "hard":
+        return pipe.to_tuple(image, "cls")
+    return pipe.to_tuple(image, "cls", soft if soft in ("logits.npy", topk.MEMBER) else "logits.npy")

@@ -22,7 +22,8 @@ import numpy as np
 from ..errors import InputDataError
 from ..limits import MAX_PIXELS
 from . import topk, viewlabels
-from .codecs import decode_image, decode_npy, parse_label
+from .codecs import decode_npy, parse_label
+from .imageformat import decode_as, member_of
 from .manifest import ShardRow, manifest_path, read_compressed, shard_paths
 from .schema import CompressedBlock
 
@@ -131,14 +132,15 @@ def soft_member(block: CompressedBlock) -> str | None:
 def read_sample(s: dict, block: CompressedBlock, *, png: bool = False) -> SampleArrays:
     """The arrays of sample `s` of an output whose manifest block is `block`; InputDataError
     naming shard and key for a missing or invalid member or a non-finite value. The image is the
-    exact `.npy` tensor when the sample has one, unless `png` asks for the 8-bit pixels."""
+    exact `.npy` tensor when the sample has one, unless `png` asks for the 8-bit pixels (of the
+    `.png`, `.jpg` or `.webp` member, io/imageformat.py)."""
     url, key, c = s["__url__"], s["__key__"], len(block.class_names)
     shape, k = tuple(block.image_shape), block.labels.topk
     y = sample_class(s, c)
     soft = soft_member(block)
     if soft is not None and soft not in s:
         raise InputDataError(f"sample has no .{soft}", path=url, key=key)
-    member = "png"
+    member = member_of(s) or "png"
     lg = views = view_logits = None
     try:
         if "npy" in s and not png:
@@ -148,7 +150,7 @@ def read_sample(s: dict, block: CompressedBlock, *, png: bool = False) -> Sample
                 raise ValueError(f"expected float {list(shape)}, found {img.dtype} {list(img.shape)}")
             img = img.astype(np.float32)
         else:
-            img = decode_image(s["png"], "png", MAX_PIXELS)
+            img = decode_as(s[member], member, shape[0], MAX_PIXELS)
             if img.shape != shape:
                 raise ValueError(f"expected {list(shape)}, found {list(img.shape)}")
         member = soft
@@ -162,7 +164,7 @@ def read_sample(s: dict, block: CompressedBlock, *, png: bool = False) -> Sample
                 raise ValueError(f"expected float [{c}], found {lg.dtype} {list(lg.shape)}")
             lg = lg.astype(np.float32)
     except KeyError:
-        raise InputDataError("sample has neither .npy nor .png", path=url, key=key) from None
+        raise InputDataError("sample has neither .npy nor an image (.png, .jpg, .webp)", path=url, key=key) from None
     except Exception as e:  # noqa: BLE001 - any decoding failure of a member names it
         raise InputDataError(f".{member} is not valid ({type(e).__name__}: {e})", path=url, key=key) from None
     # top-K logits are -inf outside the K by design (their K values were checked by expand)

@@ -1,9 +1,12 @@
 """Writing a CompressedSet as compact shards + manifest.json (format: docs/format.md).
 
-Per sample: `.png` (8-bit, de-normalised), `.cls`, `.logits.npy` (float16 [C]), `.json`
-(provenance), and for synthetic images the exact normalised float32 tensor `.npy` [C, H, W].
-Beside the shards, in the same atomic write: `_info.json` (timm) and `README.md` (Hugging
-Face dataset card), `grid.png`, and with a run's metrics `metrics.jsonl` + `loss.png`.
+Per sample: the image (`.png`, 8-bit, de-normalised; `.jpg` / `.webp` with `--image-format`,
+io/imageformat.py), `.cls`, the soft labels when the labels carry any (`.logits.npy` float16
+[C], `.topk.npy` or `.views.npy`; none for hard or online labels), for synthetic images the
+exact normalised float32 tensor `.npy` [C, H, W], and `.json` only when asked (`sample_json`).
+Beside the shards, in the same atomic write: `provenance.jsonl` (each sample's provenance, when
+the method records any), `_info.json` (timm) and `README.md` (Hugging Face dataset card),
+`grid.png`, and with a run's metrics `metrics.jsonl` + `loss.png`.
 
 Two steps, so that several writers (torchrun ranks, api/write.py) can share one folder:
 `write_rows` writes the shards of a range of samples, `finish_output` completes the folder.
@@ -28,6 +31,7 @@ from .metrics import METRICS, jsonl_bytes
 from .codecs import encode_npy, encode_png, json_bytes
 from .writer import write_shards
 from . import topk, viewlabels
+from .imageformat import IMAGE_MEMBERS
 
 PREFIX = "data"
 SHARD_MAX_BYTES = 3e9                # the writer's size limit of one shard (io/writer.write_shards)
@@ -41,15 +45,41 @@ def sample_key(label: int, slot: int) -> str:
     return f"c{label:04d}-{slot:05d}"
 
 
-IMAGE_MEMBERS, LABEL_MEMBERS = ("png", "npy"), ("logits.npy", topk.MEMBER, viewlabels.MEMBER)
+LABEL_MEMBERS = ("logits.npy", topk.MEMBER, viewlabels.MEMBER)
+PROVENANCE = "provenance.jsonl"      # one line per sample: its key and the method's provenance
+TAR_BLOCK, TAR_RECORD = 512, 10240   # a tar member: 512-byte header + data padded to 512; end: 2 blocks, record
+
+
+def provenance_bytes(cset: CompressedSet) -> bytes | None:
+    """`provenance.jsonl`: `{"key", ...}` per sample with the method's `sources` entry (the
+    facts the manifest does not hold: RDED's crops, a selection's source keys); None when the
+    method records none."""
+    if not cset.sources:
+        return None
+    keys = sample_keys(cset.labels.tolist())
+    return b"".join(json_bytes({"key": keys[i], **cset.sources[i]}) + b"\n" for i in range(len(cset.sources)))
+
+
+def sample_keys(labels: list[int]) -> list[str]:
+    """Each sample's key: its class and its rank within its class."""
+    per_class: dict[int, int] = {}
+    keys = []
+    for y in labels:
+        slot = per_class.get(int(y), 0)
+        per_class[int(y)] = slot + 1
+        keys.append(sample_key(int(y), slot))
+    return keys
 
 
 def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: np.ndarray,
-                 label_topk: int | None = None, sizes: dict[str, int] | None = None, rows: range | None = None):
+                 label_topk: int | None = None, sizes: dict[str, int] | None = None, rows: range | None = None,
+                 encoded: list[bytes] | None = None, image_member: str = "png", sample_json: bool = False):
     """The samples of `rows` (default all) of the set, in order; `label_topk` stores the K largest
     logits (`.topk.npy`) instead of `.logits.npy`; a set with view labels stores `.views.npy`
-    (io/viewlabels.py), one with `online` labels no soft member; `sizes` (when given) sums each
-    member's payload bytes by extension."""
+    (io/viewlabels.py); `hard` and `online` labels no soft member (the class is `.cls`; the
+    output's teacher labels each view). `encoded`: the images' bytes (member `image_member`,
+    io/imageformat.py), else PNG of `u8`. `sample_json`: also the per-sample `.json`. `sizes`
+    (when given) sums each member's payload bytes by extension."""
     full = cset.logits.detach().cpu().float().numpy() if cset.logits is not None else None
     logits = full.astype(np.float16) if full is not None else None
     exact = cset.images.detach().cpu().float().numpy()
@@ -62,15 +92,17 @@ def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: n
         crash_point("output.sample")
         y = int(cset.labels[i])
         slot = slots[i]
-        meta = {"class": y, "class_name": class_names[y], "method": method, "slot": slot}
-        if i < len(cset.sources):
-            meta.update(cset.sources[i])
-        sample = {"__key__": sample_key(y, slot), "png": encode_png(u8[i]), "cls": str(y).encode(),
-                  "json": json_bytes(meta)}
+        sample = {"__key__": sample_key(y, slot),
+                  image_member: encoded[i] if encoded is not None else encode_png(u8[i]), "cls": str(y).encode()}
+        if sample_json:
+            meta = {"class": y, "class_name": class_names[y], "method": method, "slot": slot}
+            if i < len(cset.sources):
+                meta.update(cset.sources[i])
+            sample["json"] = json_bytes(meta)
         if cset.view_logits is not None:
             sample[viewlabels.MEMBER] = encode_npy(viewlabels.pack(cset.views[i], cset.view_logits[i], label_topk))
-        elif full is None:
-            pass                                    # online labels: the output's teacher labels each view
+        elif full is None or cset.label_kind == "hard":
+            pass                                    # online: the output's teacher labels each view; hard: .cls
         elif label_topk is None:
             sample["logits.npy"] = encode_npy(logits[i])
         else:
@@ -84,13 +116,20 @@ def iter_samples(cset: CompressedSet, class_names: list[str], method: str, u8: n
         yield sample
 
 
-def byte_counts(sizes: dict[str, int], shard_bytes: int) -> dict[str, int]:
-    """The manifest's `bytes`: member payloads by role (images: .png + .npy; labels: .logits.npy or
-    .topk.npy; other: .cls + .json) and the shards' size on disk (tar headers and padding included)."""
-    images = sum(v for k, v in sizes.items() if k in IMAGE_MEMBERS)
+def byte_counts(sizes: dict[str, int], shard_bytes: int, teacher_bytes: int | None = None) -> dict[str, int]:
+    """The manifest's `bytes`: member payloads by role (images: .png/.jpg/.webp + .npy; labels:
+    .logits.npy, .topk.npy or .views.npy; other: .cls + .json), `container` (tar headers,
+    padding and end blocks: the shards on disk minus the payloads), `shards` (on disk),
+    `teacher` (an online output's teacher.pt) and `total` (what a training job reads: shards +
+    teacher). images + labels + other + container == shards."""
+    images = sum(v for k, v in sizes.items() if k in IMAGE_MEMBERS + ("npy",))
     labels = sum(v for k, v in sizes.items() if k in LABEL_MEMBERS)
-    return {"images": images, "labels": labels, "other": sum(sizes.values()) - images - labels,
-            "shards": shard_bytes}
+    payload = sum(sizes.values())
+    out = {"images": images, "labels": labels, "other": payload - images - labels,
+           "container": shard_bytes - payload, "shards": shard_bytes}
+    if teacher_bytes is not None:
+        out["teacher"] = teacher_bytes
+    return {**out, "total": shard_bytes + (teacher_bytes or 0)}
 
 
 def image_bytes(cset: CompressedSet, mean, std) -> np.ndarray:
@@ -119,12 +158,16 @@ def one_writer(cset: CompressedSet, shard_size: int) -> bool:
 
 def write_rows(tmp: Path, cset: CompressedSet, rows: range, *, start: int, class_names: list[str], method: str,
                u8: np.ndarray, shard_size: int, label_topk: int | None = None,
-               sizes: dict[str, int] | None = None) -> list[ShardRow]:
+               sizes: dict[str, int] | None = None, encoded: list[bytes] | None = None,
+               image_member: str = "png", sample_json: bool = False) -> list[ShardRow]:
     """Writes the samples of `rows` into shards `PREFIX-<start>.tar`, `PREFIX-<start + 1>.tar`, ...
     of `tmp` (`shard_size` samples each; numbered from `start`, so that shard k of a set holds
     rows [k * shard_size, (k + 1) * shard_size) whoever writes it). `sizes` (when given) sums each
-    member's payload bytes by extension. Returns the shards' manifest rows."""
-    written = write_shards(tmp, iter_samples(cset, class_names, method, u8, label_topk, sizes, rows),
+    member's payload bytes by extension. `encoded`, `image_member`, `sample_json`: as
+    `iter_samples`. Returns the shards' manifest rows."""
+    samples = iter_samples(cset, class_names, method, u8, label_topk, sizes, rows, encoded=encoded,
+                           image_member=image_member, sample_json=sample_json)
+    written = write_shards(tmp, samples,
                            prefix=PREFIX, shard_size=shard_size, max_bytes=SHARD_MAX_BYTES, start=start)
     return [ShardRow.of_file(p, n) for p, n in written]
 
@@ -138,11 +181,19 @@ def finish_output(tmp: Path, cset: CompressedSet, shards: list[ShardRow], sizes:
     `files` and `bytes` are filled in here. `metrics`: the run's `MetricsLog.rows()`, written as
     `metrics.jsonl` (+ `loss.png` when it has iteration rows); None writes neither.
     Returns the manifest dict."""
+    from .loader import TEACHER_FILE
+
     shards = sorted(shards, key=lambda row: row.url)
-    block = dataclasses.replace(block, num_samples=len(cset), extra_files=sorted(cset.extra_files),
-                                urls=f"{PREFIX}-{{000000..{len(shards) - 1:06d}}}.tar",
-                                bytes=byte_counts(sizes, sum((tmp / row.url).stat().st_size for row in shards)))
     files = dict(cset.extra_files)
+    provenance = provenance_bytes(cset)
+    if provenance is not None:
+        files[PROVENANCE] = provenance
+    teacher = len(files[TEACHER_FILE]) if block.labels.kind == "online" and TEACHER_FILE in files else None
+    counts = byte_counts(sizes, sum((tmp / row.url).stat().st_size for row in shards), teacher)
+    budget = None if block.budget is None else {
+        **block.budget, "achieved": counts["total"], "fits": counts["total"] <= block.budget["bytes"]}
+    block = dataclasses.replace(block, num_samples=len(cset), extra_files=sorted(files),
+                                urls=f"{PREFIX}-{{000000..{len(shards) - 1:06d}}}.tar", bytes=counts, budget=budget)
     roles = {"timm_info": TIMM_INFO, "card": CARD, "grid": GRID}
     files[TIMM_INFO] = timm_info_bytes(name, shards, class_names)
     files[GRID] = png_bytes(class_grid(u8, cset.labels.cpu().numpy(), class_names, figure_title(block)))

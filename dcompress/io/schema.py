@@ -245,7 +245,7 @@ class RunRecord:
 
 
 _OPTIONAL = ("version", "method", "source", "bad_samples", "info", "run", "env", "timings", "num_samples",
-             "extra_files", "urls", "files", "bytes")
+             "extra_files", "urls", "files", "bytes", "image_format", "budget")
 _REQUIRED = {"class_names": list, "normalization": dict, "labels": dict, "eval_protocol": dict,
              "image_shape": list}
 
@@ -303,7 +303,9 @@ class CompressedBlock:
     extra_files: list[str] | None = None
     urls: str | None = None
     files: dict[str, str] | None = None
-    bytes: dict[str, int] | None = None     # member payload bytes: images, labels (+ shards on disk)
+    bytes: dict[str, int] | None = None     # images, labels, other, container, shards, teacher, total
+    image_format: str | None = None         # png | jpeg:Q | webp:Q (io/imageformat.py); None: png (older)
+    budget: dict | None = None              # `--budget`: requested, bytes, ipc, estimated, achieved, fits
     format_version: int = FORMAT_VERSION
     version: str | None = None
     kind: str = "compressed"
@@ -317,7 +319,8 @@ class CompressedBlock:
              "exact_tensor": self.exact_tensor, "learned": self.learned.to_dict(),
              "eval_protocol": dataclasses.asdict(self.eval_protocol), "info": self.info, "run": sub(self.run),
              "env": self.env, "timings": self.timings, "num_samples": self.num_samples,
-             "extra_files": self.extra_files, "urls": self.urls, "files": self.files, "bytes": self.bytes}
+             "extra_files": self.extra_files, "urls": self.urls, "files": self.files, "bytes": self.bytes,
+             "image_format": self.image_format, "budget": self.budget}
         return _drop_none(d, _OPTIONAL)
 
     @classmethod
@@ -342,10 +345,18 @@ class CompressedBlock:
         if lrs is not None and (not isinstance(lrs, list) or not all(_is_num(x) for x in lrs)):
             raise InputDataError("must be a list of numbers", path=str(path), key="dcompress.learned.lrs")
         for key, tp in (("extra_files", list), ("urls", str), ("files", dict), ("timings", dict), ("info", dict),
-                        ("env", dict), ("bytes", dict)):
+                        ("env", dict), ("bytes", dict), ("image_format", str), ("budget", dict)):
             if block.get(key) is not None and not isinstance(block[key], tp):
                 raise InputDataError(f"must be a {tp.__name__}, found {type(block[key]).__name__}", path=str(path),
                                      key=f"dcompress.{key}")
+        if block.get("image_format") is not None:
+            from .imageformat import ImageFormat
+
+            try:
+                ImageFormat.parse(block["image_format"])
+            except Exception as e:  # noqa: BLE001 - UsageError: the manifest's value, not the user's
+                raise InputDataError(f"not an image format this version reads ({e})", path=str(path),
+                                     key="dcompress.image_format") from None
         n = block.get("num_samples")
         if n is not None and (not _is_int(n) or n < 0):
             raise InputDataError(f"must be a non-negative integer, found {n!r}", path=str(path),
@@ -360,7 +371,7 @@ class CompressedBlock:
             eval_protocol=EvalProtocol(**block["eval_protocol"]), info=block.get("info"),
             run=_pick(_section(block, "run", path), RunRecord), env=block.get("env"), timings=block.get("timings"),
             num_samples=n, extra_files=block.get("extra_files"), urls=block.get("urls"), files=block.get("files"),
-            bytes=block.get("bytes"))
+            bytes=block.get("bytes"), image_format=block.get("image_format"), budget=block.get("budget"))
 
 
 def _normalization(block: dict, path) -> Normalization:
@@ -403,6 +414,8 @@ def _labels(labels: dict, path) -> LabelsRecord:
     kind = labels["kind"]
     expected = {"views": "views.npy", "online": None}.get(kind, "logits.npy" if topk is None else "topk.npy")
     soft = labels.get("soft", "logits.npy")
+    if kind == "hard" and soft is None and topk is None:
+        expected = None                  # hard labels are `.cls` alone (older outputs also stored one-hot logits)
     if soft != expected:
         raise InputDataError(f"must be {expected!r} for {kind} labels{' with labels.topk' if topk else ''}, "
                              f"found {soft!r}", path=str(path), key="dcompress.labels.soft")

@@ -331,6 +331,25 @@ class Resources:
         return out
 
     @functools.cached_property
+    def soft_output(self) -> Path:
+        """`good_output` in the layout with a `.logits.npy` member per sample (hard labels as
+        older versions wrote them: one-hot float16), for the damaged soft-label members."""
+        out = self.base / "soft-out"
+        shutil.copytree(self.good_output, out)
+        for p in sorted(out.glob("data-*.tar")):
+            with tarfile.open(p) as tf:
+                ms = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isreg()]
+            key = ms[0][0].split(".")[0]
+            y = int(dict(ms)[f"{key}.cls"])
+            write_members(p, [Member(n, d) for n, d in ms] + [Member(f"{key}.logits.npy",
+                                                                      npy_bytes(np.eye(2, dtype=np.float16)[y]))])
+            _row_update(out, p.name)
+        m = json.loads((out / "manifest.json").read_text())
+        m["dcompress"]["labels"]["soft"] = "logits.npy"
+        (out / "manifest.json").write_text(json.dumps(m))
+        return out
+
+    @functools.cached_property
     def buffer(self) -> Path:
         """An expert buffer: 1 expert, 2 epochs, convnet_w16, for 1x28x28 2-class input."""
         import torch
@@ -1594,9 +1613,10 @@ def _om(fn: Callable[[dict, Path], object]):
 
 def _tamper_byte(out: Path, tmp: Path) -> None:
     p = out / "data-000000.tar"
+    with tarfile.open(p) as tf:
+        at = next(m.offset_data for m in tf.getmembers() if m.name.endswith(".cls"))
     b = bytearray(p.read_bytes())
-    at = b.index(b'"method":"random"') + len('"method":"rand')
-    b[at] = ord("x")          # still a valid tar with valid members: only the md5 tells
+    b[at] = ord("1") if b[at] == ord("0") else ord("0")   # another valid class: only the md5 tells
     p.write_bytes(bytes(b))
 
 
@@ -1652,7 +1672,8 @@ DAMAGES: dict[str, tuple[Callable[[Path, Path], None], tuple[str, ...]]] = {
 def _damaged(damage: Callable[[Path, Path], None], command: str, *extra):
     def build(tmp: Path, res: Resources) -> Built:
         out = tmp / "out"
-        shutil.copytree(res.good_output, out)
+        soft = any(damage is DAMAGES[n][0] for n in DAMAGES if n.startswith("logits-"))
+        shutil.copytree(res.soft_output if soft else res.good_output, out)
         damage(out, tmp)
         check = marker_absent(tmp / "MARKER")
         if command == "evaluate":
@@ -1686,7 +1707,8 @@ def _with_random(damage: Callable[[Path, Path], None]):
     """evaluate with the random baseline and no --train: the manifest's source urls are read."""
     def build(tmp: Path, res: Resources) -> Built:
         out = tmp / "out"
-        shutil.copytree(res.good_output, out)
+        soft = any(damage is DAMAGES[n][0] for n in DAMAGES if n.startswith("logits-"))
+        shutil.copytree(res.soft_output if soft else res.good_output, out)
         damage(out, tmp)
         argv = ["evaluate", str(out), "--test", str(res.test_tar), "--random", "--runs", "1", "--epochs", "1",
                 "--model", NET, "--device", "cpu", "--max-bad", "0", "--json"]

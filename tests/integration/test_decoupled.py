@@ -129,8 +129,9 @@ def test_rded_end_to_end_deterministic_and_trainable(teacher_pt, shards, tmp_pat
     assert ds.images.shape == (6, 1, 28, 28) and ds.label_kind == "teacher" and ds.protocol.soft_labels
     assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
     # each image is 2x2 crops of real images of its own class, named in its provenance
-    metas = sample_members(tmp_path / "a", ".json")
-    assert len(metas) == 6 and all(len(json.loads(m)["crops"]) == 4 for m in metas.values())
+    metas = (tmp_path / "a" / "provenance.jsonl").read_text().splitlines()       # no per-sample .json by default
+    assert len(metas) == 6 and all(len(json.loads(m)["crops"]) == 4 for m in metas)
+    assert not sample_members(tmp_path / "a", ".json")
     assert not sample_members(tmp_path / "a", ".npy")
     # the stored logits are the teacher's on the stored (PNG) image: no .npy, nothing re-quantised
     from dcompress.train.teacher import load_teacher_net

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from typer.testing import CliRunner
 
 from dcompress.cli import app
@@ -21,7 +20,9 @@ def run(*args):
 
 
 def sample_meta(out):
-    return [json.loads(s["json"]) for s in wds.WebDataset(sorted(map(str, out.glob("data-*.tar"))), shardshuffle=False)]
+    """Each sample's provenance (provenance.jsonl), with its class read from its key."""
+    rows = [json.loads(line) for line in (out / "provenance.jsonl").read_text().splitlines()]
+    return [{**m, "class": int(m["key"][1:5])} for m in rows]
 
 
 @pytest.mark.parametrize("target,sizes,expect", [(10, [3] * 10, [1] * 10), (1, [3] * 10, [1] + [0] * 9),
@@ -54,7 +55,8 @@ def test_dq_end_to_end_with_keep_and_from_bins(shards, tmp_path):
     meta = sample_meta(out)
     assert sorted((m["class"], m["bin"]) for m in meta) == sorted((c, b) for c in range(3) for b in range(4))
     m = json.loads((out / "manifest.json").read_text())["dcompress"]
-    assert m["info"]["bins"] == 4 and m["info"]["kernels"] == ["dense"] and m["extra_files"] == ["bins.json", "bins.npy"]
+    assert m["info"]["bins"] == 4 and m["info"]["kernels"] == ["dense"] and m["extra_files"] == ["bins.json", "bins.npy",
+                                                                                                 "provenance.jsonl"]
     assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
     again = tmp_path / "dq2"
     r, rep = run("distill", shards["train"], "--method", "dq", "--ratio", "0.5", "--from-bins", out, "-o", again, "--json")

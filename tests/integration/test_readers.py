@@ -62,10 +62,11 @@ def test_hf_datasets_loads_the_shards_not_the_manifest(which, random_out, dm_run
     n = 6 if which == "random" else 3
     d = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf" / "cache"))
     assert d.num_rows == n
-    assert {"png", "cls", "logits.npy", "json"} <= set(d.column_names)
+    assert {"png", "cls"} <= set(d.column_names)
+    assert not {"logits.npy", "json"} & set(d.column_names)       # hard labels: `.cls` alone, no per-sample json
     assert ("npy" in d.column_names) == (which == "dm")
     row = d[0]
-    assert row["png"].size == (28, 28) and row["cls"] == row["json"]["class"] and len(row["logits.npy"]) == 3
+    assert row["png"].size == (28, 28) and row["cls"] == 0
 
 
 def test_auxiliary_files_are_not_taken_for_shards(random_out):
@@ -123,16 +124,19 @@ def test_card_says_which_reader_sees_the_soft_labels(random_out):
     reading = card[card.index("## Reading it"):card.index("## Classes")]
     for reader in ("dcompress.load", "`webdataset`", "`wids`", "timm", "Hugging Face `datasets`"):
         assert reader in reading, reader
-    assert "image + `cls` only: the soft labels are ignored" in reading and "`logits.npy`" in reading
+    assert "image + `cls` only: the soft labels are ignored" in reading and "`logits.npy`" not in reading
     assert "num_workers" in reading and "at most 6 workers" in reading and "resampled=True" in reading
-    assert "in 6 shards" in card
-    # the card's webdataset example runs and decodes the soft labels
+    assert "in 6 shards" in card and "no soft labels are stored" in card
+    # the card's webdataset example runs (a hard-label output: the class is `cls`)
     code = reading[reading.index("import io, numpy"):reading.index("import timm.data")]
     env: dict = {}
     exec(code.replace('"OUT/', f'"{random_out}/'), env)
-    assert env["logits"].shape == (3,) and env["logits"].dtype.name == "float16"
-    # with --label-topk the card names `topk.npy` and expands it
+    assert env["cls"] in (0, 1, 2)
     _, rows, block = read_compressed(random_out / "manifest.json")
+    soft = dataclasses.replace(block, labels=dataclasses.replace(block.labels, kind="teacher", soft="logits.npy"))
+    soft_card = dataset_card("x", soft, "data-*.tar", files=[], num_shards=6)
+    assert "soft labels from `logits.npy`" in soft_card and 's["logits.npy"]' in soft_card
+    # with --label-topk the card names `topk.npy` and expands it
     block = dataclasses.replace(block, labels=dataclasses.replace(block.labels, soft="topk.npy", topk=2))
     topk_card = dataset_card("x", block, "data-*.tar", files=[], num_shards=6)
     assert "`topk.npy`" in topk_card and "dcompress.io.topk.expand(rec, 3, 2)" in topk_card

@@ -57,8 +57,9 @@ def test_distill_then_evaluate(method, shards, tmp_path):
     assert len(exact) == 6
     arr = np.load(io.BytesIO(members[exact[0]]))
     assert arr.dtype == np.float32 and arr.shape == (1, 28, 28) and np.isfinite(arr).all()
-    meta = json.loads(members[exact[0].replace(".npy", ".json")])
-    assert meta["slot"] == 0 and "init_source_key" in meta
+    assert not [n for n in members if n.endswith(".json")]      # provenance: provenance.jsonl, not per sample
+    meta = json.loads((out / "provenance.jsonl").read_text().splitlines()[0])
+    assert meta["key"] == exact[0].split("/")[-1].split(".")[0] and meta["slot"] == 0 and "init_source_key" in meta
 
     r = run("evaluate", out, "--test", shards["test"], "--runs", "1", "--epochs", "2", "--json")
     assert r.exit_code == 0, r.output
