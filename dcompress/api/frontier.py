@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Sequence
 
 from .. import __version__
 from ..errors import DcompressError, Interrupted, OutputError, ResourceError, UsageError
+from ..faults import crash_point
 from ..limits import MAX_PIXELS
 from .inputs import InputSpec, ProgressFn
 
@@ -223,6 +224,7 @@ def _run_points(out: Path, ident: dict, state: dict, *, real, test_real, dev, me
         points.append(p)
         later = [kept[n] for n in (point_name(*g) for g in grid[i:]) if n in kept]
         _write(write_json, out / REPORT, {**state, "status": "running", "points": points + later})
+        crash_point("frontier.point")
     report = _finish(ident, points, gates)
     _write_files(out, report)
     return {**report, "out": str(out),

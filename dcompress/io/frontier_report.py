@@ -108,7 +108,7 @@ def _ticks_y(lo: float, hi: float) -> list[float]:
 
 def _ticks_x(lo: float, hi: float) -> list[float]:
     """log10 positions of 1-2-5 ticks (fewer when the range spans many decades)."""
-    mults = (1, 2, 5) if hi - lo < 3 else (1,)
+    mults = (1, 2, 3, 5) if hi - lo < 1.5 else (1, 2, 5) if hi - lo < 3 else (1,)
     out = []
     for k in range(math.floor(lo), math.ceil(hi) + 1):
         for m in mults:
@@ -145,7 +145,7 @@ def series(report: dict) -> list[dict]:
                 seen.add(p["random_side"])
                 pts.append((p["bytes"], p["random"]["mean"], p["random"]["std"]))
         if pts:
-            lines.append({"name": f"random ({lab})", "points": sorted(pts), "dashed": True})
+            lines.append({"name": f"random subsets ({lab})", "points": sorted(pts), "dashed": True})
     return lines
 
 
@@ -160,8 +160,8 @@ def plot_png(report: dict, *, size: tuple[int, int] = (900, 560)) -> bytes:
     fnt, small = font(13), font(11)
     lh = line_height(small)
     left, right, top, bottom = 64, 190, 36, 48
-    title = "accuracy vs bytes (fair protocol, mean ± std over runs; dashed: random subsets)"
-    d.text((left, 10), title, fill=INK, font=fnt)
+    title = "accuracy vs bytes (fair protocol, mean ± std over runs; dashed: random real subsets of the same size)"
+    d.text((left, 6), title, fill=INK, font=fnt)
     lines = series(report)
     if not lines:
         d.text((left, h // 2), "no finished points", fill=INK, font=fnt)
@@ -197,7 +197,7 @@ def plot_png(report: dict, *, size: tuple[int, int] = (900, 560)) -> bytes:
         d.text((x - text_size(small, label)[0] / 2, h - bottom + 6), label, fill=INK, font=small)
     d.text((left + (w - left - right) / 2 - 60, h - bottom + 8 + lh), "total bytes on disk (log)", fill=INK,
            font=small)
-    d.text((6, top - 20), "accuracy %", fill=INK, font=small)
+    d.text((6, top - 14), "accuracy %", fill=INK, font=small)
     ends = []
     colours = iter(PALETTE * 4)
     for ln in lines:

@@ -140,3 +140,45 @@ def test_gates_exit_9_naming_the_points(done, shards, tmp_path):
     assert {g["point"] for g in rep["failed"]} == {p["name"] for p in rep["points"]}
     assert all(g["gate"] == "min_gain_over_random" for g in rep["failed"])
     assert "herding-100KB-hard" in rep["error"]
+
+
+def test_killed_mid_point_and_rerun_ends_with_the_same_report(done, shards, tmp_path):
+    """SIGKILL after the third point's set was written, before its evaluation (and once after a
+    point was recorded, in the rerun): the same command finishes it, the report is the uninterrupted one's."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "dcompress", "frontier", str(shards["train"]), "--test", str(shards["test"]),
+           "-o", str(out), *GRID, *FAST, "--json"]
+    for crash in ("distill.written:3", "frontier.point:1"):   # hits counted per process
+        r = subprocess.run(cmd, env={**os.environ, "DCOMPRESS_CRASH_AT": crash}, capture_output=True, text=True)
+        assert r.returncode == -9, r.stderr
+    state = json.loads((out / "frontier.json").read_text())
+    assert state["status"] == "running" and [p["name"] for p in state["points"]] == \
+        ["random-40KB-hard", "herding-40KB-hard", "random-100KB-hard"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["counters"]["points_kept"] == 3
+    assert stable(json.loads((out / "frontier.json").read_text())) == \
+        stable(json.loads((done["out"] / "frontier.json").read_text()))
+    assert (out / "frontier.png").read_bytes() != b""
+
+
+def test_a_full_disk_stops_with_exit_7_and_keeps_the_finished_points(shards, tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "report"
+    real_point, calls = frontier_mod._point, []
+
+    def full(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_point(*a, **k)
+    monkeypatch.setattr(frontier_mod, "_point", full)
+    code, rep, r = frontier(shards, out)
+    assert code == 7 and rep["error_type"] == "ResourceError", r.output
+    state = json.loads((out / "frontier.json").read_text())
+    assert [p["name"] for p in state["points"]] == ["random-40KB-hard"] and state["points"][0]["status"] == "ok"
