@@ -366,5 +366,6 @@ def run(as_json: bool, fn: Callable[[Reporter], dict], show: Callable[[dict], No
     if report.get("status") in ("gate_failed", "incomplete"):   # a full report that says what missed
         if not as_json:
             what = "gate failed" if report["status"] == "gate_failed" else "incomplete"
-            err.print(f"[bold red]{what}[/]: {escape(str(report.get('error', '')))}", highlight=False)
+            why = str(report.get("error", "")).removeprefix(f"{what}: ")
+            err.print(f"[bold red]{what}[/]: {escape(why)}", highlight=False)
         raise typer.Exit(report.get("exit_code", 9 if report["status"] == "gate_failed" else 1))
