@@ -121,6 +121,18 @@ def test_another_input_or_settings_is_refused(done, shards, tmp_path):
     assert code == 2 and "not one of --methods" in rep["error"]
 
 
+def test_overwrite_replaces_a_report_of_other_settings(done, shards, tmp_path):
+    import dcompress
+
+    assert dcompress.frontier is frontier_mod.frontier          # the public API table
+    out = tmp_path / "report"
+    shutil.copytree(done["out"], out)
+    code, rep, r = frontier(shards, out, "--seed", "1", "--overwrite")
+    assert code == 0, r.output
+    assert rep["settings"]["seed"] == 1 and rep["counters"]["points_run"] == 4
+    assert len(list((out / "random").glob("*.json"))) == 2     # the seed-0 random sides are gone
+
+
 def test_a_failing_point_is_recorded_and_the_frontier_goes_on(shards, tmp_path):
     out = tmp_path / "report"
     code, rep, r = cli("frontier", shards["train"], "--test", shards["test"], "-o", out, "--methods", "random",
