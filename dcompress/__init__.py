@@ -6,15 +6,17 @@ Public API (imported on first use, so `import dcompress` stays light):
     evaluate(out, test, ...)    -> accuracy report dict (test: urls, decoded as the set's input was)
     teacher(urls, out=...)      -> report dict (writes a teacher .pt + .json sidecar for --teacher)
     experts(urls, out=..., num_experts=N) -> buffer report (expert trajectories for mtt, datm)
+    frontier(urls, test=..., out=...) -> accuracy-vs-bytes report (methods x budgets x labels, fair protocol)
     list_methods()              -> registered method classes
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load", "distill", "evaluate", "experts", "list_methods", "teacher"]
+__all__ = ["__version__", "load", "distill", "evaluate", "experts", "frontier", "list_methods", "teacher"]
 
 _API = {"load": ("io.loader", "load"), "distill": ("api", "distill"), "evaluate": ("api", "evaluate"),
-        "experts": ("api", "experts"), "list_methods": ("registry", "list_methods"), "teacher": ("api", "teacher")}
+        "experts": ("api", "experts"), "frontier": ("api", "frontier"),
+        "list_methods": ("registry", "list_methods"), "teacher": ("api", "teacher")}
 
 
 def __getattr__(name: str):

@@ -443,6 +443,84 @@ def _show_models(r: dict) -> None:
 
 
 @app.command()
+def frontier(urls: List[str] = typer.Argument(..., metavar="URLS...", help="training shards (URLS as for distill)"),
+             test: List[str] = typer.Option(..., "--test", help="test shards (URLS as for distill)"),
+             output: Path = typer.Option(..., "-o", "--out", help="report folder (resumable: rerun the same command)"),
+             methods: str = typer.Option("random,herding", "--methods", help="comma list, e.g. random,herding,dq,dm,rded"),
+             budgets: str = typer.Option("0.05%,0.5%,5%", "--budgets", help="comma list of byte budgets: sizes "
+                                         "(500KB, 5MB, 1GiB) or shares of the input (0.5%)"),
+             labels: str = typer.Option("hard", "--labels", help="comma list of distill label modes: hard, teacher, "
+                                        "views, online, auto"),
+             epochs: Optional[int] = typer.Option(None, "--epochs", help="override every protocol's epochs"),
+             runs: int = typer.Option(2, "--runs", help="fresh networks per side and point"),
+             lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="comma list of lrs to pick from on the "
+                                                   "validation split (default 0.001,0.005,0.01,0.05,0.1)"),
+             val_per_class: Optional[int] = typer.Option(None, "--val-per-class", help="validation images per class "
+                                                         "(default 50)"),
+             test_limit: Optional[int] = typer.Option(None, "--test-limit", help="evaluate on a fixed random subset "
+                                                      "of the test set"),
+             full_epochs: Optional[int] = typer.Option(None, "--full-epochs", help="epochs of the cached full-data "
+                                                       "network (default 5)"),
+             full_max_samples: Optional[int] = typer.Option(None, "--full-max-samples", help="train the full-data "
+                                                            "network on a seeded subset of this size"),
+             seed: int = typer.Option(0, "--seed"),
+             device: str = DEVICE,
+             sets: List[str] = typer.Option([], "--set", help="method:key=value config override, or "
+                                            "teacher:key=value for the teacher trained here (repeatable)"),
+             teacher: Optional[Path] = typer.Option(None, "--teacher", help="one teacher (.pt + .json) for every "
+                                                    "point"),
+             overwrite: bool = typer.Option(False, "--overwrite", help="replace a report of another input or "
+                                            "settings at -o"),
+             min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="gate: exit 9 when a point's "
+                                                          "mean accuracy (%) is below PCT"),
+             min_gain: Optional[float] = typer.Option(None, "--min-gain-over-random", help="gate: exit 9 when a "
+                                                      "point beats random subsets by fewer than PTS points"),
+             max_bad: int = MAX_BAD,
+             max_pixels: int = MAX_PIXELS,
+             allow_manifest_urls: bool = ALLOW_URLS,
+             workers: Optional[int] = WORKERS,
+             cache_dir: Optional[Path] = CACHE,
+             as_json: bool = JSON) -> None:
+    """Accuracy vs bytes: distil every method x budget x labels and evaluate each point against
+    random subsets of the same bytes (fair protocol); writes frontier.json/.csv/.png/.md.
+
+    Exit 1 (status incomplete) when a point failed (recorded, the others go on), 9 when a gate
+    missed; rerun the same command to resume (docs/frontier.md)."""
+    def work(prog: Reporter) -> dict:
+        from .api.frontier import frontier as api_frontier
+
+        _use_cache(cache_dir)
+        return api_frontier(urls, test=test, out=output, methods=methods, budgets=budgets, labels=labels,
+                            epochs=epochs, runs=runs, lr_grid=lr_grid, val_per_class=val_per_class,
+                            test_limit=test_limit, full_epochs=full_epochs, full_max_samples=full_max_samples,
+                            seed=seed, device=device, sets=sets, teacher=teacher, overwrite=overwrite,
+                            min_accuracy=min_accuracy, min_gain_over_random=min_gain, max_bad=max_bad,
+                            max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls, workers=workers,
+                            progress=prog, log=prog.event)
+    run(as_json, work, _show_frontier)
+
+
+def _show_frontier(r: dict) -> None:
+    from .io.frontier_report import human
+
+    table = Table(title=f"accuracy vs bytes: {len(r['points'])} points, fair protocol, "
+                        f"{r['settings']['runs']} runs")
+    for col in ("budget", "method", "labels", "bytes", "IPC", "accuracy %", "random %", "gain", "s"):
+        table.add_column(col)
+    for p in r["points"]:
+        if p["status"] != "ok":
+            table.add_row(p["budget"], p["method"], p["labels"], "–", "–", f"failed: {p['error']}", "", "", "")
+            continue
+        table.add_row(p["budget"], p["method"], p["labels"], human(p["bytes"]), str(p["ipc"]), _pm(p["accuracy"]),
+                      _pm(p["random"]), f"{p['gain']:+.2f}", f"{p['seconds']['total']:.0f}")
+    out.print(table)
+    for b in r["best"]:
+        out.print(f"best at {b['budget']}: {b['method']} ({b['labels']}) {b['accuracy']:.2f} %"
+                  f"{' (random is as good)' if b['random_as_good'] else ''}", highlight=False)
+    out.print(f"report: {r['out']}/frontier.md (.json, .csv, .png)", highlight=False)
+
+
+@app.command()
 def inspect(target: Path = typer.Argument(..., metavar="OUT"),
             grid: Optional[Path] = typer.Option(None, "--grid", help="PNG path (default OUT/grid.png; the loss curve "
                                                                       "goes beside it as <stem>-loss.png)"),

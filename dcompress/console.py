@@ -363,7 +363,9 @@ def run(as_json: bool, fn: Callable[[Reporter], dict], show: Callable[[dict], No
         print(json.dumps(report, default=str))
     else:
         show(report)
-    if report.get("status") == "gate_failed":        # a full report whose gate missed: errors.GateFailed
+    if report.get("status") in ("gate_failed", "incomplete"):   # a full report that says what missed
         if not as_json:
-            err.print(f"[bold red]gate failed[/]: {escape(str(report.get('error', '')))}", highlight=False)
-        raise typer.Exit(report.get("exit_code", 9))
+            what = "gate failed" if report["status"] == "gate_failed" else "incomplete"
+            why = str(report.get("error", "")).removeprefix(f"{what}: ")
+            err.print(f"[bold red]{what}[/]: {escape(why)}", highlight=False)
+        raise typer.Exit(report.get("exit_code", 9 if report["status"] == "gate_failed" else 1))

@@ -15,7 +15,7 @@ too, so a user never sees a traceback unless `DCOMPRESS_DEBUG=1` is set.
 | 6    | VerifyError        | `verify` found a checksum or count mismatch                     |
 | 7    | ResourceError      | out of disk space or memory                                     |
 | 8    | BusyError          | another live dcompress process holds the output's lock          |
-| 9    | GateFailed         | `evaluate --min-accuracy/--min-gain-over-random`: a gate missed  |
+| 9    | GateFailed         | `evaluate`/`frontier` `--min-accuracy/--min-gain-over-random` missed |
 | 130  | (SIGINT)           | interrupted by Ctrl-C; the checkpoint is kept for `--resume`    |
 | 143  | (SIGTERM)          | terminated; the checkpoint is kept for `--resume`               |
 """

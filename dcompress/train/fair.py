@@ -22,6 +22,7 @@ Every draw comes from `seeds.derive(seed, ...)`; the same inputs and seed give t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -44,6 +45,7 @@ from ..io.loader import CompressedDataset, load
 from ..seeds import derive
 from . import ranking
 from .loop import accuracy, train_epoch, train_on_set
+from .random_sides import RandomSides, side_key
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -127,11 +129,15 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
                   device: torch.device = torch.device("cpu"), test_limit: int | None = None,
                   config: FairConfig | None = None, full_data: FullDataConfig | None = None,
                   teacher: str | Path | None = None, progress: ProgressFn | None = None,
-                  log: Callable[[dict], None] | None = None) -> dict:
+                  log: Callable[[dict], None] | None = None, random_sides: RandomSides | None = None) -> dict:
     """The fair-protocol report: `compressed`/`random`/`delta` for the set's own labels (as the
     `own` protocol reports them), `fair` (every label x augmentation setting per side with its
     lr, validation grid and runs; full-data accuracy; teacher; validation split) and `scores`
-    (HLR, IOR, alpha, LRS, and beta, ARS). Accuracies in %, see ranking.scores for score units."""
+    (HLR, IOR, alpha, LRS, and beta, ARS). Accuracies in %, see ranking.scores for score units.
+
+    `random_sides` (train/random_sides.py): random sides already trained for the same counts,
+    recipe, labels and seed are taken from it, new ones stored in it (`fair.random_sides` names
+    each one's digest and whether it was reused; `seconds` splits compressed / random)."""
     from .evaluate import prepare, random_views, set_views
 
     cfg, full_cfg = config or FairConfig(), full_data or FullDataConfig()
@@ -187,23 +193,39 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
         if progress:
             progress(done[0], total, "fair evaluation (networks)")
 
-    results = []
+    results, shared, spent = [], [], {"compressed": 0.0, "random": 0.0}
+    test_key = {"fingerprint": test.source.get("fingerprint"), "samples": n_test, "of": len(test)}
     for label, aug in settings:
         recipe = dataclasses.replace(proto, soft_labels=label == "soft", aug=aug, kd=proto.kd and label == "soft")
         row = {"labels": label, "aug": aug or "none"}
         for side, data in (("compressed", lambda r: set_data), ("random", random_run)):
+            t_side = time.time()
             fixed = learned if (side == "compressed" and label == own) else None
-            row[side] = _select_and_run(data, recipe, len(ds.classes), cfg.lr_grid, fixed, runs,
-                                        tags=(seed, "fair-net", label, aug or "none"), val=(x_val, y_val),
-                                        test=(x_test, y_test), device=device, tick=tick)
+            train_side = functools.partial(_select_and_run, data, recipe, len(ds.classes), cfg.lr_grid, fixed, runs,
+                                           tags=(seed, "fair-net", label, aug or "none"), val=(x_val, y_val),
+                                           test=(x_test, y_test), device=device, tick=tick)
+            if side == "random" and random_sides is not None:
+                key = side_key(ds=ds, train=train, test_key=test_key, counts=counts, recipe=recipe,
+                               grid=cfg.lr_grid, runs=runs, seed=seed, label=label, aug=aug,
+                               val_per_class=cfg.val_per_class, teacher_info=teach.info if teach else None,
+                               device=device)
+                n_before = len(random_sides.reused)
+                result, d, took = random_sides.side(key, train_side)
+                row[side] = {**result, "test": list(result["test"])}
+                reused = len(random_sides.reused) > n_before
+                shared.append({"labels": label, "aug": aug or "none", "key": d, "reused": reused, "seconds": took})
+                for _ in range(n_grid + runs - 1 if reused else 0):
+                    tick()
+            else:
+                row[side] = train_side()
+            spent[side] += time.time() - t_side
         results.append(row)
     t_sets = time.time() - t0
     full_test = x_test
     if tuple(train.mean) != tuple(ds.mean) or tuple(train.std) != tuple(ds.std):   # --train is another input
         full_test = _renormalise(x_test, (ds.mean, ds.std), (train.mean, train.std))
     full = full_data_accuracy(train, pools, (full_test, y_test), model=proto.model, cfg=full_cfg, seed=seed,
-                              device=device, test_key={"fingerprint": test.source.get("fingerprint"),
-                                                       "samples": n_test, "of": len(test)},
+                              device=device, test_key=test_key,
                               val_per_class=cfg.val_per_class, progress=progress)
 
     def accs(label: str, aug, side: str) -> list[float]:
@@ -236,9 +258,12 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
             "samples": len(ds), "test_samples": n_test, "method": ds.block.method.name if ds.block.method else None,
             "fair": {"labels": own, "runs": runs, "lr_grid": list(cfg.lr_grid), "results": results,
                      "validation": {"per_class": cfg.val_per_class, "samples": int(val_idx.numel())},
-                     "full_data": full, "teacher": teacher_info},
+                     "full_data": full, "teacher": teacher_info,
+                     **({"random_sides": shared} if random_sides is not None else {})},
             "scores": scores, **({"warnings": warnings} if warnings else {}),
-            "seconds": {"sets": round(t_sets, 1), "full_data": full["seconds"] if not full["cached"] else 0.0}}
+            "seconds": {"sets": round(t_sets, 1), "compressed": round(spent["compressed"], 1),
+                        "random": round(spent["random"], 1),
+                        "full_data": full["seconds"] if not full["cached"] else 0.0}}
 
 
 def teacher_warnings(teacher, hard_accuracies: list[float]) -> list[str]:

@@ -1,0 +1,370 @@
+"""`frontier`: accuracy against bytes over methods x budgets x labels, each point distilled to
+its byte budget and evaluated with the fair protocol, in one resumable report folder.
+
+    REPORT/frontier.json     settings, input and test fingerprints, every point (the state file)
+    REPORT/frontier.csv      one row per point
+    REPORT/frontier.png      accuracy vs total bytes (io/frontier_report.py draws it)
+    REPORT/frontier.md       the table, the best choice per budget, where random is as good
+    REPORT/points/<name>/    each point's compressed set (a dcompress output)
+    REPORT/random/<key>.json the random sides of the fair protocol, trained once, shared
+
+What is shared (docs/frontier.md): the input is read once (its decoded store) and the test
+shards once; the teacher (labels `teacher`, DQ features) and the full-data network come from
+the cache, one per input; the random side of a (budget-derived IPC, labels) point is trained
+once and shared by every method with the same evaluation recipe (train/random_sides.py).
+frontier.json is rewritten (atomically) after every point: a rerun of the same command keeps
+the finished points, resumes a point's distillation from its checkpoint, and retries failed
+points. Exit codes: 0; 9 when a gate misses; 1 (status "incomplete") when a point failed; 2 for
+a REPORT of another input or settings (unless `overwrite`); 7 for a full disk.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .. import __version__
+from ..errors import DcompressError, Interrupted, OutputError, ResourceError, UsageError
+from ..faults import crash_point
+from ..limits import MAX_PIXELS
+from .inputs import InputSpec, ProgressFn
+
+DEFAULT_METHODS = ("random", "herding")
+DEFAULT_BUDGETS = ("0.05%", "0.5%", "5%")
+REPORT = "frontier.json"
+FORMAT = "dcompress-frontier-v1"
+FATAL = (ResourceError, Interrupted, KeyboardInterrupt, MemoryError)   # stop the frontier, keep the points
+
+
+def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFAULT_METHODS,
+             budgets: str | Sequence[str] = DEFAULT_BUDGETS, labels: str | Sequence[str] = ("hard",),
+             epochs: int | None = None, runs: int = 2, lr_grid: str | Sequence[float] | None = None,
+             val_per_class: int | None = None, test_limit: int | None = None, full_epochs: int | None = None,
+             full_max_samples: int | None = None, seed: int = 0, device: str = "auto", sets: Iterable[str] = (),
+             teacher: str | Path | None = None, overwrite: bool = False, min_accuracy: float | None = None,
+             min_gain_over_random: float | None = None, max_bad: int | None = None,
+             max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False, workers: int | None = None,
+             progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None) -> dict:
+    """Distils `urls` with every method x budget x labels into `out/points/` and evaluates each
+    point with the fair protocol against random subsets of the same size and labels; writes
+    frontier.json/.csv/.png/.md into `out` and returns the frontier.json report (+ `counters`
+    of this process's work). `budgets`: bytes (`5MB`) or shares (`0.5%`) as `distill --budget`.
+    `sets`: `method:key=value` config overrides (`teacher:key=value` for a teacher trained here).
+    Gates (`min_accuracy` %, `min_gain_over_random` points) apply to every point.
+    """
+    from .. import dist
+    from ..io.atomic import OutputLock
+    from .budget import parse_budget
+    from .checks import check_limits, check_seed, resolve_device
+    from .evaluate import check_gates, fair_configs
+
+    dist.require_single("frontier")
+    methods, budgets, labels = _names(methods, "--methods"), _names(budgets, "--budgets"), _names(labels, "--labels")
+    check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0))
+    check_seed(seed)
+    check_gates(min_accuracy, min_gain_over_random, True)
+    for b in budgets:
+        parse_budget(b)
+    method_sets, teacher_sets = _split_sets(sets, methods)
+    fair_cfg, full_cfg = fair_configs("fair", lr_grid, val_per_class, False, full_epochs, full_max_samples, teacher)
+    _check_requests(methods, budgets, labels, method_sets, teacher_sets, teacher, seed)
+    dev = resolve_device(device)
+    out = Path(out).absolute()
+    inputs = InputSpec.of(urls, max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
+                          workers=workers)
+    inputs.check_output(out)
+    log = log or (lambda ev: None)
+    note = lambda text: log({"event": "note", "text": text})   # noqa: E731
+    settings = {"methods": methods, "budgets": budgets, "labels": labels, "epochs": epochs, "runs": runs,
+                "lr_grid": list(fair_cfg.lr_grid), "val_per_class": fair_cfg.val_per_class, "test_limit": test_limit,
+                "full_data": {"epochs": full_cfg.epochs, "max_samples": full_cfg.max_samples}, "seed": seed,
+                "sets": sorted(sets), "teacher": str(Path(teacher).absolute()) if teacher else None,
+                "device": dev.type}
+    with OutputLock(out, what="frontier report"):
+        real = inputs.read(progress=progress, note=note)
+        test_real = _read_test(test, inputs, real, note)
+        ident = {"format": FORMAT, "settings": settings, "input": _fingerprint(real), "test": _fingerprint(test_real)}
+        state = _own_report(out, ident, overwrite)
+        return _run_points(out, ident, state, real=real, test_real=test_real, dev=dev, method_sets=method_sets,
+                           teacher_sets=teacher_sets, teacher=teacher, fair_cfg=fair_cfg, full_cfg=full_cfg,
+                           gates=(min_accuracy, min_gain_over_random), progress=progress, log=log, note=note)
+
+
+def point_name(method: str, budget: str, labels: str) -> str:
+    """The point's folder under REPORT/points: `dm-0.5pct-teacher`, `herding-5MB-hard`."""
+    safe = "".join(c if c.isalnum() or c in "._" else "-" for c in budget.replace("%", "pct"))
+    return f"{method}-{safe}-{labels}"
+
+
+def _names(value, flag: str) -> list[str]:
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
+    if not items:
+        raise UsageError(f"{flag} needs at least one value")
+    if len(set(items)) != len(items):
+        raise UsageError(f"{flag} lists a value twice: {','.join(items)}")
+    return [str(v) for v in items]
+
+
+def _split_sets(sets: Iterable[str], methods: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """`method:key=value` -> per-method `--set` lists; `teacher:key=value` -> the teacher's."""
+    per: dict[str, list[str]] = {m: [] for m in methods}
+    teacher: list[str] = []
+    for s in sets:
+        who, sep, kv = str(s).partition(":")
+        if not sep or "=" not in kv:
+            raise UsageError(f"--set takes method:key=value (e.g. dm:iterations=100), got {s!r}")
+        if who == "teacher":
+            teacher.append(kv)
+        elif who in per:
+            per[who].append(kv)
+        else:
+            raise UsageError(f"--set {s!r}: {who!r} is not one of --methods ({','.join(methods)}) or 'teacher'")
+    return per, teacher
+
+
+def _check_requests(methods, budgets, labels, method_sets, teacher_sets, teacher, seed) -> None:
+    """Every point's distill request built once before any reading: unknown methods, labels
+    and config keys fail here (exit 2), not after an hour of earlier points."""
+    from .request import DistillRequest
+
+    for m in methods:
+        for lab in labels:
+            DistillRequest.make(m, sets=method_sets[m], teacher_sets=teacher_sets, teacher=teacher, seed=seed,
+                                labels=lab, budget=budgets[0])
+
+
+def _fingerprint(real) -> dict:
+    return {"fingerprint": real.source.get("fingerprint"), "samples": len(real), "classes": real.num_classes,
+            "urls": list(real.source.get("urls") or [])}
+
+
+def _read_test(test, inputs: InputSpec, real, note):
+    """The test shards decoded as the input was, their labels mapped with the input's classes."""
+    import dataclasses
+
+    urls = InputSpec.of(test).urls
+    return dataclasses.replace(inputs, urls=urls).with_classes(real.class_names).read(note=note)
+
+
+def _own_report(out: Path, ident: dict, overwrite: bool) -> dict:
+    """The points a previous run of the same frontier finished (empty for a new report);
+    UsageError for a report of another input or settings unless `overwrite` (then it starts
+    over); OutputError for a non-empty folder that is no frontier report."""
+    import json
+
+    from ..io.safe_write import ensure_dir, write_json
+
+    if out.exists() and not out.is_dir():
+        raise OutputError("the report path exists and is not a folder", path=str(out))
+    state = None
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            state = json.loads((out / REPORT).read_text())
+        except (OSError, ValueError):
+            raise OutputError(f"folder is not empty and holds no readable {REPORT}: not a frontier report; "
+                              "choose another -o or empty it", path=str(out)) from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise OutputError(f"{REPORT} is not a dcompress frontier report", path=str(out))
+        same = all(state.get(k) == v for k, v in ident.items())
+        if not same and not overwrite:
+            what = [k for k in ("input", "test", "settings") if state.get(k) != ident[k]]
+            diff = "; ".join(_differences(state.get(k) or {}, ident[k], k) for k in what)
+            raise UsageError(f"the report folder holds a frontier of another {' and '.join(what)} ({diff}); pass "
+                             "--overwrite to replace it, or choose another -o", path=str(out))
+        if not same:
+            for name in ("points", "random", REPORT, "frontier.csv", "frontier.png", "frontier.md"):
+                p = out / name
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            state = None
+    state = state or {**ident, "dcompress": __version__, "status": "running", "points": []}
+    _write(lambda path, obj: write_json(ensure_dir(path.parent) / path.name, obj), out / REPORT, state)
+    return state
+
+
+def _differences(old: dict, new: dict, what: str) -> str:
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(f"{what}.{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in keys[:3])
+
+
+def _run_points(out: Path, ident: dict, state: dict, *, real, test_real, dev, method_sets, teacher_sets, teacher,
+                fair_cfg, full_cfg, gates, progress, log, note) -> dict:
+    """Every point in turn (labels, then budget, then method: the first method at a budget
+    trains the random side the others reuse); frontier.json rewritten after each."""
+    from ..io.safe_write import write_json
+    from ..train.random_sides import RandomSides
+
+    s = ident["settings"]
+    grid = [(m, b, lab) for lab in s["labels"] for b in s["budgets"] for m in s["methods"]]
+    kept = {p["name"]: p for p in state.get("points", []) if p.get("status") == "ok"}
+    store = RandomSides(out / "random")
+    points: list[dict] = []
+    ran = failed = 0
+    for i, (m, b, lab) in enumerate(grid, 1):
+        name = point_name(m, b, lab)
+        head = f"point {i}/{len(grid)}: {m} @ {b} ({lab})"
+        if name in kept:
+            points.append(kept[name])
+            note(f"{head}: finished before, kept: {_line(kept[name])}")
+            continue
+        note(f"{head}: distil and evaluate")
+        try:
+            p = _point(out, name, m, b, lab, s, real=real, test_real=test_real, dev=dev, sets=method_sets[m],
+                       teacher_sets=teacher_sets, teacher=teacher, fair_cfg=fair_cfg, full_cfg=full_cfg, store=store,
+                       progress=progress, log=log)
+            ran += 1
+        except FATAL:
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed point is recorded and the frontier goes on
+            e = _as_error(e)
+            failed += 1
+            p = {"name": name, "method": m, "labels": lab, "budget": b, "status": "error", "error": str(e),
+                 "error_type": type(e).__name__, "exit_code": e.exit_code}
+        note(f"{head}: {_line(p)}")
+        points.append(p)
+        later = [kept[n] for n in (point_name(*g) for g in grid[i:]) if n in kept]
+        _write(write_json, out / REPORT, {**state, "status": "running", "points": points + later})
+        crash_point("frontier.point")
+    report = _finish(ident, points, gates)
+    _write_files(out, report)
+    return {**report, "out": str(out),
+            "counters": {"points_run": ran, "points_kept": len(grid) - ran - failed, "points_failed": failed,
+                         "random_sides_trained": len(store.trained), "random_sides_reused": len(store.reused)}}
+
+
+def _point(out: Path, name: str, method: str, budget: str, labels: str, s: dict, *, real, test_real, dev, sets,
+           teacher_sets, teacher, fair_cfg, full_cfg, store, progress, log) -> dict:
+    """One point: distilled to its budget (up to date on a rerun), then the fair evaluation."""
+    from ..io.loader import load
+    from ..train.fair import fair_evaluate
+    from .distill import distill
+
+    t0 = time.time()
+    rep = distill(None, method, out=out / "points" / name, budget=budget, labels=labels, seed=s["seed"],
+                  device=str(dev), sets=sets, teacher_sets=teacher_sets, teacher=teacher, real=real,
+                  progress=progress, log=log)
+    t1 = time.time()
+    ev = fair_evaluate(load(out / "points" / name), test_real, train=real, runs=s["runs"], epochs=s["epochs"],
+                       seed=s["seed"], device=dev, test_limit=s["test_limit"], config=fair_cfg, full_data=full_cfg,
+                       teacher=teacher, progress=progress, log=log, random_sides=store)
+    bud, f, sec = rep.get("budget") or {}, ev["fair"], ev["seconds"]
+    sides = f["random_sides"]
+    full_s = float(f["full_data"].get("seconds") or 0.0)
+    return {"name": name, "method": method, "labels": labels, "budget": budget, "status": "ok",
+            "out": f"points/{name}", "budget_bytes": bud.get("bytes"), "bytes": bud.get("achieved"),
+            "fits": bud.get("fits"), "ipc": rep["ipc"], "samples": rep["samples"], "accuracy": ev["compressed"],
+            "random": {k: ev["random"][k] for k in ("mean", "std", "runs", "lr")}, "gain": ev["delta"],
+            "ior": ev["scores"]["ior"], "hlr": ev["scores"]["hlr"], "lr": ev["protocol"]["lr_used"],
+            "eval_recipe": {k: ev["protocol"][k] for k in ("model", "epochs", "aug", "soft_labels")},
+            "random_side": next(x["key"] for x in sides if x["labels"] == f["labels"]),
+            "random_sides": [x["key"] for x in sides],
+            "seconds": {"distill": round(t1 - t0, 1), "compressed": sec["compressed"], "random": sec["random"],
+                        "full_data": sec["full_data"], "total": round(time.time() - t0, 1),
+                        # what `evaluate --protocol fair` alone would have trained for this set
+                        "standalone_evaluation": round(sec["compressed"] + sum(x["seconds"] for x in sides)
+                                                       + full_s, 1)}}
+
+
+def _as_error(e: BaseException) -> DcompressError:
+    """A point's exception as the DcompressError it reports; a full disk stops the frontier."""
+    from ..errors import os_error
+
+    if isinstance(e, OSError):
+        e = os_error(e, action="write the point", writing=False)
+    if isinstance(e, ResourceError):
+        raise e
+    if isinstance(e, DcompressError):
+        return e
+    return DcompressError(f"internal error ({type(e).__name__}: {e})")
+
+
+def _line(p: dict) -> str:
+    if p.get("status") != "ok":
+        return f"failed: {p.get('error')}"
+    a, r = p["accuracy"], p["random"]
+    return (f"IPC {p['ipc']}, {p['bytes']:,} bytes, {a['mean']:.2f} ± {a['std']:.2f} % vs random "
+            f"{r['mean']:.2f} ± {r['std']:.2f} % ({p['gain']:+.2f})")
+
+
+def _finish(ident: dict, points: list[dict], gates: tuple) -> dict:
+    """The final report: the points, what they share, the best choice per budget, the places
+    where random is as good, the gates; status ok | gate_failed (9) | incomplete (1)."""
+    from ..errors import GateFailed
+
+    ok = [p for p in points if p["status"] == "ok"]
+    keys = {p["random_side"] for p in ok}
+    report = {**ident, "dcompress": __version__, "status": "ok", "points": points,
+              "shared": {"random_sides": len(keys), "points_using_them": len(ok),
+                         "per_budget_labels": _sides_per(ok)},
+              "best": best_per_budget(ok, ident["settings"]["budgets"]),
+              "random_as_good": [p["name"] for p in ok if random_as_good(p)],
+              "seconds": {k: round(sum(p["seconds"][k] for p in ok), 1)
+                          for k in ("distill", "compressed", "random", "full_data", "total", "standalone_evaluation")}}
+    min_acc, min_gain = gates
+    rows = []
+    for p in ok:
+        if min_acc is not None:
+            rows.append({"gate": "min_accuracy", "point": p["name"], "measured": p["accuracy"]["mean"],
+                         "threshold": min_acc, "passed": p["accuracy"]["mean"] >= min_acc})
+        if min_gain is not None:
+            rows.append({"gate": "min_gain_over_random", "point": p["name"], "measured": p["gain"],
+                         "threshold": min_gain, "passed": p["gain"] >= min_gain})
+    if rows:
+        report["gates"] = rows
+    missed = [g for g in rows if not g["passed"]]
+    bad = [p for p in points if p["status"] != "ok"]
+    if bad:
+        report.update(status="incomplete", exit_code=1,
+                      error=f"{len(bad)} of {len(points)} points failed: " + "; ".join(
+                          f"{p['name']}: {p['error']}" for p in bad))
+    elif missed:
+        report.update(status="gate_failed", exit_code=GateFailed.exit_code, failed=missed,
+                      error="gate failed: " + "; ".join(f"{g['gate']}: {g['measured']} < {g['threshold']} "
+                                                       f"({g['point']})" for g in missed))
+    return report
+
+
+def _sides_per(ok: list[dict]) -> dict:
+    """`budget/labels` -> the number of distinct random sides its points used (1 when shared)."""
+    per: dict[str, set] = {}
+    for p in ok:
+        per.setdefault(f"{p['budget']}/{p['labels']}", set()).add(p["random_side"])
+    return {k: len(v) for k, v in per.items()}
+
+
+def random_as_good(p: dict) -> bool:
+    """Random's mean within the spread: the set beats it by no more than the larger std."""
+    return p["gain"] <= max(p["accuracy"]["std"], p["random"]["std"])
+
+
+def best_per_budget(ok: list[dict], budgets: list[str]) -> list[dict]:
+    """The most accurate method x labels at each budget (the fewer bytes on a tie)."""
+    rows = []
+    for b in budgets:
+        at = [p for p in ok if p["budget"] == b]
+        if at:
+            p = max(at, key=lambda q: (q["accuracy"]["mean"], -(q["bytes"] or 0)))
+            rows.append({"budget": b, "point": p["name"], "method": p["method"], "labels": p["labels"],
+                         "accuracy": p["accuracy"]["mean"], "random": p["random"]["mean"], "bytes": p["bytes"],
+                         "random_as_good": random_as_good(p)})
+    return rows
+
+
+def _write(fn, path: Path, *args) -> None:
+    from ..errors import os_error
+
+    try:
+        fn(path, *args)
+    except OSError as e:
+        raise os_error(e, path, "write the frontier report") from None
+
+
+def _write_files(out: Path, report: dict) -> None:
+    """frontier.csv, .png, .md, then frontier.json (last: a complete json means complete files)."""
+    from ..io import frontier_report as fr
+    from ..io.safe_write import write_bytes, write_json, write_text
+
+    _write(write_text, out / "frontier.csv", fr.csv_text(report))
+    _write(write_bytes, out / "frontier.png", fr.plot_png(report))
+    _write(write_text, out / "frontier.md", fr.markdown(report))
+    _write(write_json, out / REPORT, report)

@@ -1,0 +1,80 @@
+"""The random side of a fair evaluation, trained once and shared (`dcompress frontier`).
+
+Under the fair protocol (train/fair.py) the random side of one label x augmentation setting is
+`runs` networks on class-matched random real subsets: run 0 at every lr of the grid, the rest
+at the lr picked on the validation split. Nothing of the compressed set enters it except the
+per-class sample counts, the recipe, the normalisation and the way its labels are stored
+(teacher, top-K, views). `side_key` lists exactly those inputs; two sets that agree on them
+(every method of a frontier at the same budget-derived IPC and labels) get the same random
+networks, so `RandomSides` trains them once and hands the result to the others.
+
+`RandomSides(folder)` keeps one `<digest>.json` per key (atomic writes): it survives an
+interrupted frontier, and `trained`/`reused` count what this process did.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+KIND = "fair-random-side-v1"
+
+
+def side_key(*, ds, train, test_key: dict, counts: list[int], recipe, grid: tuple[float, ...], runs: int, seed: int,
+             label: str, aug: str | None, val_per_class: int, teacher_info: dict | None, device) -> dict:
+    """Everything that decides the random side's accuracies (JSON-able)."""
+    views = ds.views
+    return {"kind": KIND, "train": train.source.get("fingerprint"), "test": test_key, "counts": list(counts),
+            "recipe": dataclasses.asdict(recipe), "grid": list(grid), "runs": runs, "seed": seed, "labels": label,
+            "aug": aug or "none", "val_per_class": val_per_class, "mean": list(ds.mean), "std": list(ds.std),
+            "topk": ds.label_topk if label == "soft" else None,
+            "teacher": ({k: teacher_info.get(k) for k in ("model", "sha256", "path", "source")}
+                        if label == "soft" and teacher_info else None),
+            "views": ({"config": repr(views.config), "seed": views.seed, "num": ds.num_views}
+                      if label == "soft" and views is not None else None),
+            "device": str(getattr(device, "type", device))}
+
+
+def digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RandomSides:
+    """A folder of finished random sides, keyed by `side_key`; `side(key, train)` returns the
+    stored result (`reused`) or runs `train()` and stores it (`trained`)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.trained: list[str] = []
+        self.reused: list[str] = []
+
+    def get(self, key: dict) -> dict | None:
+        """The stored record (`result`, `seconds` it took to train) for `key`, or None."""
+        try:
+            rec = json.loads((self.folder / f"{digest(key)}.json").read_text())
+        except (OSError, ValueError):
+            return None                       # none yet, or truncated: trained again
+        if not isinstance(rec, dict) or rec.get("key") != json.loads(json.dumps(key, default=str)):
+            return None
+        return rec if isinstance(rec.get("result"), dict) else None
+
+    def side(self, key: dict, train: Callable[[], dict]) -> tuple[dict, str, float]:
+        """(result, digest, seconds it took to train): the stored result for `key`, else
+        `train()`'s, stored."""
+        from ..io.safe_write import ensure_dir, write_json
+
+        d = digest(key)
+        found = self.get(key)
+        if found is not None:
+            self.reused.append(d)
+            return found["result"], d, float(found.get("seconds", 0.0))
+        t0 = time.time()
+        result = train()
+        seconds = round(time.time() - t0, 1)
+        ensure_dir(self.folder)
+        write_json(self.folder / f"{d}.json", {"key": key, "result": result, "seconds": seconds})
+        self.trained.append(d)
+        return result, d, seconds
