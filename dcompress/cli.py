@@ -2,6 +2,10 @@
 
 Progress, reports and the mapping of every exception to an exit code live in `console.py`:
 `--json` prints exactly one JSON report on stdout, also on failure and for usage errors.
+
+Over ~400 lines on purpose: it is the list of commands, each a Typer signature whose options
+are declared where they are parsed (their help is `--help` and docs/cli.md), a body that
+calls one `api/` function, and the table that prints its report.
 """
 from __future__ import annotations
 

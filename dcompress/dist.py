@@ -12,6 +12,10 @@ Failures: each rank maps its exception to our exit code (console.run); the first
 records itself in torchrun's key-value store (`claim_failure`) and prints the error (and the
 one `--json` object); ranks that fail after it (a collective broken by the dead peer, the
 agent's SIGTERM) stay quiet and exit with the first rank's code.
+
+One module (~600 lines): the rank facts and collectives, and the split objects built on them
+(`ClassSplit`, `BatchParallel`, `RowShard`) that the methods use; the file sections follow that
+order. Split it along those sections when it grows.
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ Sections the readers rely on (class names, normalisation, image shape, labels, e
 protocol, learned lr) are checked field by field; provenance sections (method, source, run,
 ...) must be objects, their fields are taken as written. Keys that older versions did not
 write (`run`, `files`, `timings`, ...) may be missing: they read as None and are not written back.
+
+One module over ~400 lines on purpose: the whole manifest format, every record beside its
+checks, reads in one place (docs/format.md is its prose twin).
 """
 from __future__ import annotations
 
