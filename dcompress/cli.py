@@ -86,6 +86,18 @@ def _input(urls, *, max_bad, max_pixels, allow_manifest_urls, workers, size, res
                         class_names=str(class_names) if class_names is not None else None, channels=channels)
 
 
+# the fair protocol's options, shared by `evaluate --protocol fair` and `frontier`
+LR_GRID = typer.Option(None, "--lr-grid", help="fair protocol: comma list of lrs to pick from on the validation "
+                                               "split (default 0.001,0.005,0.01,0.05,0.1: DD-Ranking's)")
+VAL_PER_CLASS = typer.Option(None, "--val-per-class", help="fair protocol: validation images per class held out of "
+                                                           "the training input (default 50)")
+FULL_EPOCHS = typer.Option(None, "--full-epochs", help="fair protocol: epochs of the cached full-data network (HLR) "
+                                                       "(default 5)")
+FULL_MAX_SAMPLES = typer.Option(None, "--full-max-samples", help="fair protocol: train the full-data network on a "
+                                                                 "seeded subset of this size")
+TEST_LIMIT = typer.Option(None, "--test-limit", help="evaluate on a fixed random subset of the test set")
+
+
 NPROC = typer.Option(1, "--nproc", help="run as N processes on this machine (torchrun's elastic agent; "
                                           "docs/distributed.md)")
 MAX_RESTARTS = typer.Option(0, "--max-restarts", help="with --nproc: restart the job from its checkpoints after a "
@@ -327,7 +339,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
              seed: int = typer.Option(0, "--seed"),
              device: str = DEVICE,
              random_baseline: bool = typer.Option(True, "--random/--no-random", help="also train a random real subset of the same size"),
-             test_limit: Optional[int] = typer.Option(None, "--test-limit", help="evaluate on a fixed random subset of the test set"),
+             test_limit: Optional[int] = TEST_LIMIT,
              max_bad: int = MAX_BAD,
              max_pixels: int = MAX_PIXELS,
              allow_manifest_urls: bool = ALLOW_URLS,
@@ -347,16 +359,12 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
                                           "split, DD-Ranking scores (docs/evaluation.md)"),
              models: Optional[str] = typer.Option(None, "--models", help="comma list of networks: a cross-architecture "
                                                   "table, e.g. convnet,resnet18"),
-             lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="fair: comma list of lrs to pick from "
-                                                   "(default 0.001,0.005,0.01,0.05,0.1: DD-Ranking's)"),
-             val_per_class: Optional[int] = typer.Option(None, "--val-per-class", help="fair: validation images "
-                                                         "per class held out of the training input (default 50)"),
+             lr_grid: Optional[str] = LR_GRID,
+             val_per_class: Optional[int] = VAL_PER_CLASS,
              ars: bool = typer.Option(True, "--ars/--no-ars", help="fair: also train with the augmentation switched "
                                       "for the augmentation-robust score"),
-             full_epochs: Optional[int] = typer.Option(None, "--full-epochs", help="fair: epochs of the cached "
-                                                       "full-data network (HLR) (default 5)"),
-             full_max_samples: Optional[int] = typer.Option(None, "--full-max-samples", help="fair: train the "
-                                                            "full-data network on a seeded subset of this size"),
+             full_epochs: Optional[int] = FULL_EPOCHS,
+             full_max_samples: Optional[int] = FULL_MAX_SAMPLES,
              teacher: Optional[Path] = typer.Option(None, "--teacher", help="fair: the teacher that relabels the "
                                                     "random subsets (needed when the set used a user's --teacher)"),
              min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="gate: exit 9 when the set's "
@@ -457,16 +465,11 @@ def frontier(urls: List[str] = typer.Argument(..., metavar="URLS...", help="trai
                                         "views, online, auto"),
              epochs: Optional[int] = typer.Option(None, "--epochs", help="override every protocol's epochs"),
              runs: int = typer.Option(2, "--runs", help="fresh networks per side and point"),
-             lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="comma list of lrs to pick from on the "
-                                                   "validation split (default 0.001,0.005,0.01,0.05,0.1)"),
-             val_per_class: Optional[int] = typer.Option(None, "--val-per-class", help="validation images per class "
-                                                         "(default 50)"),
-             test_limit: Optional[int] = typer.Option(None, "--test-limit", help="evaluate on a fixed random subset "
-                                                      "of the test set"),
-             full_epochs: Optional[int] = typer.Option(None, "--full-epochs", help="epochs of the cached full-data "
-                                                       "network (default 5)"),
-             full_max_samples: Optional[int] = typer.Option(None, "--full-max-samples", help="train the full-data "
-                                                            "network on a seeded subset of this size"),
+             lr_grid: Optional[str] = LR_GRID,
+             val_per_class: Optional[int] = VAL_PER_CLASS,
+             test_limit: Optional[int] = TEST_LIMIT,
+             full_epochs: Optional[int] = FULL_EPOCHS,
+             full_max_samples: Optional[int] = FULL_MAX_SAMPLES,
              seed: int = typer.Option(0, "--seed"),
              device: str = DEVICE,
              sets: List[str] = typer.Option([], "--set", help="method:key=value config override, or "
