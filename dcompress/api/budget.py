@@ -79,8 +79,6 @@ def sample_bytes(real, req, fmt, *, image: int | None = None) -> dict:
     """Bytes on disk per output sample, by role: `images` (image member, + the exact `.npy` of
     synthesis), `labels` (the soft member of the labels written), `other` (`.cls`, `.json`).
     `image`: the image member's payload (default: measured, `image_payload`)."""
-    from ..augment.views import ViewConfig
-    from ..io import topk, viewlabels
     from ..io.codecs import encode_npy, json_bytes
 
     c, h, w = real.image_shape
@@ -88,16 +86,8 @@ def sample_bytes(real, req, fmt, *, image: int | None = None) -> dict:
     images = member(image_payload(real, fmt, synthetic) if image is None else image)
     if synthetic:
         images += member(len(encode_npy(np.zeros((c, h, w), np.float32))))
-    mode, k, n = label_mode(req), req.label_topk, real.num_classes
-    if mode in ("hard", "online"):
-        labels = 0
-    elif mode == "views":
-        epochs = (req.view_config or ViewConfig()).epochs or 301
-        labels = member(len(encode_npy(np.zeros(epochs, viewlabels.record_dtype(n, k)))))
-    elif k is not None:
-        labels = member(len(encode_npy(np.zeros(k, topk.record_dtype(n)))))
-    else:
-        labels = member(len(encode_npy(np.zeros(n, np.float16))))
+    n = real.num_classes
+    labels = label_bytes(real, req, label_mode(req))
     other = member(len(str(n - 1)))
     if req.sample_json:
         longest = max(real.class_names, key=len)
@@ -105,6 +95,30 @@ def sample_bytes(real, req, fmt, *, image: int | None = None) -> dict:
                 "source_key": max(real.keys, key=len), "source_index": len(real)}
         other += member(len(json_bytes(meta)) + 256)       # + room for a method's own provenance
     return {"images": images, "labels": labels, "other": other}
+
+
+def views_per_image(req) -> int:
+    """E of `views` / `online` labels: --label-views, else the default protocol's 301 passes
+    (the real E follows the method's protocol, known after it ran)."""
+    from ..augment.views import ViewConfig
+
+    return (req.view_config or ViewConfig()).epochs or 301
+
+
+def label_bytes(real, req, mode: str) -> int:
+    """Bytes on disk of one sample's soft-label member when the labels are `mode` (0 for hard
+    and online labels, which store none)."""
+    from ..io import topk, viewlabels
+    from ..io.codecs import encode_npy
+
+    k, n = req.label_topk, real.num_classes
+    if mode in ("hard", "online"):
+        return 0
+    if mode == "views":
+        return member(len(encode_npy(np.zeros(views_per_image(req), viewlabels.record_dtype(n, k)))))
+    if k is not None:
+        return member(len(encode_npy(np.zeros(k, topk.record_dtype(n)))))
+    return member(len(encode_npy(np.zeros(n, np.float16))))
 
 
 def image_payload(real, fmt, synthetic: bool) -> int:
@@ -137,15 +151,18 @@ def output_bytes(n: int, per_sample: int, shard_size: int, teacher: int = 0) -> 
 
 
 def teacher_bytes(real, req) -> int:
-    """An online output's `teacher.pt`: the weights of the teacher's network as `torch.save` writes them."""
+    """An online output's `teacher.pt` (0 for other labels): `weights_bytes`."""
+    return weights_bytes(real, req) if label_mode(req) == "online" else 0
+
+
+def weights_bytes(real, req) -> int:
+    """The teacher's weights as `torch.save` writes them (what `--labels online` ships)."""
     import io
 
     import torch
 
     from ..nets import build_net
 
-    if label_mode(req) != "online":
-        return 0
     net = build_net(req.teacher_config.model, real.image_shape[0], real.num_classes, tuple(real.image_shape[1:]))
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)

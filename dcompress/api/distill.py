@@ -96,8 +96,9 @@ def distill_request(req: DistillRequest, inputs: InputSpec, *, out: str | Path, 
     if dry_run:
         real, t_read = read_stage(inputs, real, progress, log)
         check_topk(req.label_topk, real)
+        p = plan(real, req)
         return {"status": "dry-run", "read_s": round(t_read, 2),
-                "plan": {**plan(real, req), "estimate": measure(real, req, dev, log)}}
+                "plan": {**p, "estimate": measure(real, req, dev, log, p["ipc"])}}
     with (OutputLock(out) if dist.is_main() else contextlib.nullcontext()):
         prior = own_output(out, req, dev)
         real, t_read = read_stage(inputs, real, progress, log)

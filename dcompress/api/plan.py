@@ -38,11 +38,8 @@ def plan(real: RealData, req: DistillRequest) -> dict:
     stages["write"] = f"{ipc * real.num_classes} samples ({req.format} images)"
     n_out = ipc * real.num_classes
 
-    def member(nbytes: float) -> float:  # tar: 512-byte header + data padded to 512
-        return 512 + 512 * math.ceil(nbytes / 512)
-
     k = req.label_topk
-    encodings = label_encodings(real, req, n_out, member)
+    encodings = label_encodings(real, req, n_out)
     roles = sample_bytes(real, req, req.format)
     teacher = teacher_bytes(real, req)
     total = output_bytes(n_out, sum(roles.values()), req.shard_size, teacher)
@@ -61,33 +58,23 @@ def plan(real: RealData, req: DistillRequest) -> dict:
             **input_report(real)}
 
 
-def label_encodings(real: RealData, req: DistillRequest, n: int, member) -> dict:
-    """The bytes the soft labels of `n` samples cost in each encoding that carries the teacher:
-    `teacher` (one vector per image), `views` (E views per image; E = --label-views, else the
-    default protocol's 301 passes), `online` (the teacher's weights), and which is `smallest`.
-    `member(nbytes)` is a tar member's size on disk."""
-    from ..augment.views import ViewConfig
-    from ..io import topk, viewlabels
-    from ..nets import build_net
+def label_encodings(real: RealData, req: DistillRequest, n: int) -> dict:
+    """The bytes the soft labels of `n` samples cost on disk in each encoding that carries the
+    teacher: `teacher` (one vector per image), `views` (E views per image, `views_per_image`),
+    `online` (the teacher's weights), and which of the two view encodings is smaller."""
+    from .budget import label_bytes, views_per_image, weights_bytes
 
-    c, k = real.num_classes, req.label_topk
-    epochs = (req.view_config or ViewConfig()).epochs or 301
-    vector = topk.record_dtype(c).itemsize * k if k else 2 * c
-    net = build_net(req.teacher_config.model, real.image_shape[0], c, tuple(real.image_shape[1:]))
-    out = {"teacher": int(n * member(128 + vector)),
-           "views": int(n * member(128 + epochs * viewlabels.record_dtype(c, k).itemsize)),
-           "online": int(sum(p.numel() * p.element_size() for p in net.state_dict().values()) + 4096),
-           "views_per_image": epochs}
+    out = {"teacher": n * label_bytes(real, req, "teacher"), "views": n * label_bytes(real, req, "views"),
+           "online": weights_bytes(real, req), "views_per_image": views_per_image(req)}
     out["smallest_with_views"] = "views" if out["views"] <= out["online"] else "online"
     return out
-
 
 
 class _Measured(Exception):
     """Stops the measuring run once its first iteration is timed."""
 
 
-def measure(real: RealData, req: DistillRequest, device, log) -> dict:
+def measure(real: RealData, req: DistillRequest, device, log, ipc: int) -> dict:
     """`--dry-run`'s time estimate: runs the method's first iteration (in a throwaway folder, no
     checkpoint, nothing kept) and scales it by the iteration count. Only for synthesis methods
     that need nothing trained first (a teacher, a default expert buffer): those say why not."""
@@ -107,10 +94,8 @@ def measure(real: RealData, req: DistillRequest, device, log) -> dict:
         seen.update(step=now - seen["t"], total=total)
         raise _Measured
 
-    from .distill import size_stage
-
     with tempfile.TemporaryDirectory(prefix="dcompress-dry-run-") as work:
-        spec = RunSpec(ipc=size_stage(req, real)[0], device=device, seed=req.seed, work_dir=Path(work),
+        spec = RunSpec(ipc=ipc, device=device, seed=req.seed, work_dir=Path(work),
                        cache_dir=cache_root(), teacher=req.teacher, ratio=req.ratio, experts=req.experts,
                        teacher_config=req.teacher_config, progress=timed, ckpt=None)
         try:
