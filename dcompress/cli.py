@@ -464,6 +464,8 @@ def frontier(urls: List[str] = typer.Argument(..., metavar="URLS...", help="trai
              labels: str = typer.Option("hard", "--labels", help="comma list of distill label modes: hard, teacher, "
                                         "views, online, auto"),
              epochs: Optional[int] = typer.Option(None, "--epochs", help="override every protocol's epochs"),
+             model: Optional[str] = typer.Option(None, "--model", help="evaluation network of every point (default: "
+                                                 "each method's protocol model, e.g. convnet)"),
              runs: int = typer.Option(2, "--runs", help="fresh networks per side and point"),
              lr_grid: Optional[str] = LR_GRID,
              val_per_class: Optional[int] = VAL_PER_CLASS,
@@ -498,7 +500,7 @@ def frontier(urls: List[str] = typer.Argument(..., metavar="URLS...", help="trai
 
         _use_cache(cache_dir)
         return api_frontier(urls, test=test, out=output, methods=methods, budgets=budgets, labels=labels,
-                            epochs=epochs, runs=runs, lr_grid=lr_grid, val_per_class=val_per_class,
+                            epochs=epochs, model=model, runs=runs, lr_grid=lr_grid, val_per_class=val_per_class,
                             test_limit=test_limit, full_epochs=full_epochs, full_max_samples=full_max_samples,
                             seed=seed, device=device, sets=sets, teacher=teacher, overwrite=overwrite,
                             min_accuracy=min_accuracy, min_gain_over_random=min_gain, max_bad=max_bad,

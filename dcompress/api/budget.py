@@ -3,7 +3,10 @@ whose output fits it, from the output's bytes measured member by member.
 
 The estimate is the writer's own arithmetic: every tar member is a 512-byte header plus its
 payload padded to 512 bytes, every shard ends with two zero blocks and is padded to a 10,240-byte
-record, and the shard count is `io.output.output_shard_size`'s. Payload sizes are exact where
+record, and the shard count is `io.output.output_shard_size`'s. The writer's split of a small set
+into at least 8 shards (for DataLoader workers) costs a 10,240-byte record per shard: under a
+budget the split is lowered (8, 4, 2, then 1 shard) when it is what keeps IPC from growing, and
+the chosen `min_shards` is recorded in the budget block and used by the writer. Payload sizes are exact where
 they are fixed (`.cls`, `.npy` tensors, label arrays, the online teacher's weights) and
 measured where they vary: a handful of real images per class encoded in the chosen format, the
 largest of them taken for every sample (synthesis: the largest PNG any image of that shape can
@@ -137,14 +140,17 @@ def image_payload(real, fmt, synthetic: bool) -> int:
     return max(len(fmt.encode(img)) for img in u8)
 
 
-def output_bytes(n: int, per_sample: int, shard_size: int, teacher: int = 0) -> int:
+SHARD_SPLITS = (8, 4, 2, 1)           # min_shards tried under a budget, the writer's default first
+
+
+def output_bytes(n: int, per_sample: int, shard_size: int, teacher: int = 0, min_shards: int | None = None) -> int:
     """Bytes on disk of `n` samples of `per_sample` bytes each in the writer's shards (+ the
-    online teacher's `teacher`)."""
-    from ..io.output import TAR_BLOCK, TAR_RECORD, output_shard_size
+    online teacher's `teacher`), split as `output_shard_size(n, shard_size, min_shards)`."""
+    from ..io.output import MIN_SHARDS, TAR_BLOCK, TAR_RECORD, output_shard_size
 
     if n < 1:
         return teacher
-    per = output_shard_size(n, shard_size)
+    per = output_shard_size(n, shard_size, MIN_SHARDS if min_shards is None else min_shards)
     full, rest = divmod(n, per)
     shard = lambda m: TAR_RECORD * math.ceil((m * per_sample + 2 * TAR_BLOCK) / TAR_RECORD)  # noqa: E731
     return full * shard(per) + (shard(rest) if rest else 0) + teacher
@@ -172,22 +178,32 @@ def weights_bytes(real, req) -> int:
 def choose(real, req, fmt) -> dict:
     """The budget block of `req.budget` on `real`: `requested` (as typed), `bytes` (resolved),
     `ipc` (the largest whose estimate fits, at most the smallest class), `estimated` (its bytes),
-    `per_sample` (bytes on disk by role). UsageError when even IPC 1 does not fit."""
+    `per_sample` (bytes on disk by role), `min_shards` (the writer's split: 8 unless fewer shards
+    fit a larger IPC, SHARD_SPLITS). UsageError when even IPC 1 in one shard does not fit."""
     kind, value = parse_budget(req.budget)
     budget = int(value * input_bytes(real)) if kind == "share" else int(value)
     roles = sample_bytes(real, req, fmt)
     per_sample, teacher = sum(roles.values()), teacher_bytes(real, req)
     n_cls = real.num_classes
-    cost = lambda ipc: output_bytes(ipc * n_cls, per_sample, req.shard_size, teacher)  # noqa: E731
-    if cost(1) > budget:
+    costs = {k: (lambda ipc, k=k: output_bytes(ipc * n_cls, per_sample, req.shard_size, teacher, k))
+             for k in SHARD_SPLITS}
+    if costs[1](1) > budget:
         raise UsageError(f"--budget {req.budget} ({budget:,} bytes) is below one image per class: the smallest "
-                         f"budget that fits is {cost(1):,} bytes (IPC 1: {n_cls} samples of about {per_sample:,} "
-                         f"bytes on disk{f' + the {teacher:,}-byte teacher' if teacher else ''})")
+                         f"budget that fits is {costs[1](1):,} bytes (IPC 1: {n_cls} samples of about "
+                         f"{per_sample:,} bytes on disk in one shard"
+                         f"{f' + the {teacher:,}-byte teacher' if teacher else ''})")
     cap = min(real.class_counts())
-    lo, hi = 1, cap                                   # cost grows with ipc but not strictly (shard count)
-    ipc = max(i for i in range(lo, hi + 1) if cost(i) <= budget) if cap <= 4096 else _search(cost, budget, cap)
-    return {"requested": str(req.budget), "bytes": budget, "ipc": ipc, "estimated": cost(ipc),
-            "per_sample": roles, **({"teacher": teacher} if teacher else {}),
+    best = None                                       # (ipc, min_shards): the largest IPC, then the most shards
+    for k, cost in costs.items():
+        if cost(1) > budget:
+            continue
+        # cost grows with ipc but not strictly (shard count)
+        ipc = max(i for i in range(1, cap + 1) if cost(i) <= budget) if cap <= 4096 else _search(cost, budget, cap)
+        if best is None or ipc > best[0]:
+            best = (ipc, k)
+    ipc, k = best
+    return {"requested": str(req.budget), "bytes": budget, "ipc": ipc, "estimated": costs[k](ipc),
+            "min_shards": k, "per_sample": roles, **({"teacher": teacher} if teacher else {}),
             **({"input_bytes": input_bytes(real)} if kind == "share" else {}),
             **({"capped_by_class_size": True} if ipc == cap and cost(cap) < budget else {})}
 

@@ -23,6 +23,7 @@ from ..faults import crash_point
 from ..io.atomic import OutputLock, check_target, refuse_existing, work_dir_for
 from ..io.manifest import read_compressed
 from ..io.metrics import METRICS, MetricsLog
+from ..io.output import MIN_SHARDS
 from ..limits import MAX_PIXELS
 from .checks import check_topk, ipc_from, resolve_device
 from .inputs import InputSpec, ProgressFn, as_input
@@ -209,7 +210,8 @@ def _fit_label_write(req: DistillRequest, real: RealData, *, out: Path, ipc: int
     log({"event": "note", "text": f"stage write: {len(fitted)} samples into {out}"})
     manifest = write_set(out, labelled, real, method=req.method, block=block, shard_size=req.shard_size,
                          label_topk=req.label_topk, metrics=metrics.rows() if dist.is_main() else None,
-                         encoded=encoded, image_member=req.format.member, sample_json=req.sample_json)
+                         encoded=encoded, image_member=req.format.member, sample_json=req.sample_json,
+                         min_shards=(budget or {}).get("min_shards", MIN_SHARDS))
     if not dist.is_main():
         dist.barrier()
         return {"status": "ok", "out": str(out), "method": req.method, "rank": dist.rank()}

@@ -39,7 +39,7 @@ FATAL = (ResourceError, Interrupted, KeyboardInterrupt, MemoryError)   # stop th
 
 def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFAULT_METHODS,
              budgets: str | Sequence[str] = DEFAULT_BUDGETS, labels: str | Sequence[str] = ("hard",),
-             epochs: int | None = None, runs: int = 2, lr_grid: str | Sequence[float] | None = None,
+             epochs: int | None = None, model: str | None = None, runs: int = 2, lr_grid: str | Sequence[float] | None = None,
              val_per_class: int | None = None, test_limit: int | None = None, full_epochs: int | None = None,
              full_max_samples: int | None = None, seed: int = 0, device: str = "auto", sets: Iterable[str] = (),
              teacher: str | Path | None = None, overwrite: bool = False, min_accuracy: float | None = None,
@@ -51,7 +51,9 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
     frontier.json/.csv/.png/.md into `out` and returns the frontier.json report (+ `counters`
     of this process's work). `budgets`: bytes (`5MB`) or shares (`0.5%`) as `distill --budget`.
     `sets`: `method:key=value` config overrides (`teacher:key=value` for a teacher trained here).
-    Gates (`min_accuracy` %, `min_gain_over_random` points) apply to every point.
+    Gates (`min_accuracy` %, `min_gain_over_random` points) apply to every point. `model`: the
+    evaluation network of every point (default: each method's protocol model). With `epochs`,
+    `views`/`online` points store `epochs + 1` views per image, one per evaluation pass.
     """
     from .. import dist
     from ..io.atomic import OutputLock
@@ -76,7 +78,12 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
     inputs.check_output(out)
     log = log or (lambda ev: None)
     note = lambda text: log({"event": "note", "text": text})   # noqa: E731
-    settings = {"methods": methods, "budgets": budgets, "labels": labels, "epochs": epochs, "runs": runs,
+    if model is not None:
+        from ..train.evaluate import check_models
+
+        check_models([model])
+    settings = {"methods": methods, "budgets": budgets, "labels": labels, "epochs": epochs, "model": model,
+                "runs": runs,
                 "lr_grid": list(fair_cfg.lr_grid), "val_per_class": fair_cfg.val_per_class, "test_limit": test_limit,
                 "full_data": {"epochs": full_cfg.epochs, "max_samples": full_cfg.max_samples}, "seed": seed,
                 "sets": sorted(sets), "teacher": str(Path(teacher).absolute()) if teacher else None,
@@ -240,11 +247,13 @@ def _point(out: Path, name: str, method: str, budget: str, labels: str, s: dict,
     from .distill import distill
 
     t0 = time.time()
+    views = s["epochs"] + 1 if (s["epochs"] and labels in ("views", "online")) else None   # one per pass
     rep = distill(None, method, out=out / "points" / name, budget=budget, labels=labels, seed=s["seed"],
                   device=str(dev), sets=sets, teacher_sets=teacher_sets, teacher=teacher, real=real,
-                  progress=progress, log=log)
+                  label_views=views, progress=progress, log=log)
     t1 = time.time()
     ev = fair_evaluate(load(out / "points" / name), test_real, train=real, runs=s["runs"], epochs=s["epochs"],
+                       model=s.get("model"),
                        seed=s["seed"], device=dev, test_limit=s["test_limit"], config=fair_cfg, full_data=full_cfg,
                        teacher=teacher, progress=progress, log=log, random_sides=store)
     bud, f, sec = rep.get("budget") or {}, ev["fair"], ev["seconds"]

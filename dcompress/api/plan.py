@@ -20,7 +20,7 @@ def plan(real: RealData, req: DistillRequest) -> dict:
     estimate: the one `--budget` picks its IPC from), with the budget block under `--budget`."""
     from .budget import output_bytes, sample_bytes, teacher_bytes
     from .distill import size_stage
-    from ..io.output import output_shard_size
+    from ..io.output import MIN_SHARDS, output_shard_size
 
     c, h, w = real.image_shape
     ipc, budget = size_stage(req, real)
@@ -42,8 +42,9 @@ def plan(real: RealData, req: DistillRequest) -> dict:
     encodings = label_encodings(real, req, n_out)
     roles = sample_bytes(real, req, req.format)
     teacher = teacher_bytes(real, req)
-    total = output_bytes(n_out, sum(roles.values()), req.shard_size, teacher)
-    shards = max(1, math.ceil(n_out / output_shard_size(n_out, req.shard_size)))
+    min_shards = (budget or {}).get("min_shards")
+    total = output_bytes(n_out, sum(roles.values()), req.shard_size, teacher, min_shards)
+    shards = max(1, math.ceil(n_out / output_shard_size(n_out, req.shard_size, min_shards or MIN_SHARDS)))
     est = {role: n_out * v for role, v in roles.items()}
     est["container"] = total - teacher - sum(est.values())      # the member payloads' share is counted above
     return {"method": req.method, "kind": info.kind, "classes": real.num_classes, "class_names": real.class_names,

@@ -13,19 +13,19 @@ from pathlib import Path
 from .. import dist
 from ..core import CompressedSet, RealData
 from ..io.atomic import AtomicDir
-from ..io.output import finish_output, image_bytes, one_writer, output_shard_size, write_rows
+from ..io.output import MIN_SHARDS, finish_output, image_bytes, one_writer, output_shard_size, write_rows
 from ..io.schema import CompressedBlock
 
 
 def write_set(out: Path, cset: CompressedSet, real: RealData, *, method: str, block: CompressedBlock | None,
               shard_size: int, label_topk: int | None, metrics: list[dict] | None, encoded: list[bytes] | None = None,
-              image_member: str = "png", sample_json: bool = False) -> dict | None:
+              image_member: str = "png", sample_json: bool = False, min_shards: int = MIN_SHARDS) -> dict | None:
     """Writes `cset` into `out` (rank 0's `block` and `metrics` describe it; other ranks pass
-    None) in shards of `io.output.output_shard_size(len(cset), shard_size)` samples. `encoded`:
+    None) in shards of `io.output.output_shard_size(len(cset), shard_size, min_shards)` samples. `encoded`:
     the images' bytes in member `image_member` (api/distill.encode_stage; None: PNG);
     `sample_json`: also each sample's `.json`. Returns the manifest on rank 0, None on the other
     ranks. Every rank must call it."""
-    shard_size = output_shard_size(len(cset), shard_size)
+    shard_size = output_shard_size(len(cset), shard_size, min_shards)
     u8 = image_bytes(cset, real.mean, real.std)
     kw = dict(class_names=real.class_names, method=method, u8=u8, shard_size=shard_size, label_topk=label_topk,
               encoded=encoded, image_member=image_member, sample_json=sample_json)

@@ -137,12 +137,14 @@ def image_bytes(cset: CompressedSet, mean, std) -> np.ndarray:
     return denormalize_to_u8(cset.images.detach().cpu().float(), mean, std).numpy()
 
 
-def output_shard_size(n: int, shard_size: int) -> int:
+def output_shard_size(n: int, shard_size: int, min_shards: int = MIN_SHARDS) -> int:
     """Samples per output shard for a set of `n` samples: `shard_size` (`--shard-size`, the upper
-    bound), lowered to `n // MIN_SHARDS` so that a set of at least MIN_SHARDS samples makes
-    MIN_SHARDS to 2 * MIN_SHARDS - 1 shards, and a smaller one one shard per sample. A function
-    of `n` and `shard_size` only: every torchrun rank computes the same size."""
-    return max(1, min(shard_size, n // MIN_SHARDS))
+    bound), lowered to `n // min_shards` so that a set of at least `min_shards` samples makes
+    `min_shards` to 2 * `min_shards` - 1 shards, and a smaller one one shard per sample.
+    `min_shards` is MIN_SHARDS except under `--budget`, where api/budget.choose lowers it (4, 2,
+    1) when the split's tar records would not fit. A function of its arguments only: every
+    torchrun rank computes the same size."""
+    return max(1, min(shard_size, n // max(1, min_shards)))
 
 
 def one_writer(cset: CompressedSet, shard_size: int) -> bool:

@@ -101,6 +101,25 @@ def test_budget_below_one_image_per_class_names_the_smallest(shards, tmp_path):
     assert code == 0 and ok["budget"]["ipc"] == 1 and ok["budget"]["fits"], ok
 
 
+def test_small_budget_lowers_the_shard_split_and_the_writer_follows(real, tmp_path):
+    """The >= 8-shard split costs a 10,240-byte record per shard: under a budget it is lowered
+    (8, 4, 2, 1) when that is what fits a larger IPC, recorded, and the writer writes that many."""
+    from dcompress.api.budget import output_bytes
+    from dcompress.io.output import output_shard_size
+
+    n_cls = real.num_classes
+    roomy = api.distill(None, "random", out=tmp_path / "R", budget="2MB", labels="hard", device="cpu", real=real)
+    assert roomy["budget"]["min_shards"] == 8            # room enough: the DataLoader-friendly split is kept
+    per = sum(roomy["budget"]["per_sample"].values())
+    one = output_bytes(n_cls, per, 1000, 0, 1)
+    assert one < output_bytes(n_cls, per, 1000, 0, 8)   # the split costs records
+    rep = api.distill(None, "random", out=tmp_path / "T", budget=one, labels="hard", device="cpu", real=real)
+    b = rep["budget"]
+    assert b["ipc"] == 1 and b["min_shards"] < 8 and b["fits"] and b["achieved"] == b["estimated"] <= one
+    n_shards = len(list((tmp_path / "T").glob("data-*.tar")))
+    assert n_shards == -(-n_cls // output_shard_size(n_cls, 1000, b["min_shards"]))
+
+
 def test_dry_run_shows_the_budget_plan(shards, tmp_path):
     code, rep = cli("distill", shards["train"], "-m", "random", "--labels", "hard", "--budget", "40KB",
                     "--dry-run", "-o", tmp_path / "D", "--json")
