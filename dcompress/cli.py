@@ -167,6 +167,9 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             image_format: str = typer.Option("png", "--image-format", help="png | jpeg:Q | webp:Q (selection "
                                              "methods)"),
             sample_json: bool = typer.Option(False, "--sample-json", help="also write each sample's .json"),
+            exact_images: Optional[bool] = typer.Option(None, "--exact-images/--no-exact-images", help="methods that "
+                                                        "optimise pixels: also write each image's exact float .npy "
+                                                        "(their default) or the 8-bit PNG alone"),
             seed: Optional[int] = typer.Option(None, "--seed", help="[default: 0]"),
             device: Optional[str] = typer.Option(None, "--device", envvar="DCOMPRESS_DEVICE",
                                                  help="auto | cpu | cuda[:N] [default: auto]"),
@@ -223,7 +226,7 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
                                   experts=experts, ipc=ipc, ratio=ratio, seed=seed, device=device, labels=labels,
                                   label_topk=label_topk, label_views=label_views, label_sets=label_sets,
                                   shard_size=shard_size, ckpt_every=ckpt_every, budget=budget,
-                                  image_format=image_format, sample_json=sample_json,
+                                  image_format=image_format, sample_json=sample_json, exact_images=exact_images,
                                   resume=resume, overwrite=overwrite,
                                   # method config flags: an explicit flag beats --set and --config (None = not given)
                                   flags={"bins": bins, "features": features, "keep_bins": keep_bins or None,
@@ -484,6 +487,9 @@ def frontier(urls: List[str] = typer.Argument(..., metavar="URLS...", help="trai
                                                           "mean accuracy (%) is below PCT"),
              min_gain: Optional[float] = typer.Option(None, "--min-gain-over-random", help="gate: exit 9 when a "
                                                       "point beats random subsets by fewer than PTS points"),
+             exact_images: Optional[bool] = typer.Option(None, "--exact-images/--no-exact-images", help="methods "
+                                                         "that optimise pixels: with or without the exact .npy "
+                                                         "(distill's option; default: theirs)"),
              max_bad: int = MAX_BAD,
              max_pixels: int = MAX_PIXELS,
              allow_manifest_urls: bool = ALLOW_URLS,
@@ -503,7 +509,8 @@ def frontier(urls: List[str] = typer.Argument(..., metavar="URLS...", help="trai
                             epochs=epochs, model=model, runs=runs, lr_grid=lr_grid, val_per_class=val_per_class,
                             test_limit=test_limit, full_epochs=full_epochs, full_max_samples=full_max_samples,
                             seed=seed, device=device, sets=sets, teacher=teacher, overwrite=overwrite,
-                            min_accuracy=min_accuracy, min_gain_over_random=min_gain, max_bad=max_bad,
+                            min_accuracy=min_accuracy, min_gain_over_random=min_gain, exact_images=exact_images,
+                            max_bad=max_bad,
                             max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls, workers=workers,
                             progress=prog, log=prog.event)
     run(as_json, work, _show_frontier)

@@ -34,6 +34,9 @@ class MethodInfo:
             learn from a teacher's label of every view.
         distributed: the method splits its work over torchrun's ranks (docs/distributed.md);
             any other method refuses to run under torchrun.
+        exact_form: the method optimises pixels and writes each image's exact float tensor (`.npy`)
+            beside its PNG (`CompressedSet.synthetic`); False for selections and for RDED, whose
+            stitched crops are 8-bit pixels. The budget estimate counts the `.npy` from it.
     """
 
     name: str
@@ -45,6 +48,7 @@ class MethodInfo:
     needs_bn_teacher: bool = False
     distributed: bool = False
     default_labels: str = ""            # what `--labels auto` means for it when not the usual rule ("views")
+    exact_form: bool = False            # writes the exact `.npy` beside the PNG (CompressedSet.synthetic)
 
 
 _METHODS: dict[str, type] = {}

@@ -80,14 +80,14 @@ def label_mode(req) -> str:
 
 def sample_bytes(real, req, fmt, *, image: int | None = None) -> dict:
     """Bytes on disk per output sample, by role: `images` (image member, + the exact `.npy` of
-    synthesis), `labels` (the soft member of the labels written), `other` (`.cls`, `.json`).
+    synthesis unless `--no-exact-images`), `labels` (the soft member of the labels written), `other` (`.cls`, `.json`).
     `image`: the image member's payload (default: measured, `image_payload`)."""
     from ..io.codecs import encode_npy, json_bytes
 
     c, h, w = real.image_shape
     synthetic = req.method_class.info.kind == "synthesis"
     images = member(image_payload(real, fmt, synthetic) if image is None else image)
-    if synthetic:
+    if req.keeps_exact:
         images += member(len(encode_npy(np.zeros((c, h, w), np.float32))))
     n = real.num_classes
     labels = label_bytes(real, req, label_mode(req))

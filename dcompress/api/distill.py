@@ -48,7 +48,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
             label_key: str = "cls", class_names: str | Path | Iterable[str] | None = None,
             channels: int | None = None, label_topk: int | None = None, label_views: int | None = None,
             label_sets: Iterable[str] = (), budget: str | None = None, image_format: str = "png",
-            sample_json: bool = False) -> dict:
+            sample_json: bool = False, exact_images: bool | None = None) -> dict:
     """Compresses the dataset at `urls` (or the already read `real`) with `method` into `out`;
     returns the run report.
 
@@ -64,7 +64,9 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     `budget` (instead of `ipc`/`ratio`): bytes (`50MB`, `1.5GiB`) or a share of the input's bytes
     (`1%`) that the output must fit, the IPC picked from the output's measured bytes
     (api/budget.py). `image_format`: png | jpeg:Q | webp:Q (selections). `sample_json`: also
-    write each sample's `.json`.
+    write each sample's `.json`. `exact_images=False`: a method that optimises pixels writes its
+    8-bit PNGs alone, without the exact float `.npy` (labels and `evaluate` then see the PNG
+    pixels, what an outside reader loads); None: the method's default (MethodInfo.exact_form).
 
     Every argument is checked before the input is read. `out` must not overlap the input; an
     existing output is replaced only with `overwrite`, except that the same run (same request,
@@ -77,7 +79,7 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
                               teacher=teacher, experts=experts, ipc=ipc, ratio=ratio, seed=seed, device=device,
                               labels=labels, label_topk=label_topk, label_views=label_views, label_sets=label_sets,
                               shard_size=shard_size, ckpt_every=ckpt_every, budget=budget,
-                              image_format=image_format, sample_json=sample_json,
+                              image_format=image_format, sample_json=sample_json, exact_images=exact_images,
                               resume=resume, overwrite=overwrite)
     inputs = as_input(urls if real is None else None, max_bad=max_bad, max_pixels=max_pixels,
                       allow_manifest_urls=allow_manifest_urls, workers=workers, size=size, resize_mode=resize_mode,
@@ -151,8 +153,17 @@ def size_stage(req: DistillRequest, real: RealData) -> tuple[int, dict | None]:
 def encode_stage(req: DistillRequest, fitted: CompressedSet, real: RealData) -> tuple[CompressedSet, list | None]:
     """A lossy `--image-format`: the set's images encoded (the bytes written) and the set with
     the decoded pixels in their place, so that labels, the grid and `evaluate` see what a reader
-    of the output loads. (The set unchanged and None for png.)"""
+    of the output loads. `--no-exact-images`: optimised pixels rounded to the 8-bit PNG values
+    (clamped to the valid range) and written without `.npy`, for the same reason. (The set
+    unchanged and None for png with the exact form.)"""
     fmt = req.format
+    if fitted.synthetic and not req.keeps_exact:
+        import torch
+
+        from ..io.output import image_bytes
+
+        u8 = torch.from_numpy(image_bytes(fitted, real.mean, real.std))
+        return dataclasses.replace(fitted, images=real.normalize(u8), synthetic=False), None
     if not fmt.lossy:
         return fitted, None
     import torch

@@ -43,7 +43,7 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
              val_per_class: int | None = None, test_limit: int | None = None, full_epochs: int | None = None,
              full_max_samples: int | None = None, seed: int = 0, device: str = "auto", sets: Iterable[str] = (),
              teacher: str | Path | None = None, overwrite: bool = False, min_accuracy: float | None = None,
-             min_gain_over_random: float | None = None, max_bad: int | None = None,
+             min_gain_over_random: float | None = None, exact_images: bool | None = None, max_bad: int | None = None,
              max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False, workers: int | None = None,
              progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None) -> dict:
     """Distils `urls` with every method x budget x labels into `out/points/` and evaluates each
@@ -54,6 +54,9 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
     Gates (`min_accuracy` %, `min_gain_over_random` points) apply to every point. `model`: the
     evaluation network of every point (default: each method's protocol model). With `epochs`,
     `views`/`online` points store `epochs + 1` views per image, one per evaluation pass.
+    `exact_images`: `distill --exact-images/--no-exact-images` for the methods that optimise
+    pixels (None: their default). A rerun with more or fewer methods, budgets or labels and
+    otherwise the same settings keeps the finished points it still asks for.
     """
     from .. import dist
     from ..io.atomic import OutputLock
@@ -87,7 +90,7 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
                 "lr_grid": list(fair_cfg.lr_grid), "val_per_class": fair_cfg.val_per_class, "test_limit": test_limit,
                 "full_data": {"epochs": full_cfg.epochs, "max_samples": full_cfg.max_samples}, "seed": seed,
                 "sets": sorted(sets), "teacher": str(Path(teacher).absolute()) if teacher else None,
-                "device": dev.type}
+                "device": dev.type, **({"exact_images": exact_images} if exact_images is not None else {})}
     with OutputLock(out, what="frontier report"):
         real = inputs.read(progress=progress, note=note)
         test_real = _read_test(test, inputs, real, note)
@@ -173,10 +176,11 @@ def _own_report(out: Path, ident: dict, overwrite: bool) -> dict:
                               "choose another -o or empty it", path=str(out)) from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise OutputError(f"{REPORT} is not a dcompress frontier report", path=str(out))
-        same = all(state.get(k) == v for k, v in ident.items())
+        same = _without_grid(state) == _without_grid(ident)
         if not same and not overwrite:
-            what = [k for k in ("input", "test", "settings") if state.get(k) != ident[k]]
-            diff = "; ".join(_differences(state.get(k) or {}, ident[k], k) for k in what)
+            what = [k for k in ("input", "test", "settings")
+                    if _without_grid(state).get(k) != _without_grid(ident)[k]]
+            diff = "; ".join(_differences(_without_grid(state).get(k) or {}, _without_grid(ident)[k], k) for k in what)
             raise UsageError(f"the report folder holds a frontier of another {' and '.join(what)} ({diff}); pass "
                              "--overwrite to replace it, or choose another -o", path=str(out))
         if not same:
@@ -184,9 +188,20 @@ def _own_report(out: Path, ident: dict, overwrite: bool) -> dict:
                 p = out / name
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             state = None
-    state = state or {**ident, "dcompress": __version__, "status": "running", "points": []}
+    state = {**(state or {}), **ident, "dcompress": __version__, "status": "running",
+             "points": (state or {}).get("points", [])}
     _write(lambda path, obj: write_json(ensure_dir(path.parent) / path.name, obj), out / REPORT, state)
     return state
+
+
+GRID = ("methods", "budgets", "labels")      # the axes of the grid: a rerun may change them and keep the points
+
+
+def _without_grid(ident: dict) -> dict:
+    """The report's identity without the grid's axes: what must match for its points to be kept."""
+    out = {k: v for k, v in ident.items() if k in ("format", "settings", "input", "test")}
+    out["settings"] = {k: v for k, v in (out.get("settings") or {}).items() if k not in GRID}
+    return out
 
 
 def _differences(old: dict, new: dict, what: str) -> str:
@@ -244,13 +259,15 @@ def _point(out: Path, name: str, method: str, budget: str, labels: str, s: dict,
     """One point: distilled to its budget (up to date on a rerun), then the fair evaluation."""
     from ..io.loader import load
     from ..train.fair import fair_evaluate
+    from ..registry import get_method
     from .distill import distill
 
     t0 = time.time()
     views = s["epochs"] + 1 if (s["epochs"] and labels in ("views", "online")) else None   # one per pass
     rep = distill(None, method, out=out / "points" / name, budget=budget, labels=labels, seed=s["seed"],
                   device=str(dev), sets=sets, teacher_sets=teacher_sets, teacher=teacher, real=real,
-                  label_views=views, progress=progress, log=log)
+                  label_views=views, progress=progress, log=log,
+                  exact_images=s.get("exact_images") if get_method(method).info.exact_form else None)
     t1 = time.time()
     ev = fair_evaluate(load(out / "points" / name), test_real, train=real, runs=s["runs"], epochs=s["epochs"],
                        model=s.get("model"),

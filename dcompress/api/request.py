@@ -64,6 +64,7 @@ class DistillRequest:
     budget: str | None = None             # `--budget`: bytes or a share of the input (api/budget.py) picks the ipc
     image_format: str = "png"             # png | jpeg:Q | webp:Q (io/imageformat.py; selections only)
     sample_json: bool = False             # also the per-sample `.json` member
+    exact_images: bool | None = None      # write the exact `.npy` (None: the method's MethodInfo.exact_form)
     ckpt_every: int = 50
     resume: bool = True
     overwrite: bool = False
@@ -130,6 +131,9 @@ class DistillRequest:
         if fmt.lossy and self.method_class.info.kind != "selection":
             raise UsageError(f"--image-format {fmt} applies to selection methods only: {self.method} synthesises "
                              "images, whose exact form is kept (png + the float .npy)")
+        if self.exact_images and not self.method_class.info.exact_form:
+            raise UsageError(f"--exact-images: {self.method} writes 8-bit pixels, which have no other exact form "
+                             "(methods that optimise pixels: dm, dc, dsa, mtt, datm, dd, sre2l)")
         check_limits(shard_size=(self.shard_size, 1), ckpt_every=(self.ckpt_every, 0),
                      label_topk=(self.label_topk, 1))
 
@@ -139,6 +143,12 @@ class DistillRequest:
         from ..io.imageformat import ImageFormat
 
         return ImageFormat.parse(self.image_format)
+
+    @property
+    def keeps_exact(self) -> bool:
+        """Whether the output carries each image's exact float tensor (`.npy`) beside its PNG:
+        the method optimises pixels (MethodInfo.exact_form) and `--no-exact-images` was not given."""
+        return bool(self.method_class.info.exact_form and self.exact_images is not False)
 
     @property
     def method_class(self) -> type:
@@ -171,4 +181,6 @@ class DistillRequest:
                 **({"views": config_dict(self.view_config)} if self.view_config is not None else {}),
                 **({"budget": self.budget} if self.budget is not None else {}),
                 **({"image_format": str(self.format)} if self.format.lossy else {}),
-                **({"sample_json": True} if self.sample_json else {})}
+                **({"sample_json": True} if self.sample_json else {}),
+                **({"exact_images": False} if (self.exact_images is False and self.method_class.info.exact_form)
+                   else {})}

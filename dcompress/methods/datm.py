@@ -125,7 +125,7 @@ class _FinalThetas:
 @register_method
 class DATM(MTT):
     info = MethodInfo("datm", "synthesis", "difficulty-aligned trajectory matching with learned soft labels",
-                      needs_experts=True, extras=("experts",), distributed=True)
+                      needs_experts=True, extras=("experts",), distributed=True, exact_form=True)
 
     @dataclass(frozen=True)
     class Config(MTT.Config):

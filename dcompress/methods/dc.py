@@ -153,7 +153,7 @@ def freeze_bn_stats(net: torch.nn.Module, x_real: torch.Tensor) -> None:
 @register_method
 class DC:
     info = MethodInfo("dc", "synthesis", "gradient matching per class on fresh random nets (Zhao et al. 2021)",
-                      distributed=True)        # classes (or image slots) over the ranks: dist.ClassSplit
+                      distributed=True, exact_form=True)   # classes (or image slots) over the ranks: dist.ClassSplit
 
     @dataclass(frozen=True)
     class Config(Validated):
@@ -336,7 +336,7 @@ class DC:
 @register_method
 class DSA(DC):
     info = MethodInfo("dsa", "synthesis", "DC gradient matching with Siamese differentiable augmentation (Zhao & Bilen 2021)",
-                      distributed=True)
+                      distributed=True, exact_form=True)
 
     @dataclass(frozen=True)
     class Config(DC.Config):

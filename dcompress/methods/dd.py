@@ -62,7 +62,7 @@ def softplus_inv(y: float) -> float:
 @register_method
 class DD:
     info = MethodInfo("dd", "synthesis", "dataset distillation: unrolled steps with learned per-step lrs",
-                      distributed=True)        # each step's batch and the real batch over the ranks: dist.BatchParallel
+                      distributed=True, exact_form=True)   # each step's batch and the real batch over the ranks: dist.BatchParallel
 
     @dataclass(frozen=True)
     class Config(Validated):

@@ -141,7 +141,7 @@ def frozen_net(model: str, real: RealData, generator: torch.Generator, device: t
 @register_method
 class DM:
     info = MethodInfo("dm", "synthesis", "distribution matching: class-mean embeddings of random nets (Zhao & Bilen 2023)",
-                      distributed=True)        # classes (or image slots) over the ranks: dist.ClassSplit
+                      distributed=True, exact_form=True)   # classes (or image slots) over the ranks: dist.ClassSplit
 
     @dataclass(frozen=True)
     class Config(Validated):

@@ -166,7 +166,7 @@ def expert_buffer(real: RealData, spec: RunSpec, cfg, log: LogFn) -> tuple[Exper
 @register_method
 class MTT:
     info = MethodInfo("mtt", "synthesis", "matching training trajectories of expert networks (learned lr)",
-                      needs_experts=True, extras=("experts",), distributed=True)   # inner batches: dist.BatchParallel
+                      needs_experts=True, extras=("experts",), distributed=True, exact_form=True)   # inner batches: dist.BatchParallel
 
     @dataclass(frozen=True)
     class Config(Validated):

@@ -93,7 +93,7 @@ def tv_l2(x: torch.Tensor) -> torch.Tensor:
 class SRe2L:
     info = MethodInfo("sre2l", "synthesis", "SRe2L recover: BatchNorm-statistics + CE inversion of a BN teacher "
                       "(CDA curriculum with cda=true), teacher labels per view", needs_teacher=True,
-                      needs_bn_teacher=True, default_labels="views")
+                      needs_bn_teacher=True, default_labels="views", exact_form=True)
 
     @dataclass(frozen=True)
     class Config(Validated):

@@ -120,6 +120,36 @@ def test_small_budget_lowers_the_shard_split_and_the_writer_follows(real, tmp_pa
     assert n_shards == -(-n_cls // output_shard_size(n_cls, 1000, b["min_shards"]))
 
 
+def test_no_exact_images_writes_the_png_alone_and_the_budget_counts_it(real, tmp_path):
+    """`--no-exact-images`: a method that optimises pixels writes its 8-bit PNGs without the
+    `.npy`; the set that is labelled and loaded is the PNG's pixels (what any reader loads), and
+    the budget estimate drops the `.npy` member, so the same budget fits more images."""
+    from dcompress.core import normalize
+
+    kw = dict(labels="hard", device="cpu", real=real, sets=["iterations=2", "batch_real=4"])
+    exact = api.distill(None, "dm", out=tmp_path / "E", ipc=2, **kw)
+    png = api.distill(None, "dm", out=tmp_path / "P", ipc=2, exact_images=False, **kw)
+    assert "npy" in members(tmp_path / "E") and "npy" not in members(tmp_path / "P")
+    assert png["bytes"]["images"] < exact["bytes"]["images"]
+    a, b = dcompress.load(tmp_path / "E"), dcompress.load(tmp_path / "P")
+    u8 = np.stack([np.array(s["png"]) for s in wds.WebDataset(
+        [str(p) for p in sorted((tmp_path / "P").glob("data-*.tar"))], shardshuffle=False).decode("pil")])
+    import torch
+    want = normalize(torch.from_numpy(u8).unsqueeze(1) if u8.ndim == 3 else torch.from_numpy(u8).permute(0, 3, 1, 2),
+                     b.mean, b.std)
+    assert torch.allclose(b.images, want, atol=1e-6)            # the loader trains on the PNG's pixels
+    assert not torch.equal(a.images, b.images)                   # the exact form differed from its PNG
+    m = json.loads((tmp_path / "P" / "manifest.json").read_text())["dcompress"]
+    assert m.get("exact_tensor") is None and m["run"]["request"]["exact_images"] is False
+    small = [api.distill(None, "dm", out=tmp_path / f"B{i}", budget="120KB", exact_images=flag, **kw)["budget"]
+             for i, flag in enumerate((None, False))]
+    assert small[1]["ipc"] >= small[0]["ipc"] and small[1]["per_sample"]["images"] < small[0]["per_sample"]["images"]
+    assert all(b["fits"] for b in small)
+    with pytest.raises(UsageError, match="exact-images"):
+        api.distill(None, "herding", out=tmp_path / "H", ipc=1, exact_images=True, labels="hard", device="cpu",
+                    real=real)
+
+
 def test_dry_run_shows_the_budget_plan(shards, tmp_path):
     code, rep = cli("distill", shards["train"], "-m", "random", "--labels", "hard", "--budget", "40KB",
                     "--dry-run", "-o", tmp_path / "D", "--json")

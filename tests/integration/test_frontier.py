@@ -121,6 +121,27 @@ def test_another_input_or_settings_is_refused(done, shards, tmp_path):
     assert code == 2 and "not one of --methods" in rep["error"]
 
 
+def test_a_larger_grid_keeps_the_points_it_still_asks_for(done, shards, tmp_path):
+    """Adding a method (or budget, labels) reruns nothing finished: the new report holds the old
+    points unchanged and only the new ones are run; a smaller grid drops points from the report."""
+    import shutil
+
+    out = tmp_path / "grown"
+    shutil.copytree(done["out"], out)
+    code, rep, r = cli("frontier", shards["train"], "--test", shards["test"], "-o", out, "--methods",
+                       "random,herding,kcenter", "--budgets", "40KB,100KB", "--labels", "hard", *FAST, "--json")
+    assert code == 0, r.output
+    assert rep["counters"]["points_run"] == 2 and rep["counters"]["points_kept"] == 4
+    assert rep["settings"]["methods"] == ["random", "herding", "kcenter"]
+    old = {p["name"]: p for p in stable(done["report"])["points"]}
+    new = {p["name"]: p for p in stable(rep)["points"]}
+    assert all(new[n] == p for n, p in old.items()) and {"kcenter-40KB-hard", "kcenter-100KB-hard"} <= set(new)
+    code, rep, r = cli("frontier", shards["train"], "--test", shards["test"], "-o", out, "--methods", "herding",
+                       "--budgets", "40KB", "--labels", "hard", *FAST, "--json")
+    assert code == 0 and [p["name"] for p in rep["points"]] == ["herding-40KB-hard"], r.output
+    assert rep["counters"]["points_run"] == 0
+
+
 def test_overwrite_replaces_a_report_of_other_settings(done, shards, tmp_path):
     import dcompress
 
