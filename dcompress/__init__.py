@@ -1,7 +1,8 @@
 """dcompress: compress image-classification WebDataset shards into small training sets.
 
 Public API (imported on first use, so `import dcompress` stays light):
-    load(path)                  -> CompressedDataset (torch Dataset of image, soft label, hard label)
+    load(path, images="exact")  -> CompressedDataset (torch Dataset of image, soft label, hard label);
+                                   images="member": the .png an outside reader decodes, not the .npy
     distill(urls, method, ...)  -> run report dict (writes shards + manifest.json)
     evaluate(out, test, ...)    -> accuracy report dict (test: urls, decoded as the set's input was)
     teacher(urls, out=...)      -> report dict (writes a teacher .pt + .json sidecar for --teacher)

@@ -374,6 +374,9 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
                                                           "mean accuracy (%) is below PCT"),
              min_gain: Optional[float] = typer.Option(None, "--min-gain-over-random", help="gate: exit 9 when the set "
                                                       "beats random subsets by fewer than PTS points"),
+             outside_reader: bool = typer.Option(True, "--outside-reader/--no-outside-reader", help="also train the "
+                                                 "set as an outside reader loads it (its .png, not the exact .npy) "
+                                                 "when the two differ: --runs more networks"),
              as_json: bool = JSON,
              nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Train fresh networks on a compressed set and report test accuracy (vs random).
@@ -393,7 +396,8 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
                             full_epochs=full_epochs, full_max_samples=full_max_samples, teacher=teacher,
                             min_accuracy=min_accuracy, min_gain_over_random=min_gain, max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                             workers=workers, size=size, resize_mode=resize_mode, label_key=label_key,
-                            class_names=class_names, channels=channels, progress=prog, log=prog.event)
+                            class_names=class_names, channels=channels, outside_reader=outside_reader,
+                            progress=prog, log=prog.event)
     run(as_json, work, _show_eval)
 
 
@@ -416,6 +420,18 @@ def _show_eval(r: dict) -> None:
     p = r["protocol"]
     out.print(f"protocol {p['name']}: {p['model']}, {p['epochs']} epochs, lr {p['lr_used']}, aug {p['aug']}, "
               f"soft labels {p['soft_labels']}", highlight=False)
+    _show_reader(r)
+
+
+def _show_reader(r: dict) -> None:
+    """The outside reader's line (what webdataset, timm, HF load) and a lossy random side's format."""
+    from .train.outside_reader import line
+
+    text = line(r.get("outside_reader"))
+    if text:
+        out.print(text, highlight=False)
+    if r.get("random_images") not in (None, "png"):
+        out.print(f"random subsets stored as {r['random_images']} like the set, then decoded", highlight=False)
 
 
 def _pm(s: dict | None) -> str:
@@ -439,22 +455,28 @@ def _show_fair(r: dict) -> None:
     line = (f"HLR {_pm(sc['hlr'])} pts · IOR {_pm(sc['ior'])} pts · LRS {_pm(sc['lrs'])} %"
             + (f" · ARS {_pm(sc['ars'])} %" if "ars" in sc else ""))
     out.print(line, highlight=False)
+    _show_reader(r)
 
 
 def _show_models(r: dict) -> None:
     fair = r.get("evaluation") == "fair"
     table = Table(title=f"{r['method']}: {r['samples']} images, cross-architecture ({r.get('evaluation', 'own')} "
                         "protocol)")
-    cols = ["model", "set acc %", "random acc %", "set − random"] + (["LRS %", "ARS %"] if fair else [])
+    reader = any((m.get("outside_reader") or {}).get("mean") is not None for m in r["models"])
+    cols = (["model", "set acc %"] + (["outside reader %"] if reader else []) + ["random acc %", "set − random"]
+            + (["LRS %", "ARS %"] if fair else []))
     for col in cols:
         table.add_column(col)
     for m in r["models"]:
-        cells = [m["model"], _pm(m["compressed"]), _pm(m["random"]),
-                 f"{m['delta']:+.2f}" if m["delta"] is not None else "–"]
+        outside = m.get("outside_reader") or {}
+        cells = ([m["model"], _pm(m["compressed"])] + ([_pm(outside) if "mean" in outside else "–"] if reader else [])
+                 + [_pm(m["random"]), f"{m['delta']:+.2f}" if m["delta"] is not None else "–"])
         if fair:
             cells += [_pm(m["scores"]["lrs"]), _pm(m["scores"].get("ars"))]
         table.add_row(*cells)
     out.print(table)
+    if not reader:
+        _show_reader(r)
 
 
 @app.command()

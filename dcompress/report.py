@@ -55,7 +55,7 @@ def read_pixels(out: str | Path) -> Pixels:
     _, manifest, block, samples = output_samples(out)
     u8, labels = [], []
     for s in samples:
-        a = read_sample(s, block, png=True)
+        a = read_sample(s, block, member=True)
         u8.append(a.image)
         labels.append(a.label)
     if not u8:

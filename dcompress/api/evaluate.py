@@ -29,7 +29,8 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
              size: int | None = None, resize_mode: str | None = None, label_key: str | None = None,
              class_names: str | Path | Iterable[str] | None = None, channels: int | None = None,
              min_accuracy: float | None = None, min_gain_over_random: float | None = None,
-             progress: ProgressFn | None = None, log: Callable[[dict], None] | None = None) -> dict:
+             outside_reader: bool = True, progress: ProgressFn | None = None,
+             log: Callable[[dict], None] | None = None) -> dict:
     """Trains `runs` fresh networks on the compressed set `out` and reports their accuracy on
     `test` (urls, or already read RealData), next to random real subsets of the same size drawn
     from `train` (default: the set's recorded source shards) unless `random_baseline` is off.
@@ -42,6 +43,12 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
     augmentation-robust one; `full_epochs`/`full_max_samples`: the full-data network;
     `teacher`: the teacher that relabels the random subsets). `models`: a cross-architecture
     table. docs/evaluation.md.
+
+    What an outside reader loads: a set with exact `.npy` tensors that differ from its image
+    member is also trained on the member (the `.png` webdataset, wids, timm and HF decode), same
+    recipe, lr, inits and seeds, and reported as `outside_reader`; `outside_reader=False` skips
+    those networks (the pixel gap is still reported). Random subsets of a `jpeg:Q` / `webp:Q`
+    set are encoded the same way (`random_images`).
 
     CI gates: `min_accuracy` (percent) and `min_gain_over_random` (points over the random
     subsets) add a `gates` block to the report; a miss makes its `status` "gate_failed" (the
@@ -81,7 +88,7 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
     report = train_and_test(ds, test_data, train=train_data, runs=runs, model=model, epochs=epochs, seed=seed,
                             device=dev, random_baseline=random_baseline, test_limit=test_limit, progress=progress,
                             protocol=protocol, models=names, fair=fair_cfg, full_data=full_cfg, teacher=teacher,
-                            log=log)
+                            outside_reader=outside_reader, log=log)
     reads = {k: input_report(d)["input"] for k, d in (("test", test_data), ("train", train_data))
              if _is_real(d) and input_report(d)}
     report = {**report, "input": reads} if reads and isinstance(report, dict) else report

@@ -281,14 +281,16 @@ def _point(out: Path, name: str, method: str, budget: str, labels: str, s: dict,
             "fits": bud.get("fits"), "ipc": rep["ipc"], "samples": rep["samples"], "accuracy": ev["compressed"],
             "random": {k: ev["random"][k] for k in ("mean", "std", "runs", "lr")}, "gain": ev["delta"],
             "ior": ev["scores"]["ior"], "hlr": ev["scores"]["hlr"], "lr": ev["protocol"]["lr_used"],
+            "outside_reader": ev["outside_reader"], "random_images": ev["random_images"],
             "eval_recipe": {k: ev["protocol"][k] for k in ("model", "epochs", "aug", "soft_labels")},
             "random_side": next(x["key"] for x in sides if x["labels"] == f["labels"]),
             "random_sides": [x["key"] for x in sides],
             "seconds": {"distill": round(t1 - t0, 1), "compressed": sec["compressed"], "random": sec["random"],
-                        "full_data": sec["full_data"], "total": round(time.time() - t0, 1),
+                        "full_data": sec["full_data"], "outside_reader": sec.get("outside_reader", 0.0),
+                        "total": round(time.time() - t0, 1),
                         # what `evaluate --protocol fair` alone would have trained for this set
-                        "standalone_evaluation": round(sec["compressed"] + sum(x["seconds"] for x in sides)
-                                                       + full_s, 1)}}
+                        "standalone_evaluation": round(sec["compressed"] + sec.get("outside_reader", 0.0)
+                                                       + sum(x["seconds"] for x in sides) + full_s, 1)}}
 
 
 def _as_error(e: BaseException) -> DcompressError:
@@ -307,9 +309,10 @@ def _as_error(e: BaseException) -> DcompressError:
 def _line(p: dict) -> str:
     if p.get("status") != "ok":
         return f"failed: {p.get('error')}"
-    a, r = p["accuracy"], p["random"]
+    a, r, o = p["accuracy"], p["random"], p.get("outside_reader") or {}
+    reader = f"; outside reader (.{o['images']}) {o['mean']:.2f} ± {o['std']:.2f} %" if "mean" in o else ""
     return (f"IPC {p['ipc']}, {p['bytes']:,} bytes, {a['mean']:.2f} ± {a['std']:.2f} % vs random "
-            f"{r['mean']:.2f} ± {r['std']:.2f} % ({p['gain']:+.2f})")
+            f"{r['mean']:.2f} ± {r['std']:.2f} % ({p['gain']:+.2f}){reader}")
 
 
 def _finish(ident: dict, points: list[dict], gates: tuple) -> dict:

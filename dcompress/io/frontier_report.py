@@ -10,7 +10,7 @@ import math
 from .figures import BACKGROUND, INK, font, line_height, png_bytes, text_size
 
 COLUMNS = ("method", "labels", "budget", "budget_bytes", "bytes", "fits", "ipc", "samples", "accuracy_mean",
-           "accuracy_std", "accuracy_runs", "random_mean", "random_std", "random_runs", "gain", "ior_mean",
+           "accuracy_std", "accuracy_runs", "outside_reader_mean", "outside_reader_std", "random_mean", "random_std", "random_runs", "gain", "ior_mean",
            "ior_std", "lr", "random_lr", "distill_s", "compressed_s", "random_s", "full_data_s", "total_s",
            "status", "error")
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
@@ -18,14 +18,25 @@ PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 
 RANDOM_INK = (120, 120, 120)
 
 
+def reader_accuracy(p: dict) -> dict | None:
+    """The accuracy (`mean`, `std` in %) of what an outside reader loads from point `p`: its
+    image member's when that differs from the exact `.npy` evaluated, else the point's own;
+    None for a point of a report written before outside readers were measured."""
+    o = p.get("outside_reader")
+    if not o:
+        return None
+    return o if "mean" in o else p["accuracy"] if o.get("same_as_evaluated") else None
+
+
 def _row(p: dict) -> dict:
     if p.get("status") != "ok":
         return {"method": p["method"], "labels": p["labels"], "budget": p["budget"], "status": p["status"],
                 "error": p.get("error", "")}
-    a, r, s = p["accuracy"], p["random"], p["seconds"]
+    a, r, s, o = p["accuracy"], p["random"], p["seconds"], reader_accuracy(p) or {}
     return {"method": p["method"], "labels": p["labels"], "budget": p["budget"], "budget_bytes": p["budget_bytes"],
             "bytes": p["bytes"], "fits": p["fits"], "ipc": p["ipc"], "samples": p["samples"],
             "accuracy_mean": a["mean"], "accuracy_std": a["std"], "accuracy_runs": " ".join(map(str, a["runs"])),
+            "outside_reader_mean": o.get("mean", ""), "outside_reader_std": o.get("std", ""),
             "random_mean": r["mean"], "random_std": r["std"], "random_runs": " ".join(map(str, r["runs"])),
             "gain": p["gain"], "ior_mean": p["ior"]["mean"], "ior_std": p["ior"]["std"], "lr": p["lr"],
             "random_lr": r["lr"], "distill_s": s["distill"], "compressed_s": s["compressed"], "random_s": s["random"],
@@ -80,6 +91,16 @@ def markdown(report: dict) -> str:
         lines.append(f"| {p['budget']} | {p['method']} | {p['labels']} | {human(p['bytes'])} | {p['ipc']} | "
                      f"{_pm(p['accuracy'])} | {_pm(p['random'])} | {p['gain']:+.2f} | {_pm(p['ior'])} | "
                      f"{p['seconds']['total']:.0f} |")
+    differ = [p for p in ok if "mean" in (p.get("outside_reader") or {})]
+    if differ:
+        lines += ["", "## What an outside reader loads", "",
+                  "These sets store exact `.npy` tensors that differ from their image member; webdataset, wids, "
+                  "timm and Hugging Face load the image member, trained here with the same recipe, lr and seeds:", ""]
+        for p in differ:
+            o = p["outside_reader"]
+            lines.append(f"- `{p['name']}`: .{o['images']} {_pm(o)} % against .npy {_pm(p['accuracy'])} % "
+                         f"({o['delta_vs_exact']:+.2f}; {100 * o['pixels_out_of_range']:.2f} % of pixels outside "
+                         f"[0, 1], max |diff| {o['max_abs_diff']:.3f})")
     lines += ["", "## Best choice per budget", ""]
     for b in report["best"]:
         verdict = " — random is as good (within the spread)" if b["random_as_good"] else ""

@@ -76,6 +76,13 @@ class ImageFormat:
             im.save(buf, format="WEBP", quality=self.quality, method=6)
         return buf.getvalue()
 
+    def roundtrip(self, images_u8: np.ndarray) -> np.ndarray:
+        """uint8 [N, C, H, W] -> the pixels a reader decodes once they are stored in this format
+        (encoded, then decoded as `decode_as` does); png is lossless: the array itself."""
+        if not self.lossy:
+            return images_u8
+        return np.stack([decode_as(self.encode(img), self.member, img.shape[0], None) for img in images_u8])
+
 
 def member_of(sample: dict) -> str | None:
     """The image member of a written sample (png, jpg or webp), None when it has none."""

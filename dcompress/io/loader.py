@@ -6,7 +6,9 @@
 
 Images come from the exact `.npy` tensor when present (synthetic sets), else from the image
 member (`.png`, or `.jpg` / `.webp` of `--image-format`) re-normalised with the manifest's
-mean/std. Hard-label outputs store no soft member: `logits` are the one-hot vectors of `.cls`
+mean/std. `load(path, images="member")` always decodes the image member, as an outside reader
+(webdataset, wids, timm, Hugging Face) does: decoded uint8 / 255, normalised with the manifest's
+mean/std, the `.npy` ignored (`ds.image_source` says which one `ds.images` holds). Hard-label outputs store no soft member: `logits` are the one-hot vectors of `.cls`
 (as older outputs stored them). The same shards also read as a plain
 `webdataset.WebDataset` pipeline: see `webdataset_pipeline`.
 
@@ -28,13 +30,15 @@ import torch
 import numpy as np
 
 from ..core import normalize
-from ..errors import DcompressError, InputDataError
+from ..errors import DcompressError, InputDataError, UsageError
 from . import topk
+from .imageformat import ImageFormat
 from .manifest import manifest_path, read_manifest, shard_paths
 from .members import output_samples, read_sample, soft_member
 from .schema import CompressedBlock
 
 TEACHER_FILE = "teacher.pt"          # an `online` output's teacher (api/labels.py writes it)
+IMAGE_FORMS = ("exact", "member")     # load(images=...): the `.npy` where stored, or the image member
 
 
 class CompressedDataset(torch.utils.data.Dataset):
@@ -52,12 +56,18 @@ class CompressedDataset(torch.utils.data.Dataset):
         lr / lrs: learned learning rate(s) or None. mean/std: normalisation. classes: names.
         manifest: the parsed manifest.json. block: its validated `dcompress` block (CompressedBlock).
         manifest_path: its path. protocol: the method's EvalProtocol.
+        image_source: what `images` was decoded from: `npy` (the exact tensors) or the image
+            member (`png`, `jpg`, `webp`). image_member: the image member an outside reader
+            decodes. image_format: the output's ImageFormat (`png`, `jpeg:Q`, `webp:Q`).
         label_kind: hard | teacher | learned | views | online. For views / online: `logits` and
             `soft_labels` are None, `num_views` is E, `epoch` the view `ds[i]` yields
             (`set_epoch`), `temperature` the one the teacher's labels are softened at.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, images: str = "exact"):
+        if images not in IMAGE_FORMS:
+            raise UsageError(f"images must be one of {', '.join(IMAGE_FORMS)}, got {images!r}")
+        use_member = images == "member"
         mpath, self.manifest, block, samples = output_samples(path)
         self.manifest_path = mpath
         self.block: CompressedBlock = block
@@ -74,9 +84,13 @@ class CompressedDataset(torch.utils.data.Dataset):
                                  path=str(mpath), key="dcompress.labels.topk")
         self.soft_member = soft_member(block)
         self.protocol = block.eval_protocol
+        self.image_format = ImageFormat.parse(block.image_format)
         images, labels, logits, views, view_logits, self.keys, self.meta = [], [], [], [], [], [], []
+        sources = set()
         for s in samples:
-            a = read_sample(s, block)
+            a = read_sample(s, block, member=use_member)
+            sources.add("npy" if a.exact else a.member)
+            self.image_member = a.member
             img = torch.from_numpy(a.image)
             images.append(img if a.exact else normalize(img.unsqueeze(0), self.mean, self.std)[0])
             labels.append(a.label)
@@ -86,6 +100,7 @@ class CompressedDataset(torch.utils.data.Dataset):
             self.keys.append(a.key)
         if not images:
             raise InputDataError("output has no samples", path=str(mpath))
+        self.image_source = "npy" if "npy" in sources else self.image_member
         self.images = torch.stack(images)
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.logits = self.soft_labels = self.views = None
@@ -176,9 +191,17 @@ class CompressedDataset(torch.utils.data.Dataset):
         return x[0], torch.softmax(logits[0] / self.temperature, dim=0), self.labels[i]
 
 
-def load(path: str | Path) -> CompressedDataset:
-    """Loads a dcompress output folder (or its manifest.json) as a torch Dataset."""
-    return CompressedDataset(path)
+def load(path: str | Path, images: str = "exact") -> CompressedDataset:
+    """Loads a dcompress output folder (or its manifest.json) as a torch Dataset.
+
+    Args:
+        images: `exact` (default): the exact float `.npy` tensors where the output stores them
+            (synthesis methods), else the image member. `member`: always the image member
+            (`.png`, `.jpg`, `.webp`) decoded as an outside reader decodes it (uint8 / 255,
+            normalised with the manifest's mean/std): the set webdataset, wids, timm or Hugging
+            Face train on. UsageError for another value.
+    """
+    return CompressedDataset(path, images)
 
 
 def webdataset_pipeline(path: str | Path):

@@ -111,8 +111,8 @@ def sample_class(s: dict, num_classes: int) -> int:
 @dataclass(frozen=True)
 class SampleArrays:
     """One validated sample: `label` its class, `image` the float32 normalised exact tensor
-    [C, H, W] (`exact`) or the uint8 PNG pixels [C, H, W], `logits` float32 [C] (-inf outside the
-    K kept classes of a top-K output)."""
+    [C, H, W] (`exact`) or the uint8 pixels [C, H, W] of its image member `member`, `logits`
+    float32 [C] (-inf outside the K kept classes of a top-K output)."""
 
     key: str
     label: int
@@ -121,6 +121,7 @@ class SampleArrays:
     logits: np.ndarray | None               # None for view labels (`views`, `online`)
     views: np.ndarray | None = None         # `views` labels: the E view records (augment.views.VIEW)
     view_logits: np.ndarray | None = None   # and their float32 logits [E, C]
+    member: str = "png"                     # the image member an outside reader decodes (png, jpg, webp)
 
 
 def soft_member(block: CompressedBlock) -> str | None:
@@ -129,31 +130,33 @@ def soft_member(block: CompressedBlock) -> str | None:
     return block.labels.soft
 
 
-def read_sample(s: dict, block: CompressedBlock, *, png: bool = False) -> SampleArrays:
+def read_sample(s: dict, block: CompressedBlock, *, member: bool = False) -> SampleArrays:
     """The arrays of sample `s` of an output whose manifest block is `block`; InputDataError
     naming shard and key for a missing or invalid member or a non-finite value. The image is the
-    exact `.npy` tensor when the sample has one, unless `png` asks for the 8-bit pixels (of the
-    `.png`, `.jpg` or `.webp` member, io/imageformat.py)."""
+    exact `.npy` tensor when the sample has one, unless `member` asks for the 8-bit pixels of
+    its image member (`.png`, `.jpg` or `.webp`, io/imageformat.py): what an outside reader
+    decodes."""
     url, key, c = s["__url__"], s["__key__"], len(block.class_names)
     shape, k = tuple(block.image_shape), block.labels.topk
     y = sample_class(s, c)
     soft = soft_member(block)
     if soft is not None and soft not in s:
         raise InputDataError(f"sample has no .{soft}", path=url, key=key)
-    member = member_of(s) or "png"
+    image = member_of(s) or "png"
+    where = image                             # the member an error names
     lg = views = view_logits = None
     try:
-        if "npy" in s and not png:
-            member = "npy"
+        if "npy" in s and not member:
+            where = "npy"
             img = decode_npy(s["npy"])
             if img.shape != shape or img.dtype.kind != "f":
                 raise ValueError(f"expected float {list(shape)}, found {img.dtype} {list(img.shape)}")
             img = img.astype(np.float32)
         else:
-            img = decode_as(s[member], member, shape[0], MAX_PIXELS)
+            img = decode_as(s[image], image, shape[0], MAX_PIXELS)
             if img.shape != shape:
                 raise ValueError(f"expected {list(shape)}, found {list(img.shape)}")
-        member = soft
+        where = soft
         if soft == viewlabels.MEMBER:
             views, view_logits = viewlabels.unpack(decode_npy(s[soft]), c, k, block.labels.views["epochs"])
         elif soft is not None:
@@ -164,11 +167,12 @@ def read_sample(s: dict, block: CompressedBlock, *, png: bool = False) -> Sample
                 raise ValueError(f"expected float [{c}], found {lg.dtype} {list(lg.shape)}")
             lg = lg.astype(np.float32)
     except KeyError:
-        raise InputDataError("sample has neither .npy nor an image (.png, .jpg, .webp)", path=url, key=key) from None
+        what = "no image member" if member else "neither .npy nor an image"
+        raise InputDataError(f"sample has {what} (.png, .jpg, .webp)", path=url, key=key) from None
     except Exception as e:  # noqa: BLE001 - any decoding failure of a member names it
-        raise InputDataError(f".{member} is not valid ({type(e).__name__}: {e})", path=url, key=key) from None
+        raise InputDataError(f".{where} is not valid ({type(e).__name__}: {e})", path=url, key=key) from None
     # top-K logits are -inf outside the K by design (their K values were checked by expand)
     if not (np.isfinite(img).all() and (k is not None or lg is None or np.isfinite(lg).all())):
         raise InputDataError("sample holds non-finite values", path=url, key=key)
     return SampleArrays(key=key, label=y, image=img, exact=img.dtype == np.float32, logits=lg, views=views,
-                        view_logits=view_logits)
+                        view_logits=view_logits, member=image)

@@ -1,5 +1,7 @@
 """`dcompress evaluate`: train fresh networks on a compressed set with its own protocol and
-report test accuracy, next to a class-matched random real subset trained the same way."""
+report test accuracy, next to a class-matched random real subset trained the same way, and (for
+a set with exact `.npy` tensors) the accuracy of what an outside reader loads: its image member
+(train/outside_reader.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +21,7 @@ from ..io.loader import CompressedDataset, load
 from ..seeds import derive, derive_seed
 from ..core import RealData, normalize
 from ..io.schema import EvalProtocol
+from . import outside_reader as reader
 from .loop import accuracy, train_on_set
 
 
@@ -42,7 +45,7 @@ class FinishedRuns:
 
         self.path = None
         self.done: dict[str, float] = {}
-        self.reused = {"compressed": 0, "random": 0}
+        self.reused = {"compressed": 0, "random": 0, "outside_reader": 0}
         if identity is None or None in identity.values() or dist.active():
             return
         self.path = cache_root() / "evaluations" / f"{run_key(identity)}.json"
@@ -141,7 +144,7 @@ def cross_architecture(models: list[str], evaluate_one: Callable[[str], dict]) -
         r = evaluate_one(m)
         first = first or r
         rows.append({"model": m, "compressed": r["compressed"], "random": r.get("random"), "delta": r.get("delta"),
-                     "lr_used": r["protocol"]["lr_used"], **({"scores": r["scores"]} if "scores" in r else {}),
+                     "outside_reader": r.get("outside_reader"), "lr_used": r["protocol"]["lr_used"], **({"scores": r["scores"]} if "scores" in r else {}),
                      "seconds": r["seconds"]})
     return {**first, "models": rows}
 
@@ -151,7 +154,8 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
              device: torch.device = torch.device("cpu"), random_baseline: bool = True,
              test_limit: int | None = None, progress: Callable[[int, int, str], None] | None = None,
              protocol: str = "own", models: Sequence[str] | None = None, fair=None, full_data=None,
-             teacher: str | Path | None = None, log: Callable[[dict], None] | None = None) -> dict:
+             teacher: str | Path | None = None, outside_reader: bool = True,
+             log: Callable[[dict], None] | None = None) -> dict:
     """Returns {"compressed": {...}, "random": {...} | None, "protocol": {...}, ...}.
 
     The test images are normalised with the compressed set's (training-set) mean/std. The
@@ -159,6 +163,11 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     and trains them with the same protocol; when the set's protocol uses teacher soft labels,
     the baseline gets the same teacher's logits (DD-Ranking's fairness point), else hard labels.
     A learned lr (MTT/DATM) is specific to its synthetic set: the baseline uses the protocol's lr.
+    A set stored as `jpeg:Q` / `webp:Q` gets random subsets encoded the same way (`random_images`).
+
+    `outside_reader`: a set with exact `.npy` tensors that differ from its image member is also
+    trained on the member (what webdataset, wids, timm, HF load), `runs` networks at the set's lr
+    with the same inits and seeds, reported as `outside_reader` (False: its pixel gap only).
 
     `protocol="fair"` runs `train.fair.fair_evaluate` instead (same recipe and labels for the set
     and the random subset, lr picked on a validation split, DD-Ranking scores; `fair` is its
@@ -173,7 +182,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
         ds = out if isinstance(out, CompressedDataset) else load(out)
         kw = dict(train=train, runs=runs, epochs=epochs, seed=seed, device=device, random_baseline=random_baseline,
                   test_limit=test_limit, progress=progress, protocol=protocol, fair=fair, full_data=full_data,
-                  teacher=teacher, log=log)
+                  teacher=teacher, outside_reader=outside_reader, log=log)
         return cross_architecture(names, lambda m: evaluate(ds, test, model=m, **kw))
     if model is not None:
         check_models([model])
@@ -185,7 +194,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
         dist.require_single("evaluate --protocol fair")
         return fair_evaluate(out, test, train=train, runs=runs, model=model, epochs=epochs, seed=seed, device=device,
                              test_limit=test_limit, config=fair, full_data=full_data, teacher=teacher,
-                             progress=progress, log=log)
+                             outside_reader=outside_reader, progress=progress, log=log)
     if runs < 1:
         raise UsageError(f"--runs must be >= 1, got {runs}")
     ds = out if isinstance(out, CompressedDataset) else load(out)
@@ -200,7 +209,7 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
     try:
         report = _own(ds, train, finished, proto=proto, lr=lr, x_test=x_test, y_test=y_test, n_test=n_test,
                       runs=runs, seed=seed, device=device, random_baseline=random_baseline, progress=progress,
-                      log=log or (lambda ev: None))
+                      outside_reader=outside_reader, log=log or (lambda ev: None))
     except (KeyboardInterrupt, Interrupted) as e:
         hint = finished.kept()
         if hint is None:
@@ -213,9 +222,11 @@ def evaluate(out: str | Path | CompressedDataset, test: RealData, *, train: Real
 
 
 def _own(ds: CompressedDataset, train: RealData | None, finished: FinishedRuns, *, proto: EvalProtocol, lr: float,
-         x_test, y_test, n_test: int, runs: int, seed: int, device, random_baseline: bool, progress, log) -> dict:
-    """The own protocol: `runs` networks on the set, then on random subsets; a run finished by an
-    earlier, interrupted evaluation is reused, each finished run's accuracy printed as a note."""
+         x_test, y_test, n_test: int, runs: int, seed: int, device, random_baseline: bool, progress,
+         outside_reader: bool, log) -> dict:
+    """The own protocol: `runs` networks on the set, on its image member when it differs (the
+    outside reader's set: same lr, inits and seeds), then on random subsets; a run finished by
+    an earlier, interrupted evaluation is reused, each finished run's accuracy printed as a note."""
     def each_run(side: str, train_one: Callable[[int], float]) -> list[float]:
         accs = {}
         for r in dist.spread(runs):          # torchrun: runs spread over ranks, each run's draws derived
@@ -233,18 +244,27 @@ def _own(ds: CompressedDataset, train: RealData | None, finished: FinishedRuns, 
     def bar(side: str, r: int):
         return (lambda a, b: progress(a, b, f"{side} run {r + 1}/{runs}")) if progress else None
 
-    def compressed_run(r: int) -> float:
-        net = train_on_set(ds.images, ds.labels, num_classes=len(ds.classes), protocol=proto,
-                           generator=derive(seed, "eval-compressed", r), device=device, soft=ds.logits, lr=lr,
-                           epoch_data=set_views(ds, device), progress=bar("compressed", r))
-        return accuracy(net, x_test, y_test, device=device)
+    def set_run(side: str, data: CompressedDataset) -> Callable[[int], float]:
+        def one(r: int) -> float:
+            net = train_on_set(data.images, data.labels, num_classes=len(data.classes), protocol=proto,
+                               generator=derive(seed, "eval-compressed", r), device=device, soft=data.logits, lr=lr,
+                               epoch_data=set_views(data, device), progress=bar(side, r))
+            return accuracy(net, x_test, y_test, device=device)
+        return one
 
     t0 = time.time()
-    accs = each_run("compressed", compressed_run)
+    accs = each_run("compressed", set_run("compressed", ds))
     report = {"evaluation": "own", "compressed": _summary(accs), "random": None, "protocol": {**dataclasses.asdict(proto), "lr_used": lr},
               "samples": len(ds), "test_samples": n_test,
               "method": ds.block.method.name if ds.block.method else None,
               "seconds": {"compressed": round(time.time() - t0, 1)}, "resumed_runs": finished.reused}
+    member, block = reader.member_form(ds)
+    if member is not None and outside_reader:
+        t_reader = time.time()
+        summary = _summary(each_run("outside_reader", set_run("outside_reader", member)))
+        block = reader.with_accuracies(block, summary, report["compressed"]["mean"])
+        report["seconds"]["outside_reader"] = round(time.time() - t_reader, 1)
+    report["outside_reader"] = block if member is None or outside_reader else reader.skipped(block)
     if not random_baseline:
         return report
     counts = torch.bincount(ds.labels, minlength=len(ds.classes)).tolist()
@@ -261,7 +281,7 @@ def _own(ds: CompressedDataset, train: RealData | None, finished: FinishedRuns, 
     def random_run(r: int) -> float:
         g = derive(seed, "eval-random", r)
         idx = torch.cat([train.sample_class(c, n, g) for c, n in enumerate(counts) if n > 0])
-        x = normalize(train.get_u8(idx), ds.mean, ds.std)
+        x = reader.random_pixels(ds, train, idx)
         y = train.labels[idx]
         # the teacher's logits in the form the set stores its own: float16, top-K when pruned
         soft = topk.stored_form(soft_teacher.logits(x, device), ds.label_topk) if soft_teacher is not None else None
@@ -273,6 +293,7 @@ def _own(ds: CompressedDataset, train: RealData | None, finished: FinishedRuns, 
     t1 = time.time()
     accs = each_run("random", random_run)
     report["random"] = {**_summary(accs), "labels": note}
+    report["random_images"] = str(ds.image_format)
     report["delta"] = round(report["compressed"]["mean"] - report["random"]["mean"], 2)
     report["seconds"]["random"] = round(time.time() - t1, 1)
     return report

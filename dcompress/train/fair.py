@@ -13,8 +13,12 @@ scores (train/ranking.py). docs/evaluation.md describes the protocol; in short:
    DSA off when the protocol uses it, `dsa_strategy` on when it does not) and each side, the lr
    is picked from `lr_grid` by validation accuracy after run 0 (a learned lr, MTT/DATM, is used
    as is for the set's own labels, like DD-Ranking's `syn_lr`); the other runs train at that lr.
-   Run r of both sides uses the same network init; the random side draws subset r.
-4. The full-data accuracy (HLR) is trained once with `FullDataConfig` and cached in
+   Run r of both sides uses the same network init; the random side draws subset r (encoded and
+   decoded through the set's `image_format` when that is lossy: random subsets of the same bytes).
+4. A set with exact `.npy` tensors that differ from its image member is also trained on the
+   member (what an outside reader loads, train/outside_reader.py) for its own labels and
+   augmentation: `runs` networks at the set's picked lr, the same inits (`outside_reader`).
+5. The full-data accuracy (HLR) is trained once with `FullDataConfig` and cached in
    `<cache>/full-data/` keyed by the input and test fingerprints, recipe, model and seed.
 
 Every draw comes from `seeds.derive(seed, ...)`; the same inputs and seed give the same report.
@@ -43,6 +47,7 @@ from ..io import topk
 from ..io.safe_write import ensure_dir, remove_dead_temps, write_json
 from ..io.loader import CompressedDataset, load
 from ..seeds import derive
+from . import outside_reader as reader
 from . import ranking
 from .loop import accuracy, train_epoch, train_on_set
 from .random_sides import RandomSides, side_key
@@ -129,7 +134,8 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
                   device: torch.device = torch.device("cpu"), test_limit: int | None = None,
                   config: FairConfig | None = None, full_data: FullDataConfig | None = None,
                   teacher: str | Path | None = None, progress: ProgressFn | None = None,
-                  log: Callable[[dict], None] | None = None, random_sides: RandomSides | None = None) -> dict:
+                  log: Callable[[dict], None] | None = None, random_sides: RandomSides | None = None,
+                  outside_reader: bool = True) -> dict:
     """The fair-protocol report: `compressed`/`random`/`delta` for the set's own labels (as the
     `own` protocol reports them), `fair` (every label x augmentation setting per side with its
     lr, validation grid and runs; full-data accuracy; teacher; validation split) and `scores`
@@ -137,7 +143,12 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
 
     `random_sides` (train/random_sides.py): random sides already trained for the same counts,
     recipe, labels and seed are taken from it, new ones stored in it (`fair.random_sides` names
-    each one's digest and whether it was reused; `seconds` splits compressed / random)."""
+    each one's digest and whether it was reused; `seconds` splits compressed / random).
+
+    `outside_reader` (train/outside_reader.py): a set whose exact tensors differ from its image
+    member is also trained on the member, own labels and protocol augmentation, `runs` networks
+    at the lr picked for the set and the same inits; False reports its pixel gap only. A set
+    stored as `jpeg:Q` / `webp:Q` gets random subsets encoded the same way (`random_images`)."""
     from .evaluate import prepare, random_views, set_views
 
     cfg, full_cfg = config or FairConfig(), full_data or FullDataConfig()
@@ -175,7 +186,7 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
     def random_run(r: int) -> dict:
         if r not in subsets:
             idx = _draw(pools, counts, derive(seed, "fair-random", r))
-            x = normalize(train.get_u8(idx), ds.mean, ds.std)
+            x = reader.random_pixels(ds, train, idx)
             # the teacher's logits in the set's stored form (float16, top-K when pruned): same labels
             soft = topk.stored_form(teach.logits(x, device), ds.label_topk) if teach else None
             views = random_views(ds, x, train.labels[idx], teach, device, r) if teach else None
@@ -183,9 +194,10 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
         return subsets[r]
 
     set_data = {"x": ds.images, "y": ds.labels, "soft": ds.logits, "views": set_views(ds, device)}
+    member, reader_block = reader.member_form(ds)
     n_grid = len(cfg.lr_grid)
     total = sum((1 if (learned is not None and lab == own) else n_grid) + n_grid + 2 * (runs - 1)
-                for lab, _ in settings)
+                for lab, _ in settings) + (runs if member is not None and outside_reader else 0)
     done = [0]
 
     def tick() -> None:
@@ -194,9 +206,11 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
             progress(done[0], total, "fair evaluation (networks)")
 
     results, shared, spent = [], [], {"compressed": 0.0, "random": 0.0}
+    recipes = {}
     test_key = {"fingerprint": test.source.get("fingerprint"), "samples": n_test, "of": len(test)}
     for label, aug in settings:
         recipe = dataclasses.replace(proto, soft_labels=label == "soft", aug=aug, kd=proto.kd and label == "soft")
+        recipes[(label, aug)] = recipe
         row = {"labels": label, "aug": aug or "none"}
         for side, data in (("compressed", lambda r: set_data), ("random", random_run)):
             t_side = time.time()
@@ -220,6 +234,19 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
                 row[side] = train_side()
             spent[side] += time.time() - t_side
         results.append(row)
+    main = next(r for r in results if r["labels"] == own and r["aug"] == (proto.aug or "none"))
+    if member is not None and outside_reader:            # the set's side again, on its image member
+        t_reader = time.time()
+        member_data = {"x": member.images, "y": member.labels, "soft": member.logits,
+                       "views": set_views(member, device)}
+        got = _select_and_run(lambda r: member_data, recipes[(own, proto.aug)], len(ds.classes), cfg.lr_grid,
+                              main["compressed"]["lr"], runs, tags=(seed, "fair-net", own, proto.aug or "none"),
+                              val=(x_val, y_val), test=(x_test, y_test), device=device, tick=tick)
+        reader_block = reader.with_accuracies(reader_block, ranking.summary(got["test"], 100, 2),
+                                              ranking.summary(main["compressed"]["test"], 100, 2)["mean"])
+        spent["outside_reader"] = time.time() - t_reader
+    elif member is not None:
+        reader_block = reader.skipped(reader_block)
     t_sets = time.time() - t0
     full_test = x_test
     if tuple(train.mean) != tuple(ds.mean) or tuple(train.std) != tuple(ds.std):   # --train is another input
@@ -239,7 +266,6 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
     scores = ranking.scores(full["accuracy"], accs("hard", proto.aug, "compressed"),
                             accs(own, proto.aug, "compressed"), accs(own, proto.aug, "random"),
                             lrs_weight=cfg.lrs_weight, ars_weight=cfg.ars_weight, **aug_lists)
-    main = next(r for r in results if r["labels"] == own and r["aug"] == (proto.aug or "none"))
     warnings = teacher_warnings(teach, accs("hard", proto.aug, "compressed"))
     for text in warnings:
         if log is not None:
@@ -260,9 +286,11 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
                      "validation": {"per_class": cfg.val_per_class, "samples": int(val_idx.numel())},
                      "full_data": full, "teacher": teacher_info,
                      **({"random_sides": shared} if random_sides is not None else {})},
+            "outside_reader": reader_block, "random_images": str(ds.image_format),
             "scores": scores, **({"warnings": warnings} if warnings else {}),
             "seconds": {"sets": round(t_sets, 1), "compressed": round(spent["compressed"], 1),
                         "random": round(spent["random"], 1),
+                        **({"outside_reader": round(spent["outside_reader"], 1)} if "outside_reader" in spent else {}),
                         "full_data": full["seconds"] if not full["cached"] else 0.0}}
 
 

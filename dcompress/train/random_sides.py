@@ -3,8 +3,8 @@
 Under the fair protocol (train/fair.py) the random side of one label x augmentation setting is
 `runs` networks on class-matched random real subsets: run 0 at every lr of the grid, the rest
 at the lr picked on the validation split. Nothing of the compressed set enters it except the
-per-class sample counts, the recipe, the normalisation and the way its labels are stored
-(teacher, top-K, views). `side_key` lists exactly those inputs; two sets that agree on them
+per-class sample counts, the recipe, the normalisation, the way its labels are stored (teacher,
+top-K, views) and a lossy image format (the random subsets are encoded the same way). `side_key` lists exactly those inputs; two sets that agree on them
 (every method of a frontier at the same budget-derived IPC and labels) get the same random
 networks, so `RandomSides` trains them once and hands the result to the others.
 
@@ -25,8 +25,11 @@ KIND = "fair-random-side-v1"
 
 def side_key(*, ds, train, test_key: dict, counts: list[int], recipe, grid: tuple[float, ...], runs: int, seed: int,
              label: str, aug: str | None, val_per_class: int, teacher_info: dict | None, device) -> dict:
-    """Everything that decides the random side's accuracies (JSON-able)."""
+    """Everything that decides the random side's accuracies (JSON-able). A lossy image format
+    adds `images` (`jpeg:75`); png sets, whose random subsets are the pixels as decoded, keep
+    the key they had before formats existed, so their stored sides stay valid."""
     views = ds.views
+    fmt = ds.image_format
     return {"kind": KIND, "train": train.source.get("fingerprint"), "test": test_key, "counts": list(counts),
             "recipe": dataclasses.asdict(recipe), "grid": list(grid), "runs": runs, "seed": seed, "labels": label,
             "aug": aug or "none", "val_per_class": val_per_class, "mean": list(ds.mean), "std": list(ds.std),
@@ -35,7 +38,8 @@ def side_key(*, ds, train, test_key: dict, counts: list[int], recipe, grid: tupl
                         if label == "soft" and teacher_info else None),
             "views": ({"config": repr(views.config), "seed": views.seed, "num": ds.num_views}
                       if label == "soft" and views is not None else None),
-            "device": str(getattr(device, "type", device))}
+            "device": str(getattr(device, "type", device)),
+            **({"images": str(fmt)} if fmt.lossy else {})}
 
 
 def digest(key: dict) -> str:

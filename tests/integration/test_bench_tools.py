@@ -74,3 +74,20 @@ def test_bench_iter_decode_smoke(shards, tmp_path, capsys):
             "store worker (read, decode, checks, write, sums)"} <= set(rates)
     assert all(len(v) == 1 and v[0] > 0 for v in rates.values())
     assert "time vs raw tar walk" in capsys.readouterr().out
+
+
+def test_bench_exact_smoke(shards, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DCOMPRESS_CACHE", str(tmp_path / "cache"))
+    args = ["--train", str(shards["train"]), "--test", str(shards["test"]), "--work", str(tmp_path / "w"),
+            "--methods", "dm", "--ipc", "1", "--runs", "2", "--epochs", "1", "--test-limit", "12",
+            "--set", "dm:model=convnet_w16", "--set", "dm:iterations=3", "--set", "dm:batch_real=8",
+            "--json", str(tmp_path / "r.json"), "--md", str(tmp_path / "r.md")]
+    assert _load("bench_exact").main(args) == 0
+    row = json.loads((tmp_path / "r.json").read_text())["rows"][0]
+    assert row["method"] == "dm" and row["differs_from_exact"] and len(row["png"]["runs"]) == 2
+    assert row["difference"] == round(row["png"]["mean"] - row["exact"]["mean"], 2)
+    assert row["bytes"]["npy"] == 3 * (4 * 28 * 28 + 128) and 0 < row["bytes"]["image"] < row["bytes"]["npy"]
+    table = capsys.readouterr().out
+    assert "| dm |" in table and table == (tmp_path / "r.md").read_text()
+    assert _load("bench_exact").main(args) == 0              # a rerun keeps the finished row
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == [row]

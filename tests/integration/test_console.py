@@ -125,11 +125,11 @@ def test_evaluate_prints_each_run_and_resumes_finished_runs(shards, tmp_path, mo
     monkeypatch.setattr(ev, "accuracy", real_accuracy)
     r, rep = run(*args)
     assert r.exit_code == 0, r.output
-    assert rep["resumed_runs"] == {"compressed": 1, "random": 0} and len(rep["compressed"]["runs"]) == 3
+    assert rep["resumed_runs"] == {"compressed": 1, "random": 0, "outside_reader": 0} and len(rep["compressed"]["runs"]) == 3
     assert "(finished before the interrupt, reused)" in r.stderr
     assert not list((Path(os.environ["DCOMPRESS_CACHE"]) / "evaluations").glob("*.json"))   # cleared when done
     r, rep = run(*args)
-    assert rep["resumed_runs"] == {"compressed": 0, "random": 0}
+    assert rep["resumed_runs"] == {"compressed": 0, "random": 0, "outside_reader": 0}
 
 
 # ------------------------------------------------------------------------------------------- output, help, config

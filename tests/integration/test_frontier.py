@@ -71,6 +71,9 @@ def test_frontier_writes_four_files_and_shares_the_random_side(done):
                                    | {"status": "ok"})
     rows = list(csv.DictReader((out / "frontier.csv").open()))
     assert [r["method"] for r in rows] == ["random", "herding", "random", "herding"]
+    # selections have no exact form: an outside reader loads what was evaluated
+    assert all(p["outside_reader"] == {"images": "png", "same_as_evaluated": True} for p in rep["points"])
+    assert all(r["outside_reader_mean"] == r["accuracy_mean"] for r in rows)
     assert Image.open(out / "frontier.png").size == (900, 560)
     md = (out / "frontier.md").read_text()
     assert "## Best choice per budget" in md and "## Where random is as good" in md
