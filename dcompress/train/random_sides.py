@@ -1,8 +1,8 @@
 """The random side of a fair evaluation, trained once and shared (`dcompress frontier`).
 
 Under the fair protocol (train/fair.py) the random side of one label x augmentation setting is
-`runs` networks on class-matched random real subsets: run 0 at every lr of the grid, the rest
-at the lr picked on the validation split. Nothing of the compressed set enters it except the
+`runs` networks on class-matched random real subsets: run 0 at the lrs of the grid (every lr the
+whole schedule, or successive halving), the rest at the lr picked on the validation split. Nothing of the compressed set enters it except the
 per-class sample counts, the recipe, the normalisation and the way its labels are stored
 (teacher, top-K, views). `side_key` lists exactly those inputs; two sets that agree on them
 (every method of a frontier at the same budget-derived IPC and labels) get the same random
@@ -24,12 +24,17 @@ KIND = "fair-random-side-v1"
 
 
 def side_key(*, ds, train, test_key: dict, counts: list[int], recipe, grid: tuple[float, ...], runs: int, seed: int,
-             label: str, aug: str | None, val_per_class: int, teacher_info: dict | None, device) -> dict:
-    """Everything that decides the random side's accuracies (JSON-able)."""
+             label: str, aug: str | None, val_per_class: int, teacher_info: dict | None, device,
+             lr_search: str = "grid", eta: int = 3) -> dict:
+    """Everything that decides the random side's accuracies (JSON-able). The lr search enters
+    only when it is not the grid (`lr_search`, `halving_eta`): a halving side is never taken for a
+    grid one nor the reverse, and the sides stored before the option existed keep their keys."""
     views = ds.views
+    search = {"lr_search": lr_search, "halving_eta": eta} if lr_search != "grid" else {}
     return {"kind": KIND, "train": train.source.get("fingerprint"), "test": test_key, "counts": list(counts),
-            "recipe": dataclasses.asdict(recipe), "grid": list(grid), "runs": runs, "seed": seed, "labels": label,
-            "aug": aug or "none", "val_per_class": val_per_class, "mean": list(ds.mean), "std": list(ds.std),
+            "recipe": dataclasses.asdict(recipe), "grid": list(grid), **search, "runs": runs, "seed": seed,
+            "labels": label, "aug": aug or "none", "val_per_class": val_per_class, "mean": list(ds.mean),
+            "std": list(ds.std),
             "topk": ds.label_topk if label == "soft" else None,
             "teacher": ({k: teacher_info.get(k) for k in ("model", "sha256", "path", "source")}
                         if label == "soft" and teacher_info else None),
