@@ -165,7 +165,8 @@ def fair_configs(protocol: str, lr_grid, val_per_class, ars: bool, full_epochs, 
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     fair_only = {"--lr-grid": lr_grid, "--lr-search": lr_search, "--val-per-class": val_per_class,
-                 "--full-epochs": full_epochs, "--full-max-samples": full_max_samples, "--teacher": teacher, "--no-ars": None if ars else True}
+                 "--full-epochs": full_epochs, "--full-max-samples": full_max_samples, "--teacher": teacher,
+                 "--no-ars": None if ars else True}
     if protocol != "fair":
         given = [k for k, v in fair_only.items() if v is not None]
         if given:

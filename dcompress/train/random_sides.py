@@ -2,9 +2,9 @@
 
 Under the fair protocol (train/fair.py) the random side of one label x augmentation setting is
 `runs` networks on class-matched random real subsets: run 0 at the lrs of the grid (every lr the
-whole schedule, or successive halving), the rest at the lr picked on the validation split. Nothing of the compressed set enters it except the
-per-class sample counts, the recipe, the normalisation and the way its labels are stored
-(teacher, top-K, views). `side_key` lists exactly those inputs; two sets that agree on them
+whole schedule, or successive halving), the rest at the lr picked on the validation split.
+Nothing of the compressed set enters it except the per-class sample counts, the recipe, the
+normalisation and the way its labels are stored (teacher, top-K, views). `side_key` lists exactly those inputs; two sets that agree on them
 (every method of a frontier at the same budget-derived IPC and labels) get the same random
 networks, so `RandomSides` trains them once and hands the result to the others.
 

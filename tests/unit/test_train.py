@@ -62,7 +62,8 @@ def test_training_in_segments_equals_one_uninterrupted_call():
     for proto, kw in ((EvalProtocol(name="dc", model="convnet_w8", epochs=5, batch_size=5,
                                     aug="color_crop_cutout_flip_scale_rotate"), {}),
                       (EvalProtocol(name="rded", model="convnet_w8", epochs=5, batch_size=5, soft_labels=True,
-                                    kd=True, temperature=4.0), {"soft": soft, "epoch_data": lambda p: (views[p], soft)})):
+                                    kd=True, temperature=4.0),
+                       {"soft": soft, "epoch_data": lambda p: (views[p], soft)})):
         whole = train_on_set(images, labels, num_classes=3, protocol=proto, lr=0.05,
                              generator=torch.Generator().manual_seed(7), device=cpu, **kw)
         for cuts in ((1, 2, 3, 4, 5, 6), (2, 6), (3, 3, 6), (6,)):
