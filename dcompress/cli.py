@@ -89,6 +89,10 @@ def _input(urls, *, max_bad, max_pixels, allow_manifest_urls, workers, size, res
 # the fair protocol's options, shared by `evaluate --protocol fair` and `frontier`
 LR_GRID = typer.Option(None, "--lr-grid", help="fair protocol: comma list of lrs to pick from on the validation "
                                                "split (default 0.001,0.005,0.01,0.05,0.1: DD-Ranking's)")
+LR_SEARCH = typer.Option(None, "--lr-search", help="fair protocol: how the lr is picked: grid (every lr trains "
+                                                   "the whole schedule; the default) | halving (successive halving: "
+                                                   "the best third of the lrs trains on at each rung; "
+                                                   "docs/evaluation.md)")
 VAL_PER_CLASS = typer.Option(None, "--val-per-class", help="fair protocol: validation images per class held out of "
                                                            "the training input (default 50)")
 FULL_EPOCHS = typer.Option(None, "--full-epochs", help="fair protocol: epochs of the cached full-data network (HLR) "
@@ -363,6 +367,7 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
              models: Optional[str] = typer.Option(None, "--models", help="comma list of networks: a cross-architecture "
                                                   "table, e.g. convnet,resnet18"),
              lr_grid: Optional[str] = LR_GRID,
+             lr_search: Optional[str] = LR_SEARCH,
              val_per_class: Optional[int] = VAL_PER_CLASS,
              ars: bool = typer.Option(True, "--ars/--no-ars", help="fair: also train with the augmentation switched "
                                       "for the augmentation-robust score"),
@@ -392,8 +397,8 @@ def evaluate(target: Path = typer.Argument(..., metavar="OUT", help="a dcompress
         _use_cache(cache_dir)
         return api_evaluate(target, test, train=train, runs=runs, model=model, epochs=epochs, seed=seed,
                             device=device, random_baseline=random_baseline, test_limit=test_limit, protocol=protocol,
-                            models=models, lr_grid=lr_grid, val_per_class=val_per_class, ars=ars,
-                            full_epochs=full_epochs, full_max_samples=full_max_samples, teacher=teacher,
+                            models=models, lr_grid=lr_grid, lr_search=lr_search, val_per_class=val_per_class,
+                            ars=ars, full_epochs=full_epochs, full_max_samples=full_max_samples, teacher=teacher,
                             min_accuracy=min_accuracy, min_gain_over_random=min_gain, max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                             workers=workers, size=size, resize_mode=resize_mode, label_key=label_key,
                             class_names=class_names, channels=channels, outside_reader=outside_reader,
@@ -440,7 +445,8 @@ def _pm(s: dict | None) -> str:
 
 def _show_fair(r: dict) -> None:
     f, sc = r["fair"], r["scores"]
-    table = Table(title=f"{r['method']}: {r['samples']} images, fair protocol, {f['runs']} runs, test on "
+    search = ", lr by successive halving" if f.get("lr_search") == "halving" else ""
+    table = Table(title=f"{r['method']}: {r['samples']} images, fair protocol, {f['runs']} runs{search}, test on "
                         f"{r['test_samples']}")
     for col in ("labels", "augmentation", "set acc %", "set lr", "random acc %", "random lr", "set − random"):
         table.add_column(col)
@@ -493,6 +499,7 @@ def frontier(urls: List[str] = typer.Argument(..., metavar="URLS...", help="trai
                                                  "each method's protocol model, e.g. convnet)"),
              runs: int = typer.Option(2, "--runs", help="fresh networks per side and point"),
              lr_grid: Optional[str] = LR_GRID,
+             lr_search: Optional[str] = LR_SEARCH,
              val_per_class: Optional[int] = VAL_PER_CLASS,
              test_limit: Optional[int] = TEST_LIMIT,
              full_epochs: Optional[int] = FULL_EPOCHS,
@@ -528,7 +535,8 @@ def frontier(urls: List[str] = typer.Argument(..., metavar="URLS...", help="trai
 
         _use_cache(cache_dir)
         return api_frontier(urls, test=test, out=output, methods=methods, budgets=budgets, labels=labels,
-                            epochs=epochs, model=model, runs=runs, lr_grid=lr_grid, val_per_class=val_per_class,
+                            epochs=epochs, model=model, runs=runs, lr_grid=lr_grid, lr_search=lr_search,
+                            val_per_class=val_per_class,
                             test_limit=test_limit, full_epochs=full_epochs, full_max_samples=full_max_samples,
                             seed=seed, device=device, sets=sets, teacher=teacher, overwrite=overwrite,
                             min_accuracy=min_accuracy, min_gain_over_random=min_gain, exact_images=exact_images,

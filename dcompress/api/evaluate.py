@@ -23,8 +23,9 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
              epochs: int | None = None, seed: int = 0, device: str | torch.device = "auto",
              random_baseline: bool = True, test_limit: int | None = None, protocol: str = "own",
              models: str | Sequence[str] | None = None, lr_grid: str | Sequence[float] | None = None,
-             val_per_class: int | None = None, ars: bool = True, full_epochs: int | None = None,
-             full_max_samples: int | None = None, teacher: str | Path | None = None, max_bad: int | None = None,
+             lr_search: str | None = None, val_per_class: int | None = None, ars: bool = True,
+             full_epochs: int | None = None, full_max_samples: int | None = None, teacher: str | Path | None = None,
+             max_bad: int | None = None,
              max_pixels: int | None = MAX_PIXELS, allow_manifest_urls: bool = False, workers: int | None = None,
              size: int | None = None, resize_mode: str | None = None, label_key: str | None = None,
              class_names: str | Path | Iterable[str] | None = None, channels: int | None = None,
@@ -39,10 +40,10 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
     `source.decode`: size, resize mode, label key, channels) and their labels mapped with the
     set's class names; `size`, `resize_mode`, `label_key`, `channels`, `class_names` given here
     win. `protocol="fair"`: same recipe and labels for set and random subsets, lr picked on a
-    validation split (`lr_grid`, `val_per_class`), DD-Ranking's scores (`ars`: also the
-    augmentation-robust one; `full_epochs`/`full_max_samples`: the full-data network;
-    `teacher`: the teacher that relabels the random subsets). `models`: a cross-architecture
-    table. docs/evaluation.md.
+    validation split (`lr_grid`, `val_per_class`; `lr_search`: grid, or halving for successive
+    halving), DD-Ranking's scores (`ars`: also the augmentation-robust one;
+    `full_epochs`/`full_max_samples`: the full-data network; `teacher`: the teacher that
+    relabels the random subsets). `models`: a cross-architecture table. docs/evaluation.md.
 
     What an outside reader loads: a set with exact `.npy` tensors that differ from its image
     member is also trained on the member (the `.png` webdataset, wids, timm and HF decode), same
@@ -61,7 +62,8 @@ def evaluate(out: str | Path | CompressedDataset, test: str | Iterable[str] | Re
                  max_pixels=(max_pixels, 1), workers=(workers, 1))
     check_seed(seed)
     check_gates(min_accuracy, min_gain_over_random, random_baseline)
-    fair_cfg, full_cfg = fair_configs(protocol, lr_grid, val_per_class, ars, full_epochs, full_max_samples, teacher)
+    fair_cfg, full_cfg = fair_configs(protocol, lr_grid, val_per_class, ars, full_epochs, full_max_samples, teacher,
+                                      lr_search=lr_search)
     if isinstance(models, str):
         models = models.split(",")
     names = check_models(models, model) if models is not None else None
@@ -161,15 +163,17 @@ def recorded_decode(ds: CompressedDataset, given: dict, *, max_pixels: int | Non
                              key="dcompress.source.decode") from None
 
 
-def fair_configs(protocol: str, lr_grid, val_per_class, ars: bool, full_epochs, full_max_samples, teacher):
+def fair_configs(protocol: str, lr_grid, val_per_class, ars: bool, full_epochs, full_max_samples, teacher, *,
+                 lr_search: str | None = None):
     """FairConfig and FullDataConfig from the fair-only options (UsageError when given without
     protocol fair, or out of range); (None, None) for the own protocol."""
     from ..train.evaluate import PROTOCOLS
 
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    fair_only = {"--lr-grid": lr_grid, "--val-per-class": val_per_class, "--full-epochs": full_epochs,
-                 "--full-max-samples": full_max_samples, "--teacher": teacher, "--no-ars": None if ars else True}
+    fair_only = {"--lr-grid": lr_grid, "--lr-search": lr_search, "--val-per-class": val_per_class,
+                 "--full-epochs": full_epochs, "--full-max-samples": full_max_samples, "--teacher": teacher,
+                 "--no-ars": None if ars else True}
     if protocol != "fair":
         given = [k for k, v in fair_only.items() if v is not None]
         if given:
@@ -180,7 +184,7 @@ def fair_configs(protocol: str, lr_grid, val_per_class, ars: bool, full_epochs, 
 
     if lr_grid is not None:
         lr_grid = parse_grid(lr_grid if isinstance(lr_grid, str) else ",".join(map(str, lr_grid)))
-    fair = resolve_config(FairConfig, flags={"lr_grid": lr_grid,
+    fair = resolve_config(FairConfig, flags={"lr_grid": lr_grid, "lr_search": lr_search,
                                              "val_per_class": val_per_class, "ars": ars})
     return fair, resolve_config(FullDataConfig, flags={"epochs": full_epochs, "max_samples": full_max_samples})
 

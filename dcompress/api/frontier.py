@@ -39,7 +39,8 @@ FATAL = (ResourceError, Interrupted, KeyboardInterrupt, MemoryError)   # stop th
 
 def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFAULT_METHODS,
              budgets: str | Sequence[str] = DEFAULT_BUDGETS, labels: str | Sequence[str] = ("hard",),
-             epochs: int | None = None, model: str | None = None, runs: int = 2, lr_grid: str | Sequence[float] | None = None,
+             epochs: int | None = None, model: str | None = None, runs: int = 2,
+             lr_grid: str | Sequence[float] | None = None, lr_search: str | None = None,
              val_per_class: int | None = None, test_limit: int | None = None, full_epochs: int | None = None,
              full_max_samples: int | None = None, seed: int = 0, device: str = "auto", sets: Iterable[str] = (),
              teacher: str | Path | None = None, overwrite: bool = False, min_accuracy: float | None = None,
@@ -57,6 +58,7 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
     `exact_images`: `distill --exact-images/--no-exact-images` for the methods that optimise
     pixels (None: their default). A rerun with more or fewer methods, budgets or labels and
     otherwise the same settings keeps the finished points it still asks for.
+    `lr_search`: grid (default) or halving, the fair protocol's lr search (docs/evaluation.md).
     """
     from .. import dist
     from ..io.atomic import OutputLock
@@ -72,7 +74,8 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
     for b in budgets:
         parse_budget(b)
     method_sets, teacher_sets = _split_sets(sets, methods)
-    fair_cfg, full_cfg = fair_configs("fair", lr_grid, val_per_class, False, full_epochs, full_max_samples, teacher)
+    fair_cfg, full_cfg = fair_configs("fair", lr_grid, val_per_class, False, full_epochs, full_max_samples, teacher,
+                                      lr_search=lr_search)
     _check_requests(methods, budgets, labels, method_sets, teacher_sets, teacher, seed)
     dev = resolve_device(device)
     out = Path(out).absolute()
@@ -86,8 +89,8 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
 
         check_models([model])
     settings = {"methods": methods, "budgets": budgets, "labels": labels, "epochs": epochs, "model": model,
-                "runs": runs,
-                "lr_grid": list(fair_cfg.lr_grid), "val_per_class": fair_cfg.val_per_class, "test_limit": test_limit,
+                "runs": runs, "lr_grid": list(fair_cfg.lr_grid), "lr_search": fair_cfg.lr_search,
+                "val_per_class": fair_cfg.val_per_class, "test_limit": test_limit,
                 "full_data": {"epochs": full_cfg.epochs, "max_samples": full_cfg.max_samples}, "seed": seed,
                 "sets": sorted(sets), "teacher": str(Path(teacher).absolute()) if teacher else None,
                 "device": dev.type, **({"exact_images": exact_images} if exact_images is not None else {})}
@@ -176,6 +179,8 @@ def _own_report(out: Path, ident: dict, overwrite: bool) -> dict:
                               "choose another -o or empty it", path=str(out)) from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise OutputError(f"{REPORT} is not a dcompress frontier report", path=str(out))
+        if isinstance(state.get("settings"), dict):     # a report from before --lr-search searched the grid
+            state["settings"].setdefault("lr_search", "grid")
         same = _without_grid(state) == _without_grid(ident)
         if not same and not overwrite:
             what = [k for k in ("input", "test", "settings")

@@ -77,7 +77,7 @@ def markdown(report: dict) -> str:
              f"Input {inp['samples']:,} samples, {inp['classes']} classes (fingerprint `{inp['fingerprint']}`); "
              f"test {report['test']['samples']:,} samples. Fair protocol: {s['runs']} runs per point, lr from "
              f"{', '.join(f'{v:g}' for v in s['lr_grid'])} on {s['val_per_class']} validation images per class"
-             f"{epochs}"
+             f"{' (successive halving)' if s.get('lr_search') == 'halving' else ''}{epochs}"
              f", seed {s['seed']}. Accuracies in %, mean ± std over runs; random: class-matched random real "
              "subsets of the same size, trained with the same recipe and labels.", "",
              f"Status: **{report['status']}**" + (f" — {report['error']}" if report.get("error") else ""), "",

@@ -11,8 +11,9 @@ scores (train/ranking.py). docs/evaluation.md describes the protocol; in short:
    keeps them and the random subset gets the default teacher's, as DD-Ranking does.
 3. For each label setting (and, for ARS, the set's own labels with the augmentation switched:
    DSA off when the protocol uses it, `dsa_strategy` on when it does not) and each side, the lr
-   is picked from `lr_grid` by validation accuracy after run 0 (a learned lr, MTT/DATM, is used
-   as is for the set's own labels, like DD-Ranking's `syn_lr`); the other runs train at that lr.
+   is picked from `lr_grid` by validation accuracy after run 0 (every lr the whole schedule, or
+   successive halving with `lr_search` halving: train/lr_search.py; a learned lr, MTT/DATM, is
+   used as is for the set's own labels, like DD-Ranking's `syn_lr`); the other runs train at it.
    Run r of both sides uses the same network init; the random side draws subset r (encoded and
    decoded through the set's `image_format` when that is lossy: random subsets of the same bytes).
 4. A set with exact `.npy` tensors that differ from its image member is also trained on the
@@ -38,7 +39,7 @@ import torch
 
 from .. import __version__
 from ..augment.dsa import DEFAULT_STRATEGY
-from ..config import Validated, non_negative, positive, unit_interval, unit_open
+from ..config import Validated, checked, non_negative, positive, unit_interval, unit_open
 from ..cache import cache_root
 from ..core import RealData, RealView, RunSpec, normalize
 from ..io.schema import EvalProtocol
@@ -49,7 +50,8 @@ from ..io.loader import CompressedDataset, load
 from ..seeds import derive
 from . import outside_reader as reader
 from . import ranking
-from .loop import accuracy, train_epoch, train_on_set
+from .loop import SetTrainer, accuracy, train_epoch
+from .lr_search import LR_SEARCHES, planned_passes, search
 from .random_sides import RandomSides, side_key
 
 ProgressFn = Callable[[int, int, str], None]
@@ -58,9 +60,13 @@ ProgressFn = Callable[[int, int, str], None]
 @dataclass(frozen=True)
 class FairConfig(Validated):
     """The fair protocol's knobs. `lr_grid` is DD-Ranking's (`_hyper_param_search_*`);
-    `lrs_weight`/`ars_weight` are its `lrs_lambda`/`ars_lambda` (0.5 on its leaderboard)."""
+    `lrs_weight`/`ars_weight` are its `lrs_lambda`/`ars_lambda` (0.5 on its leaderboard).
+    `lr_search`: grid (every lr trains the whole schedule) or halving (successive halving by
+    `halving_eta`, train/lr_search.py)."""
 
     lr_grid: tuple[float, ...] = positive((0.001, 0.005, 0.01, 0.05, 0.1))
+    lr_search: str = "grid"
+    halving_eta: int = checked(3, lambda v: v >= 2, ">= 2")   # halving keeps ceil(n / eta) lrs per rung
     val_per_class: int = positive(50)
     lrs_weight: float = unit_interval(0.5)
     ars_weight: float = unit_interval(0.5)
@@ -71,6 +77,9 @@ class FairConfig(Validated):
         super().__post_init__()
         if not self.lr_grid:
             raise UsageError("FairConfig: 'lr_grid' needs at least one learning rate", key="lr_grid")
+        if self.lr_search not in LR_SEARCHES:
+            raise UsageError(f"--lr-search must be one of {', '.join(LR_SEARCHES)}, got {self.lr_search!r}",
+                             key="lr_search")
 
 
 @dataclass(frozen=True)
@@ -195,15 +204,21 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
 
     set_data = {"x": ds.images, "y": ds.labels, "soft": ds.logits, "views": set_views(ds, device)}
     member, reader_block = reader.member_form(ds)
+    passes = proto.epochs + 1
     n_grid = len(cfg.lr_grid)
-    total = sum((1 if (learned is not None and lab == own) else n_grid) + n_grid + 2 * (runs - 1)
-                for lab, _ in settings) + (runs if member is not None and outside_reader else 0)
+
+    def side_passes(n_lrs: int) -> int:
+        """Network-passes of one side: the lr search's on run 0, then runs 1 .. R-1."""
+        return planned_passes(n_lrs, passes, cfg.lr_search, cfg.halving_eta) + (runs - 1) * passes
+
+    total = sum(side_passes(1 if (learned is not None and lab == own) else n_grid) + side_passes(n_grid)
+                for lab, _ in settings) + (runs * passes if member is not None and outside_reader else 0)
     done = [0]
 
-    def tick() -> None:
-        done[0] += 1
+    def tick(k: int) -> None:
+        done[0] += k
         if progress:
-            progress(done[0], total, "fair evaluation (networks)")
+            progress(done[0], total, "fair evaluation (network passes)")
 
     results, shared, spent = [], [], {"compressed": 0.0, "random": 0.0}
     recipes = {}
@@ -217,19 +232,20 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
             fixed = learned if (side == "compressed" and label == own) else None
             train_side = functools.partial(_select_and_run, data, recipe, len(ds.classes), cfg.lr_grid, fixed, runs,
                                            tags=(seed, "fair-net", label, aug or "none"), val=(x_val, y_val),
-                                           test=(x_test, y_test), device=device, tick=tick)
+                                           test=(x_test, y_test), device=device, tick=tick,
+                                           how=cfg.lr_search, eta=cfg.halving_eta)
             if side == "random" and random_sides is not None:
                 key = side_key(ds=ds, train=train, test_key=test_key, counts=counts, recipe=recipe,
                                grid=cfg.lr_grid, runs=runs, seed=seed, label=label, aug=aug,
                                val_per_class=cfg.val_per_class, teacher_info=teach.info if teach else None,
-                               device=device)
+                               device=device, lr_search=cfg.lr_search, eta=cfg.halving_eta)
                 n_before = len(random_sides.reused)
                 result, d, took = random_sides.side(key, train_side)
                 row[side] = {**result, "test": list(result["test"])}
                 reused = len(random_sides.reused) > n_before
                 shared.append({"labels": label, "aug": aug or "none", "key": d, "reused": reused, "seconds": took})
-                for _ in range(n_grid + runs - 1 if reused else 0):
-                    tick()
+                if reused:
+                    tick(side_passes(n_grid))
             else:
                 row[side] = train_side()
             spent[side] += time.time() - t_side
@@ -282,7 +298,9 @@ def fair_evaluate(out: str | Path | CompressedDataset, test: RealData, *, train:
             "protocol": {**dataclasses.asdict(dataclasses.replace(proto, soft_labels=soft)),
                          "lr_used": main["compressed"]["lr"], "lr_source": main["compressed"]["lr_source"]},
             "samples": len(ds), "test_samples": n_test, "method": ds.block.method.name if ds.block.method else None,
-            "fair": {"labels": own, "runs": runs, "lr_grid": list(cfg.lr_grid), "results": results,
+            "fair": {"labels": own, "runs": runs, "lr_grid": list(cfg.lr_grid), "lr_search": cfg.lr_search,
+                     **({"halving_eta": cfg.halving_eta} if cfg.lr_search == "halving" else {}),
+                     "results": results,
                      "validation": {"per_class": cfg.val_per_class, "samples": int(val_idx.numel())},
                      "full_data": full, "teacher": teacher_info,
                      **({"random_sides": shared} if random_sides is not None else {})},
@@ -314,29 +332,34 @@ def _renormalise(x: torch.Tensor, src, dst) -> torch.Tensor:
 
 
 def _select_and_run(data: Callable[[int], dict], recipe: EvalProtocol, num_classes: int, grid: tuple[float, ...],
-                    fixed_lr: float | None, runs: int, *, tags: tuple, val, test, device, tick) -> dict:
-    """Run 0 at every lr of `grid` (or at `fixed_lr`), the best validation accuracy picks the
-    lr (the earliest on a tie); runs 1.. at that lr. Test accuracies (fractions) in "test"."""
+                    fixed_lr: float | None, runs: int, *, tags: tuple, val, test, device, tick,
+                    how: str = "grid", eta: int = 3) -> dict:
+    """Run 0 at the lrs of `grid` searched by `how` (train/lr_search.py: the full grid, or
+    successive halving by `eta`), or at `fixed_lr`; the best validation accuracy picks the lr
+    (the earliest on a tie) and run 0's network at it is tested; runs 1.. train at that lr.
+    Test accuracies (fractions) in "test"; "val_grid" rows {lr, val %, passes};
+    "network_passes": the passes trained (run 0's search and runs 1..)."""
     d = data(0)
-    grid_rows, best = [], None
-    for lr in ([fixed_lr] if fixed_lr is not None else grid):
-        net = train_on_set(d["x"], d["y"], num_classes=num_classes, protocol=recipe, generator=derive(*tags, 0),
-                           device=device, soft=d["soft"], lr=lr, epoch_data=d["views"] if recipe.soft_labels else None)
-        v = accuracy(net, val[0], val[1], device=device)
-        grid_rows.append({"lr": lr, "val": round(100 * v, 2)})
-        if best is None or v > best[0]:
-            best = (v, lr, net)
-        tick()
-    lr = best[1]
-    test_accs = [accuracy(best[2], test[0], test[1], device=device)]
+    x, soft = d["x"].to(device), None if d["soft"] is None else d["soft"].to(device)   # once for every lr
+
+    def make(lr: float) -> SetTrainer:
+        return SetTrainer(x, d["y"], num_classes=num_classes, protocol=recipe, generator=derive(*tags, 0),
+                          device=device, soft=soft, lr=lr, epoch_data=d["views"] if recipe.soft_labels else None)
+
+    lrs = (fixed_lr,) if fixed_lr is not None else grid
+    lr, net, grid_rows = search(lrs, make, lambda n: accuracy(n, val[0], val[1], device=device),
+                                passes=recipe.epochs + 1, how=how, eta=eta, tick=tick)
+    test_accs = [accuracy(net, test[0], test[1], device=device)]
+    trained = sum(row["passes"] for row in grid_rows)
     for r in range(1, runs):
         d = data(r)
-        net = train_on_set(d["x"], d["y"], num_classes=num_classes, protocol=recipe, generator=derive(*tags, r),
-                           device=device, soft=d["soft"], lr=lr, epoch_data=d["views"] if recipe.soft_labels else None)
-        test_accs.append(accuracy(net, test[0], test[1], device=device))
-        tick()
+        t = SetTrainer(d["x"], d["y"], num_classes=num_classes, protocol=recipe, generator=derive(*tags, r),
+                       device=device, soft=d["soft"], lr=lr, epoch_data=d["views"] if recipe.soft_labels else None)
+        test_accs.append(accuracy(t.run_to(t.total), test[0], test[1], device=device))
+        trained += t.passes
+        tick(t.total)
     return {"lr": lr, "lr_source": "learned" if fixed_lr is not None else "grid", "val_grid": grid_rows,
-            "test": test_accs}
+            "network_passes": trained, "test": test_accs}
 
 
 def _teacher(ds: CompressedDataset, train: RealData, device: torch.device, teacher: str | Path | None, log):

@@ -2,7 +2,8 @@
 
 `train_on_set` is the reference `evaluate_synset` protocol (methods.md §1.4): SGD with
 momentum, `epochs + 1` passes, one x0.1 lr decay at `epochs // 2 + 1`, optional per-sample
-DSA augmentation, hard or soft (SoftCE vs softmax(logits / T)) targets.
+DSA augmentation, hard or soft (SoftCE vs softmax(logits / T)) targets. `SetTrainer` is the
+same training pass by pass (stop after any pass, go on later, the same weights).
 """
 from __future__ import annotations
 
@@ -77,51 +78,83 @@ def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, images: "torch
     return total / max(seen, 1)
 
 
-def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, protocol: EvalProtocol,
-                 generator: torch.Generator, device: torch.device, soft: torch.Tensor | None = None,
-                 lr: float | None = None, epochs: int | None = None,
-                 progress: Callable[[int, int], None] | None = None,
-                 epoch_data: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.nn.Module:
-    """Trains a fresh `protocol.model` on the set and returns it (in eval mode).
+class SetTrainer:
+    """A fresh `protocol.model` trained on a set pass by pass, so that training can stop after
+    any pass and go on later: `run_to(p)` trains passes `passes` .. p-1. The network, the
+    optimiser (and its momentum), the generator and the pass counter live here, so any sequence
+    of `run_to` calls ending at `total` gives the weights of one uninterrupted `train_on_set`
+    bit for bit (tests/unit/test_train.py). The successive-halving lr search (train/fair.py)
+    trains every lr to a rung and only the survivors on.
 
     Args:
         images: float32 [M, C, H, W] normalised. labels: int64 [M].
         soft: target logits [M, num_classes] when the protocol uses soft labels.
         lr: overrides protocol.lr (the learned lr of MTT/DATM).
-        epochs: overrides protocol.epochs (demo/CI budgets).
+        epochs: overrides protocol.epochs (demo/CI budgets); `total` = epochs + 1 passes.
         epoch_data: pass p trains on `epoch_data(p)` = (images [M, ...], target logits [M, C]) in
             place of `images`/`soft`: one view of every image per pass (views / online labels).
+        progress: called (passes done, total) after every pass.
     """
-    from ..nets import build_net
 
-    c, h, w = images.shape[1:]
-    net = build_net(protocol.model, c, num_classes, (h, w), generator=generator).to(device)
-    images, labels = images.to(device), labels.to(device)
-    soft = soft.to(device) if (soft is not None and protocol.soft_labels) else None
-    lr = float(protocol.lr if lr is None else lr)
-    epochs = int(protocol.epochs if epochs is None else epochs)
-    decay_at = epochs // 2 + 1
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, protocol: EvalProtocol,
+                 generator: torch.Generator, device: torch.device, soft: torch.Tensor | None = None,
+                 lr: float | None = None, epochs: int | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 epoch_data: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None):
+        from ..nets import build_net
 
-    def make_opt(rate: float) -> torch.optim.Optimizer:
-        return torch.optim.SGD(net.parameters(), lr=rate, momentum=protocol.momentum,
-                               weight_decay=protocol.weight_decay)
+        c, h, w = images.shape[1:]
+        self.net = build_net(protocol.model, c, num_classes, (h, w), generator=generator).to(device)
+        self.protocol, self.generator, self.device = protocol, generator, device
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.soft = soft.to(device) if (soft is not None and protocol.soft_labels) else None
+        self.epoch_data, self.progress = epoch_data, progress
+        self.lr = float(protocol.lr if lr is None else lr)
+        epochs = int(protocol.epochs if epochs is None else epochs)
+        self.total, self.decay_at = epochs + 1, epochs // 2 + 1       # passes; the x0.1 decay's pass
+        self.passes = 0            # passes trained so far
+        self.diverged = False      # a non-finite loss stopped the training (as train_on_set does)
+        self.opt = self._sgd(self.lr)
 
-    opt = make_opt(lr)
+    def _sgd(self, rate: float) -> torch.optim.Optimizer:
+        p = self.protocol
+        return torch.optim.SGD(self.net.parameters(), lr=rate, momentum=p.momentum, weight_decay=p.weight_decay)
+
+    def run_to(self, passes: int) -> torch.nn.Module:
+        """Trains up to `passes` passes in all (0 <= passes <= total, not fewer than done) and
+        returns the network in eval mode. After a non-finite loss nothing more is trained."""
+        if not self.passes <= passes <= self.total:
+            raise ValueError(f"SetTrainer.run_to({passes}): {self.passes} of {self.total} passes are done")
+        p = self.protocol
+        while self.passes < passes and not self.diverged:
+            ep = self.passes
+            if ep == self.decay_at:
+                self.opt = self._sgd(self.lr * 0.1)
+            x, target = (self.images, self.soft) if self.epoch_data is None else self.epoch_data(ep)
+            loss = train_epoch(self.net, self.opt, x.to(self.device), self.labels,
+                               None if target is None else target.to(self.device), batch_size=p.batch_size,
+                               generator=self.generator, aug=p.aug, temperature=p.temperature, kd=p.kd)
+            self.passes += 1
+            # a diverged evaluation net scores what it scores; the caller reports accuracy
+            self.diverged = not torch.isfinite(torch.tensor(loss))
+            if self.progress is not None and not self.diverged:
+                self.progress(self.passes, self.total)
+        self.net.eval()
+        return self.net
+
+
+def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, protocol: EvalProtocol,
+                 generator: torch.Generator, device: torch.device, soft: torch.Tensor | None = None,
+                 lr: float | None = None, epochs: int | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 epoch_data: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.nn.Module:
+    """Trains a fresh `protocol.model` on the set for `epochs + 1` passes and returns it (in
+    eval mode): one uninterrupted `SetTrainer` (its docstring lists the arguments)."""
+    trainer = SetTrainer(images, labels, num_classes=num_classes, protocol=protocol, generator=generator,
+                         device=device, soft=soft, lr=lr, epochs=epochs, progress=progress, epoch_data=epoch_data)
     if progress is not None:
-        progress(0, epochs + 1)          # the bar starts now: its first epoch is timed on its own
-    for ep in range(epochs + 1):
-        if ep == decay_at:
-            opt = make_opt(lr * 0.1)
-        x, target = (images, soft) if epoch_data is None else epoch_data(ep)
-        loss = train_epoch(net, opt, x.to(device), labels, None if target is None else target.to(device),
-                           batch_size=protocol.batch_size, generator=generator, aug=protocol.aug,
-                           temperature=protocol.temperature, kd=protocol.kd)
-        if not torch.isfinite(torch.tensor(loss)):
-            break  # a diverged evaluation net scores what it scores; the caller reports accuracy
-        if progress is not None:
-            progress(ep + 1, epochs + 1)
-    net.eval()
-    return net
+        progress(0, trainer.total)       # the bar starts now: its first epoch is timed on its own
+    return trainer.run_to(trainer.total)
 
 
 @torch.no_grad()

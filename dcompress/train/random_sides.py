@@ -1,10 +1,11 @@
 """The random side of a fair evaluation, trained once and shared (`dcompress frontier`).
 
 Under the fair protocol (train/fair.py) the random side of one label x augmentation setting is
-`runs` networks on class-matched random real subsets: run 0 at every lr of the grid, the rest
-at the lr picked on the validation split. Nothing of the compressed set enters it except the
-per-class sample counts, the recipe, the normalisation, the way its labels are stored (teacher,
-top-K, views) and a lossy image format (the random subsets are encoded the same way). `side_key` lists exactly those inputs; two sets that agree on them
+`runs` networks on class-matched random real subsets: run 0 at the lrs of the grid (every lr the
+whole schedule, or successive halving), the rest at the lr picked on the validation split.
+Nothing of the compressed set enters it except the per-class sample counts, the recipe, the
+normalisation, the way its labels are stored (teacher, top-K, views) and a lossy image format
+(the random subsets are encoded the same way). `side_key` lists exactly those inputs; two sets that agree on them
 (every method of a frontier at the same budget-derived IPC and labels) get the same random
 networks, so `RandomSides` trains them once and hands the result to the others.
 
@@ -24,15 +25,19 @@ KIND = "fair-random-side-v1"
 
 
 def side_key(*, ds, train, test_key: dict, counts: list[int], recipe, grid: tuple[float, ...], runs: int, seed: int,
-             label: str, aug: str | None, val_per_class: int, teacher_info: dict | None, device) -> dict:
+             label: str, aug: str | None, val_per_class: int, teacher_info: dict | None, device,
+             lr_search: str = "grid", eta: int = 3) -> dict:
     """Everything that decides the random side's accuracies (JSON-able). A lossy image format
-    adds `images` (`jpeg:75`); png sets, whose random subsets are the pixels as decoded, keep
-    the key they had before formats existed, so their stored sides stay valid."""
+    adds `images` (`jpeg:75`) and the lr search enters only when it is not the grid
+    (`lr_search`, `halving_eta`); png sets searched by the grid keep the key they had before
+    either existed, so their stored sides stay valid."""
     views = ds.views
     fmt = ds.image_format
+    search = {"lr_search": lr_search, "halving_eta": eta} if lr_search != "grid" else {}
     return {"kind": KIND, "train": train.source.get("fingerprint"), "test": test_key, "counts": list(counts),
-            "recipe": dataclasses.asdict(recipe), "grid": list(grid), "runs": runs, "seed": seed, "labels": label,
-            "aug": aug or "none", "val_per_class": val_per_class, "mean": list(ds.mean), "std": list(ds.std),
+            "recipe": dataclasses.asdict(recipe), "grid": list(grid), **search, "runs": runs, "seed": seed,
+            "labels": label, "aug": aug or "none", "val_per_class": val_per_class, "mean": list(ds.mean),
+            "std": list(ds.std),
             "topk": ds.label_topk if label == "soft" else None,
             "teacher": ({k: teacher_info.get(k) for k in ("model", "sha256", "path", "source")}
                         if label == "soft" and teacher_info else None),

@@ -91,3 +91,33 @@ def test_bench_exact_smoke(shards, tmp_path, capsys, monkeypatch):
     assert "| dm |" in table and table == (tmp_path / "r.md").read_text()
     assert _load("bench_exact").main(args) == 0              # a rerun keeps the finished row
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == [row]
+
+
+def test_bench_lr_search_compares_grid_and_halving(shards, tmp_path, capsys):
+    """The lr-search benchmark on tiny shards: a set distilled here and a given one, both
+    searches, the picks, the passes (halving trains fewer) and the table."""
+    from dcompress.api import distill
+
+    given = tmp_path / "given"
+    distill(str(shards["train"]), "random", out=given, ipc=2, labels="hard", seed=1)
+    argv = ["--train", str(shards["train"]), "--test", str(shards["test"]), "--sets", str(given), "--methods",
+            "herding", "--ipc", "1", "--work", str(tmp_path / "w"), "--epochs", "2", "--runs", "2", "--model",
+            "convnet_w8", "--val-per-class", "2", "--full-epochs", "1", "--test-limit", "12", "--no-ars",
+            "--device", "cpu", "--json", str(tmp_path / "r.json")]
+    rc = _load("bench_lr_search").main(argv)
+    assert rc == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["set"] for r in rows] == ["given", "herding-ipc1-hard"]
+    for r in rows:
+        assert r["sides_searched"] == 2 and r["agree"] == (r["sides_agree"] == 2)
+        # 5 lrs, 3 passes: the grid 5 x 3 + 3 per side, halving 5 x 1 + 2 x 2 + 3
+        assert r["grid"]["network_passes"] == 2 * 18 and r["halving"]["network_passes"] == 2 * 12
+        assert r["ratio"]["network_passes"] == round(24 / 36, 3)
+        assert all(p["lr"] in (0.001, 0.005, 0.01, 0.05, 0.1) for s in ("grid", "halving") for p in r[s]["picks"])
+        if r["agree"]:
+            assert r["same_accuracy"]
+    out = capsys.readouterr().out
+    assert out.startswith("| set | images | lr set grid → halving") and "Picks agree on" in out
+    # a rerun with the same settings keeps the finished rows
+    assert _load("bench_lr_search").main(argv) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows

@@ -107,6 +107,36 @@ def test_models_table(sets, shards):
     assert text.exit_code == 0 and "lenet" in text.stdout and "cross-architecture" in text.stdout
 
 
+def test_halving_reports_its_rungs_and_trains_the_grids_network_at_the_same_lr(sets, shards):
+    """`--lr-search halving` (5 lrs, 3 passes: a rung at 1 pass keeps 2): the report names the
+    search and each lr's passes; where it picks the grid's lr every run's accuracy is the
+    grid's (run 0: the same network, trained on from the rung). Progress ends at its total."""
+    from dcompress.api.evaluate import evaluate
+
+    ticks = []
+    kw = dict(train=shards["train"], runs=2, model="convnet_w8", epochs=2, test_limit=12, protocol="fair",
+              lr_grid="0.001,0.005,0.01,0.05,0.1", val_per_class=2, full_epochs=1, ars=False, device="cpu")
+    grid = evaluate(sets["hard"], shards["test"], **kw)
+    halving = evaluate(sets["hard"], shards["test"], lr_search="halving",
+                       progress=lambda done, total, what: ticks.append((done, total, what)), **kw)
+    assert grid["fair"]["lr_search"] == "grid" and halving["fair"]["lr_search"] == "halving"
+    assert halving["fair"]["halving_eta"] == 3
+    assert ticks[-1][:2] == (2 * (5 + 2 * 2 + 3),) * 2 and "network passes" in ticks[-1][2]
+    agree = 0
+    for g_row, h_row in zip(grid["fair"]["results"], halving["fair"]["results"]):
+        for side in ("compressed", "random"):
+            g, h = g_row[side], h_row[side]
+            assert [r["passes"] for r in g["val_grid"]] == [3] * 5 and g["network_passes"] == 5 * 3 + 3
+            assert sorted(r["passes"] for r in h["val_grid"]) == [1, 1, 1, 3, 3] and h["network_passes"] == 12
+            assert next(r["passes"] for r in h["val_grid"] if r["lr"] == h["lr"]) == 3
+            if h["lr"] == g["lr"]:
+                agree += 1
+                assert h["runs"] == g["runs"]
+                assert next(r for r in h["val_grid"] if r["lr"] == h["lr"]) == \
+                    next(r for r in g["val_grid"] if r["lr"] == g["lr"])
+    assert agree                                        # on these shards at least one side agrees
+
+
 @pytest.mark.parametrize("extra,code,needle", [
     (["--models", "convnet_w8,nope"], 2, "unknown network 'nope'"),
     (["--model", "nope"], 2, "unknown network 'nope'"),
@@ -115,6 +145,8 @@ def test_models_table(sets, shards):
     (["--protocol", "fair", "--no-random"], 2, "drop --no-random"),
     (["--protocol", "fair", "--lr-grid", "0,0.1"], 2, "--lr-grid"),
     (["--protocol", "bogus"], 2, "--protocol must be one of own, fair"),
+    (["--lr-search", "halving"], 2, "only applies to --protocol fair"),
+    (["--protocol", "fair", "--lr-search", "bisect"], 2, "--lr-search must be one of grid, halving"),
 ])
 def test_bad_options_exit_2(sets, shards, extra, code, needle):
     r = run("evaluate", sets["hard"], "--test", shards["test"], "--json", *extra)

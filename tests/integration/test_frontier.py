@@ -51,7 +51,7 @@ def done(shards, tmp_path_factory):
 
 def test_frontier_writes_four_files_and_shares_the_random_side(done):
     out, rep = done["out"], done["report"]
-    assert rep["status"] == "ok" and len(rep["points"]) == 4
+    assert rep["status"] == "ok" and len(rep["points"]) == 4 and rep["settings"]["lr_search"] == "grid"
     assert {f.name for f in out.iterdir()} >= {"frontier.json", "frontier.csv", "frontier.png", "frontier.md",
                                                "points", "random"}
     # one random side per (budget, labels): trained by the first method, reused by the second
@@ -87,6 +87,16 @@ def test_same_command_again_keeps_every_point(done, shards):
     assert stable(rep) == stable({**done["report"], "counters": rep["counters"]})
 
 
+def test_a_report_from_before_lr_search_is_resumed_as_a_grid_one(done, shards, tmp_path):
+    out = tmp_path / "report"
+    shutil.copytree(done["out"], out)
+    state = json.loads((out / "frontier.json").read_text())
+    del state["settings"]["lr_search"]
+    (out / "frontier.json").write_text(json.dumps(state))
+    code, rep, r = frontier(shards, out)
+    assert code == 0 and rep["counters"]["points_kept"] == 4 and rep["settings"]["lr_search"] == "grid", r.output
+
+
 def test_resume_after_an_interrupt_gives_the_same_report(done, shards, tmp_path, monkeypatch):
     out = tmp_path / "report"
     real_point, calls = frontier_mod._point, []
@@ -114,6 +124,10 @@ def test_another_input_or_settings_is_refused(done, shards, tmp_path):
     assert code == 2 and "another input" in rep["error"] and "--overwrite" in rep["error"]
     code, rep, _ = frontier(shards, done["out"], "--seed", "1")
     assert code == 2 and "settings.seed" in rep["error"]
+    code, rep, _ = frontier(shards, done["out"], "--lr-search", "halving")
+    assert code == 2 and "settings.lr_search was 'grid', now 'halving'" in rep["error"]
+    code, rep, _ = frontier(shards, tmp_path / "r", "--lr-search", "bisect")
+    assert code == 2 and "--lr-search must be one of grid, halving" in rep["error"]
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.txt").write_text("mine")
     code, rep, _ = frontier(shards, tmp_path / "junk")

@@ -35,7 +35,8 @@ OLD_RULES = {
     "factor": ">= 0 (0: by resolution)",
 }
 # a value each rule refuses
-OUT_OF_RANGE = {"> 0": 0, ">= 0": -1, "in [0, 1)": 1, "in (0, 1]": 0, "in [0, 1]": 1.5, ">= 0 (0: by resolution)": -1}
+OUT_OF_RANGE = {"> 0": 0, ">= 0": -1, "in [0, 1)": 1, "in (0, 1]": 0, "in [0, 1]": 1.5, ">= 0 (0: by resolution)": -1,
+                ">= 2": 1}
 
 
 def _subclasses(cls):

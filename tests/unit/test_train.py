@@ -1,6 +1,7 @@
 """Evaluation training: each run is its own network, and a run is reproducible from its seed."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dcompress.train.loop import train_on_set
@@ -45,3 +46,34 @@ def test_training_from_a_real_view_equals_training_on_the_normalised_tensor():
                   for _ in range(2)]
         nets.append((losses, predict(net, source, device=torch.device("cpu"))))
     assert nets[0][0] == nets[1][0] and torch.equal(nets[0][1], nets[1][1])
+
+
+def test_training_in_segments_equals_one_uninterrupted_call():
+    """SetTrainer stopped after any pass (and its net evaluated in between, as the halving lr
+    search does) and continued gives the weights of one train_on_set call bit for bit: across
+    the lr decay, with augmentation, soft labels and a view per pass."""
+    from dcompress.train.loop import SetTrainer, accuracy
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(12, 1, 28, 28, generator=g), torch.arange(3).repeat(4)
+    soft = torch.randn(12, 3, generator=g)
+    views = [torch.randn(12, 1, 28, 28, generator=g) for _ in range(6)]
+    cpu = torch.device("cpu")
+    for proto, kw in ((EvalProtocol(name="dc", model="convnet_w8", epochs=5, batch_size=5,
+                                    aug="color_crop_cutout_flip_scale_rotate"), {}),
+                      (EvalProtocol(name="rded", model="convnet_w8", epochs=5, batch_size=5, soft_labels=True,
+                                    kd=True, temperature=4.0),
+                       {"soft": soft, "epoch_data": lambda p: (views[p], soft)})):
+        whole = train_on_set(images, labels, num_classes=3, protocol=proto, lr=0.05,
+                             generator=torch.Generator().manual_seed(7), device=cpu, **kw)
+        for cuts in ((1, 2, 3, 4, 5, 6), (2, 6), (3, 3, 6), (6,)):
+            t = SetTrainer(images, labels, num_classes=3, protocol=proto, lr=0.05,
+                           generator=torch.Generator().manual_seed(7), device=cpu, **kw)
+            for p in cuts:
+                accuracy(t.run_to(p), images, labels, device=cpu)
+            assert t.passes == t.total == 6 and not t.net.training
+            assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), t.net.state_dict().values()))
+        with pytest.raises(ValueError, match="passes"):
+            t.run_to(7)
+        with pytest.raises(ValueError, match="passes"):
+            t.run_to(2)
