@@ -97,7 +97,9 @@ def test_the_random_side_key_tells_halving_from_grid():
 
     from dcompress.train.random_sides import digest, side_key
 
-    ds = SimpleNamespace(views=None, mean=(0.2,), std=(0.3,), label_topk=None)
+    from dcompress.io.imageformat import ImageFormat
+
+    ds = SimpleNamespace(views=None, mean=(0.2,), std=(0.3,), label_topk=None, image_format=ImageFormat.parse("png"))
     common = dict(ds=ds, train=SimpleNamespace(source={"fingerprint": "f"}), test_key={"samples": 3},
                   counts=[1, 1], recipe=EvalProtocol(), grid=(0.01, 0.1), runs=2, seed=0, label="hard", aug=None,
                   val_per_class=2, teacher_info=None, device="cpu")
