@@ -5,12 +5,13 @@ validation accuracy picks the lr, the earliest on a tie (DD-Ranking's search, on
 split).
 
 `halving`: successive halving (Jamieson & Talwalkar 2016; the inner loop of Hyperband, Li et
-al. 2018). With G lrs and a factor eta, the lrs are cut to ceil(n / eta) at each rung while more
-than eta remain; K cuts. Rung k (k = 0 .. K) is at ceil(P / eta^(K - k)) passes, the last one at
-P: every lr trains to rung 0, the best ceil(n / eta) by validation accuracy (the earlier lr on a
-tie) train on to the next rung, and so on; the best validation accuracy at P among the last
-survivors picks the lr. With the defaults (G = 5, eta = 3) that is one cut at ceil(P / 3) passes
-keeping 2 lrs: 5 P / 3 + 2 (P - P / 3) = 3 P network-passes instead of 5 P.
+al. 2018). With G lrs and a factor eta, the lrs are cut to ceil(n / eta) at each rung until one
+remains; K cuts. Rung k (k = 0 .. K) is at ceil(P / eta^(K - k)) passes, the last one at P: every
+lr trains to rung 0, the best ceil(n / eta) by validation accuracy (the earlier lr on a tie)
+train on to the next rung, and so on; the one left trains to P and is the pick. With the
+defaults (G = 5, eta = 3): 5 lrs to ceil(P / 9), 2 to ceil(P / 3), 1 to P: about 5 P / 9 +
+2 (P / 3 - P / 9) + (P - P / 3) = 5 P / 3 network-passes instead of 5 P; a grid of 3: 3 lrs to
+ceil(P / 3), 1 to P, 5 P / 3 instead of 3 P.
 
 Training goes on where a rung stopped (`SetTrainer.run_to`), so the picked lr's network is
 bit for bit the one the grid trains at that lr. docs/evaluation.md, "--lr-search halving".
@@ -33,7 +34,7 @@ def rungs(n: int, passes: int, search: str = "grid", eta: int = 3) -> list[tuple
     if search == "grid" or n <= 1:
         return [(passes, n)]
     counts = [n]
-    while counts[-1] > eta:
+    while counts[-1] > 1:
         counts.append(math.ceil(counts[-1] / eta))
     cuts = len(counts) - 1
     return [(math.ceil(passes / eta ** (cuts - k)), m) for k, m in enumerate(counts)]

@@ -110,9 +110,9 @@ def test_bench_lr_search_compares_grid_and_halving(shards, tmp_path, capsys):
     assert [r["set"] for r in rows] == ["given", "herding-ipc1-hard"]
     for r in rows:
         assert r["sides_searched"] == 2 and r["agree"] == (r["sides_agree"] == 2)
-        # 5 lrs, 3 passes: the grid 5 x 3 + 3 per side, halving 5 x 1 + 2 x 2 + 3
-        assert r["grid"]["network_passes"] == 2 * 18 and r["halving"]["network_passes"] == 2 * 12
-        assert r["ratio"]["network_passes"] == round(24 / 36, 3)
+        # 5 lrs, 3 passes: the grid 5 x 3 + 3 per side; halving 5 x 1, 2 x 0 (rungs at 1, 1, 3), 1 x 2, + 3
+        assert r["grid"]["network_passes"] == 2 * 18 and r["halving"]["network_passes"] == 2 * 10
+        assert r["ratio"]["network_passes"] == round(20 / 36, 3)
         assert all(p["lr"] in (0.001, 0.005, 0.01, 0.05, 0.1) for s in ("grid", "halving") for p in r[s]["picks"])
         if r["agree"]:
             assert r["same_accuracy"]

@@ -13,14 +13,14 @@ from dcompress.train.loop import SetTrainer, accuracy, train_on_set
 from dcompress.train.lr_search import planned_passes, rungs, search
 
 
-def test_rungs_cut_to_a_third_until_eta_remain_and_end_at_the_whole_schedule():
-    assert rungs(5, 301, "halving") == [(101, 5), (301, 2)]
-    assert planned_passes(5, 301, "halving") == 5 * 101 + 2 * 200 and planned_passes(5, 301) == 5 * 301
-    assert rungs(10, 301, "halving") == [(34, 10), (101, 4), (301, 2)]
-    assert rungs(9, 12, "halving", eta=2) == [(2, 9), (3, 5), (6, 3), (12, 2)]
-    for n in (1, 2, 3):                                  # eta lrs or fewer: nothing to cut, the grid
-        assert rungs(n, 11, "halving") == rungs(n, 11) == [(11, n)]
-    assert rungs(5, 1, "halving") == [(1, 5), (1, 2)]    # one pass: the cut costs nothing
+def test_rungs_cut_to_a_third_until_one_remains_and_end_at_the_whole_schedule():
+    assert rungs(5, 301, "halving") == [(34, 5), (101, 2), (301, 1)]
+    assert planned_passes(5, 301, "halving") == 5 * 34 + 2 * 67 + 200 and planned_passes(5, 301) == 5 * 301
+    assert rungs(10, 301, "halving") == [(12, 10), (34, 4), (101, 2), (301, 1)]
+    assert rungs(9, 12, "halving", eta=2) == [(1, 9), (2, 5), (3, 3), (6, 2), (12, 1)]
+    assert rungs(3, 11, "halving") == [(4, 3), (11, 1)] and rungs(2, 11, "halving") == [(4, 2), (11, 1)]
+    assert rungs(1, 11, "halving") == rungs(1, 11) == [(11, 1)]     # one lr: nothing to cut, the grid
+    assert rungs(5, 1, "halving") == [(1, 5), (1, 2), (1, 1)]      # one pass: the cuts cost nothing
 
 
 class _Stub:
@@ -36,17 +36,16 @@ class _Stub:
 
 
 def test_the_cut_keeps_the_best_third_and_the_earlier_lr_on_a_tie():
-    # at the first rung (2 passes) 0.3 and 0.1 tie behind 0.2: 0.2 and the earlier 0.1 go on
-    at_rung = {0.1: 0.5, 0.2: 0.9, 0.3: 0.5, 0.4: 0.1, 0.5: 0.2}
-    at_end = {0.1: 0.8, 0.2: 0.8}
+    # rungs at 1, 2 and 6 passes. At 1, 0.3 and 0.1 tie behind 0.2: 0.2 and the earlier 0.1 go
+    # on; at 2 they tie: the earlier 0.1 trains to the end and is the pick
+    val = {1: {0.1: 0.5, 0.2: 0.9, 0.3: 0.5, 0.4: 0.1, 0.5: 0.2}, 2: {0.1: 0.85, 0.2: 0.85}, 6: {0.1: 0.8}}
     ticks = []
-    lr, net, rows = search((0.1, 0.2, 0.3, 0.4, 0.5), _Stub,
-                           lambda n: at_rung[n.lr] if n.passes < 6 else at_end[n.lr],
+    lr, net, rows = search((0.1, 0.2, 0.3, 0.4, 0.5), _Stub, lambda n: val[n.passes][n.lr],
                            passes=6, how="halving", tick=ticks.append)
-    assert lr == 0.1 and net.lr == 0.1                   # a tie at the end: the earlier lr, as the grid
+    assert lr == 0.1 and net.lr == 0.1
     assert [(r["lr"], r["val"], r["passes"]) for r in rows] == [
-        (0.1, 80.0, 6), (0.2, 80.0, 6), (0.3, 50.0, 2), (0.4, 10.0, 2), (0.5, 20.0, 2)]
-    assert ticks == [2] * 5 + [4] * 2 and sum(ticks) == planned_passes(5, 6, "halving")
+        (0.1, 80.0, 6), (0.2, 85.0, 2), (0.3, 50.0, 1), (0.4, 10.0, 1), (0.5, 20.0, 1)]
+    assert ticks == [1] * 5 + [1] * 2 + [4] and sum(ticks) == planned_passes(5, 6, "halving")
     with pytest.raises(ValueError, match="lr search"):
         search((0.1,), _Stub, lambda n: 0.0, passes=6, how="bogus")
 
@@ -72,7 +71,7 @@ def test_the_halving_winner_is_the_network_the_grid_trains_at_its_lr():
     grid = (0.01, 0.05, 0.1, 0.0005, 0.001)
     g_lr, g_net, g_rows = search(grid, make, score, passes=6, how="grid")
     h_lr, h_net, h_rows = search(grid, make, score, passes=6, how="halving")
-    assert [r["passes"] for r in g_rows] == [6] * 5 and sorted(r["passes"] for r in h_rows) == [2, 2, 2, 6, 6]
+    assert [r["passes"] for r in g_rows] == [6] * 5 and sorted(r["passes"] for r in h_rows) == [1, 1, 1, 2, 6]
     assert h_lr == g_lr == 0.01 and same(g_net, h_net)    # the same pick: the same network, bit for bit
     assert next(r["val"] for r in h_rows if r["lr"] == h_lr) == next(r["val"] for r in g_rows if r["lr"] == g_lr)
     # whatever it picks, halving's network is the one uninterrupted training at its lr gives
