@@ -524,12 +524,16 @@ def frontier(urls: List[str] = typer.Argument(..., metavar="URLS...", help="trai
              allow_manifest_urls: bool = ALLOW_URLS,
              workers: Optional[int] = WORKERS,
              cache_dir: Optional[Path] = CACHE,
-             as_json: bool = JSON) -> None:
+             as_json: bool = JSON,
+             nproc: int = NPROC, max_restarts: int = MAX_RESTARTS) -> None:
     """Accuracy vs bytes: distil every method x budget x labels and evaluate each point against
     random subsets of the same bytes (fair protocol); writes frontier.json/.csv/.png/.md.
 
     Exit 1 (status incomplete) when a point failed (recorded, the others go on), 9 when a gate
-    missed; rerun the same command to resume (docs/frontier.md)."""
+    missed; rerun the same command to resume (docs/frontier.md). `--nproc N` spreads the points
+    over N processes, a (labels, budget) group at a time; the report is the one-process one."""
+    _maybe_launch(nproc, max_restarts, as_json)
+
     def work(prog: Reporter) -> dict:
         from .api.frontier import frontier as api_frontier
 

@@ -13,12 +13,17 @@ records itself in torchrun's key-value store (`claim_failure`) and prints the er
 one `--json` object); ranks that fail after it (a collective broken by the dead peer, the
 agent's SIGTERM) stay quiet and exit with the first rank's code.
 
-One module (~600 lines): the rank facts and collectives, and the split objects built on them
+Work one rank does by itself (a `frontier` point: distill and evaluate while the other ranks do
+other points) runs inside `alone()`: there every helper reports one process (rank 0 of 1, every
+collective the identity), while the process stays in its group and keeps its own GPU.
+
+One module (~650 lines): the rank facts and collectives, and the split objects built on them
 (`ClassSplit`, `BatchParallel`, `RowShard`) that the methods use; the file sections follow that
 order. Split it along those sections when it grows.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -40,11 +45,33 @@ def env_world() -> int:
         return 1
 
 
-def active() -> bool:
-    """Whether this process is one rank of a process group of more than one."""
+def _grouped() -> bool:
+    """Whether this process joined a process group of more than one (`alone` or not)."""
     import torch.distributed as td
 
     return td.is_available() and td.is_initialized() and td.get_world_size() > 1
+
+
+def active() -> bool:
+    """Whether this process is one rank of a process group of more than one (False in `alone`)."""
+    return _alone == 0 and _grouped()
+
+
+_alone = 0
+
+
+@contextlib.contextmanager
+def alone():
+    """Within: this process by itself, under torchrun too: `rank() == 0`, `world() == 1`, every
+    collective the identity, `require_single` passes. For work that one rank does on its own
+    with no collective inside while the other ranks do other work (a frontier point). The
+    process stays in its group, and `device`/`local_rank` keep naming this rank's own GPU."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
 
 
 def rank() -> int:
@@ -60,7 +87,7 @@ def world() -> int:
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
+    return int(os.environ.get("LOCAL_RANK", "0")) if _grouped() else 0
 
 
 def is_main() -> bool:
@@ -147,7 +174,7 @@ def finish(code: int = 0) -> None:
 def device(name: str) -> torch.device | None:
     """`auto`/`cuda` under torchrun: this rank's GPU, cuda:LOCAL_RANK (None outside torchrun or
     without CUDA: the caller's own rule applies). An explicit `cuda:N` is kept as given."""
-    if not active() or name not in ("auto", "cuda") or not torch.cuda.is_available():
+    if not _grouped() or name not in ("auto", "cuda") or not torch.cuda.is_available():
         return None
     return torch.device("cuda", local_rank() % torch.cuda.device_count())
 
@@ -237,8 +264,23 @@ class Split:
 def require_single(what: str) -> None:
     """UsageError under torchrun for work that does not split over ranks yet (instead of
     silently running the same job once per rank)."""
-    if env_world() > 1:
+    if env_world() > 1 and not _alone:
         raise UsageError(f"{what} does not support torchrun yet (WORLD_SIZE={env_world()}); run it as one process")
+
+
+def ticket(counter: str) -> int:
+    """The next number (0, 1, 2, ...) of `counter`, shared by every rank of the job (torchrun's
+    key-value store, an atomic add): each number goes to one rank, so ranks that take work from
+    one list as they get free never take the same item. One process: a counter of its own."""
+    if not active():
+        _counters[counter] = _counters.get(counter, 0) + 1
+        return _counters[counter] - 1
+    from torch.distributed import distributed_c10d as c10d
+
+    return int(c10d._get_default_store().add(_key(f"counter/{counter}"), 1)) - 1
+
+
+_counters: dict[str, int] = {}
 
 
 def main_first(make: Callable[[], Any]) -> Any:

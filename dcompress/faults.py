@@ -24,7 +24,7 @@ The points (where they sit):
 | `experts.epoch`   | `train_experts`, after each epoch's snapshot was written to the temp `.npy`   |
 | `experts.npy`     | after an expert's `.npy` was renamed into place, before its sidecar           |
 | `experts.manifest`| inside the buffer's `manifest.lock`, before `manifest.json` is rewritten      |
-| `frontier.point`  | `api.frontier`, after a point was recorded in frontier.json                   |
+| `frontier.point`  | `api.frontier`, after a point was recorded (frontier.json; torchrun rank r > 0: its rank file) |
 
 Under torchrun, `DCOMPRESS_CRASH_RANK=r` limits the crash to rank r, and a worker that torchrun
 restarted (`--max-restarts`, TORCHELASTIC_RESTART_COUNT > 0) never crashes again, so the

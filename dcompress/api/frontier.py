@@ -16,11 +16,16 @@ frontier.json is rewritten (atomically) after every point: a rerun of the same c
 the finished points, resumes a point's distillation from its checkpoint, and retries failed
 points. Exit codes: 0; 9 when a gate misses; 1 (status "incomplete") when a point failed; 2 for
 a REPORT of another input or settings (unless `overwrite`); 7 for a full disk.
+
+Under torchrun (`--nproc N`) the ranks share the points, a (labels, budget) group at a time,
+and rank 0 writes the report: api/frontier_ranks.py. The report is the one-process report.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -50,7 +55,7 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
     """Distils `urls` with every method x budget x labels into `out/points/` and evaluates each
     point with the fair protocol against random subsets of the same size and labels; writes
     frontier.json/.csv/.png/.md into `out` and returns the frontier.json report (+ `counters`
-    of this process's work). `budgets`: bytes (`5MB`) or shares (`0.5%`) as `distill --budget`.
+    of the work done). `budgets`: bytes (`5MB`) or shares (`0.5%`) as `distill --budget`.
     `sets`: `method:key=value` config overrides (`teacher:key=value` for a teacher trained here).
     Gates (`min_accuracy` %, `min_gain_over_random` points) apply to every point. `model`: the
     evaluation network of every point (default: each method's protocol model). With `epochs`,
@@ -59,6 +64,8 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
     pixels (None: their default). A rerun with more or fewer methods, budgets or labels and
     otherwise the same settings keeps the finished points it still asks for.
     `lr_search`: grid (default) or halving, the fair protocol's lr search (docs/evaluation.md).
+    Under torchrun the ranks share the points and rank 0 returns the report (the other ranks:
+    `rank`, the names of the points they ran, their own `counters`).
     """
     from .. import dist
     from ..io.atomic import OutputLock
@@ -66,7 +73,6 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
     from .checks import check_limits, check_seed, resolve_device
     from .evaluate import check_gates, fair_configs
 
-    dist.require_single("frontier")
     methods, budgets, labels = _names(methods, "--methods"), _names(budgets, "--budgets"), _names(labels, "--labels")
     check_limits(runs=(runs, 1), test_limit=(test_limit, 1), epochs=(epochs, 1), max_bad=(max_bad, 0))
     check_seed(seed)
@@ -76,8 +82,9 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
     method_sets, teacher_sets = _split_sets(sets, methods)
     fair_cfg, full_cfg = fair_configs("fair", lr_grid, val_per_class, False, full_epochs, full_max_samples, teacher,
                                       lr_search=lr_search)
-    _check_requests(methods, budgets, labels, method_sets, teacher_sets, teacher, seed)
-    dev = resolve_device(device)
+    with dist.alone():                           # as each point is run: by one rank
+        _check_requests(methods, budgets, labels, method_sets, teacher_sets, teacher, seed)
+    dev = resolve_device(device)                 # torchrun: this rank's own GPU
     out = Path(out).absolute()
     inputs = InputSpec.of(urls, max_bad=max_bad, max_pixels=max_pixels, allow_manifest_urls=allow_manifest_urls,
                           workers=workers)
@@ -94,14 +101,17 @@ def frontier(urls, *, test, out: str | Path, methods: str | Sequence[str] = DEFA
                 "full_data": {"epochs": full_cfg.epochs, "max_samples": full_cfg.max_samples}, "seed": seed,
                 "sets": sorted(sets), "teacher": str(Path(teacher).absolute()) if teacher else None,
                 "device": dev.type, **({"exact_images": exact_images} if exact_images is not None else {})}
-    with OutputLock(out, what="frontier report"):
+    # torchrun: rank 0 holds the lock and owns frontier.json; every rank reads the input (its decoded store)
+    with (OutputLock(out, what="frontier report") if dist.is_main() else contextlib.nullcontext()):
         real = inputs.read(progress=progress, note=note)
         test_real = _read_test(test, inputs, real, note)
         ident = {"format": FORMAT, "settings": settings, "input": _fingerprint(real), "test": _fingerprint(test_real)}
-        state = _own_report(out, ident, overwrite)
-        return _run_points(out, ident, state, real=real, test_real=test_real, dev=dev, method_sets=method_sets,
-                           teacher_sets=teacher_sets, teacher=teacher, fair_cfg=fair_cfg, full_cfg=full_cfg,
-                           gates=(min_accuracy, min_gain_over_random), progress=progress, log=log, note=note)
+        state, run = dist.broadcast_object((_own_report(out, ident, overwrite), uuid.uuid4().hex)
+                                           if dist.is_main() else None)
+        return _run_points(out, ident, state, run=run, real=real, test_real=test_real, dev=dev,
+                           method_sets=method_sets, teacher_sets=teacher_sets, teacher=teacher, fair_cfg=fair_cfg,
+                           full_cfg=full_cfg, gates=(min_accuracy, min_gain_over_random), progress=progress, log=log,
+                           note=note)
 
 
 def point_name(method: str, budget: str, labels: str) -> str:
@@ -167,6 +177,7 @@ def _own_report(out: Path, ident: dict, overwrite: bool) -> dict:
     import json
 
     from ..io.safe_write import ensure_dir, write_json
+    from . import frontier_ranks as ranks
 
     if out.exists() and not out.is_dir():
         raise OutputError("the report path exists and is not a folder", path=str(out))
@@ -189,13 +200,16 @@ def _own_report(out: Path, ident: dict, overwrite: bool) -> dict:
             raise UsageError(f"the report folder holds a frontier of another {' and '.join(what)} ({diff}); pass "
                              "--overwrite to replace it, or choose another -o", path=str(out))
         if not same:
-            for name in ("points", "random", REPORT, "frontier.csv", "frontier.png", "frontier.md"):
+            for name in ("points", "random", ranks.RANKS, REPORT, "frontier.csv", "frontier.png", "frontier.md"):
                 p = out / name
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             state = None
+        else:               # the points a killed run of several ranks kept in their rank files
+            state["points"] = ranks.fold(out, ident, state.get("points") or [])
     state = {**(state or {}), **ident, "dcompress": __version__, "status": "running",
              "points": (state or {}).get("points", [])}
     _write(lambda path, obj: write_json(ensure_dir(path.parent) / path.name, obj), out / REPORT, state)
+    ranks.clear(out)
     return state
 
 
@@ -214,49 +228,58 @@ def _differences(old: dict, new: dict, what: str) -> str:
     return ", ".join(f"{what}.{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in keys[:3])
 
 
-def _run_points(out: Path, ident: dict, state: dict, *, real, test_real, dev, method_sets, teacher_sets, teacher,
-                fair_cfg, full_cfg, gates, progress, log, note) -> dict:
-    """Every point in turn (labels, then budget, then method: the first method at a budget
-    trains the random side the others reuse); frontier.json rewritten after each."""
+def _run_points(out: Path, ident: dict, state: dict, *, run: str, real, test_real, dev, method_sets, teacher_sets,
+                teacher, fair_cfg, full_cfg, gates, progress, log, note) -> dict:
+    """Every point of this rank in turn (labels, then budget, then method: the first method at
+    a budget trains the random side the others reuse; under torchrun this rank's groups of
+    them, frontier_ranks.my_points), each by this process alone; frontier.json rewritten after
+    each (rank 0; the other ranks write their rank file). Rank 0 writes the report."""
+    from .. import dist
     from ..io.safe_write import write_json
     from ..train.random_sides import RandomSides
+    from . import frontier_ranks as ranks
 
     s = ident["settings"]
-    grid = [(m, b, lab) for lab in s["labels"] for b in s["budgets"] for m in s["methods"]]
+    grid = ranks.grid_of(s)
+    names = [point_name(*g) for g in grid]
     kept = {p["name"]: p for p in state.get("points", []) if p.get("status") == "ok"}
-    store = RandomSides(out / "random")
-    points: list[dict] = []
-    ran = failed = 0
-    for i, (m, b, lab) in enumerate(grid, 1):
-        name = point_name(m, b, lab)
-        head = f"point {i}/{len(grid)}: {m} @ {b} ({lab})"
+    store = RandomSides(out / "random", note)
+    ledger = ranks.Ledger(out, ident, state, names=names, kept=kept, run=run, store=store, note=note,
+                          write=lambda obj: _write(write_json, out / REPORT, obj))
+    pending = {i for i, n in enumerate(names) if n not in kept}
+    heads = [f"point {i + 1}/{len(grid)}: {m} @ {b} ({lab})" for i, (m, b, lab) in enumerate(grid)]
+    spread = dist.world() > 1
+    for i in sorted(set(range(len(grid))) - pending) if spread else []:   # one process: in turn, below
+        note(f"{heads[i]}: finished before, kept: {line(kept[names[i]])}")
+    for i in ranks.my_points(grid, pending, real, run):
+        (m, b, lab), name, head = grid[i], names[i], heads[i]
         if name in kept:
-            points.append(kept[name])
-            note(f"{head}: finished before, kept: {_line(kept[name])}")
+            if not spread:
+                note(f"{head}: finished before, kept: {line(kept[name])}")
             continue
         note(f"{head}: distil and evaluate")
         try:
-            p = _point(out, name, m, b, lab, s, real=real, test_real=test_real, dev=dev, sets=method_sets[m],
-                       teacher_sets=teacher_sets, teacher=teacher, fair_cfg=fair_cfg, full_cfg=full_cfg, store=store,
-                       progress=progress, log=log)
-            ran += 1
+            with dist.alone():             # this rank by itself: no collective inside a point
+                p = _point(out, name, m, b, lab, s, real=real, test_real=test_real, dev=dev, sets=method_sets[m],
+                           teacher_sets=teacher_sets, teacher=teacher, fair_cfg=fair_cfg, full_cfg=full_cfg,
+                           store=store, progress=progress, log=log)
         except FATAL:
             raise
         except Exception as e:  # noqa: BLE001 - a failed point is recorded and the frontier goes on
             e = _as_error(e)
-            failed += 1
             p = {"name": name, "method": m, "labels": lab, "budget": b, "status": "error", "error": str(e),
                  "error_type": type(e).__name__, "exit_code": e.exit_code}
-        note(f"{head}: {_line(p)}")
-        points.append(p)
-        later = [kept[n] for n in (point_name(*g) for g in grid[i:]) if n in kept]
-        _write(write_json, out / REPORT, {**state, "status": "running", "points": points + later})
+        note(f"{head}: {line(p)}")
+        ledger.record(p)
         crash_point("frontier.point")
+    points, counters = ledger.finish()
+    if not dist.is_main():
+        return {"out": str(out), "rank": dist.rank(), "world_size": dist.world(),
+                "points": [p["name"] for p in points], "counters": counters}
     report = _finish(ident, points, gates)
     _write_files(out, report)
-    return {**report, "out": str(out),
-            "counters": {"points_run": ran, "points_kept": len(grid) - ran - failed, "points_failed": failed,
-                         "random_sides_trained": len(store.trained), "random_sides_reused": len(store.reused)}}
+    ranks.clear(out)
+    return {**report, "out": str(out), "counters": counters}
 
 
 def _point(out: Path, name: str, method: str, budget: str, labels: str, s: dict, *, real, test_real, dev, sets,
@@ -311,7 +334,8 @@ def _as_error(e: BaseException) -> DcompressError:
     return DcompressError(f"internal error ({type(e).__name__}: {e})")
 
 
-def _line(p: dict) -> str:
+def line(p: dict) -> str:
+    """A point's result in one line (progress notes)."""
     if p.get("status") != "ok":
         return f"failed: {p.get('error')}"
     a, r, o = p["accuracy"], p["random"], p.get("outside_reader") or {}

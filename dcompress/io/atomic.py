@@ -11,9 +11,13 @@ A run that writes `OUT`:
    where the kernel and filesystem support it, else two renames (a kill between them leaves the
    previous output in `.OUT.old-<pid>`, which the next run puts back).
 Leftovers of killed writers (`.OUT.tmp-*`, `.OUT.old-*`) are cleaned by the next lock holder.
+
+`one_at_a_time(path)` is the waiting kind of lock, for a cache entry that several processes may
+want at once and one must make (a random side, the full-data network, a teacher).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -23,6 +27,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from ..errors import BusyError, OutputError, UsageError, os_error
 from ..faults import crash_point
@@ -169,6 +174,46 @@ class OutputLock:
                     folder.rmdir()
                 except OSError:
                     break
+
+
+def wait_flock(fd: int, mode: int, note: Callable[[str], None] | None, path: Path, what: str) -> None:
+    """flock(fd, mode), saying through `note` that this process waits when another holds it."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if note is not None:
+            note(f"waiting for another dcompress process {what} ({path})")
+        fcntl.flock(fd, mode)
+
+
+@contextlib.contextmanager
+def one_at_a_time(path: Path, note: Callable[[str], None] | None = None, what: str = "") -> Iterator[None]:
+    """Runs the block holding an exclusive flock on `path` (created, removed on release): the
+    other processes that reach it wait, then run it in turn; a caller re-checks its cache entry
+    inside, so the entry is made once and read by the others. A killed holder's lock lapses."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise os_error(e, path, f"create the lock file{' for ' + what if what else ''}") from None
+        try:
+            wait_flock(fd, fcntl.LOCK_EX, note, path, what)
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:          # else the previous holder removed it while we waited: take the new one
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def _read_holder(fd: int) -> str:

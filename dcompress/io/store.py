@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import DcompressError, TooManyBadSamples, os_error, unreadable
+from .atomic import wait_flock
 from .codecs import jpeg_decoder, png_decoder
 from .decode import DecodeOptions
 from .labels import classes_txt_for
@@ -201,20 +202,11 @@ def _open(folder: Path, meta: dict, lock_fd: int | None, *, unlink: bool = False
 def _lock(path: Path, mode: int, note: Callable[[str], None] | None, what: str) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _lock_fd(fd, mode, note, path, what)
+        wait_flock(fd, mode, note, path, what)
     except BaseException:
         os.close(fd)
         raise
     return fd
-
-
-def _lock_fd(fd: int, mode: int, note, path: Path, what: str = "using this decoded store") -> None:
-    try:
-        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-    except BlockingIOError:
-        if note is not None:
-            note(f"waiting for another dcompress process {what} ({path})")
-        fcntl.flock(fd, mode)
 
 
 def _arrays(folder: Path) -> dict:

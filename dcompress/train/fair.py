@@ -393,17 +393,37 @@ def full_data_accuracy(train: RealData, pools: list[torch.Tensor], test: tuple[t
     """Test accuracy (fraction) of `model` trained on the training input minus the validation
     split with hard labels, read from `<cache>/full-data/<key>.json` when the same input, test
     subset, recipe, model, validation split and seed were measured before; else trained and
-    cached (atomic write). An unreadable or foreign cache entry is recomputed and replaced."""
+    cached (atomic write), under a lock: processes that want it at once (frontier ranks) train it
+    once. An unreadable or foreign cache entry is recomputed and replaced."""
+    from ..io.atomic import one_at_a_time
+
     key = {"input": train.source.get("fingerprint"), "test": test_key, "model": model,
            "recipe": dataclasses.asdict(cfg), "val_per_class": val_per_class, "seed": seed, "kind": "full-data-v1"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = cache_root() / "full-data" / f"{digest}.json"
+    found = _cached_full_data(path, key)
+    if found is not None:
+        return found
+    ensure_dir(path.parent)
+    with one_at_a_time(path.with_suffix(".lock"), what="training this full-data network"):
+        found = _cached_full_data(path, key)
+        return found if found is not None else _train_full_data(train, pools, test, model=model, cfg=cfg, seed=seed,
+                                                                device=device, key=key, path=path,
+                                                                progress=progress)
+
+
+def _cached_full_data(path: Path, key: dict) -> dict | None:
     try:
         rec = json.loads(path.read_text())
         if rec.get("key") == key and 0.0 <= float(rec["accuracy"]) <= 1.0:
             return {**rec, "cached": True, "path": str(path), "percent": round(100 * float(rec["accuracy"]), 2)}
     except (OSError, ValueError, KeyError, TypeError):
-        pass                                  # missing, truncated or foreign: measured again below
+        pass                                  # missing, truncated or foreign: measured again
+    return None
+
+
+def _train_full_data(train: RealData, pools: list[torch.Tensor], test, *, model: str, cfg: FullDataConfig, seed: int,
+                     device, key: dict, path: Path, progress: ProgressFn | None) -> dict:
     t0 = time.time()
     idx = torch.cat(pools).sort().values
     g = derive(seed, "full-data")
@@ -429,7 +449,6 @@ def full_data_accuracy(train: RealData, pools: list[torch.Tensor], test: tuple[t
     acc = accuracy(net, test[0], test[1], device=device)
     rec = {"key": key, "accuracy": acc, "samples": int(idx.numel()), "seconds": round(time.time() - t0, 1),
            "dcompress": __version__}
-    ensure_dir(path.parent)
     remove_dead_temps(path.parent)
     write_json(path, rec)
     return {**rec, "cached": False, "path": str(path), "percent": round(100 * acc, 2)}

@@ -10,7 +10,9 @@ normalisation, the way its labels are stored (teacher, top-K, views) and a lossy
 networks, so `RandomSides` trains them once and hands the result to the others.
 
 `RandomSides(folder)` keeps one `<digest>.json` per key (atomic writes): it survives an
-interrupted frontier, and `trained`/`reused` count what this process did.
+interrupted frontier, and `trained`/`reused` count what this process did. A side is trained
+under a lock (`.<digest>.lock`, removed after): processes that want it at once (the ranks of a
+frontier under torchrun) train it once, the others wait and read it.
 """
 from __future__ import annotations
 
@@ -55,8 +57,9 @@ class RandomSides:
     """A folder of finished random sides, keyed by `side_key`; `side(key, train)` returns the
     stored result (`reused`) or runs `train()` and stores it (`trained`)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, note: Callable[[str], None] | None = None):
         self.folder = Path(folder)
+        self.note = note
         self.trained: list[str] = []
         self.reused: list[str] = []
 
@@ -73,17 +76,22 @@ class RandomSides:
     def side(self, key: dict, train: Callable[[], dict]) -> tuple[dict, str, float]:
         """(result, digest, seconds it took to train): the stored result for `key`, else
         `train()`'s, stored."""
+        from ..io.atomic import one_at_a_time
         from ..io.safe_write import ensure_dir, write_json
 
         d = digest(key)
         found = self.get(key)
-        if found is not None:
-            self.reused.append(d)
-            return found["result"], d, float(found.get("seconds", 0.0))
-        t0 = time.time()
-        result = train()
-        seconds = round(time.time() - t0, 1)
-        ensure_dir(self.folder)
-        write_json(self.folder / f"{d}.json", {"key": key, "result": result, "seconds": seconds})
-        self.trained.append(d)
-        return result, d, seconds
+        if found is None:
+            ensure_dir(self.folder)
+            # torchrun ranks running frontier points at once: one trains the side, the others wait and read it
+            with one_at_a_time(self.folder / f".{d}.lock", self.note, "training this random side"):
+                found = self.get(key)
+                if found is None:
+                    t0 = time.time()
+                    result = train()
+                    seconds = round(time.time() - t0, 1)
+                    write_json(self.folder / f"{d}.json", {"key": key, "result": result, "seconds": seconds})
+                    self.trained.append(d)
+                    return result, d, seconds
+        self.reused.append(d)
+        return found["result"], d, float(found.get("seconds", 0.0))

@@ -148,9 +148,6 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
     A user's `--teacher` that is missing or unusable is an InputDataError (the file is left
     alone); an unusable cache entry is moved aside (`*.corrupt-<timestamp>`) and retrained.
     """
-    from ..nets import build_net
-
-    c, h, w = real.image_shape
     if spec.teacher is not None:
         path = Path(spec.teacher)
         if not path.is_file():
@@ -161,6 +158,22 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
         net = load_teacher_net(meta["model"], path, real.image_shape, real.num_classes, spec.device)
         return Teacher(net, {**meta, "path": str(path), "source": "user"})
     path = teacher_cache_path(real, cfg, spec.cache_dir)
+    found = _cached(path, real, spec, cfg, log)
+    if found is not None:
+        return found
+    if dist.active():                    # torchrun: every rank trains it together, rank 0 caches it
+        return _train(path, real, spec, cfg, log)
+    from ..io.atomic import one_at_a_time
+
+    ensure_dir(path.parent)
+    note = (lambda text: log({"event": "note", "text": text})) if log else None
+    # processes that want it at once (frontier ranks, each on its own points): one trains it, the others load it
+    with one_at_a_time(path.with_suffix(".lock"), note, "training this teacher"):
+        found = _cached(path, real, spec, cfg, log)
+        return found if found is not None else _train(path, real, spec, cfg, log)
+
+
+def _cached(path: Path, real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teacher | None:
     if path.exists() and path.with_suffix(".json").exists():
         try:
             meta = read_sidecar(path.with_suffix(".json"))
@@ -168,6 +181,14 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
             return Teacher(net, {**meta, "path": str(path), "source": "cache"})
         except InputDataError as e:
             _discard_cache_entry(path, e, log)
+    return None
+
+
+def _train(path: Path, real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teacher:
+    """Trains the teacher of `cfg` on `real` and caches it at `path` (rank 0 under torchrun)."""
+    from ..nets import build_net
+
+    c, h, w = real.image_shape
     t0 = time.time()
     g = derive(cfg.seed, "teacher")
     net = build_net(cfg.model, c, real.num_classes, (h, w), generator=g).to(spec.device)

@@ -424,3 +424,112 @@ def test_helpers_and_split_teacher_features(four_classes, tmp_path):
     import torch
 
     assert torch.equal(torch.load(f"{tmp_path / 'feats'}.1.pt"), torch.load(f"{tmp_path / 'feats'}.2.pt"))
+
+
+# ------------------------------------------------------------------------------------------------
+# frontier: the points spread over the ranks, (labels, budget) groups each on one rank
+
+FRONTIER = ["--methods", "random,herding", "--budgets", "40KB,100KB", "--labels", "hard", "--epochs", "1",
+            "--runs", "2", "--lr-grid", "0.01", "--val-per-class", "2", "--full-epochs", "1", "--test-limit", "12",
+            "--device", "cpu", "--json"]
+
+
+def frontier_args(shards, out: Path, *extra) -> list:
+    return ["frontier", shards["train"], "--test", shards["test"], "-o", out, *FRONTIER, *extra]
+
+
+def timeless(report: dict) -> dict:
+    """A frontier report without wall-clock fields (the points' and the total `seconds`)."""
+    r = json.loads(json.dumps(report))
+    r.pop("seconds", None)
+    for p in r["points"]:
+        p.pop("seconds", None)
+    return r
+
+
+def assert_same_frontier(a: Path, b: Path) -> None:
+    """frontier.json but for seconds, frontier.png byte for byte, frontier.csv but for its
+    seconds columns, each point's output (shards, figures, manifest but for timings)."""
+    import csv
+
+    assert timeless(json.loads((a / "frontier.json").read_text())) == \
+        timeless(json.loads((b / "frontier.json").read_text()))
+    assert (a / "frontier.png").read_bytes() == (b / "frontier.png").read_bytes()
+    rows = [[{k: v for k, v in row.items() if not k.endswith("_s") and "seconds" not in k}
+             for row in csv.DictReader((d / "frontier.csv").open())] for d in (a, b)]
+    assert rows[0] == rows[1] and len(rows[0]) == 4
+    assert sorted(p.name for p in (a / "points").iterdir()) == sorted(p.name for p in (b / "points").iterdir())
+    for point in (a / "points").iterdir():
+        assert_same_output(point, b / "points" / point.name, metrics=False)
+    sides = sorted(p.name for p in (a / "random").iterdir())
+    assert sides == sorted(p.name for p in (b / "random").iterdir()) and len(sides) == 2
+    for n in sides:
+        assert {k: v for k, v in json.loads((a / "random" / n).read_text()).items() if k != "seconds"} == \
+            {k: v for k, v in json.loads((b / "random" / n).read_text()).items() if k != "seconds"}
+    assert not (b / "ranks").exists()
+
+
+@pytest.fixture(scope="module")
+def frontier_one(shards, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("frontier-one")
+    r = dcompress(tmp, *frontier_args(shards, tmp / "report"))
+    assert r.returncode == 0, r.stderr
+    return {"out": tmp / "report", "report": json.loads(r.stdout)}
+
+
+def test_frontier_two_ranks_same_report_as_one_process(shards, frontier_one, tmp_path):
+    """2 methods x 2 budgets under plain torchrun: each rank runs one budget's two points (the
+    second reusing the first's random side); rank 0 merges rank 1's and writes the report."""
+    two = dcompress(tmp_path, *frontier_args(shards, tmp_path / "report"), nproc=2)
+    assert two.returncode == 0, two.stderr
+    report = one_json(two.stdout)                      # rank 0's report only
+    assert report["status"] == "ok" and report["counters"] == frontier_one["report"]["counters"] == {
+        "points_run": 4, "points_kept": 0, "points_failed": 0, "random_sides_trained": 2, "random_sides_reused": 2}
+    assert timeless(report) == timeless(frontier_one["report"]) | {"out": str(tmp_path / "report")}
+    assert_same_frontier(frontier_one["out"], tmp_path / "report")
+
+
+def test_frontier_rank_killed_then_rerun_keeps_its_points(shards, frontier_one, tmp_path):
+    """Rank 1 SIGKILLed after its first point: torchrun stops rank 0, `--nproc` exits 137; the
+    point rank 1 finished is in its rank file, and the rerun keeps it and ends with the report."""
+    out = tmp_path / "report"
+    r = dcompress(tmp_path, *frontier_args(shards, out), "--nproc", "2", DCOMPRESS_CRASH_AT="frontier.point:1",
+                  DCOMPRESS_CRASH_RANK="1")
+    assert r.returncode == 137, r.stderr
+    part = json.loads((out / "ranks" / "1.json").read_text())
+    assert [p["status"] for p in part["points"]] == ["ok"] and not part["done"]
+    assert json.loads((out / "frontier.json").read_text())["status"] == "running"
+    again = dcompress(tmp_path, *frontier_args(shards, out), "--nproc", "2")
+    assert again.returncode == 0, again.stderr
+    counters = one_json(again.stdout)["counters"]
+    assert counters["points_kept"] >= 1 and counters["points_kept"] + counters["points_run"] == 4, counters
+    assert_same_frontier(frontier_one["out"], out)
+
+
+def test_frontier_failed_point_is_recorded_and_the_other_rank_goes_on(shards, tmp_path):
+    """A budget below one image per class fails its point (recorded, exit 1); the other
+    budget's point, on the other rank, finishes."""
+    r = dcompress(tmp_path, "frontier", shards["train"], "--test", shards["test"], "-o", tmp_path / "report",
+                  *FRONTIER, "--methods", "random", "--budgets", "1KB,40KB", "--nproc", "2")
+    assert r.returncode == 1, r.stderr
+    rep = one_json(r.stdout)
+    bad, good = rep["points"]
+    assert rep["status"] == "incomplete" and bad["status"] == "error" and bad["exit_code"] == 2
+    assert good["status"] == "ok" and "below one image per class" in bad["error"]
+    assert "rank 1: failed: --budget 1KB" in r.stderr or "rank 1: IPC" in r.stderr, r.stderr   # rank 0 says it
+    assert "Traceback" not in r.stderr
+
+
+def test_frontier_fatal_error_on_one_rank_stops_the_job_with_its_code(shards, frontier_one, tmp_path):
+    """Rank 1 cannot write its rank file (a file named `ranks` is in the way): it reports the
+    error (exit 5, one JSON object naming rank 1), torchrun stops rank 0, the job exits 5."""
+    out = tmp_path / "report"
+    out.mkdir()
+    state = json.loads((frontier_one["out"] / "frontier.json").read_text())
+    (out / "frontier.json").write_text(json.dumps({**state, "status": "running", "points": []}))
+    (out / "ranks").write_text("in the way")
+    r = dcompress(tmp_path, *frontier_args(shards, out), "--nproc", "2")
+    assert r.returncode == 5, r.stderr
+    obj = one_json(r.stdout)
+    assert obj["status"] == "error" and obj["exit_code"] == 5 and obj["rank"] == 1, obj
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr, r.stderr
