@@ -19,7 +19,7 @@ scores (train/ranking.py). docs/evaluation.md describes the protocol; in short:
 4. A set with exact `.npy` tensors that differ from its image member is also trained on the
    member (what an outside reader loads, train/outside_reader.py) for its own labels and
    augmentation: `runs` networks at the set's picked lr, the same inits (`outside_reader`).
-5. The full-data accuracy (HLR) is trained once with `FullDataConfig` and cached in
+5. The full-data accuracy (HLR) is trained once with `FullDataConfig` (train/full_data.py) and cached in
    `<cache>/full-data/` keyed by the input and test fingerprints, recipe, model and seed.
 
 Every draw comes from `seeds.derive(seed, ...)`; the same inputs and seed give the same report.
@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,22 +35,21 @@ from typing import Callable
 
 import torch
 
-from .. import __version__
 from ..augment.dsa import DEFAULT_STRATEGY
-from ..config import Validated, checked, non_negative, positive, unit_interval, unit_open
+from ..config import Validated, checked, positive, unit_interval
 from ..cache import cache_root
-from ..core import RealData, RealView, RunSpec, normalize
+from ..core import RealData, RunSpec, normalize
 from ..io.schema import EvalProtocol
 from ..errors import InputDataError, UsageError
 from ..io import topk
-from ..io.safe_write import ensure_dir, remove_dead_temps, write_json
 from ..io.loader import CompressedDataset, load
 from ..seeds import derive
 from . import outside_reader as reader
 from . import ranking
-from .loop import SetTrainer, accuracy, train_epoch
+from .loop import SetTrainer, accuracy
 from .lr_search import LR_SEARCHES, planned_passes, search
 from .random_sides import RandomSides, side_key
+from .full_data import FullDataConfig, full_data_accuracy   # noqa: F401 - fair_evaluate trains it; re-exported
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -80,21 +77,6 @@ class FairConfig(Validated):
         if self.lr_search not in LR_SEARCHES:
             raise UsageError(f"--lr-search must be one of {', '.join(LR_SEARCHES)}, got {self.lr_search!r}",
                              key="lr_search")
-
-
-@dataclass(frozen=True)
-class FullDataConfig(Validated):
-    """How the full-data (hard label) accuracy of HLR is trained: the evaluation network on the
-    whole training input minus the validation split (`max_samples`: a seeded subset of it), SGD,
-    `epochs` passes, lr x0.1 for the second half, no augmentation. The default is sized for a
-    CPU (DD-Ranking trains ConvNet-3 200 epochs); raise `epochs` on a GPU."""
-
-    epochs: int = positive(5)
-    lr: float = positive(0.01)
-    momentum: float = unit_open(0.9)
-    weight_decay: float = non_negative(5e-4)
-    batch_size: int = positive(256)
-    max_samples: int | None = positive(None)
 
 
 def parse_grid(text: str) -> tuple[float, ...]:
@@ -385,70 +367,3 @@ def _teacher(ds: CompressedDataset, train: RealData, device: torch.device, teach
     same = bool(info.get("path")) and Path(str(info.get("path"))).resolve() == Path(str(t.info.get("path"))).resolve()
     return t, {"model": t.info.get("model"), "source": t.info.get("source"), "path": t.info.get("path"),
                "same_as_set": same if ds.label_kind == "teacher" else None, "set_labels": ds.label_kind}
-
-
-def full_data_accuracy(train: RealData, pools: list[torch.Tensor], test: tuple[torch.Tensor, torch.Tensor], *,
-                       model: str, cfg: FullDataConfig, seed: int, device: torch.device, test_key: dict,
-                       val_per_class: int, progress: ProgressFn | None = None) -> dict:
-    """Test accuracy (fraction) of `model` trained on the training input minus the validation
-    split with hard labels, read from `<cache>/full-data/<key>.json` when the same input, test
-    subset, recipe, model, validation split and seed were measured before; else trained and
-    cached (atomic write), under a lock: processes that want it at once (frontier ranks) train it
-    once. An unreadable or foreign cache entry is recomputed and replaced."""
-    from ..io.atomic import one_at_a_time
-
-    key = {"input": train.source.get("fingerprint"), "test": test_key, "model": model,
-           "recipe": dataclasses.asdict(cfg), "val_per_class": val_per_class, "seed": seed, "kind": "full-data-v1"}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = cache_root() / "full-data" / f"{digest}.json"
-    found = _cached_full_data(path, key)
-    if found is not None:
-        return found
-    ensure_dir(path.parent)
-    with one_at_a_time(path.with_suffix(".lock"), what="training this full-data network"):
-        found = _cached_full_data(path, key)
-        return found if found is not None else _train_full_data(train, pools, test, model=model, cfg=cfg, seed=seed,
-                                                                device=device, key=key, path=path,
-                                                                progress=progress)
-
-
-def _cached_full_data(path: Path, key: dict) -> dict | None:
-    try:
-        rec = json.loads(path.read_text())
-        if rec.get("key") == key and 0.0 <= float(rec["accuracy"]) <= 1.0:
-            return {**rec, "cached": True, "path": str(path), "percent": round(100 * float(rec["accuracy"]), 2)}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass                                  # missing, truncated or foreign: measured again
-    return None
-
-
-def _train_full_data(train: RealData, pools: list[torch.Tensor], test, *, model: str, cfg: FullDataConfig, seed: int,
-                     device, key: dict, path: Path, progress: ProgressFn | None) -> dict:
-    t0 = time.time()
-    idx = torch.cat(pools).sort().values
-    g = derive(seed, "full-data")
-    if cfg.max_samples is not None and idx.numel() > cfg.max_samples:
-        idx = idx[torch.randperm(idx.numel(), generator=g)[:cfg.max_samples]].sort().values
-    from ..nets import build_net
-
-    c, h, w = train.image_shape
-    net = build_net(model, c, train.num_classes, (h, w), generator=g).to(device)
-    view, y = RealView(train, idx), train.labels[idx].to(device)
-
-    def sgd(lr: float) -> torch.optim.Optimizer:
-        return torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-    opt = sgd(cfg.lr)
-    for ep in range(cfg.epochs):
-        if cfg.epochs > 1 and ep == cfg.epochs // 2:
-            opt = sgd(cfg.lr * 0.1)
-        train_epoch(net, opt, view, y, None, batch_size=cfg.batch_size, generator=g)
-        if progress:
-            progress(ep + 1, cfg.epochs, "full-data network (epochs)")
-    net.eval()
-    acc = accuracy(net, test[0], test[1], device=device)
-    rec = {"key": key, "accuracy": acc, "samples": int(idx.numel()), "seconds": round(time.time() - t0, 1),
-           "dcompress": __version__}
-    remove_dead_temps(path.parent)
-    write_json(path, rec)
-    return {**rec, "cached": False, "path": str(path), "percent": round(100 * acc, 2)}
