@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 VIEW_LABELS = ("views", "online")
 
 
+
 def member_bytes(out: Path) -> dict:
     """Payload bytes of the exact tensors (`<key>.npy`) and of the image members (`<key>.png`,
     `.jpg`, `.webp`) of an output's shards (tar headers and padding not counted)."""
@@ -179,11 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(state, indent=1) + "\n")
+    from dcompress.errors import Interrupted
+
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         if method in done:
             continue
         try:
             row = run_row(args, method, real, test)
+        except Interrupted:
+            raise                       # Ctrl-C / SIGTERM stops the benchmark (rerun to continue)
         except Exception as e:  # noqa: BLE001 - a failed method is recorded, the others go on
             row = {"method": method, "ipc": args.ipc, "error": f"{type(e).__name__}: {e}"}
         state["rows"].append(row)

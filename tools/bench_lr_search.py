@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 SEARCHES = ("grid", "halving")
 
 
+
 def evaluate(args, path: Path, search: str) -> dict:
     """One fair evaluation of the set at `path` with the lr `search`, summarised."""
     from dcompress import api
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(state, indent=1) + "\n")
 
+    from dcompress.errors import Interrupted
+
     for i, (name, path, make) in enumerate(sets_to_run(args)):
         if name in done:
             continue
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             order = SEARCHES if i % 2 == 0 else SEARCHES[::-1]     # neither search always pays the warm-up
             runs = {s: evaluate(args, path, s) for s in order}
             row = compare(name, path, runs["grid"], runs["halving"])
+        except Interrupted:
+            raise                       # Ctrl-C / SIGTERM stops the benchmark (rerun to continue)
         except Exception as e:  # noqa: BLE001 - a failed set is recorded, the others go on
             row = {"set": name, "path": str(path), "error": f"{type(e).__name__}: {e}"}
         state["rows"].append(row)
