@@ -173,7 +173,8 @@ def distill(urls: List[str] = typer.Argument(..., metavar="URLS...", help="brace
             sample_json: bool = typer.Option(False, "--sample-json", help="also write each sample's .json"),
             exact_images: Optional[bool] = typer.Option(None, "--exact-images/--no-exact-images", help="methods that "
                                                         "optimise pixels: also write each image's exact float .npy "
-                                                        "(their default) or the 8-bit PNG alone"),
+                                                        "(their default) or keep pixels in range and write the "
+                                                        "8-bit PNG alone"),
             seed: Optional[int] = typer.Option(None, "--seed", help="[default: 0]"),
             device: Optional[str] = typer.Option(None, "--device", envvar="DCOMPRESS_DEVICE",
                                                  help="auto | cpu | cuda[:N] [default: auto]"),

@@ -215,6 +215,10 @@ class RunSpec:
         teacher_config: the TeacherConfig for a teacher trained here (None: defaults).
         progress: callback(completed, total, description) for long loops.
         ckpt: the run's Checkpointer (load/save/due), or None.
+        pixel_range: (low, high) per channel of the normalised images that are valid pixels
+            ((0 - mean) / std, (1 - mean) / std), or None. When set (`--no-exact-images`),
+            SynthesisLoop projects the optimised images into it after every iteration, so the
+            8-bit PNG written is the set that was optimised, up to rounding.
     """
 
     ipc: int
@@ -230,6 +234,7 @@ class RunSpec:
     teacher_config: Any = None
     progress: Callable[[int, int, str], None] | None = None
     ckpt: Any = None          # checkpoint.Checkpointer for this run (None: no checkpoints)
+    pixel_range: tuple | None = None   # (low, high) per channel: images kept in range (--no-exact-images)
 
 
 class Method(Protocol):

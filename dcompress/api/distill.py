@@ -64,9 +64,10 @@ def distill(urls, method: str, *, out: str | Path, ipc: int | None = None, ratio
     `budget` (instead of `ipc`/`ratio`): bytes (`50MB`, `1.5GiB`) or a share of the input's bytes
     (`1%`) that the output must fit, the IPC picked from the output's measured bytes
     (api/budget.py). `image_format`: png | jpeg:Q | webp:Q (selections). `sample_json`: also
-    write each sample's `.json`. `exact_images=False`: a method that optimises pixels writes its
-    8-bit PNGs alone, without the exact float `.npy` (labels and `evaluate` then see the PNG
-    pixels, what an outside reader loads); None: the method's default (MethodInfo.exact_form).
+    write each sample's `.json`. `exact_images=False`: a method that optimises pixels keeps them
+    in range while it optimises (RunSpec.pixel_range) and writes its 8-bit PNGs alone, without
+    the exact float `.npy` (labels and `evaluate` then see the PNG pixels, what an outside reader
+    loads); None: the method's default (MethodInfo.exact_form).
 
     Every argument is checked before the input is read. `out` must not overlap the input; an
     existing output is replaced only with `overwrite`, except that the same run (same request,
@@ -208,7 +209,9 @@ def _fit_label_write(req: DistillRequest, real: RealData, *, out: Path, ipc: int
     spec = RunSpec(ipc=ipc, device=dev, seed=req.seed, work_dir=ckpt.dir, resume=req.resume,
                    ckpt_every=ckpt.every, cache_dir=cache_root(), teacher=req.teacher, ratio=req.ratio,
                    experts=req.experts, teacher_config=req.teacher_config,
-                   progress=_announcing_resume(progress, ckpt, log), ckpt=ckpt)
+                   progress=_announcing_resume(progress, ckpt, log), ckpt=ckpt,
+                   pixel_range=None if req.keeps_exact or not req.method_class.info.exact_form else
+                   tuple(tuple((v - m) / s for m, s in zip(real.mean, real.std)) for v in (0.0, 1.0)))
     t0 = time.time()
     fitted, encoded = encode_stage(req, fit_stage(req, real, spec, log), real)
     t1 = time.time()

@@ -182,6 +182,7 @@ class SynthesisLoop:
         self.loss = loss
         if self.first_loss is None:
             self.first_loss = loss
+        self._keep_in_range()
         crash_point("iter")
         ckpt = self.spec.ckpt
         due = ckpt is not None and ckpt.due(it + 1)
@@ -196,6 +197,18 @@ class SynthesisLoop:
             self.spec.progress(it + 1, self.total, self.name)
         if it + 1 < self.total:
             self._stop_if_asked(saved=due)
+
+    def _keep_in_range(self) -> None:
+        """`spec.pixel_range` (`--no-exact-images`): the images projected back to valid pixels
+        after the step (projected gradient descent), so the 8-bit PNG written is the optimised set
+        up to rounding, not a clamped copy of images that left the range."""
+        bounds, images = self.spec.pixel_range, self.state.get("images")
+        if bounds is None or not isinstance(images, torch.Tensor):
+            return
+        shape = (1, -1) + (1,) * (images.dim() - 2)
+        lo, hi = (torch.tensor(b, dtype=images.dtype, device=images.device).view(shape) for b in bounds)
+        with torch.no_grad():
+            images.copy_(torch.maximum(torch.minimum(images, hi), lo))
 
     def _state(self, it: int) -> dict:
         """What a checkpoint after iteration `it` holds."""

@@ -91,6 +91,11 @@ def test_bench_exact_smoke(shards, tmp_path, capsys, monkeypatch):
     assert "| dm |" in table and table == (tmp_path / "r.md").read_text()
     assert _load("bench_exact").main(args) == 0              # a rerun keeps the finished row
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == [row]
+    assert _load("bench_exact").main(args + ["--in-range"]) == 0   # adds the in-range set to the row
+    grown = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert len(grown) == 1 and {k: v for k, v in grown[0].items() if k != "in_range"} == row
+    assert len(grown[0]["in_range"]["runs"]) == 2 and grown[0]["in_range"]["png_bytes"] > 0
+    assert "in range" in (tmp_path / "r.md").read_text()
 
 
 def test_bench_lr_search_compares_grid_and_halving(shards, tmp_path, capsys):
