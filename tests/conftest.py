@@ -128,3 +128,15 @@ def real(shards):
     from dcompress.api import load_real
 
     return load_real(str(shards["train"]))
+
+
+def frontier_without_times(report: dict) -> dict:
+    """A frontier report without what differs between two runs of the same frontier: the
+    wall-clock `seconds` of the points and of the whole."""
+    import json
+
+    r = json.loads(json.dumps(report))
+    r.pop("seconds", None)
+    for p in r["points"]:
+        p.pop("seconds", None)
+    return r

@@ -75,14 +75,13 @@ def ensure_experts(args, real) -> Path:
     return path
 
 
-def run_row(args, method: str, real, test) -> dict:
+def distill_and_evaluate(args, method: str, out: Path, real, test, **kw) -> tuple[dict, dict, dict]:
+    """`method` distilled into `out` as the row asks (`kw`: distill's extra keywords) and
+    evaluated (the set's own protocol or fair): (distill report, evaluate report, seconds)."""
     from dcompress import api
     from dcompress.registry import get_method
 
     info = get_method(method).info
-    if info.kind != "synthesis":
-        raise SystemExit(f"{method} is a {info.kind} method: it stores no exact tensors (synthesis methods only)")
-    out = Path(args.work) / f"{method}-ipc{args.ipc}"
     sets = [s.split(":", 1)[1] for s in args.set if s.startswith(method + ":")]
     teacher_sets = [s.split(":", 1)[1] for s in args.set if s.startswith("teacher:")]
     extra = {"label_views": args.epochs + 1} if info.default_labels in VIEW_LABELS and args.epochs else {}
@@ -90,13 +89,25 @@ def run_row(args, method: str, real, test) -> dict:
         extra["experts"] = str(ensure_experts(args, real))
     t0 = time.time()
     rep = api.distill(None, method, out=out, ipc=args.ipc, seed=args.seed, device=args.device, sets=sets,
-                      teacher_sets=teacher_sets, real=real, overwrite=True, **extra)
+                      teacher_sets=teacher_sets, real=real, overwrite=True, **extra, **kw)
     t1 = time.time()
     fair = args.protocol == "fair"
     ev = api.evaluate(out, test, train=real if fair else None, runs=args.runs, epochs=args.epochs, seed=args.seed,
                       device=args.device, random_baseline=fair, test_limit=args.test_limit, protocol=args.protocol,
                       **({"lr_grid": args.lr_grid, "val_per_class": args.val_per_class, "ars": False,
                           "full_epochs": 1, "full_max_samples": 2000} if fair else {}))
+    return rep, ev, {"distill": round(t1 - t0, 1), "evaluate": round(time.time() - t1, 1)}
+
+
+def run_row(args, method: str, real, test) -> dict:
+    from dcompress.registry import get_method
+
+    info = get_method(method).info
+    if info.kind != "synthesis":
+        raise SystemExit(f"{method} is a {info.kind} method: it stores no exact tensors (synthesis methods only)")
+    out = Path(args.work) / f"{method}-ipc{args.ipc}"
+    rep, ev, seconds = distill_and_evaluate(args, method, out, real, test)
+    sets = [s.split(":", 1)[1] for s in args.set if s.startswith(method + ":")]
     exact, o = ev["compressed"], ev["outside_reader"]
     png = {k: o[k] for k in ("mean", "std", "runs")} if "mean" in o else exact   # no difference: the same set
     diff = round(png["mean"] - exact["mean"], 2)
@@ -106,38 +117,21 @@ def run_row(args, method: str, real, test) -> dict:
             "exact": exact, "png": png, "difference": diff, "agree": abs(diff) <= max(exact["std"], png["std"]),
             "lr": ev["protocol"]["lr_used"], "eval_epochs": ev["protocol"]["epochs"], "model": ev["protocol"]["model"],
             "bytes": member_bytes(out),
-            "seconds": {"distill": round(t1 - t0, 1), "evaluate": round(time.time() - t1, 1)}}
+            "seconds": seconds}
 
 
 def in_range_row(args, row: dict, real, test) -> dict:
     """`--in-range`: the same method distilled with `--no-exact-images` (pixels projected into
     range after every iteration, the PNG alone written) and evaluated as the exact row was: the
     accuracy of a set whose PNG is what was optimised, next to the exact form's."""
-    from dcompress import api
-    from dcompress.registry import get_method
-
     method = row["method"]
-    info = get_method(method).info
     out = Path(args.work) / f"{method}-ipc{args.ipc}-in-range"
-    sets = [s.split(":", 1)[1] for s in args.set if s.startswith(method + ":")]
-    teacher_sets = [s.split(":", 1)[1] for s in args.set if s.startswith("teacher:")]
-    extra = {"label_views": args.epochs + 1} if info.default_labels in VIEW_LABELS and args.epochs else {}
-    if info.needs_experts:
-        extra["experts"] = str(ensure_experts(args, real))
-    t0 = time.time()
-    api.distill(None, method, out=out, ipc=args.ipc, seed=args.seed, device=args.device, sets=sets,
-                teacher_sets=teacher_sets, real=real, overwrite=True, exact_images=False, **extra)
-    t1 = time.time()
-    fair = args.protocol == "fair"
-    ev = api.evaluate(out, test, train=real if fair else None, runs=args.runs, epochs=args.epochs, seed=args.seed,
-                      device=args.device, random_baseline=fair, test_limit=args.test_limit, protocol=args.protocol,
-                      **({"lr_grid": args.lr_grid, "val_per_class": args.val_per_class, "ars": False,
-                          "full_epochs": 1, "full_max_samples": 2000} if fair else {}))
+    _, ev, seconds = distill_and_evaluate(args, method, out, real, test, exact_images=False)
     got, exact = ev["compressed"], row["exact"]
     diff = round(got["mean"] - exact["mean"], 2)
     return {**row, "in_range": {**got, "difference": diff, "agree": abs(diff) <= max(exact["std"], got["std"]),
                                 "png_bytes": member_bytes(out)["image"],
-                                "seconds": {"distill": round(t1 - t0, 1), "evaluate": round(time.time() - t1, 1)}}}
+                                "seconds": seconds}}
 
 
 def pm(s: dict) -> str:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import make_images, write_idx
+from tests.conftest import frontier_without_times
 
 ROOT = Path(__file__).resolve().parents[2]
 DM = ["--method", "dm", "--ipc", "2", "--set", "iterations=6", "--set", "model=convnet_w16", "--set", "batch_real=8",
@@ -438,13 +439,7 @@ def frontier_args(shards, out: Path, *extra) -> list:
     return ["frontier", shards["train"], "--test", shards["test"], "-o", out, *FRONTIER, *extra]
 
 
-def timeless(report: dict) -> dict:
-    """A frontier report without wall-clock fields (the points' and the total `seconds`)."""
-    r = json.loads(json.dumps(report))
-    r.pop("seconds", None)
-    for p in r["points"]:
-        p.pop("seconds", None)
-    return r
+timeless = frontier_without_times
 
 
 def assert_same_frontier(a: Path, b: Path) -> None:

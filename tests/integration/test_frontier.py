@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dcompress.cli import app
+from tests.conftest import frontier_without_times
 
 runner = CliRunner()
 frontier_mod = importlib.import_module("dcompress.api.frontier")
@@ -30,13 +31,7 @@ def frontier(shards, out, *extra):
     return cli("frontier", shards["train"], "--test", shards["test"], "-o", out, *GRID, *FAST, "--json", *extra)
 
 
-def stable(report: dict) -> dict:
-    """A report without what differs between two runs of the same frontier (times)."""
-    r = json.loads(json.dumps(report))
-    r.pop("seconds", None)
-    for p in r["points"]:
-        p.pop("seconds", None)
-    return r
+stable = frontier_without_times
 
 
 @pytest.fixture(scope="module")
