@@ -207,6 +207,8 @@ def _own_report(out: Path, ident: dict, overwrite: bool) -> dict:
             state = None
         else:               # the points a killed run of several ranks kept in their rank files
             state["points"] = ranks.fold(out, ident, state.get("points") or [])
+            for p in state["points"]:        # reports from before points recorded their method's --set
+                p.setdefault("sets", sets_of(state.get("settings") or {}, p.get("method")))
     state = {**(state or {}), **ident, "dcompress": __version__, "status": "running",
              "points": (state or {}).get("points", [])}
     _write(lambda path, obj: write_json(ensure_dir(path.parent) / path.name, obj), out / REPORT, state)
@@ -218,10 +220,19 @@ GRID = ("methods", "budgets", "labels")      # the axes of the grid: a rerun may
 
 
 def _without_grid(ident: dict) -> dict:
-    """The report's identity without the grid's axes: what must match for its points to be kept."""
+    """The report's identity without the grid's axes and the methods' own `--set`s (each point
+    records its method's, and only the points whose `--set`s changed are run again): what must
+    match for any point to be kept. The teacher's `--set`s stay in it."""
     out = {k: v for k, v in ident.items() if k in ("format", "settings", "input", "test")}
-    out["settings"] = {k: v for k, v in (out.get("settings") or {}).items() if k not in GRID}
+    settings = out.get("settings") or {}
+    out["settings"] = {k: v for k, v in settings.items() if k not in GRID + ("sets",)}
+    out["settings"]["teacher_sets"] = sets_of(settings, "teacher")
     return out
+
+
+def sets_of(settings: dict, method: str | None) -> list[str]:
+    """`method`'s `key=value` overrides among the settings' `--set method:key=value`, sorted."""
+    return sorted(kv for who, _, kv in (str(s).partition(":") for s in settings.get("sets") or []) if who == method)
 
 
 def _differences(old: dict, new: dict, what: str) -> str:
@@ -243,7 +254,9 @@ def _run_points(out: Path, ident: dict, state: dict, *, run: str, real, test_rea
     s = ident["settings"]
     grid = ranks.grid_of(s)
     names = [point_name(*g) for g in grid]
-    kept = {p["name"]: p for p in state.get("points", []) if p.get("status") == "ok"}
+    kept = {p["name"]: p for p in state.get("points", []) if p.get("status") == "ok"
+            and p.get("sets", []) == sets_of(s, p.get("method"))}
+    changed = {p["name"] for p in state.get("points", []) if p.get("status") == "ok"} - set(kept)
     store = RandomSides(out / "random", note)
     ledger = ranks.Ledger(out, ident, state, names=names, kept=kept, run=run, store=store, note=note,
                           write=lambda obj: _write(write_json, out / REPORT, obj))
@@ -263,7 +276,7 @@ def _run_points(out: Path, ident: dict, state: dict, *, run: str, real, test_rea
             with dist.alone():             # this rank by itself: no collective inside a point
                 p = _point(out, name, m, b, lab, s, real=real, test_real=test_real, dev=dev, sets=method_sets[m],
                            teacher_sets=teacher_sets, teacher=teacher, fair_cfg=fair_cfg, full_cfg=full_cfg,
-                           store=store, progress=progress, log=log)
+                           store=store, progress=progress, log=log, replace=name in changed)
         except FATAL:
             raise
         except Exception as e:  # noqa: BLE001 - a failed point is recorded and the frontier goes on
@@ -284,8 +297,9 @@ def _run_points(out: Path, ident: dict, state: dict, *, run: str, real, test_rea
 
 
 def _point(out: Path, name: str, method: str, budget: str, labels: str, s: dict, *, real, test_real, dev, sets,
-           teacher_sets, teacher, fair_cfg, full_cfg, store, progress, log) -> dict:
-    """One point: distilled to its budget (up to date on a rerun), then the fair evaluation."""
+           teacher_sets, teacher, fair_cfg, full_cfg, store, progress, log, replace: bool = False) -> dict:
+    """One point: distilled to its budget (up to date on a rerun; `replace`: its set of other
+    `--set`s is replaced), then the fair evaluation."""
     from ..io.loader import load
     from ..train.fair import fair_evaluate
     from ..registry import get_method
@@ -295,7 +309,7 @@ def _point(out: Path, name: str, method: str, budget: str, labels: str, s: dict,
     views = s["epochs"] + 1 if (s["epochs"] and labels in ("views", "online")) else None   # one per pass
     rep = distill(None, method, out=out / "points" / name, budget=budget, labels=labels, seed=s["seed"],
                   device=str(dev), sets=sets, teacher_sets=teacher_sets, teacher=teacher, real=real,
-                  label_views=views, progress=progress, log=log,
+                  label_views=views, progress=progress, log=log, overwrite=replace,
                   exact_images=s.get("exact_images") if get_method(method).info.exact_form else None)
     t1 = time.time()
     ev = fair_evaluate(load(out / "points" / name), test_real, train=real, runs=s["runs"], epochs=s["epochs"],
@@ -305,7 +319,7 @@ def _point(out: Path, name: str, method: str, budget: str, labels: str, s: dict,
     bud, f, sec = rep.get("budget") or {}, ev["fair"], ev["seconds"]
     sides = f["random_sides"]
     full_s = float(f["full_data"].get("seconds") or 0.0)
-    return {"name": name, "method": method, "labels": labels, "budget": budget, "status": "ok",
+    return {"name": name, "method": method, "labels": labels, "budget": budget, "status": "ok", "sets": sorted(sets),
             "out": f"points/{name}", "budget_bytes": bud.get("bytes"), "bytes": bud.get("achieved"),
             "fits": bud.get("fits"), "ipc": rep["ipc"], "samples": rep["samples"], "accuracy": ev["compressed"],
             "random": {k: ev["random"][k] for k in ("mean", "std", "runs", "lr")}, "gain": ev["delta"],

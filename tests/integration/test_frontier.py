@@ -154,6 +154,27 @@ def test_a_larger_grid_keeps_the_points_it_still_asks_for(done, shards, tmp_path
     assert rep["counters"]["points_run"] == 0
 
 
+def test_a_methods_own_set_reruns_its_points_only(shards, tmp_path):
+    """`--set dq:bins=...` changed between runs: the dq points run again (their sets replaced),
+    the random points are kept; a teacher `--set` is still the report's identity."""
+    out = tmp_path / "sets"
+    base = ["frontier", shards["train"], "--test", shards["test"], "-o", out, "--methods", "random,dq", "--budgets",
+            "40KB", "--labels", "hard", *FAST, "--json"]
+    code, first, r = cli(*base, "--set", "dq:bins=2")
+    assert code == 0, r.output
+    assert {p["name"]: p["sets"] for p in first["points"]} == {"random-40KB-hard": [], "dq-40KB-hard": ["bins=2"]}
+    code, again, r = cli(*base, "--set", "dq:bins=3")
+    assert code == 0, r.output
+    assert again["counters"]["points_run"] == 1 and again["counters"]["points_kept"] == 1
+    by = {p["name"]: p for p in again["points"]}
+    assert by["dq-40KB-hard"]["sets"] == ["bins=3"]
+    assert stable(again)["points"][0] == stable(first)["points"][0]            # random kept as it was
+    m = json.loads((out / "points" / "dq-40KB-hard" / "manifest.json").read_text())["dcompress"]
+    assert m["method"]["config"]["bins"] == 3
+    code, rep, _ = cli(*base, "--set", "dq:bins=3", "--set", "teacher:epochs=1")
+    assert code == 2 and "teacher_sets" in rep["error"]
+
+
 def test_overwrite_replaces_a_report_of_other_settings(done, shards, tmp_path):
     import dcompress
 
