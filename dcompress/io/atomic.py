@@ -13,7 +13,8 @@ A run that writes `OUT`:
 Leftovers of killed writers (`.OUT.tmp-*`, `.OUT.old-*`) are cleaned by the next lock holder.
 
 `one_at_a_time(path)` is the waiting kind of lock, for a cache entry that several processes may
-want at once and one must make (a random side, the full-data network, a teacher).
+want at once and one must make (a random side, the full-data network, a teacher); `made_once`
+is the look / lock / look again / make sequence built on it.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from ..errors import BusyError, OutputError, UsageError, os_error
 from ..faults import crash_point
@@ -214,6 +215,26 @@ def one_at_a_time(path: Path, note: Callable[[str], None] | None = None, what: s
             path.unlink(missing_ok=True)
         finally:
             os.close(fd)
+
+
+T = TypeVar("T")
+
+
+def made_once(lock: Path, find: Callable[[], T | None], make: Callable[[], T], *,
+              note: Callable[[str], None] | None = None, what: str = "") -> T:
+    """A cache entry made by one process when several want it at once: `find()` (None when it
+    is not there yet), else under `one_at_a_time(lock)` `find()` again (another process may
+    have made it while this one waited), else `make()`, which stores it. `lock`'s folder is
+    created (io.safe_write.ensure_dir: OutputError / ResourceError naming it)."""
+    found = find()
+    if found is not None:
+        return found
+    from .safe_write import ensure_dir
+
+    ensure_dir(lock.parent)
+    with one_at_a_time(lock, note, what):
+        found = find()
+        return found if found is not None else make()
 
 
 def _read_holder(fd: int) -> str:

@@ -20,7 +20,7 @@ from .. import __version__
 from ..cache import cache_root
 from ..config import Validated, non_negative, positive, unit_open
 from ..core import RealData, RealView
-from ..io.safe_write import ensure_dir, remove_dead_temps, write_json
+from ..io.safe_write import remove_dead_temps, write_json
 from ..seeds import derive
 from .loop import accuracy, train_epoch
 
@@ -50,21 +50,16 @@ def full_data_accuracy(train: RealData, pools: list[torch.Tensor], test: tuple[t
     subset, recipe, model, validation split and seed were measured before; else trained and
     cached (atomic write), under a lock: processes that want it at once (frontier ranks) train it
     once. An unreadable or foreign cache entry is recomputed and replaced."""
-    from ..io.atomic import one_at_a_time
+    from ..io.atomic import made_once
 
     key = {"input": train.source.get("fingerprint"), "test": test_key, "model": model,
            "recipe": dataclasses.asdict(cfg), "val_per_class": val_per_class, "seed": seed, "kind": "full-data-v1"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = cache_root() / "full-data" / f"{digest}.json"
-    found = _cached_full_data(path, key)
-    if found is not None:
-        return found
-    ensure_dir(path.parent)
-    with one_at_a_time(path.with_suffix(".lock"), what="training this full-data network"):
-        found = _cached_full_data(path, key)
-        return found if found is not None else _train_full_data(train, pools, test, model=model, cfg=cfg, seed=seed,
-                                                                device=device, key=key, path=path,
-                                                                progress=progress)
+    return made_once(path.with_suffix(".lock"), lambda: _cached_full_data(path, key),
+                     lambda: _train_full_data(train, pools, test, model=model, cfg=cfg, seed=seed, device=device,
+                                              key=key, path=path, progress=progress),
+                     what="training this full-data network")
 
 
 def _cached_full_data(path: Path, key: dict) -> dict | None:

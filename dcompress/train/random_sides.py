@@ -76,22 +76,22 @@ class RandomSides:
     def side(self, key: dict, train: Callable[[], dict]) -> tuple[dict, str, float]:
         """(result, digest, seconds it took to train): the stored result for `key`, else
         `train()`'s, stored."""
-        from ..io.atomic import one_at_a_time
-        from ..io.safe_write import ensure_dir, write_json
+        from ..io.atomic import made_once
+        from ..io.safe_write import write_json
 
         d = digest(key)
-        found = self.get(key)
-        if found is None:
-            ensure_dir(self.folder)
-            # torchrun ranks running frontier points at once: one trains the side, the others wait and read it
-            with one_at_a_time(self.folder / f".{d}.lock", self.note, "training this random side"):
-                found = self.get(key)
-                if found is None:
-                    t0 = time.time()
-                    result = train()
-                    seconds = round(time.time() - t0, 1)
-                    write_json(self.folder / f"{d}.json", {"key": key, "result": result, "seconds": seconds})
-                    self.trained.append(d)
-                    return result, d, seconds
-        self.reused.append(d)
-        return found["result"], d, float(found.get("seconds", 0.0))
+        made = []
+
+        def make() -> dict:
+            t0 = time.time()
+            rec = {"key": key, "result": train()}
+            rec["seconds"] = round(time.time() - t0, 1)
+            write_json(self.folder / f"{d}.json", rec)
+            made.append(d)
+            return rec
+
+        # torchrun ranks running frontier points at once: one trains the side, the others wait and read it
+        rec = made_once(self.folder / f".{d}.lock", lambda: self.get(key), make, note=self.note,
+                        what="training this random side")
+        (self.trained if made else self.reused).append(d)
+        return rec["result"], d, float(rec.get("seconds", 0.0))

@@ -158,19 +158,15 @@ def _get_teacher(real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teac
         net = load_teacher_net(meta["model"], path, real.image_shape, real.num_classes, spec.device)
         return Teacher(net, {**meta, "path": str(path), "source": "user"})
     path = teacher_cache_path(real, cfg, spec.cache_dir)
-    found = _cached(path, real, spec, cfg, log)
-    if found is not None:
-        return found
     if dist.active():                    # torchrun: every rank trains it together, rank 0 caches it
-        return _train(path, real, spec, cfg, log)
-    from ..io.atomic import one_at_a_time
-
-    ensure_dir(path.parent)
-    note = (lambda text: log({"event": "note", "text": text})) if log else None
-    # processes that want it at once (frontier ranks, each on its own points): one trains it, the others load it
-    with one_at_a_time(path.with_suffix(".lock"), note, "training this teacher"):
         found = _cached(path, real, spec, cfg, log)
         return found if found is not None else _train(path, real, spec, cfg, log)
+    from ..io.atomic import made_once
+
+    note = (lambda text: log({"event": "note", "text": text})) if log else None
+    # processes that want it at once (frontier ranks, each on its own points): one trains it, the others load it
+    return made_once(path.with_suffix(".lock"), lambda: _cached(path, real, spec, cfg, log),
+                     lambda: _train(path, real, spec, cfg, log), note=note, what="training this teacher")
 
 
 def _cached(path: Path, real: RealData, spec: RunSpec, cfg: TeacherConfig, log) -> Teacher | None:
