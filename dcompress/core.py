@@ -148,6 +148,12 @@ def normalize(images_u8: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
+def pixel_range(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(low, high) per channel of normalised images that are valid pixels: where 0 and 1 land
+    after normalisation with `mean`/`std`."""
+    return tuple((0 - m) / s for m, s in zip(mean, std)), tuple((1 - m) / s for m, s in zip(mean, std))
+
+
 def denormalize_to_u8(images: torch.Tensor, mean, std) -> torch.Tensor:
     """float normalised [B, C, H, W] -> uint8 (clamped, rounded)."""
     m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)

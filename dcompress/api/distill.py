@@ -17,7 +17,7 @@ import numpy as np
 from .. import dist
 from ..cache import cache_root
 from ..checkpoint import Checkpointer, run_key
-from ..core import CompressedSet, RealData, RunSpec
+from ..core import CompressedSet, RealData, RunSpec, pixel_range
 from ..errors import DcompressError, Interrupted
 from ..faults import crash_point
 from ..io.atomic import OutputLock, check_target, refuse_existing, work_dir_for
@@ -210,8 +210,8 @@ def _fit_label_write(req: DistillRequest, real: RealData, *, out: Path, ipc: int
                    ckpt_every=ckpt.every, cache_dir=cache_root(), teacher=req.teacher, ratio=req.ratio,
                    experts=req.experts, teacher_config=req.teacher_config,
                    progress=_announcing_resume(progress, ckpt, log), ckpt=ckpt,
-                   pixel_range=None if req.keeps_exact or not req.method_class.info.exact_form else
-                   tuple(tuple((v - m) / s for m, s in zip(real.mean, real.std)) for v in (0.0, 1.0)))
+                   pixel_range=pixel_range(real.mean, real.std)
+                   if req.method_class.info.exact_form and not req.keeps_exact else None)
     t0 = time.time()
     fitted, encoded = encode_stage(req, fit_stage(req, real, spec, log), real)
     t1 = time.time()

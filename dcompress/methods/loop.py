@@ -43,6 +43,15 @@ def _stop_now(signum: int) -> BaseException:
     return Interrupted("terminated (SIGTERM)", signum=signum)
 
 
+def project(images: torch.Tensor, bounds: tuple) -> None:
+    """Clamps `images` [N, C, ...] in place, channel by channel, into `bounds` = (low, high) per
+    channel (core.pixel_range: the valid pixels)."""
+    shape = (1, -1) + (1,) * (images.dim() - 2)
+    lo, hi = (torch.tensor(b, dtype=images.dtype, device=images.device).view(shape) for b in bounds)
+    with torch.no_grad():
+        images.copy_(torch.maximum(torch.minimum(images, hi), lo))
+
+
 def log_every(iterations: int) -> int:
     """Loss-logging period: about 100 log events per run."""
     return max(1, iterations // 100)
@@ -202,13 +211,9 @@ class SynthesisLoop:
         """`spec.pixel_range` (`--no-exact-images`): the images projected back to valid pixels
         after the step (projected gradient descent), so the 8-bit PNG written is the optimised set
         up to rounding, not a clamped copy of images that left the range."""
-        bounds, images = self.spec.pixel_range, self.state.get("images")
-        if bounds is None or not isinstance(images, torch.Tensor):
-            return
-        shape = (1, -1) + (1,) * (images.dim() - 2)
-        lo, hi = (torch.tensor(b, dtype=images.dtype, device=images.device).view(shape) for b in bounds)
-        with torch.no_grad():
-            images.copy_(torch.maximum(torch.minimum(images, hi), lo))
+        images = self.state.get("images")
+        if self.spec.pixel_range is not None and isinstance(images, torch.Tensor):
+            project(images, self.spec.pixel_range)
 
     def _state(self, it: int) -> dict:
         """What a checkpoint after iteration `it` holds."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Validated, fraction, non_negative, positive, unit_open
-from ..core import CompressedSet, LogFn, RealData, RunSpec
+from ..core import CompressedSet, LogFn, RealData, RunSpec, pixel_range
 from ..io.schema import EvalProtocol
 from ..errors import UsageError
 from ..registry import MethodInfo, register_method
@@ -36,7 +36,7 @@ from ..seeds import derive
 from ..augment.crop import crop_box
 from ..nets import has_batchnorm
 from .base import check_ipc, init_images_by_class
-from .loop import SynthesisLoop
+from .loop import SynthesisLoop, project
 
 
 def crop_lower_bound(it: int, total: int, min_scale: float, max_scale: float, cda: bool, mode: str,
@@ -135,8 +135,7 @@ class SRe2L:
         for p in net.parameters():
             p.requires_grad_(False)
         _, h, w = real.image_shape
-        lo = torch.tensor([-m / s for m, s in zip(real.mean, real.std)], device=spec.device).view(1, -1, 1, 1)
-        hi = torch.tensor([(1 - m) / s for m, s in zip(real.mean, real.std)], device=spec.device).view(1, -1, 1, 1)
+        bounds = pixel_range(real.mean, real.std)
         init, _ = init_images_by_class(real, range(n_cls), ipc, "noise", spec.seed, spec.device)
         images = init.clone().requires_grad_(True)                    # class-major [c * ipc + slot]
         opt = torch.optim.Adam([images], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
@@ -168,8 +167,7 @@ class SRe2L:
                     loss.backward()
                     total_ce, total_bn = total_ce + float(ce.detach()), total_bn + float(bn.detach())
                 opt.step()
-                with torch.no_grad():
-                    images.copy_(torch.maximum(torch.minimum(images, hi), lo))
+                project(images, bounds)
                 loop.done((total_ce + cfg.r_bn * total_bn) / ipc, ce=round(total_ce / ipc, 5),
                           bn=round(total_bn / ipc, 5))
         finally:
