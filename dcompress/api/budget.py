@@ -205,7 +205,7 @@ def choose(real, req, fmt) -> dict:
     return {"requested": str(req.budget), "bytes": budget, "ipc": ipc, "estimated": costs[k](ipc),
             "min_shards": k, "per_sample": roles, **({"teacher": teacher} if teacher else {}),
             **({"input_bytes": input_bytes(real)} if kind == "share" else {}),
-            **({"capped_by_class_size": True} if ipc == cap and cost(cap) < budget else {})}
+            **({"capped_by_class_size": True} if ipc == cap and costs[k](cap) < budget else {})}
 
 
 def _search(cost, budget: int, cap: int) -> int:
