@@ -79,7 +79,12 @@ def largest_first(gs: list[list[int]], grid, pending: set[int], real) -> list[li
 
 
 def ident_digest(ident: dict) -> str:
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The digest rank files carry: of the report's identity without the grid's axes and the
+    methods' own `--set`s (frontier._without_grid), the rule frontier.json keeps points by, so
+    a rerun with a grown grid folds them too."""
+    from .frontier import _without_grid
+
+    return hashlib.sha256(json.dumps(_without_grid(ident), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def fold(out: Path, ident: dict, points: list[dict]) -> list[dict]:
