@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 
 from .. import dist
 from ..cache import cache_root
@@ -169,12 +168,10 @@ def encode_stage(req: DistillRequest, fitted: CompressedSet, real: RealData) -> 
         return fitted, None
     import torch
 
-    from ..io.imageformat import decode_as
     from ..io.output import image_bytes
 
-    encoded = [fmt.encode(img) for img in image_bytes(fitted, real.mean, real.std)]
-    u8 = torch.from_numpy(np.stack([decode_as(b, fmt.member, real.image_shape[0], None) for b in encoded]))
-    return dataclasses.replace(fitted, images=real.normalize(u8)), encoded
+    encoded, u8 = fmt.stored(image_bytes(fitted, real.mean, real.std))
+    return dataclasses.replace(fitted, images=real.normalize(torch.from_numpy(u8))), encoded
 
 
 def own_output(out: Path, req: DistillRequest, dev) -> dict | None:

@@ -76,12 +76,16 @@ class ImageFormat:
             im.save(buf, format="WEBP", quality=self.quality, method=6)
         return buf.getvalue()
 
+    def stored(self, images_u8: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        """uint8 [N, C, H, W] -> (each image's bytes in this format, the pixels a reader decodes
+        from them, as `decode_as` does)."""
+        encoded = [self.encode(img) for img in images_u8]
+        return encoded, np.stack([decode_as(b, self.member, images_u8.shape[1], None) for b in encoded])
+
     def roundtrip(self, images_u8: np.ndarray) -> np.ndarray:
-        """uint8 [N, C, H, W] -> the pixels a reader decodes once they are stored in this format
-        (encoded, then decoded as `decode_as` does); png is lossless: the array itself."""
-        if not self.lossy:
-            return images_u8
-        return np.stack([decode_as(self.encode(img), self.member, img.shape[0], None) for img in images_u8])
+        """uint8 [N, C, H, W] -> the pixels a reader decodes once they are stored in this format;
+        png is lossless: the array itself."""
+        return self.stored(images_u8)[1] if self.lossy else images_u8
 
 
 def member_of(sample: dict) -> str | None:
