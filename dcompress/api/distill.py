@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-
 from .. import dist
 from ..cache import cache_root
 from ..checkpoint import Checkpointer, run_key
